@@ -1,0 +1,1 @@
+"""awc-pose exporters: Prometheus metrics, ZeroMQ pose publisher, recorders (torch-free)."""

@@ -1,0 +1,118 @@
+"""Prometheus metrics of the runtime: the one list of names, types and labels.
+
+Conventions (DESIGN §5): prefix ``awc_``, base units in the name (``_seconds``, ``_ratio``),
+counters end in ``_total``, label values only from closed sets (below). Gauges carry smoothed
+(EWMA) per-tick values; the exact per-tick values go on the pose output stream.
+
+The deploy/ dashboard and alert rules query these names; a test checks they match.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from sensors import schema
+
+# Closed label sets.
+MODALITY_LABELS: tuple[str, ...] = schema.MODALITIES
+DROP_REASONS: tuple[str, ...] = (
+    "malformed",       # not a valid multipart/msgpack message
+    "bad_version",     # wire version not supported
+    "unknown_topic",   # topic not one of the input modalities
+    "bad_dtype",       # dtype not allowed for that array
+    "bad_shape",       # shape wrong, or shape and buffer length disagree
+    "oversized",       # more points/packets than the limit
+    "non_finite",      # NaN/inf where values must be finite (timestamps, points)
+    "sequence_gap",    # messages lost upstream, counted from per-source sequence gaps
+    "late",            # arrived after its tick was fused, older than the maximum age
+    "superseded",      # newer sample of the same modality replaced it before any tick used it
+)
+TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "dropped")
+STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
+                           "publish")
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
+
+
+class RuntimeMetrics:
+    """All runtime metrics, registered on ``registry`` (a fresh one per runtime, so tests can run
+    several runtimes in one process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages_received = Counter(
+            "awc_messages_received_total", "Valid sensor messages received", ["modality"], registry=r)
+        self.messages_dropped = Counter(
+            "awc_messages_dropped_total", "Sensor messages dropped or lost, by reason",
+            ["modality", "reason"], registry=r)
+        self.ticks = Counter("awc_ticks_total", "Sync ticks by outcome", ["outcome"], registry=r)
+        self.presence = Gauge(
+            "awc_modality_presence_ratio", "Fraction of recent ticks with the modality present (EWMA)",
+            ["modality"], registry=r)
+        self.staleness = Gauge(
+            "awc_modality_staleness_seconds", "Age of the newest sample of the modality at the tick",
+            ["modality"], registry=r)
+        self.sync_skew = Gauge(
+            "awc_sync_skew_seconds", "Capture time of the used sample minus the tick time (EWMA)",
+            ["modality"], registry=r)
+        self.contribution_share = Gauge(
+            "awc_contribution_share_ratio", "Share of the live Shapley contribution (sliding window)",
+            ["modality"], registry=r)
+        self.baseline_share = Gauge(
+            "awc_contribution_baseline_share_ratio",
+            "Contribution share measured on validation data (from the model metadata)",
+            ["modality"], registry=r)
+        self.shapley_value = Gauge(
+            "awc_shapley_value", "Live Shapley value with the Pearson profit (sliding window)",
+            ["modality"], registry=r)
+        self.degradation_score = Gauge(
+            "awc_degradation_score_ratio", "Degradation score in [0, 1] (1 = failed)", ["modality"],
+            registry=r)
+        self.degraded = Gauge(
+            "awc_modality_degraded", "1 while the modality is flagged degraded (with hysteresis)",
+            ["modality"], registry=r)
+        self.degradation_events = Counter(
+            "awc_degradation_events_total", "Times a modality became flagged degraded", ["modality"],
+            registry=r)
+        self.stage_duration = Histogram(
+            "awc_stage_duration_seconds", "Time per tick spent in each pipeline stage", ["stage"],
+            buckets=STAGE_BUCKETS, registry=r)
+        self.end_to_end_latency = Histogram(
+            "awc_end_to_end_latency_seconds",
+            "Newest used capture time to pose published", buckets=LATENCY_BUCKETS, registry=r)
+        self.tick_rate = Gauge("awc_tick_rate_hz", "Configured sync tick rate", registry=r)
+        self.ready = Gauge("awc_ready", "1 when the model is loaded and ingest is running", registry=r)
+        self.model_info = Info(
+            "awc_model", "Served model: schema version, fusion, config hash, window and caps", registry=r)
+        self.provider_info = Info(
+            "awc_inference_provider", "Execution provider requested and really used", registry=r)
+        self.gpu_fallback = Gauge(
+            "awc_inference_gpu_fallback", "1 when a GPU was requested but the CPU provider runs",
+            registry=r)
+        self._init_label_sets()
+
+    def _init_label_sets(self) -> None:
+        """Create every labelled child at 0 so series exist before the first event."""
+        for m in MODALITY_LABELS:
+            self.messages_received.labels(modality=m)
+            for reason in DROP_REASONS:
+                self.messages_dropped.labels(modality=m, reason=reason)
+            self.degradation_events.labels(modality=m)
+            for g in (self.presence, self.staleness, self.sync_skew, self.contribution_share,
+                      self.baseline_share, self.shapley_value, self.degradation_score, self.degraded):
+                g.labels(modality=m)
+        for outcome in TICK_OUTCOMES:
+            self.ticks.labels(outcome=outcome)
+        for stage in STAGES:
+            self.stage_duration.labels(stage=stage)
+
+
+def exported_metric_names(metrics: RuntimeMetrics) -> dict[str, set[str]]:
+    """Every exported sample name (as Prometheus sees it) -> the label names it carries."""
+    out: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(sample.labels)
+    return out

@@ -1,0 +1,129 @@
+"""Model preprocessing in numpy, shared by training (dataset) and the runtime (live ticks).
+
+Both halves call these same functions, so a frame means the same thing to the trained model
+whether it came off disk or off the wire. Pure functions; shapes and units are stated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sensors import schema
+
+
+def normalize_keypoints(kpts: np.ndarray) -> np.ndarray:
+    """Pixels -> VideoPose3D screen coordinates.
+
+    kpts: [..., 17, 2] pixels of a 640x480 image. Returns float32 [..., 17, 2] with
+    x in [-1, 1] and y in [-h/w, h/w] (aspect ratio kept).
+    """
+    kpts = np.asarray(kpts, dtype=np.float32)
+    w, h = schema.IMAGE_WIDTH, schema.IMAGE_HEIGHT
+    out = kpts / np.float32(w) * np.float32(2.0)
+    out = out - np.array([1.0, h / w], dtype=np.float32)
+    return out.astype(np.float32)
+
+
+def sample_points(points: np.ndarray, cap: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad or sample a point cloud to ``cap`` points, deterministically.
+
+    points: [N, columns] (N may be 0). Rows with a non-finite value are dropped. When N > cap,
+    ``cap`` evenly spaced rows are kept (order preserved: ring order for LiDAR), so training and
+    serving pick the same points. Returns (float32 [cap, columns], bool mask [cap]).
+    """
+    points = np.asarray(points, dtype=np.float32).reshape(-1, columns)
+    points = points[np.isfinite(points).all(axis=1)]
+    n = points.shape[0]
+    out = np.zeros((cap, columns), dtype=np.float32)
+    mask = np.zeros(cap, dtype=bool)
+    if n > cap:
+        idx = np.linspace(0, n - 1, cap).round().astype(np.int64)
+        out[:] = points[idx]
+        mask[:] = True
+    elif n > 0:
+        out[:n] = points
+        mask[:n] = True
+    return out, mask
+
+
+def clean_csi(values: np.ndarray) -> np.ndarray:
+    """Official MM-Fi CSI repair of one frame: inf -> NaN, NaN -> mean of the finite values of the
+    same packet slice ``[:, :, p]``, a slice with no finite value -> 0.
+
+    values: [3, 114, P] float. Returns float32 [3, 114, P] with only finite values.
+    """
+    v = np.array(values, dtype=np.float64, copy=True)
+    v[~np.isfinite(v)] = np.nan
+    for p in range(v.shape[-1]):
+        sl = v[..., p]
+        bad = np.isnan(sl)
+        if bad.any():
+            finite = sl[~bad]
+            sl[bad] = finite.mean() if finite.size else 0.0
+    return v.astype(np.float32)
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Per-frame min-max to [0, 1]; a constant frame maps to 0."""
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return np.zeros_like(values, dtype=np.float32)
+    return ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+def wifi_input(amp: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """CSI amplitude and phase [3, 114, 10] -> model input float32 [3, 114, 20].
+
+    Each is cleaned (``clean_csi``) and min-max normalised per frame, then concatenated along the
+    packet axis, amplitude first, as the official MM-Fi toolbox does.
+    """
+    a = minmax(clean_csi(amp))
+    p = minmax(clean_csi(phase))
+    return np.concatenate([a, p], axis=-1).astype(np.float32)
+
+
+def resample_packets(packets: np.ndarray, n: int = schema.WIFI_PACKETS) -> np.ndarray:
+    """Resample a run of CSI packets [P, 3, 114] (P >= 1, oldest first) to [3, 114, n].
+
+    Linear interpolation over the packet index; a single packet is repeated. Non-finite values
+    pass through (``clean_csi`` repairs them afterwards).
+    """
+    packets = np.asarray(packets, dtype=np.float32)
+    if packets.ndim != 3 or packets.shape[1:] != (schema.WIFI_ANTENNAS, schema.WIFI_SUBCARRIERS):
+        raise ValueError(f"CSI packets must be [P, {schema.WIFI_ANTENNAS}, {schema.WIFI_SUBCARRIERS}], "
+                         f"got {list(packets.shape)}")
+    p = packets.shape[0]
+    if p == 0:
+        raise ValueError("CSI resampling needs at least one packet")
+    if p == n:
+        out = packets
+    elif p == 1:
+        out = np.repeat(packets, n, axis=0)
+    else:
+        pos = np.linspace(0.0, p - 1.0, n)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, p - 1)
+        frac = (pos - lo).astype(np.float32)[:, None, None]
+        out = packets[lo] * (1.0 - frac) + packets[hi] * frac
+    return np.ascontiguousarray(np.moveaxis(out, 0, -1), dtype=np.float32)
+
+
+def rgb_window(frames: list[np.ndarray | None], window: int) -> np.ndarray:
+    """Causal keypoint window from the most recent frames (oldest first, last = now).
+
+    frames: up to ``window`` items of [17, 2] pixels, or None where no keypoints were seen.
+    Missing entries take the nearest later frame, then the nearest earlier one (edge padding, as
+    VideoPose3D pads the sequence start). Returns normalised float32 [window, 17, 2]; all zeros
+    if no frame is known.
+    """
+    frames = list(frames)[-window:]
+    frames = [None] * (window - len(frames)) + frames
+    known = [i for i, f in enumerate(frames) if f is not None]
+    out = np.zeros((window, schema.N_KEYPOINTS, 2), dtype=np.float32)
+    if not known:
+        return out
+    for i in range(window):
+        later = [k for k in known if k >= i]
+        src = later[0] if later else known[-1]
+        out[i] = normalize_keypoints(frames[src])
+    return out

@@ -1,0 +1,210 @@
+"""The one place that names modalities, shapes, units, joints and the skeleton.
+
+Nothing else in the code base spells a modality name, an array shape or a joint index by hand:
+import it from here.
+
+Conventions
+-----------
+* Modality order is ``MODALITIES`` = (rgb, lidar, mmwave, wifi). A presence mask is a length-4
+  0/1 vector in that order; a Shapley coalition is the same mask, and its index is the bitmask
+  ``sum(mask[i] << i)`` (see ``coalition_index``): 0 = empty set, 15 = all four.
+* Poses are Human3.6M-17 joints, metres, camera frame (x right, y down, z depth).
+* RGB keypoints are COCO-17, pixels of a 640x480 image.
+* LiDAR points are metres in the LiDAR frame (x forward, y left, z up).
+* mmWave points have five columns; the order of the last two is a named setting
+  (``MMWAVE_COLUMNS``), most likely x, y, z, SNR (dB), radial velocity (m/s).
+* WiFi CSI is amplitude and phase of 3 antennas x 114 subcarriers x 10 packets per 100 ms frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# ----------------------------------------------------------------------------------------------
+# Modalities
+# ----------------------------------------------------------------------------------------------
+MODALITIES: tuple[str, ...] = ("rgb", "lidar", "mmwave", "wifi")
+N_MODALITIES = len(MODALITIES)
+MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
+GT_TOPIC = "gt"  # ground truth stream (replay only)
+POSE_TOPIC = "pose"  # runtime output stream
+
+FRAME_RATE_HZ = 10.0
+FRAME_PERIOD_NS = int(1e9 / FRAME_RATE_HZ)
+FRAMES_PER_SEQUENCE = 297  # MM-Fi's toolbox hard-codes this
+
+# RGB keypoints: COCO-17 in pixels of a 640x480 image.
+IMAGE_WIDTH = 640
+IMAGE_HEIGHT = 480
+N_KEYPOINTS = 17
+
+# LiDAR: (N, 3) metres in the sensor frame.
+LIDAR_COLUMNS = ("x", "y", "z")
+# mmWave: (N, 5). The order of the last two columns is disputed in MM-Fi: keep it a setting.
+MMWAVE_COLUMNS = ("x", "y", "z", "snr_db", "doppler_mps")
+# WiFi CSI: antennas x subcarriers x packets per frame.
+WIFI_ANTENNAS = 3
+WIFI_SUBCARRIERS = 114
+WIFI_PACKETS = 10
+WIFI_PACKET_RATE_HZ = 100.0
+
+# Hard limits applied to anything that comes off disk or the wire (hostile-input guard).
+MAX_LIDAR_POINTS = 65_536
+MAX_MMWAVE_POINTS = 4_096
+MAX_WIFI_PACKETS = 1_000
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What one modality is, per frame, as it comes from the sensor (before model preprocessing)."""
+
+    name: str
+    shape: tuple[int | None, ...]  # None = variable length
+    units: str
+    columns: tuple[str, ...] = ()
+    max_points: int | None = None
+
+
+MODALITY_SPECS: dict[str, ModalitySpec] = {
+    "rgb": ModalitySpec("rgb", (N_KEYPOINTS, 2), "pixels (640x480), COCO-17 order", ("u", "v")),
+    "lidar": ModalitySpec("lidar", (None, 3), "metres, sensor frame x fwd y left z up", LIDAR_COLUMNS,
+                          MAX_LIDAR_POINTS),
+    "mmwave": ModalitySpec("mmwave", (None, 5), "metres, dB, m/s", MMWAVE_COLUMNS, MAX_MMWAVE_POINTS),
+    "wifi": ModalitySpec("wifi", (WIFI_ANTENNAS, WIFI_SUBCARRIERS, WIFI_PACKETS),
+                         "CSI amplitude (dB-like) and phase (rad)"),
+}
+
+# ----------------------------------------------------------------------------------------------
+# Model inputs (after preprocessing, see sensors.preprocess). B = batch.
+# ----------------------------------------------------------------------------------------------
+# rgb         float32 [B, R, 17, 2]    normalised keypoints, causal window of R frames (last = now)
+# lidar       float32 [B, Cl, 3]       points sampled/padded to the cap Cl
+# lidar_mask  bool    [B, Cl]          True = real point
+# mmwave      float32 [B, Cm, 5]
+# mmwave_mask bool    [B, Cm]
+# wifi        float32 [B, 3, 114, 20]  cleaned, min-max normalised amplitude (packets 0..9) then
+#                                      phase (packets 10..19), as the official toolbox concatenates
+# presence    float32 [B, 4]           1 = modality present (also the Shapley coalition)
+MODEL_INPUTS: tuple[str, ...] = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence")
+MODEL_OUTPUTS: tuple[str, ...] = ("pose", "coalition_poses")  # [B,17,3] and [B,16,17,3]
+WIFI_INPUT_SHAPE = (WIFI_ANTENNAS, WIFI_SUBCARRIERS, 2 * WIFI_PACKETS)
+
+# Defaults; a trained model's metadata carries its own values.
+DEFAULT_RGB_WINDOW = 9
+DEFAULT_LIDAR_CAP = 256
+DEFAULT_MMWAVE_CAP = 32
+
+# ----------------------------------------------------------------------------------------------
+# Coalitions
+# ----------------------------------------------------------------------------------------------
+N_COALITIONS = 2 ** N_MODALITIES  # 16
+FULL_COALITION = N_COALITIONS - 1
+
+
+def coalition_index(mask) -> int:
+    """Bitmask index of a presence mask (iterable of 4 truthy values): bit i = MODALITIES[i]."""
+    mask = list(mask)
+    if len(mask) != N_MODALITIES:
+        raise ValueError(f"presence mask needs {N_MODALITIES} entries ({', '.join(MODALITIES)}), got {len(mask)}")
+    return sum(1 << i for i, present in enumerate(mask) if present)
+
+
+def coalition_mask(index: int) -> np.ndarray:
+    """Presence mask (float32 [4]) of coalition ``index`` in 0..15."""
+    if not 0 <= index < N_COALITIONS:
+        raise ValueError(f"coalition index must be in 0..{N_COALITIONS - 1}, got {index}")
+    return np.array([(index >> i) & 1 for i in range(N_MODALITIES)], dtype=np.float32)
+
+
+COALITION_MASKS = np.stack([coalition_mask(c) for c in range(N_COALITIONS)])  # [16, 4]
+
+# ----------------------------------------------------------------------------------------------
+# Skeleton: Human3.6M-17 (3D ground truth and model output)
+# ----------------------------------------------------------------------------------------------
+H36M_JOINTS: tuple[str, ...] = (
+    "pelvis", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+    "spine", "thorax", "neck_nose", "head",
+    "left_shoulder", "left_elbow", "left_wrist", "right_shoulder", "right_elbow", "right_wrist",
+)
+N_JOINTS = len(H36M_JOINTS)
+JOINT_INDEX = {j: i for i, j in enumerate(H36M_JOINTS)}
+SKELETON_EDGES: tuple[tuple[int, int], ...] = (
+    (0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (0, 7), (7, 8), (8, 9), (9, 10),
+    (8, 11), (11, 12), (12, 13), (8, 14), (14, 15), (15, 16),
+)
+# Bone lengths (metres) read off a real MM-Fi ground-truth frame (E01/S01/A02 frame 0).
+REFERENCE_BONE_LENGTHS: dict[str, float] = {
+    "hip": 0.11, "thigh": 0.41, "shank": 0.39, "pelvis_spine": 0.29, "spine_thorax": 0.29,
+    "thorax_nose": 0.13, "nose_head": 0.07, "thorax_shoulder": 0.17, "upper_arm": 0.25, "forearm": 0.25,
+}
+EDGE_BONE: dict[tuple[int, int], str] = {
+    (0, 1): "hip", (1, 2): "thigh", (2, 3): "shank", (0, 4): "hip", (4, 5): "thigh", (5, 6): "shank",
+    (0, 7): "pelvis_spine", (7, 8): "spine_thorax", (8, 9): "thorax_nose", (9, 10): "nose_head",
+    (8, 11): "thorax_shoulder", (11, 12): "upper_arm", (12, 13): "forearm",
+    (8, 14): "thorax_shoulder", (14, 15): "upper_arm", (15, 16): "forearm",
+}
+
+# COCO-17 (2D keypoints from the RGB detector).
+COCO_KEYPOINTS: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+# COCO keypoint -> H36M joint it sits on (face points take the nose/head joints plus an offset).
+COCO_FROM_H36M: tuple[int, ...] = (
+    JOINT_INDEX["neck_nose"], JOINT_INDEX["head"], JOINT_INDEX["head"], JOINT_INDEX["head"],
+    JOINT_INDEX["head"], JOINT_INDEX["left_shoulder"], JOINT_INDEX["right_shoulder"],
+    JOINT_INDEX["left_elbow"], JOINT_INDEX["right_elbow"], JOINT_INDEX["left_wrist"],
+    JOINT_INDEX["right_wrist"], JOINT_INDEX["left_hip"], JOINT_INDEX["right_hip"],
+    JOINT_INDEX["left_knee"], JOINT_INDEX["right_knee"], JOINT_INDEX["left_ankle"],
+    JOINT_INDEX["right_ankle"],
+)
+# Left/right partner of each COCO keypoint (for detector swap errors).
+COCO_FLIP: tuple[int, ...] = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+
+# ----------------------------------------------------------------------------------------------
+# MM-Fi layout, protocols, actions
+# ----------------------------------------------------------------------------------------------
+ENVIRONMENTS: tuple[str, ...] = ("E01", "E02", "E03", "E04")
+SUBJECTS: tuple[str, ...] = tuple(f"S{i:02d}" for i in range(1, 41))
+ACTIONS: tuple[str, ...] = tuple(f"A{i:02d}" for i in range(1, 28))
+SUBJECTS_PER_ENVIRONMENT = 10
+
+
+def environment_of(subject: str) -> str:
+    """E01 = S01-S10, E02 = S11-S20, E03 = S21-S30, E04 = S31-S40."""
+    if subject not in SUBJECTS:
+        raise ValueError(f"unknown subject {subject!r}: expected S01..S40")
+    return ENVIRONMENTS[(int(subject[1:]) - 1) // SUBJECTS_PER_ENVIRONMENT]
+
+
+ACTION_NAMES: dict[str, str] = {
+    "A01": "stretching", "A02": "chest expansion (horizontal)", "A03": "chest expansion (vertical)",
+    "A04": "twist (left)", "A05": "twist (right)", "A06": "mark time", "A07": "limb extension (left)",
+    "A08": "limb extension (right)", "A09": "lunge (left-front)", "A10": "lunge (right-front)",
+    "A11": "limb extension (both)", "A12": "squat", "A13": "raise hand (left)",
+    "A14": "raise hand (right)", "A15": "lunge (left side)", "A16": "lunge (right side)",
+    "A17": "wave (left)", "A18": "wave (right)", "A19": "pick up", "A20": "throw (left)",
+    "A21": "throw (right)", "A22": "kick (left)", "A23": "kick (right)", "A24": "body extension (left)",
+    "A25": "body extension (right)", "A26": "jump", "A27": "bow",
+}
+PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "P1": ("A02", "A03", "A04", "A05", "A13", "A14", "A17", "A18", "A19", "A20", "A21", "A22", "A23", "A27"),
+    "P2": ("A01", "A06", "A07", "A08", "A09", "A10", "A11", "A12", "A15", "A16", "A24", "A25", "A26"),
+    "P3": ACTIONS,
+}
+SPLITS: tuple[str, ...] = ("S1", "S2", "S3")
+
+# On-disk modality folders and file suffixes of MM-Fi.
+MMFI_FOLDERS: dict[str, str] = {"rgb": "rgb", "lidar": "lidar", "mmwave": "mmwave", "wifi": "wifi-csi"}
+MMFI_SUFFIX: dict[str, str] = {"rgb": ".npy", "lidar": ".bin", "mmwave": ".bin", "wifi": ".mat"}
+MMFI_GT_FILE = "ground_truth.npy"
+
+
+def frame_file_name(modality: str, frame: int) -> str:
+    """MM-Fi file name of 0-based frame index ``frame``: frame001.npy ... frame297.npy."""
+    return f"frame{frame + 1:03d}{MMFI_SUFFIX[modality]}"

@@ -1,0 +1,1 @@
+"""awc-pose training: model, AWC balancing, baselines, trainer, evaluation, ONNX export (needs torch)."""
