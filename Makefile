@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m scripts.demo
+	$(PY) -m training.demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

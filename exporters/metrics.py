@@ -15,18 +15,7 @@ from sensors import schema
 
 # Closed label sets.
 MODALITY_LABELS: tuple[str, ...] = schema.MODALITIES
-DROP_REASONS: tuple[str, ...] = (
-    "malformed",       # not a valid multipart/msgpack message
-    "bad_version",     # wire version not supported
-    "unknown_topic",   # topic not one of the input modalities
-    "bad_dtype",       # dtype not allowed for that array
-    "bad_shape",       # shape wrong, or shape and buffer length disagree
-    "oversized",       # more points/packets than the limit
-    "non_finite",      # NaN/inf where values must be finite (timestamps, points)
-    "sequence_gap",    # messages lost upstream, counted from per-source sequence gaps
-    "late",            # arrived after its tick was fused, older than the maximum age
-    "superseded",      # newer sample of the same modality replaced it before any tick used it
-)
+DROP_REASONS: tuple[str, ...] = schema.DROP_REASONS
 TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "dropped")
 STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
                            "publish")
@@ -95,10 +84,11 @@ class RuntimeMetrics:
 
     def _init_label_sets(self) -> None:
         """Create every labelled child at 0 so series exist before the first event."""
-        for m in MODALITY_LABELS:
-            self.messages_received.labels(modality=m)
+        for m in (*MODALITY_LABELS, schema.UNKNOWN_MODALITY):
             for reason in DROP_REASONS:
                 self.messages_dropped.labels(modality=m, reason=reason)
+        for m in MODALITY_LABELS:
+            self.messages_received.labels(modality=m)
             self.degradation_events.labels(modality=m)
             for g in (self.presence, self.staleness, self.sync_skew, self.contribution_share,
                       self.baseline_share, self.shapley_value, self.degradation_score, self.degraded):

@@ -52,6 +52,22 @@ WIFI_SUBCARRIERS = 114
 WIFI_PACKETS = 10
 WIFI_PACKET_RATE_HZ = 100.0
 
+# Why a sensor message was dropped or counted lost (the closed label set of the drop counter).
+# Accounting: messages sent = awc_messages_received_total + awc_messages_dropped_total (all reasons).
+DROP_REASONS: tuple[str, ...] = (
+    "malformed",       # not a valid multipart/msgpack message
+    "bad_version",     # wire version not supported
+    "unknown_topic",   # topic not one of the input modalities
+    "bad_dtype",       # dtype not allowed for that array
+    "bad_shape",       # shape wrong, or shape and buffer length disagree
+    "oversized",       # more points/packets than the limit
+    "non_finite",      # NaN/inf where values must be finite (timestamps, points)
+    "sequence_gap",    # messages lost upstream, counted from per-source sequence gaps
+    "queue_full",      # decoded but the bounded ingest queue was full (inference fell behind)
+)
+# Messages whose topic is not a known modality are counted under this modality label.
+UNKNOWN_MODALITY = "unknown"
+
 # Hard limits applied to anything that comes off disk or the wire (hostile-input guard).
 MAX_LIDAR_POINTS = 65_536
 MAX_MMWAVE_POINTS = 4_096

@@ -1,0 +1,20 @@
+"""``runtime``: serve the fused pose model at a sensing station (torch-free)."""
+
+from __future__ import annotations
+
+from sensors.cli_util import run_subcommands
+
+COMMANDS = {
+    "serve": ("runtime.serve", "ingest the four sensor streams over ZeroMQ and serve fused poses"),
+    "replay": ("runtime.replay_eval", "offline validation: replay a dataset through the real pipeline"),
+    "bench": ("runtime.bench", "latency and throughput figures of the pipeline"),
+    "info": ("runtime.model", "check an ONNX model and print its metadata and provider"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_subcommands("runtime", __doc__, COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

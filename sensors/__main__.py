@@ -1,0 +1,3 @@
+from sensors.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny generated MM-Fi-format dataset and the real MM-Fi sample artefacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Two cores in CI: keep every test single-threaded in BLAS/torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    """``../shared`` beside the checkout, or $AWC_SHARED_DIR."""
+    return Path(os.environ.get("AWC_SHARED_DIR", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def mmfi_sample_dir() -> Path:
+    """Real MM-Fi artefacts (one CSI .mat frame, one ground-truth frame, CSI statistics)."""
+    base = _shared_dir() / "data" / "mmfi-sample"
+    hits = sorted(base.glob("*/frame001.mat"))
+    if not hits:
+        pytest.skip(f"real MM-Fi sample artefacts not found under {base} (set AWC_SHARED_DIR)")
+    return hits[0].parent
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A `tiny` synthetic dataset in MM-Fi layout, generated once per test session."""
+    from sensors.simulate import simulate
+
+    root = tmp_path_factory.mktemp("mmfi_tiny")
+    simulate(root, preset="tiny", seed=0)
+    return root
