@@ -1,0 +1,213 @@
+"""Input health of each modality at a tick (pure, torch-free).
+
+Per modality and tick, ``InputHealthChecker.observe`` turns the synced sample into components in
+[0, 1] (1 = failed):
+
+=============  ====================================================================================
+missing        1 when the modality has no sample at this tick (stopped, or older than the sync's
+               maximum age)
+stale          age of the used sample beyond the sync tolerance, scaled to 1 at the maximum age
+loss           fraction of messages lost upstream (sequence gaps) over the last ``loss_window_ticks``,
+               scaled to 1 at ``loss_full``
+non_finite     fraction of NaN/inf values in the sample, scaled to 1 at ``non_finite_full``
+points         point count outside the modality's plausible range (LiDAR too few, any cloud too many)
+frozen         1 once ``frozen_ticks`` consecutive NEW messages (new sequence number) carried
+               byte-identical arrays (a stuck driver re-sending its last frame); empty clouds never count
+range          fraction of finite values outside the modality's plausible value range, scaled to 1
+               at ``range_full``
+=============  ====================================================================================
+
+The input score of a modality is the largest component: any one failure is enough.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from sensors import schema
+
+COMPONENTS: tuple[str, ...] = ("missing", "stale", "loss", "non_finite", "points", "frozen", "range")
+
+# Plausible value range per modality and array column (inclusive), before model preprocessing.
+DEFAULT_VALUE_RANGES: dict[str, list[list[float]]] = {
+    # pixels: generous margin around the 640x480 image (detectors extrapolate off-image joints)
+    "rgb": [[-640.0, 1280.0], [-480.0, 960.0]],
+    # metres, sensor frame
+    "lidar": [[-100.0, 100.0], [-100.0, 100.0], [-100.0, 100.0]],
+    # metres x3, then SNR (dB) / radial velocity (m/s), either order
+    "mmwave": [[-30.0, 30.0], [-30.0, 30.0], [-30.0, 30.0], [-100.0, 100.0], [-100.0, 100.0]],
+    # CSI amplitude (dB-like units) and phase (radians, wrapped; generous for unwrapped phase)
+    "wifi": [[-100.0, 150.0], [-20.0, 20.0]],
+}
+DEFAULT_POINT_RANGES: dict[str, list[int]] = {
+    "lidar": [50, schema.MAX_LIDAR_POINTS],
+    "mmwave": [0, 512],
+}
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    frozen_ticks: int = 3          # identical new messages in a row before `frozen` is 1
+    non_finite_full: float = 0.05  # fraction of NaN/inf values giving score 1
+    range_full: float = 0.10       # fraction of out-of-range values giving score 1
+    loss_window_ticks: int = 20
+    loss_full: float = 0.5         # lost-message fraction giving score 1
+    tolerance_s: float = 0.05      # sync tolerance: no staleness below it
+    max_age_s: float = 0.3         # sync maximum age: staleness 1 there
+    value_ranges: dict[str, list[list[float]]] = field(default_factory=lambda: dict(DEFAULT_VALUE_RANGES))
+    point_ranges: dict[str, list[int]] = field(default_factory=lambda: dict(DEFAULT_POINT_RANGES))
+
+    def __post_init__(self):
+        for f in ("frozen_ticks", "loss_window_ticks"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"health.{f} must be >= 1, got {getattr(self, f)}")
+        for f in ("non_finite_full", "range_full", "loss_full"):
+            if not 0.0 < getattr(self, f) <= 1.0:
+                raise ValueError(f"health.{f} must be in (0, 1], got {getattr(self, f)}")
+        if not 0.0 <= self.tolerance_s < self.max_age_s:
+            raise ValueError(f"health needs 0 <= tolerance_s < max_age_s, got {self.tolerance_s} and "
+                             f"{self.max_age_s}")
+        for m, ranges in self.value_ranges.items():
+            if m not in schema.MODALITIES:
+                raise ValueError(f"health.value_ranges: unknown modality {m!r}, expected one of {schema.MODALITIES}")
+            for lo_hi in ranges:
+                if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
+                    raise ValueError(f"health.value_ranges.{m}: each entry must be [low, high] with low < high, "
+                                     f"got {lo_hi}")
+        for m, (lo, hi) in self.point_ranges.items():
+            if m not in ("lidar", "mmwave") or not 0 <= lo <= hi:
+                raise ValueError(f"health.point_ranges: expected lidar/mmwave -> [min, max] with 0 <= min <= max, "
+                                 f"got {m}: {[lo, hi]}")
+
+
+@dataclass
+class InputHealth:
+    """Components in [0, 1] of one modality at one tick (1 = failed)."""
+
+    missing: float = 0.0
+    stale: float = 0.0
+    loss: float = 0.0
+    non_finite: float = 0.0
+    points: float = 0.0
+    frozen: float = 0.0
+    range: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return max(getattr(self, f.name) for f in fields(self))
+
+    def worst(self) -> str:
+        """Name of the largest component (the reason to show an operator)."""
+        return max((f.name for f in fields(self)), key=lambda n: getattr(self, n))
+
+
+def _clip01(x: float) -> float:
+    return float(min(1.0, max(0.0, x)))
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> bytes | None:
+    """Content hash of a sample's arrays; None when they hold no values (empty cloud)."""
+    if all(np.asarray(a).size == 0 for a in arrays.values()):
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
+def value_columns(modality: str, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The value columns checked against ``value_ranges`` (one flat array per range entry)."""
+    if modality == "rgb":
+        k = np.asarray(arrays["kpts"]).reshape(-1, 2)
+        return [k[:, 0], k[:, 1]]
+    if modality in ("lidar", "mmwave"):
+        p = np.asarray(arrays["points"])
+        return [p[..., i].ravel() for i in range(p.shape[-1])] if p.ndim == 2 else [p.ravel()]
+    return [np.asarray(arrays["amp"]).ravel(), np.asarray(arrays["phase"]).ravel()]
+
+
+class InputHealthChecker:
+    """Stateful over ticks (frozen runs, loss history); one instance per runtime."""
+
+    def __init__(self, config: HealthConfig | None = None):
+        self.config = config or HealthConfig()
+        self._last_id: dict[str, tuple] = {}
+        self._last_digest: dict[str, bytes | None] = {}
+        self._frozen_run: dict[str, int] = dict.fromkeys(schema.MODALITIES, 0)
+        w = self.config.loss_window_ticks
+        self._loss: dict[str, deque[tuple[int, int]]] = {m: deque(maxlen=w) for m in schema.MODALITIES}
+
+    def observe(self, modality: str, arrays: dict[str, np.ndarray] | None, *, age_s: float = 0.0,
+                message_id: tuple | None = None, received: int = 0, lost: int = 0) -> InputHealth:
+        """One modality at one tick.
+
+        arrays: the synced sample's arrays (wire names: ``kpts``, ``points``, ``amp``/``phase``),
+        None when absent. age_s: tick time minus capture time (s). message_id: (src, seq) of the
+        sample, so a sample reused at several ticks is not taken for a frozen sensor. received /
+        lost: messages received and lost upstream (sequence gaps) since the previous tick.
+        """
+        h = InputHealth(loss=self._loss_score(modality, received, lost))
+        if arrays is None:
+            h.missing = 1.0
+            return h
+        c = self.config
+        h.stale = _clip01((abs(age_s) - c.tolerance_s) / (c.max_age_s - c.tolerance_s))
+        columns = value_columns(modality, arrays)
+        values = np.concatenate([np.asarray(v, np.float64).ravel() for v in columns]) if columns else np.zeros(0)
+        if values.size:
+            finite = np.isfinite(values)
+            h.non_finite = _clip01((1.0 - finite.mean()) / c.non_finite_full)
+            h.range = _clip01(self._out_of_range(modality, columns) / c.range_full)
+        h.points = self._points_score(modality, arrays)
+        h.frozen = self._frozen_score(modality, arrays, message_id)
+        return h
+
+    def _loss_score(self, modality: str, received: int, lost: int) -> float:
+        hist = self._loss[modality]
+        hist.append((int(received), int(lost)))
+        got = sum(r for r, _ in hist)
+        gone = sum(lo for _, lo in hist)
+        if got + gone == 0:
+            return 0.0
+        return _clip01(gone / (got + gone) / self.config.loss_full)
+
+    def _out_of_range(self, modality: str, columns: list[np.ndarray]) -> float:
+        ranges = self.config.value_ranges.get(modality)
+        if not ranges:
+            return 0.0
+        bad = total = 0
+        for col, (lo, hi) in zip(columns, ranges):
+            col = np.asarray(col, np.float64)
+            col = col[np.isfinite(col)]
+            bad += int(((col < lo) | (col > hi)).sum())
+            total += col.size
+        return bad / total if total else 0.0
+
+    def _points_score(self, modality: str, arrays: dict[str, np.ndarray]) -> float:
+        rng = self.config.point_ranges.get(modality)
+        if rng is None or "points" not in arrays:
+            return 0.0
+        n = int(np.asarray(arrays["points"]).shape[0]) if np.asarray(arrays["points"]).ndim else 0
+        return 0.0 if rng[0] <= n <= rng[1] else 1.0
+
+    def _frozen_score(self, modality: str, arrays: dict[str, np.ndarray], message_id: tuple | None) -> float:
+        if message_id is not None and self._last_id.get(modality) == message_id:
+            # The same message reused at another tick: no new evidence either way.
+            return 1.0 if self._frozen_run[modality] >= self.config.frozen_ticks else 0.0
+        digest = _digest(arrays)
+        previous = self._last_digest.get(modality)
+        if digest is not None and digest == previous:
+            self._frozen_run[modality] += 1
+        else:
+            self._frozen_run[modality] = 0
+        self._last_digest[modality] = digest
+        if message_id is not None:
+            self._last_id[modality] = message_id
+        return 1.0 if self._frozen_run[modality] >= self.config.frozen_ticks else 0.0
