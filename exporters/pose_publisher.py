@@ -1,0 +1,79 @@
+"""ZeroMQ PUB of the pose stream: one wire-protocol ``pose`` message per tick.
+
+Arrays (wire protocol v1): ``joints`` <f4 [17,3] (metres, camera frame), ``presence`` <u1 [4],
+``shapley`` <f4 [4] (exact label-free Shapley values of the sliding window ending at this tick),
+``degradation`` <f4 [4] (degradation score in [0, 1]).
+Header: ``tick`` (tick index), ``latency_ns`` (newest used capture time to publish), ``src`` = the
+station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msgpack values):
+
+=================  ==================================================================================
+``station``        station name
+``shares``         [4] label-free contribution shares of the window (sum 1)
+``degraded``       [4] 0/1 degraded flags (with hysteresis)
+``coalition_values``  [16] label-free coalition profits of the window (bitmask order)
+``shapley_gt``     [4] Shapley values with ground-truth profit, or nil without ground truth
+``shares_gt``      [4] the matching shares, or nil
+``gt_t_ns``        capture time of the ground truth used at this tick, or nil
+``input_t_ns``     [4] capture time of the sample used per modality (0 = absent)
+=================  ==================================================================================
+All arrays are in ``sensors.schema.MODALITIES`` order (rgb, lidar, mmwave, wifi).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import zmq
+
+from sensors import schema, wire
+
+
+def _floats(x) -> list[float] | None:
+    return None if x is None else [float(v) for v in np.asarray(x).ravel()]
+
+
+def pose_message(station: str, tick: int, tick_ns: int, joints, presence, shapley, degradation,
+                 latency_ns: int, extra: dict | None = None) -> wire.Message:
+    """Build the ``pose`` wire message of one tick (shapes as in the module doc)."""
+    header = {"station": station, "tick": int(tick), "latency_ns": max(0, int(latency_ns))}
+    for k, v in (extra or {}).items():
+        header[k] = _floats(v) if isinstance(v, np.ndarray) else v
+    arrays = {
+        "joints": np.asarray(joints, np.float32).reshape(schema.N_JOINTS, 3),
+        "presence": np.asarray(presence).astype(np.uint8).reshape(schema.N_MODALITIES),
+        "shapley": np.asarray(shapley, np.float32).reshape(schema.N_MODALITIES),
+        "degradation": np.asarray(degradation, np.float32).reshape(schema.N_MODALITIES),
+    }
+    return wire.Message(topic=schema.POSE_TOPIC, src=station, seq=int(tick), t_ns=int(tick_ns),
+                        sent_ns=time.time_ns(), arrays=arrays, extra=header)
+
+
+class PosePublisher:
+    """PUB socket (bind or connect) sending ``pose`` messages; never blocks the tick loop."""
+
+    def __init__(self, endpoint: str, bind: bool = True, send_hwm: int = 1000, context: zmq.Context | None = None):
+        self._ctx = context or zmq.Context.instance()
+        self.socket = self._ctx.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, send_hwm)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        if bind:
+            self.socket.bind(endpoint)
+        else:
+            self.socket.connect(endpoint)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
+        self.sent = 0
+        self.dropped = 0
+
+    def publish(self, msg: wire.Message) -> bool:
+        """Send without blocking; a full queue drops the message (counted) instead of stalling."""
+        try:
+            self.socket.send_multipart(wire.encode(msg), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        self.socket.close(linger=1000)
