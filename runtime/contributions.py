@@ -72,11 +72,18 @@ def effective_coalitions(coalition_poses: np.ndarray, presence) -> np.ndarray:
     return np.asarray(coalition_poses)[_EFFECTIVE[p]]
 
 
-def window_values(preds: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """preds [N, 16, 17, 3] (effective coalitions), target [N, 17, 3] -> (values [16], shapley [4],
-    shares [4])."""
+def window_values(preds: np.ndarray, target: np.ndarray, seen: int = schema.FULL_COALITION
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """preds [N, 16, 17, 3] (effective coalitions), target [N, 17, 3], seen: bitmask of the
+    modalities present at some tick of the window -> (values [16], shapley [4], shares [4]).
+
+    A coalition made only of modalities never seen in the window evaluates the empty coalition at
+    every tick, so its value is v(empty) = 0.
+    """
     values = posemath.coalition_values(preds, target)
+    values[[c for c in range(schema.N_COALITIONS) if c & seen == 0]] = 0.0
     phi = posemath.shapley_values(values)
+    phi[[m for m in range(schema.N_MODALITIES) if not seen >> m & 1]] = 0.0   # exact 0, not 1e-17
     return values, phi, posemath.contribution_shares(phi)
 
 
@@ -88,27 +95,32 @@ class ContributionTracker:
         n = self.config.window_ticks
         self._preds: deque[np.ndarray] = deque(maxlen=n)   # [16, 17, 3] effective
         self._gt: deque[np.ndarray | None] = deque(maxlen=n)
+        self._present: deque[int] = deque(maxlen=n)   # presence bitmask per tick
         self._ewma_phi: np.ndarray | None = None
         self._ewma_shares: np.ndarray | None = None
 
     def reset(self) -> None:
         self._preds.clear()
         self._gt.clear()
+        self._present.clear()
         self._ewma_phi = self._ewma_shares = None
 
     def update(self, coalition_poses: np.ndarray, presence, gt: np.ndarray | None = None) -> Contributions:
         """coalition_poses [16, 17, 3] metres; presence [4] 0/1; gt [17, 3] metres or None."""
         eff = effective_coalitions(coalition_poses, presence)
         self._preds.append(eff.astype(np.float64))
+        self._present.append(schema.coalition_index(np.asarray(presence) > 0))
         self._gt.append(None if gt is None else np.asarray(gt, np.float64).reshape(schema.N_JOINTS, 3))
         preds = np.stack(self._preds)
-        values, phi, shares = window_values(preds, preds[:, schema.FULL_COALITION])
+        seen = int(np.bitwise_or.reduce(np.asarray(self._present)))
+        values, phi, shares = window_values(preds, preds[:, schema.FULL_COALITION], seen)
         self._smooth(phi, shares)
         values_gt = phi_gt = shares_gt = None
         with_gt = [i for i, g in enumerate(self._gt) if g is not None]
         if len(with_gt) >= self.config.min_gt_ticks:
             target = np.stack([self._gt[i] for i in with_gt])
-            values_gt, phi_gt, shares_gt = window_values(preds[with_gt], target)
+            seen_gt = int(np.bitwise_or.reduce(np.asarray(self._present)[with_gt]))
+            values_gt, phi_gt, shares_gt = window_values(preds[with_gt], target, seen_gt)
         return Contributions(len(self._preds), values, phi, shares, self._ewma_phi.copy(),
                              self._ewma_shares.copy(), values_gt, phi_gt, shares_gt)
 
