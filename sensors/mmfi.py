@@ -1,0 +1,499 @@
+"""Read MM-Fi (and the synthetic MM-Fi-format datasets) from disk.
+
+Layout: ``ROOT/E01..E04/S01..S40/A01..A27/`` sequence folders, each with
+``rgb/ lidar/ mmwave/ wifi-csi/`` (plus ``infra1/ infra2/ depth/`` that we do not read) holding
+``frame001..frame297`` files, and ``ground_truth.npy``. Anything else in the tree (stray files,
+unrelated folders, extra frame files) is ignored.
+
+Raw readers (a public API, used by training and by the replay publisher):
+
+* ``read_frame(seq_dir, modality, frame)`` -> the frame as stored, or None when the modality is
+  absent for that frame: ``rgb`` float32 [17, 2] pixels (COCO-17), ``lidar`` float64 [N, 3],
+  ``mmwave`` float64 [N, 5] (disk column order), ``wifi`` ``CSIFrame(amp, phase)`` each float64
+  [3, 114, 10].
+* ``read_ground_truth(seq_dir)`` -> float32 [297, 17, 3] metres (H36M-17, camera frame).
+
+Policies (docs/mmfi.md explains them):
+
+* a 0-byte ``.bin`` means "no detections": the modality is absent for that frame (None);
+* a missing frame file is treated as absent too (``missing="absent"``, the default), counted and
+  logged once per sequence folder and modality; ``missing="error"`` raises ``MMFiMissingFileError``.
+  Absence is what the model is built for (the presence mask), and a copy of a 77 GB dataset with a
+  few lost files should not stop a long run, but it must not pass silently either;
+* a missing modality folder (of a requested modality) or ``ground_truth.npy`` is an error when a
+  dataset is built, naming the path;
+* a file of the wrong size, shape or content raises ``MMFiFormatError`` naming the path, what was
+  expected and what came.
+
+``MMFiDataset`` selects the sequences of a protocol/split/subset and turns frames into model inputs,
+only through ``sensors.preprocess``; nothing is read before it is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.io
+from scipy.io.matlab import MatReadError
+from tqdm import tqdm
+
+from sensors import preprocess, schema, splits
+
+log = logging.getLogger(__name__)
+
+MISSING_POLICIES: tuple[str, ...] = ("absent", "error")
+FRAME_STATUSES: tuple[str, ...] = ("ok", "empty", "missing")  # empty = 0-byte .bin (no detections)
+CSI_KEYS = ("CSIamp", "CSIphase")
+_BYTES_PER_VALUE = 8  # raw float64 .bin files
+
+
+class MMFiFormatError(ValueError):
+    """A file or folder of an MM-Fi-format dataset is not what the format says it must be."""
+
+
+class MMFiLayoutError(MMFiFormatError):
+    """The folder tree is wrong (subject under the wrong environment, missing folder, nothing found)."""
+
+
+class MMFiMissingFileError(MMFiFormatError):
+    """A file the reader needs does not exist."""
+
+
+class CSIFrame(NamedTuple):
+    """One WiFi CSI frame as stored: amplitude and phase, each float64 [3, 114, 10]."""
+
+    amp: np.ndarray
+    phase: np.ndarray
+
+
+@dataclass(frozen=True, order=True)
+class SequenceKey:
+    """One MM-Fi sequence, e.g. ``SequenceKey("E01", "S01", "A02")`` (``str()`` -> "E01/S01/A02")."""
+
+    env: str
+    subject: str
+    action: str
+
+    def __post_init__(self) -> None:
+        if self.subject not in schema.SUBJECTS or self.action not in schema.ACTIONS:
+            raise ValueError(f"bad sequence key {self.env}/{self.subject}/{self.action}: "
+                             "expected subject S01..S40 and action A01..A27")
+        expected = schema.environment_of(self.subject)
+        if self.env != expected:
+            raise ValueError(f"subject {self.subject} belongs to {expected}, not {self.env!r}")
+
+    @classmethod
+    def of(cls, subject: str, action: str) -> SequenceKey:
+        """The key of (subject, action); the environment follows from the subject."""
+        return cls(schema.environment_of(subject), subject, action)
+
+    def path(self, root: str | Path) -> Path:
+        return Path(root) / self.env / self.subject / self.action
+
+    def __str__(self) -> str:
+        return f"{self.env}/{self.subject}/{self.action}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Discovery
+# ----------------------------------------------------------------------------------------------
+def _named_dirs(parent: Path, names: Sequence[str]) -> list[Path]:
+    """Sub-folders of ``parent`` whose name is in ``names``, sorted; everything else is ignored."""
+    return sorted(p for p in parent.iterdir() if p.name in names and p.is_dir())
+
+
+def discover_sequences(root: str | Path) -> list[SequenceKey]:
+    """All ``ROOT/Exx/Syy/Azz`` sequence folders, sorted. Stray files and unrelated folders at any
+    level are ignored. A subject folder under the wrong environment raises ``MMFiLayoutError``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MMFiLayoutError(f"MM-Fi root {root} is not a folder: point --data at the folder that "
+                              "holds E01..E04")
+    keys: list[SequenceKey] = []
+    for env_dir in _named_dirs(root, schema.ENVIRONMENTS):
+        for subj_dir in _named_dirs(env_dir, schema.SUBJECTS):
+            expected = schema.environment_of(subj_dir.name)
+            if env_dir.name != expected:
+                raise MMFiLayoutError(f"{subj_dir}: subject {subj_dir.name} belongs to {expected} "
+                                      f"(E01=S01-S10 ... E04=S31-S40), found under {env_dir.name}; "
+                                      f"move it to {root / expected / subj_dir.name}")
+            keys += [SequenceKey(env_dir.name, subj_dir.name, a.name)
+                     for a in _named_dirs(subj_dir, schema.ACTIONS)]
+    return keys
+
+
+def describe_root(root: str | Path, limit: int = 8) -> str:
+    """A short listing of what is in ``root`` (for error messages)."""
+    root = Path(root)
+    if not root.is_dir():
+        return f"{root} does not exist"
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+    return f"{root} contains: {shown or 'nothing'}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Raw readers
+# ----------------------------------------------------------------------------------------------
+def frame_path(seq_dir: str | Path, modality: str, frame: int) -> Path:
+    """Path of 0-based frame ``frame`` of ``modality`` in a sequence folder."""
+    if modality not in schema.MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}: expected one of {', '.join(schema.MODALITIES)}")
+    if not 0 <= frame < schema.FRAMES_PER_SEQUENCE:
+        raise IndexError(f"frame index must be in 0..{schema.FRAMES_PER_SEQUENCE - 1}, got {frame}")
+    return Path(seq_dir) / schema.MMFI_FOLDERS[modality] / schema.frame_file_name(modality, frame)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise MMFiFormatError(f"{path}: expected a numpy .npy array, the file cannot be read ({err})") from err
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
+        raise MMFiFormatError(f"{path}: expected a numeric .npy array, got {getattr(arr, 'dtype', type(arr))}")
+    return arr
+
+
+def read_keypoints(path: str | Path) -> np.ndarray:
+    """``rgb/frameNNN.npy`` -> float32 [17, 2] pixels of a 640x480 image, COCO-17 order."""
+    path = Path(path)
+    arr = _load_npy(path)
+    expected = schema.MODALITY_SPECS["rgb"].shape
+    if arr.shape != expected:
+        raise MMFiFormatError(f"{path}: expected RGB keypoints of shape {expected} (COCO-17 x (u, v) pixels), "
+                              f"got {arr.shape}")
+    return arr.astype(np.float32)
+
+
+def read_points(path: str | Path, modality: str) -> np.ndarray | None:
+    """``lidar/mmwave frameNNN.bin`` (raw little-endian float64) -> float64 [N, columns]; a 0-byte
+    file (no detections) -> None."""
+    path = Path(path)
+    spec = schema.MODALITY_SPECS[modality]
+    columns = len(spec.columns)
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    row = _BYTES_PER_VALUE * columns
+    if size % row:
+        raise MMFiFormatError(f"{path}: expected raw float64 {modality} points with {columns} columns "
+                              f"(file size a multiple of {row} bytes), got {size} bytes; the file is "
+                              "truncated or not an MM-Fi point cloud")
+    n = size // row
+    if n > spec.max_points:
+        raise MMFiFormatError(f"{path}: expected at most {spec.max_points} {modality} points "
+                              f"(schema.MAX_*_POINTS), got {n}")
+    return np.fromfile(path, dtype="<f8").reshape(n, columns)
+
+
+def read_csi(path: str | Path) -> CSIFrame:
+    """``wifi-csi/frameNNN.mat`` (MATLAB 5, keys CSIamp and CSIphase) -> CSIFrame of float64
+    [3, 114, 10] arrays, unrepaired (NaN/inf kept; ``preprocess.clean_csi`` repairs them)."""
+    path = Path(path)
+    try:
+        mat = scipy.io.loadmat(path, variable_names=CSI_KEYS)
+    except (MatReadError, ValueError, TypeError, OSError, EOFError) as err:
+        raise MMFiFormatError(f"{path}: expected a MATLAB 5 .mat file with {' and '.join(CSI_KEYS)}, "
+                              f"the file cannot be read ({err})") from err
+    missing = [k for k in CSI_KEYS if k not in mat]
+    if missing:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise MMFiFormatError(f"{path}: expected variables {', '.join(CSI_KEYS)}, missing {', '.join(missing)} "
+                              f"(found {', '.join(found) or 'none'})")
+    expected = schema.MODALITY_SPECS["wifi"].shape
+    out = []
+    for k in CSI_KEYS:
+        arr = np.asarray(mat[k])
+        if arr.shape != expected or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise MMFiFormatError(f"{path}: expected {k} real {expected} (antennas x subcarriers x packets), "
+                                  f"got {arr.dtype} {arr.shape}")
+        out.append(arr.astype(np.float64))
+    return CSIFrame(*out)
+
+
+def read_frame_status(seq_dir: str | Path, modality: str, frame: int) -> tuple[Any, str]:
+    """(value, status) of one frame: status "ok" (value as ``read_frame``), "empty" (0-byte .bin,
+    value None) or "missing" (no such file, value None). Malformed files raise MMFiFormatError."""
+    path = frame_path(seq_dir, modality, frame)
+    if not path.is_file():
+        return None, "missing"
+    if modality == "rgb":
+        return read_keypoints(path), "ok"
+    if modality == "wifi":
+        return read_csi(path), "ok"
+    points = read_points(path, modality)
+    return points, ("empty" if points is None else "ok")
+
+
+_warned_missing: set[tuple[str, str]] = set()
+
+
+def _missing_frame(seq_dir: str | Path, modality: str, frame: int, policy: str) -> None:
+    """Apply the missing-frame policy: raise, or log once per (sequence folder, modality)."""
+    path = frame_path(seq_dir, modality, frame)
+    if policy == "error":
+        raise MMFiMissingFileError(f"{path}: frame file missing (every sequence has "
+                                   f"{schema.FRAMES_PER_SEQUENCE} frames); restore it, or read with "
+                                   "missing='absent' to treat missing frames as absent")
+    key = (str(Path(seq_dir)), modality)
+    if key not in _warned_missing:
+        _warned_missing.add(key)
+        log.warning("%s missing: %s frames of this sequence that have no file are treated as absent "
+                    "(presence 0); further misses here are counted, not logged", path, modality)
+
+
+def _check_policy(missing: str) -> None:
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing-frame policy must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
+
+
+def read_frame(seq_dir: str | Path, modality: str, frame: int, missing: str = "absent") -> Any:
+    """One raw frame of ``modality`` (0-based ``frame``) or None when absent.
+
+    rgb -> float32 [17, 2] pixels; lidar -> float64 [N, 3] m; mmwave -> float64 [N, 5] (disk column
+    order); wifi -> ``CSIFrame(amp, phase)`` float64 [3, 114, 10]. None for a 0-byte .bin (no
+    detections) and, with ``missing="absent"``, for a missing file (logged once per sequence folder
+    and modality); ``missing="error"`` raises ``MMFiMissingFileError`` instead.
+    """
+    _check_policy(missing)
+    value, status = read_frame_status(seq_dir, modality, frame)
+    if status == "missing":
+        _missing_frame(seq_dir, modality, frame, missing)
+    return value
+
+
+def read_ground_truth(seq_dir: str | Path) -> np.ndarray:
+    """``ground_truth.npy`` -> float32 [297, 17, 3] metres, H36M-17, camera frame (y down, z depth)."""
+    path = Path(seq_dir) / schema.MMFI_GT_FILE
+    if not path.is_file():
+        raise MMFiMissingFileError(f"{path}: ground truth missing; every MM-Fi sequence folder has "
+                                   f"{schema.MMFI_GT_FILE}")
+    arr = _load_npy(path)
+    expected = (schema.FRAMES_PER_SEQUENCE, schema.N_JOINTS, 3)
+    if arr.shape != expected:
+        raise MMFiFormatError(f"{path}: expected ground truth of shape {expected} (frames x H36M-17 joints x "
+                              f"xyz metres), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise MMFiFormatError(f"{path}: expected finite joint positions, got "
+                              f"{int((~np.isfinite(arr)).sum())} NaN/inf values")
+    return arr.astype(np.float32)
+
+
+def mmwave_permutation(columns: Sequence[str]) -> list[int]:
+    """Column indices that turn mmWave points stored in ``columns`` order into
+    ``schema.MMWAVE_COLUMNS`` order (MM-Fi's column order is disputed: keep it a setting)."""
+    if sorted(columns) != sorted(schema.MMWAVE_COLUMNS):
+        raise ValueError(f"mmwave_columns must be an ordering of {schema.MMWAVE_COLUMNS}, got {tuple(columns)}")
+    return [list(columns).index(c) for c in schema.MMWAVE_COLUMNS]
+
+
+# ----------------------------------------------------------------------------------------------
+# Model inputs of one frame (only through sensors.preprocess)
+# ----------------------------------------------------------------------------------------------
+def model_inputs(rgb_frames: Sequence[np.ndarray | None], lidar: np.ndarray | None,
+                 mmwave: np.ndarray | None, csi: CSIFrame | None, *, rgb_window: int,
+                 lidar_cap: int, mmwave_cap: int) -> dict[str, np.ndarray]:
+    """Raw frames -> the model inputs of one frame (schema.MODEL_INPUTS, no batch axis).
+
+    rgb_frames: the last <= ``rgb_window`` keypoint frames [17, 2] px, oldest first, last = now
+    (None = absent); mmwave in schema column order. A modality is present when its current frame
+    is (for points: at least one finite point); absent inputs are all zero.
+    """
+    presence = np.zeros(schema.N_MODALITIES, dtype=np.float32)
+    out: dict[str, np.ndarray] = {}
+    if rgb_frames and rgb_frames[-1] is not None:
+        out["rgb"] = preprocess.rgb_window(list(rgb_frames), rgb_window)
+        presence[schema.MODALITY_INDEX["rgb"]] = 1.0
+    else:
+        out["rgb"] = np.zeros((rgb_window, schema.N_KEYPOINTS, 2), dtype=np.float32)
+    for name, points, cap in (("lidar", lidar, lidar_cap), ("mmwave", mmwave, mmwave_cap)):
+        columns = len(schema.MODALITY_SPECS[name].columns)
+        pts = np.zeros((0, columns)) if points is None else points
+        out[name], out[f"{name}_mask"] = preprocess.sample_points(pts, cap, columns)
+        presence[schema.MODALITY_INDEX[name]] = float(out[f"{name}_mask"].any())
+    if csi is not None:
+        out["wifi"] = preprocess.wifi_input(csi.amp, csi.phase)
+        presence[schema.MODALITY_INDEX["wifi"]] = 1.0
+    else:
+        out["wifi"] = np.zeros(schema.WIFI_INPUT_SHAPE, dtype=np.float32)
+    out["presence"] = presence
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset
+# ----------------------------------------------------------------------------------------------
+class MMFiDataset:
+    """The frames of one protocol/split/subset of an MM-Fi-format dataset, as model inputs.
+
+    Lazy: construction only lists folders; ``ds[i]`` reads frame i (297 per sequence, sequences
+    sorted); ``load_arrays()`` reads the whole subset once; ``sequence_frames(key)`` yields raw frames
+    for replay. ``missing`` counts the frame files found missing so far, per modality.
+    """
+
+    def __init__(self, root: str | Path, protocol: str = "P1", split: str = "S1", subset: str = "train",
+                 seed: int = 0, rgb_window: int = schema.DEFAULT_RGB_WINDOW,
+                 lidar_cap: int = schema.DEFAULT_LIDAR_CAP, mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP,
+                 modalities: Sequence[str] = schema.MODALITIES,
+                 mmwave_columns: Sequence[str] = schema.MMWAVE_COLUMNS, missing: str = "absent") -> None:
+        self.root = Path(root)
+        self.protocol, self.split, self.subset, self.seed = protocol, split, subset, int(seed)
+        self.rgb_window, self.lidar_cap, self.mmwave_cap = int(rgb_window), int(lidar_cap), int(mmwave_cap)
+        self.modalities = tuple(modalities)
+        self.mmwave_columns = tuple(mmwave_columns)
+        self.missing_policy = missing
+        self._validate()
+        self._mmwave_perm = mmwave_permutation(self.mmwave_columns)
+        wanted = splits.subset_pairs(protocol, split, subset, self.seed)
+        found = discover_sequences(self.root)
+        self.keys: list[SequenceKey] = [k for k in found if (k.subject, k.action) in wanted]
+        if not self.keys:
+            raise MMFiLayoutError(self._nothing_selected(found))
+        self._check_folders()
+        self.missing: Counter[str] = Counter()
+        self._gt: tuple[SequenceKey, np.ndarray] | None = None
+
+    # -- construction checks --------------------------------------------------------------------
+    def _validate(self) -> None:
+        splits.check_protocol(self.protocol)
+        splits.check_split(self.split)
+        if self.subset not in splits.SUBSETS:
+            raise ValueError(f"subset must be one of {', '.join(splits.SUBSETS)}, got {self.subset!r}")
+        unknown = [m for m in self.modalities if m not in schema.MODALITIES]
+        if unknown or not self.modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {schema.MODALITIES}, got {self.modalities}")
+        for name in ("rgb_window", "lidar_cap", "mmwave_cap"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _check_policy(self.missing_policy)
+
+    def _nothing_selected(self, found: list[SequenceKey]) -> str:
+        what = f"protocol {self.protocol}, split {self.split}, subset {self.subset!r} (seed {self.seed})"
+        if not found:
+            return (f"no MM-Fi sequences under {self.root} for {what}: expected "
+                    f"ROOT/E01..E04/S01..S40/A01..A27 folders; {describe_root(self.root)}")
+        subjects = sorted({k.subject for k in found})
+        actions = sorted({k.action for k in found})
+        return (f"none of the {len(found)} sequences under {self.root} belongs to {what}; on disk: "
+                f"subjects {', '.join(subjects)}; actions {', '.join(actions)}. Generate or copy sequences "
+                "of that protocol's actions and subset's subjects, or choose another protocol/split/subset")
+
+    def _check_folders(self) -> None:
+        for key in self.keys:
+            seq = key.path(self.root)
+            for m in self.modalities:
+                folder = seq / schema.MMFI_FOLDERS[m]
+                if not folder.is_dir():
+                    raise MMFiLayoutError(f"{folder}: {m} folder missing in sequence {key}; restore it, or "
+                                          f"leave {m} out of modalities={self.modalities}")
+            if not (seq / schema.MMFI_GT_FILE).is_file():
+                raise MMFiMissingFileError(f"{seq / schema.MMFI_GT_FILE}: ground truth missing in sequence {key}")
+
+    # -- indexing -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.keys) * schema.FRAMES_PER_SEQUENCE
+
+    def __repr__(self) -> str:
+        return (f"MMFiDataset({str(self.root)!r}, {self.protocol}/{self.split}/{self.subset}: "
+                f"{len(self.keys)} sequences, {len(self)} frames, modalities={self.modalities})")
+
+    def locate(self, index: int) -> tuple[SequenceKey, int]:
+        """(sequence key, 0-based frame) of dataset index ``index`` (negative counts from the end)."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} frames")
+        index %= n
+        return self.keys[index // schema.FRAMES_PER_SEQUENCE], index % schema.FRAMES_PER_SEQUENCE
+
+    def _read(self, key: SequenceKey, modality: str, frame: int) -> Any:
+        """One raw frame of a requested modality, or None (absent, missing, or not requested)."""
+        if modality not in self.modalities:
+            return None
+        seq = key.path(self.root)
+        value, status = read_frame_status(seq, modality, frame)
+        if status == "missing":
+            self.missing[modality] += 1
+            _missing_frame(seq, modality, frame, self.missing_policy)
+        if modality == "mmwave" and value is not None:
+            value = value[:, self._mmwave_perm]
+        return value
+
+    def _ground_truth(self, key: SequenceKey) -> np.ndarray:
+        if self._gt is None or self._gt[0] != key:
+            self._gt = (key, read_ground_truth(key.path(self.root)))
+        return self._gt[1]
+
+    def _inputs(self, rgb_frames, lidar, mmwave, csi) -> dict[str, np.ndarray]:
+        return model_inputs(rgb_frames, lidar, mmwave, csi, rgb_window=self.rgb_window,
+                            lidar_cap=self.lidar_cap, mmwave_cap=self.mmwave_cap)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key, t = self.locate(index)
+        first = max(0, t - self.rgb_window + 1)
+        rgb = [self._read(key, "rgb", j) for j in range(first, t + 1)] if "rgb" in self.modalities else []
+        sample: dict[str, Any] = self._inputs(rgb, self._read(key, "lidar", t), self._read(key, "mmwave", t),
+                                              self._read(key, "wifi", t))
+        sample["joints"] = self._ground_truth(key)[t].copy()
+        sample.update(env=key.env, subject=key.subject, action=key.action, frame=t)
+        return sample
+
+    # -- whole-subset and per-sequence access ---------------------------------------------------
+    def _read_sequence(self, key: SequenceKey) -> dict[str, list[Any]]:
+        """Every frame of every modality of one sequence, each file read once."""
+        frames = range(schema.FRAMES_PER_SEQUENCE)
+        return {m: [self._read(key, m, t) for t in frames] for m in schema.MODALITIES}
+
+    def _empty_arrays(self) -> dict[str, np.ndarray]:
+        n = len(self)
+        return {
+            "rgb": np.zeros((n, self.rgb_window, schema.N_KEYPOINTS, 2), np.float32),
+            "lidar": np.zeros((n, self.lidar_cap, len(schema.LIDAR_COLUMNS)), np.float32),
+            "lidar_mask": np.zeros((n, self.lidar_cap), bool),
+            "mmwave": np.zeros((n, self.mmwave_cap, len(schema.MMWAVE_COLUMNS)), np.float32),
+            "mmwave_mask": np.zeros((n, self.mmwave_cap), bool),
+            "wifi": np.zeros((n, *schema.WIFI_INPUT_SHAPE), np.float32),
+            "presence": np.zeros((n, schema.N_MODALITIES), np.float32),
+            "joints": np.zeros((n, schema.N_JOINTS, 3), np.float32),
+        }
+
+    def load_arrays(self, progress: bool = True) -> dict[str, np.ndarray]:
+        """The whole subset as stacked arrays, the same keys and values as ``ds[i]`` with a leading
+        frame axis [N, ...] (env/subject/action as numpy str arrays, frame as int64). Reads each file
+        once, sequence by sequence (tqdm progress bar)."""
+        out = self._empty_arrays()
+        n_frames = schema.FRAMES_PER_SEQUENCE
+        for s, key in enumerate(tqdm(self.keys, desc=f"reading {self.subset} sequences", unit="seq",
+                                     disable=not progress)):
+            raw = self._read_sequence(key)
+            joints = read_ground_truth(key.path(self.root))
+            for t in range(n_frames):
+                first = max(0, t - self.rgb_window + 1)
+                rgb = raw["rgb"][first:t + 1] if "rgb" in self.modalities else []
+                sample = self._inputs(rgb, raw["lidar"][t], raw["mmwave"][t], raw["wifi"][t])
+                for name, value in sample.items():
+                    out[name][s * n_frames + t] = value
+            out["joints"][s * n_frames:(s + 1) * n_frames] = joints
+        for field in ("env", "subject", "action"):
+            out[field] = np.repeat(np.array([getattr(k, field) for k in self.keys], dtype=str), n_frames)
+        out["frame"] = np.tile(np.arange(n_frames, dtype=np.int64), len(self.keys))
+        return out
+
+    def sequence_frames(self, key: SequenceKey) -> Iterator[dict[str, Any]]:
+        """Raw frames of one sequence in frame order, read lazily (for replay): dicts with ``frame``
+        (0-based), ``rgb`` float32 [17, 2] px, ``lidar`` float64 [N, 3], ``mmwave`` float64 [N, 5] in
+        schema column order, ``wifi`` CSIFrame of float64 [3, 114, 10] (each None where absent or not
+        requested) and ``joints`` float32 [17, 3] metres."""
+        if not key.path(self.root).is_dir():
+            raise MMFiLayoutError(f"{key.path(self.root)}: no such sequence folder")
+        joints = read_ground_truth(key.path(self.root))
+        for t in range(schema.FRAMES_PER_SEQUENCE):
+            frame: dict[str, Any] = {"frame": t}
+            frame.update({m: self._read(key, m, t) for m in schema.MODALITIES})
+            frame["joints"] = joints[t]
+            yield frame
