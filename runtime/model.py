@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from sensors import preprocess, schema
+from sensors import schema
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class ModelMetadata:
     units: Mapping[str, str]
     preprocessing: Mapping[str, str]
     fusion: str
+    enabled_modalities: tuple[str, ...]
     config_hash: str
     config: Mapping[str, Any]
     validation_metrics: Mapping[str, Any]
@@ -141,6 +142,7 @@ class ModelMetadata:
             units=dict(reader.json("units")),
             preprocessing=dict(reader.json("preprocessing")),
             fusion=reader.text("fusion"),
+            enabled_modalities=tuple(reader.json("enabled_modalities")),
             config_hash=reader.text("config_hash"),
             config=reader.json("config"),
             validation_metrics=reader.json("validation_metrics"),
@@ -165,8 +167,12 @@ class ModelMetadata:
                 raise ModelError(f"{source}: metadata says {got.describe()}, but its window/caps "
                                  f"(R={self.rgb_window}, Cl={self.lidar_cap}, Cm={self.mmwave_cap}) "
                                  f"imply {want.describe()}. The metadata is inconsistent; re-export.")
-        if len(self.mmwave_columns) != 5:
-            raise ModelError(f"{source}: mmwave_columns must name 5 columns, got {list(self.mmwave_columns)}")
+        if not set(self.enabled_modalities) <= set(schema.MODALITIES):
+            raise ModelError(f"{source}: enabled_modalities {list(self.enabled_modalities)} must be a subset "
+                             f"of {list(schema.MODALITIES)}")
+        if sorted(self.mmwave_columns) != sorted(schema.MMWAVE_COLUMNS):
+            raise ModelError(f"{source}: mmwave_columns must be a permutation of {list(schema.MMWAVE_COLUMNS)}, "
+                             f"got {list(self.mmwave_columns)}")
 
     def input_shape(self, name: str, batch: int) -> tuple[int, ...]:
         return tuple(batch if d is None else d for d in self.inputs[name].shape)
@@ -175,6 +181,7 @@ class ModelMetadata:
         """A JSON-friendly view (for ``runtime info --json`` and logs)."""
         return {
             "schema_version": self.schema_version, "fusion": self.fusion, "config_hash": self.config_hash,
+            "enabled_modalities": list(self.enabled_modalities),
             "modalities": list(self.modalities), "rgb_window": self.rgb_window,
             "lidar_cap": self.lidar_cap, "mmwave_cap": self.mmwave_cap,
             "mmwave_columns": list(self.mmwave_columns),
@@ -443,46 +450,6 @@ def _check_session_signature(session: ort.InferenceSession, meta: ModelMetadata,
 
 
 # ----------------------------------------------------------------------------------------------
-# Raw frame -> model inputs (the same sensors.preprocess functions the training dataset calls)
-# ----------------------------------------------------------------------------------------------
-def frame_inputs(meta: ModelMetadata, rgb_frames: Sequence[np.ndarray | None] | None,
-                 lidar_points: np.ndarray | None, mmwave_points: np.ndarray | None,
-                 wifi_amp_packets: np.ndarray | None, wifi_phase_packets: np.ndarray | None
-                 ) -> dict[str, np.ndarray]:
-    """Model inputs (batch 1) for one tick from raw sensor data; None = modality absent.
-
-    rgb_frames: recent keypoint frames [17, 2] px, oldest first (None entries = not seen);
-    lidar_points [N, 3] m; mmwave_points [N, 5]; wifi_*_packets [P, 3, 114] (P >= 1, oldest first).
-    An absent modality is zero-filled (masks False) and flagged 0 in ``presence``.
-    """
-    out: dict[str, np.ndarray] = {}
-    presence = np.zeros(schema.N_MODALITIES, np.float32)
-    rgb_known = rgb_frames is not None and any(f is not None for f in rgb_frames)
-    out["rgb"] = preprocess.rgb_window(list(rgb_frames) if rgb_known else [], meta.rgb_window)
-    presence[schema.MODALITY_INDEX["rgb"]] = float(rgb_known)
-    for name, points, cap in (("lidar", lidar_points, meta.lidar_cap), ("mmwave", mmwave_points, meta.mmwave_cap)):
-        columns = meta.inputs[name].shape[-1]
-        pts = np.zeros((0, columns), np.float32) if points is None else points
-        out[name], out[f"{name}_mask"] = preprocess.sample_points(pts, cap, columns)
-        presence[schema.MODALITY_INDEX[name]] = float(points is not None)
-    if wifi_amp_packets is None or wifi_phase_packets is None:
-        out["wifi"] = np.zeros(schema.WIFI_INPUT_SHAPE, np.float32)
-    else:
-        out["wifi"] = preprocess.wifi_input(preprocess.resample_packets(wifi_amp_packets),
-                                            preprocess.resample_packets(wifi_phase_packets))
-        presence[schema.MODALITY_INDEX["wifi"]] = 1.0
-    out["presence"] = presence
-    return {name: out[name][None] for name in schema.MODEL_INPUTS}
-
-
-def stack_inputs(items: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate per-tick inputs (each batch 1 or more) into one batch, e.g. across stations."""
-    if not items:
-        raise ModelError("stack_inputs needs at least one set of inputs")
-    return {name: np.concatenate([it[name] for it in items], axis=0) for name in schema.MODEL_INPUTS}
-
-
-# ----------------------------------------------------------------------------------------------
 # CLI: runtime info
 # ----------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -516,7 +483,7 @@ def describe(model: PoseModel) -> str:
     lines = [
         f"model            {model.path} ({model.path.stat().st_size / 1e6:.2f} MB)",
         f"schema version   {m.schema_version}",
-        f"fusion           {m.fusion}",
+        f"fusion           {m.fusion} over {', '.join(m.enabled_modalities)}",
         f"config hash      {m.config_hash}",
         f"producer         {json.dumps(m.producer)}",
         f"rgb window       {m.rgb_window} frames; point caps lidar {m.lidar_cap}, mmwave {m.mmwave_cap}",

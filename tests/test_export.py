@@ -1,0 +1,183 @@
+"""ONNX export: torch/onnxruntime parity for every fusion, pinned versions, metadata, baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from fixtures.export_models import export_tiny, random_calibration, tiny_config, tiny_model
+
+from runtime.model import PoseModel
+from sensors import posemath, schema
+from training import export
+from training.config import FUSIONS, config_hash
+
+torch.set_num_threads(1)
+ATOL_M = 1e-4  # 0.1 mm: onnxruntime vs torch eager, float32
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """fusion -> (torch model, config, path of its exported ONNX file with a baseline)."""
+    out = tmp_path_factory.mktemp("export")
+    return {f: export_tiny(out / f"{f}.onnx", fusion=f) for f in FUSIONS}
+
+
+def parity_inputs(dims: export.ModelDims, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Full, partial and empty presence; empty point clouds (all-False masks) included."""
+    x = export.example_inputs(dims, batch=batch, seed=seed)
+    x["presence"][0] = 1.0
+    if batch > 1:
+        x["presence"][1] = 1.0
+        x["lidar_mask"][1] = False  # present but empty clouds
+        x["mmwave_mask"][1] = False
+    if batch > 2:
+        x["presence"][2] = [1.0, 0.0, 1.0, 0.0]
+    if batch > 3:
+        x["presence"][3] = 0.0
+    return x
+
+
+def torch_reference(model, x: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """pose by the model's own forward, coalition poses by its fuse_coalitions: independent of the
+    export wrapper."""
+    args = export.to_torch(x)
+    with torch.no_grad():
+        pose = model(*args)
+        feats = model.encode(*args[:-1])
+        masks = torch.from_numpy(schema.COALITION_MASKS)[None] * args[-1][:, None, :]
+        coalitions = model.fuse_coalitions(feats, masks)
+    return pose.numpy(), coalitions.numpy()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_onnx_matches_torch_for_every_fusion(exported, fusion, batch):
+    model, cfg, path = exported[fusion]
+    runtime = PoseModel.load(path, provider="cpu", intra_op_threads=1)
+    x = parity_inputs(export.ModelDims.from_config(cfg), batch, seed=batch)
+    pose, coalitions = runtime.run(x)
+    ref_pose, ref_coalitions = torch_reference(model, x)
+    assert pose.shape == (batch, 17, 3) and coalitions.shape == (batch, 16, 17, 3)
+    assert np.isfinite(pose).all() and np.isfinite(coalitions).all()
+    np.testing.assert_allclose(pose, ref_pose, rtol=0, atol=ATOL_M)
+    np.testing.assert_allclose(coalitions, ref_coalitions, rtol=0, atol=ATOL_M)
+    # The full coalition under the presence mask is the pose; the empty coalition ignores inputs.
+    np.testing.assert_allclose(coalitions[:, schema.FULL_COALITION], pose, atol=ATOL_M)
+    np.testing.assert_allclose(coalitions[:, 0], np.broadcast_to(coalitions[:1, 0], coalitions[:, 0].shape),
+                               atol=ATOL_M)
+
+
+def test_absent_modality_changes_no_coalition(exported):
+    """Coalition c uses COALITION_MASKS[c] * presence: with lidar absent, coalitions that differ
+    only by the lidar bit predict the same pose."""
+    model, cfg, path = exported["attention"]
+    runtime = PoseModel.load(path, provider="cpu", intra_op_threads=1)
+    x = parity_inputs(export.ModelDims.from_config(cfg), 2, seed=7)
+    x["presence"][:] = [1.0, 0.0, 1.0, 1.0]
+    _, coalitions = runtime.run(x)
+    lidar_bit = 1 << schema.MODALITY_INDEX["lidar"]
+    for c in range(schema.N_COALITIONS):
+        np.testing.assert_allclose(coalitions[:, c | lidar_bit], coalitions[:, c & ~lidar_bit], atol=1e-6)
+    assert np.abs(coalitions[:, 1] - coalitions[:, 0]).max() > 1e-4  # rgb does change the pose
+
+
+def test_pinned_ir_version_and_opset(exported):
+    proto = onnx.load(str(exported["concat"][2]))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.ir_version == export.IR_VERSION == 10
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    assert opsets.get("", opsets.get("ai.onnx")) == export.OPSET == 17
+    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] == export.BATCH_AXIS  # dynamic batch axis, fixed window and caps
+
+
+def test_metadata_describes_the_model(exported):
+    model, cfg, path = exported["mlp"]
+    meta = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
+    assert meta.schema_version == schema.SCHEMA_VERSION and meta.modalities == schema.MODALITIES
+    assert (meta.rgb_window, meta.lidar_cap, meta.mmwave_cap) == (cfg.model.rgb_window, cfg.model.lidar_cap,
+                                                                  cfg.model.mmwave_cap)
+    assert meta.fusion == "mlp" and meta.config_hash == config_hash(cfg)
+    assert meta.config == json.loads(json.dumps(cfg.to_dict()))
+    assert meta.validation_metrics == {"mpjpe_mm": 123.4}
+    assert meta.inputs["wifi"].shape == (None, *schema.WIFI_INPUT_SHAPE)
+    assert meta.mmwave_columns == schema.MMWAVE_COLUMNS
+    for fn in ("rgb_window", "sample_points", "wifi_input", "clean_csi", "resample_packets"):
+        assert any(f"sensors.preprocess.{fn}" in text for text in meta.preprocessing.values()), fn
+    assert set(meta.units) >= {*schema.MODALITIES, "pose"}
+
+
+def test_baseline_shares_are_finite_nonnegative_and_sum_to_one(exported):
+    for fusion, (_, _, path) in exported.items():
+        b = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata.baseline
+        assert b is not None, fusion
+        assert b.window == export.CALIBRATION_WINDOW and b.n_windows == 4 and b.n_frames == 256
+        for part in (b.label_free, b.labelled):
+            shares = np.asarray(part["shares"])
+            assert np.isfinite(shares).all() and (shares >= 0).all()
+            assert shares.sum() == pytest.approx(1.0, abs=1e-9)
+            assert np.isfinite(part["shapley"]).all() and np.isfinite(part["share_std"]).all()
+
+
+def test_baseline_equals_shapley_of_torch_predictions(exported):
+    """The metadata's label-free Shapley values are the mean over 64-frame windows of the exact
+    Shapley values with the Pearson profit against the full prediction."""
+    model, cfg, path = exported["concat"]
+    cal = random_calibration(export.ModelDims.from_config(cfg))
+    phis = []
+    for idx in cal.windows(export.CALIBRATION_WINDOW):
+        pose, coalitions = torch_reference(model, {k: v[idx] for k, v in cal.inputs.items()})
+        phis.append(posemath.shapley_values(posemath.coalition_values(coalitions, pose)))
+    b = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata.baseline
+    np.testing.assert_allclose(b.label_free["shapley"], np.mean(phis, axis=0), atol=1e-3)
+    # Label-free efficiency: the values sum to v(full) - v(empty) = the 51 coordinates agreeing.
+    assert sum(b.label_free["shapley"]) == pytest.approx(51.0, abs=1e-3)
+
+
+def test_calibration_windows_stay_inside_sequences():
+    cal = random_calibration(export.ModelDims(5, 8, 4), sequences=3, frames=100)
+    windows = cal.windows(64)
+    assert len(windows) == 3  # 100 frames hold one full window each
+    for idx in windows:
+        assert len(idx) == 64 and len(set(cal.sequence[idx])) == 1 and (np.diff(idx) == 1).all()
+    limited = cal.limit(128, 64)
+    assert len(limited.targets) == 128 and len(limited.windows(64)) == 2
+
+
+def test_no_calibration_records_the_baseline_as_missing(tmp_path):
+    _, _, path = export_tiny(tmp_path / "m.onnx", calibrate=False)
+    meta = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
+    assert meta.baseline is None and "without calibration" in meta.baseline_missing_reason
+
+
+def test_calibration_refuses_a_missing_dataset(tmp_path):
+    with pytest.raises(export.ExportError, match="not found.*--no-calibration"):
+        export.load_calibration(tiny_config(), tmp_path / "nowhere")
+
+
+def test_export_is_deterministic_and_batch_independent(tmp_path):
+    a = export_tiny(tmp_path / "a.onnx", calibrate=False)[2]
+    b = export_tiny(tmp_path / "b.onnx", calibrate=False)[2]
+    ma, mb = (PoseModel.load(p, provider="cpu", intra_op_threads=1) for p in (a, b))
+    x = parity_inputs(export.ModelDims.from_config(tiny_config()), 4, seed=3)
+    pose_a, coal_a = ma.run(x)
+    np.testing.assert_array_equal(pose_a, mb.run(x)[0])
+    # A frame's output does not depend on the other frames of the batch.
+    single = {k: v[2:3] for k, v in x.items()}
+    np.testing.assert_allclose(ma.run(single)[1][0], coal_a[2], atol=1e-6)
+
+
+def test_pose_only_graph_matches_forward(tmp_path):
+    model, cfg = tiny_model("attention")
+    dims = export.ModelDims.from_config(cfg)
+    path = export.export_pose_only(model, dims, tmp_path / "pose.onnx")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = parity_inputs(dims, 3, seed=11)
+    (pose,) = sess.run(["pose"], x)
+    np.testing.assert_allclose(pose, torch_reference(model, x)[0], atol=ATOL_M)

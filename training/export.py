@@ -1,0 +1,477 @@
+"""Export a trained model to one self-describing ONNX file (``training export``).
+
+The graph runs the four encoders once and the fusion head over all 16 coalitions:
+
+    inputs  rgb [B,R,17,2] f32, lidar [B,Cl,3] f32, lidar_mask [B,Cl] bool, mmwave [B,Cm,5] f32,
+            mmwave_mask [B,Cm] bool, wifi [B,3,114,20] f32, presence [B,4] f32
+    outputs pose [B,17,3] f32 (metres), coalition_poses [B,16,17,3] f32 where coalition c uses
+            the effective mask schema.COALITION_MASKS[c] * presence
+
+B is dynamic; the window R and the point caps are fixed by the model config. The opset and IR
+version are pinned so every onnxruntime the project supports (>= 1.20) can read the file.
+``metadata_props`` (keys ``awc.*``, docs/export.md) describe inputs, preprocessing, units, the
+training config and the contribution baseline measured on validation data at export time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from sensors import posemath, schema
+from training.config import Config, config_hash, from_dict, resolve
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+IR_VERSION = 10  # onnxruntime 1.20 reads IR <= 10; onnx 1.23 would write 11 by default
+META_PREFIX = "awc."
+CALIBRATION_WINDOW = 64  # frames per window, as the runtime's sliding window
+CALIBRATION_MAX_FRAMES = 4096
+BATCH_AXIS = "batch"
+
+PREPROCESSING = {
+    "rgb": "sensors.preprocess.rgb_window(frames, rgb_window): causal window of the last R frames "
+           "(last = now), missing frames edge-padded, each normalised by normalize_keypoints "
+           "(u / 640 * 2 - 1, v / 640 * 2 - 480 / 640)",
+    "lidar": "sensors.preprocess.sample_points(points, lidar_cap, 3): non-finite rows dropped; more "
+             "than the cap -> evenly spaced rows (np.linspace, order kept); fewer -> zero padding; "
+             "lidar_mask True on real points",
+    "mmwave": "sensors.preprocess.sample_points(points, mmwave_cap, 5), as lidar; empty frames give an "
+              "all-False mask",
+    "wifi": "sensors.preprocess.resample_packets(packets [P,3,114]) -> [3,114,10] for amplitude and "
+            "phase, then sensors.preprocess.wifi_input(amp, phase): sensors.preprocess.clean_csi (inf -> "
+            "NaN -> mean of the finite values of the same packet slice), sensors.preprocess.minmax per "
+            "frame to [0, 1], amplitude (packets 0..9) then phase (10..19)",
+    "presence": "1.0 where the modality has data for the frame, 0.0 where absent (inputs zero-filled); "
+                "a point cloud counts as present when it holds at least one finite point (as "
+                "sensors.mmfi.model_inputs decides); the same mask as a Shapley coalition "
+                "(bit i = MODALITIES[i])",
+}
+UNITS = {
+    "rgb": "pixels of a 640x480 image before normalisation, COCO-17 order",
+    "lidar": "metres, LiDAR frame (x forward, y left, z up)",
+    "mmwave": "metres, metres, metres, then the two columns named by awc.mmwave_columns (dB, m/s)",
+    "wifi": "CSI amplitude (dB-like) and phase (rad) before normalisation",
+    "pose": "metres, camera frame (x right, y down, z depth), Human3.6M-17 order",
+}
+
+
+class ExportError(RuntimeError):
+    """The export cannot proceed; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Graph wrappers
+# ----------------------------------------------------------------------------------------------
+class CoalitionGraph(nn.Module):
+    """Encoders once, then the fusion head for the presence mask and for all 16 coalitions."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("coalition_masks", torch.from_numpy(schema.COALITION_MASKS.copy()),
+                             persistent=False)  # [16, 4]
+
+    def forward(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence):
+        feats = self.model.encode(rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi)  # mod -> [B, D]
+        masks = self.coalition_masks.unsqueeze(0) * presence.unsqueeze(1)  # [B, 16, 4]
+        coalition_poses = self.model.fuse_coalitions(feats, masks)  # [B, 16, 17, 3]
+        pose = self.model.fuse(feats, presence)  # [B, 17, 3]
+        return pose, coalition_poses
+
+
+class PoseGraph(nn.Module):
+    """The plain model (pose only), for latency comparisons."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence):
+        return self.model(rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence)
+
+
+# ----------------------------------------------------------------------------------------------
+# Example inputs
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelDims:
+    """The fixed (non-batch) sizes of a model's inputs."""
+
+    rgb_window: int
+    lidar_cap: int
+    mmwave_cap: int
+
+    def __post_init__(self):
+        for name in ("rgb_window", "lidar_cap", "mmwave_cap"):
+            if int(getattr(self, name)) < 1:
+                raise ExportError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ModelDims:
+        m = cfg.model
+        return cls(int(m.rgb_window), int(m.lidar_cap), int(m.mmwave_cap))
+
+    def input_shapes(self) -> dict[str, tuple[str | int, ...]]:
+        """Input name -> shape with ``"batch"`` for the dynamic axis."""
+        b = BATCH_AXIS
+        return {
+            "rgb": (b, self.rgb_window, schema.N_KEYPOINTS, 2),
+            "lidar": (b, self.lidar_cap, 3),
+            "lidar_mask": (b, self.lidar_cap),
+            "mmwave": (b, self.mmwave_cap, len(schema.MMWAVE_COLUMNS)),
+            "mmwave_mask": (b, self.mmwave_cap),
+            "wifi": (b, *schema.WIFI_INPUT_SHAPE),
+            "presence": (b, schema.N_MODALITIES),
+        }
+
+
+OUTPUT_SHAPES = {"pose": (BATCH_AXIS, schema.N_JOINTS, 3),
+                 "coalition_poses": (BATCH_AXIS, schema.N_COALITIONS, schema.N_JOINTS, 3)}
+
+
+def example_inputs(dims: ModelDims, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Plausible random model inputs (numpy) with partly filled masks and mixed presence."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in dims.input_shapes().items():
+        shape = (batch, *shape[1:])
+        if name.endswith("_mask"):
+            n_real = rng.integers(0, shape[1] + 1, size=batch)
+            out[name] = np.arange(shape[1])[None, :] < n_real[:, None]
+        elif name == "presence":
+            out[name] = (rng.random(shape) < 0.7).astype(np.float32)
+        elif name == "wifi":
+            out[name] = rng.random(shape, dtype=np.float32)
+        else:
+            out[name] = rng.normal(0.0, 0.5, size=shape).astype(np.float32)
+    out["presence"][0] = 1.0
+    out["lidar_mask"][0, :] = True
+    return out
+
+
+def to_torch(inputs: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """numpy inputs -> torch tensors in schema.MODEL_INPUTS order."""
+    return tuple(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in schema.MODEL_INPUTS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------
+def trace_to_onnx(module: nn.Module, dims: ModelDims, output_names: tuple[str, ...], opset: int = OPSET
+                  ) -> onnx.ModelProto:
+    """torch.onnx.export (TorchScript exporter) with a dynamic batch axis; IR version pinned."""
+    module = module.eval()
+    args = to_torch(example_inputs(dims, batch=2))
+    dynamic = {n: {0: BATCH_AXIS} for n in (*schema.MODEL_INPUTS, *output_names)}
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
+        torch.onnx.export(module, args, buf, input_names=list(schema.MODEL_INPUTS),
+                          output_names=list(output_names), dynamic_axes=dynamic, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.ir_version = IR_VERSION
+    return proto
+
+
+def export_onnx(model: nn.Module, cfg: Config, out_path: str | Path, calibration: CalibrationSet | None = None,
+                metrics: Mapping[str, Any] | None = None, opset: int = OPSET,
+                no_calibration_reason: str = "exported without calibration data") -> Path:
+    """Export ``model`` (the training API: encode / fuse / fuse_coalitions) with full metadata.
+
+    cfg: the resolved training config (training.config.Config). calibration: validation frames for the contribution baseline
+    (None -> the metadata records the baseline as missing, with ``no_calibration_reason``).
+    metrics: validation metrics to record. Returns the written path.
+    """
+    out_path = Path(out_path)
+    dims = ModelDims.from_config(cfg)
+    proto = trace_to_onnx(CoalitionGraph(model), dims, schema.MODEL_OUTPUTS, opset)
+    props = base_metadata(cfg, dims, metrics or {}, opset)
+    if calibration is None:
+        baseline: dict[str, Any] = {"available": False, "reason": no_calibration_reason}
+    else:
+        baseline = measure_baseline(proto.SerializeToString(), calibration)
+    props["contribution_baseline"] = json.dumps(baseline)
+    set_metadata(proto, props)
+    onnx.checker.check_model(proto, full_check=True)
+    _save_atomic(proto, out_path)
+    log.info("wrote %s (%.2f MB, opset %d, IR %d)", out_path, out_path.stat().st_size / 1e6, opset,
+             proto.ir_version)
+    return out_path
+
+
+def export_pose_only(model: nn.Module, dims: ModelDims, out_path: str | Path, opset: int = OPSET) -> Path:
+    """The plain pose graph (no coalitions, no metadata): only for latency comparisons."""
+    proto = trace_to_onnx(PoseGraph(model), dims, ("pose",), opset)
+    onnx.checker.check_model(proto)
+    _save_atomic(proto, Path(out_path))
+    return Path(out_path)
+
+
+def base_metadata(cfg: Config, dims: ModelDims, metrics: Mapping[str, Any], opset: int) -> dict[str, str]:
+    """Every metadata entry except the baseline, as key (without prefix) -> string."""
+    in_shapes = dims.input_shapes()
+    inputs = {n: {"shape": list(in_shapes[n]), "dtype": "bool" if n.endswith("_mask") else "float32"}
+              for n in schema.MODEL_INPUTS}
+    outputs = {n: {"shape": list(OUTPUT_SHAPES[n]), "dtype": "float32"} for n in schema.MODEL_OUTPUTS}
+    return {
+        "schema_version": str(schema.SCHEMA_VERSION),
+        "modalities": json.dumps(list(schema.MODALITIES)),
+        "inputs": json.dumps(inputs),
+        "outputs": json.dumps(outputs),
+        "rgb_window": str(dims.rgb_window),
+        "lidar_cap": str(dims.lidar_cap),
+        "mmwave_cap": str(dims.mmwave_cap),
+        "mmwave_columns": json.dumps(list(schema.MMWAVE_COLUMNS)),
+        "units": json.dumps(UNITS),
+        "preprocessing": json.dumps(PREPROCESSING),
+        "coalitions": json.dumps({"order": "bitmask: bit i = modalities[i]; 0 = empty, 15 = all",
+                                  "masks": schema.COALITION_MASKS.astype(int).tolist(),
+                                  "effective_mask": "masks[c] * presence"}),
+        "fusion": str(cfg.model.fusion),
+        "enabled_modalities": json.dumps([m for m in schema.MODALITIES if m in cfg.model.modalities]),
+        "config_hash": config_hash(cfg),
+        "config": json.dumps(cfg.to_dict(), default=str),
+        "validation_metrics": json.dumps(dict(metrics), default=_json_default),
+        "producer": json.dumps({"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset,
+                                "ir_version": IR_VERSION, "exporter": "torch.onnx.export(dynamo=False)"}),
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def set_metadata(proto: onnx.ModelProto, props: Mapping[str, str]) -> None:
+    """Replace the ``awc.*`` metadata_props of ``proto`` with ``props`` (keys without prefix)."""
+    keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, value
+
+
+def _save_atomic(proto: onnx.ModelProto, out_path: Path) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Contribution baseline
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class CalibrationSet:
+    """Validation frames in time order for the contribution baseline.
+
+    inputs: model inputs with N frames each; targets: [N, 17, 3] metres; sequence: [N] id of the
+    sequence of each frame (windows never cross sequences); source: where the frames came from.
+    """
+
+    inputs: dict[str, np.ndarray]
+    targets: np.ndarray
+    sequence: np.ndarray
+    source: dict[str, Any]
+
+    def __post_init__(self):
+        n = len(self.targets)
+        if n == 0:
+            raise ExportError("calibration set is empty: point --data at a dataset with test frames")
+        bad = {k: v.shape[0] for k, v in self.inputs.items() if v.shape[0] != n}
+        if bad or len(self.sequence) != n or set(self.inputs) != set(schema.MODEL_INPUTS):
+            raise ExportError(f"calibration arrays disagree: {n} targets, sequence {len(self.sequence)}, "
+                              f"inputs {sorted(self.inputs)} with mismatching lengths {bad}")
+
+    def windows(self, window: int) -> list[np.ndarray]:
+        """Index arrays of consecutive, non-overlapping windows inside each sequence."""
+        out = []
+        for seq in dict.fromkeys(self.sequence.tolist()):
+            idx = np.flatnonzero(self.sequence == seq)
+            out.extend(idx[s:s + window] for s in range(0, len(idx) - window + 1, window))
+        return out
+
+    def limit(self, max_frames: int, window: int) -> CalibrationSet:
+        """Keep at most ``max_frames`` frames as evenly spread whole windows (all sequences alike)."""
+        windows = self.windows(window)
+        keep = max(1, max_frames // window)
+        if len(windows) <= keep:
+            return self
+        chosen = np.linspace(0, len(windows) - 1, keep).round().astype(np.int64)
+        idx = np.concatenate([windows[i] for i in chosen])
+        source = {**self.source, "frames_used": int(len(idx))}
+        return CalibrationSet({k: v[idx] for k, v in self.inputs.items()}, self.targets[idx],
+                              self.sequence[idx], source)
+
+
+def measure_baseline(model_bytes: bytes, calibration: CalibrationSet, window: int = CALIBRATION_WINDOW,
+                     threads: int = 2) -> dict[str, Any]:
+    """Mean per-modality Shapley values and shares over windows of ``window`` consecutive frames.
+
+    Runs the exported graph itself (onnxruntime) so the baseline is that of the served artifact.
+    Label-free profit: each coalition's prediction vs the full prediction; labelled: vs the truth.
+    """
+    windows = calibration.windows(window)
+    if not windows:
+        raise ExportError(f"no sequence has {window} consecutive calibration frames; use more data")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    phis: dict[str, list[np.ndarray]] = {"label_free": [], "labelled": []}
+    for idx in tqdm(windows, desc="calibration windows", unit="win", leave=False):
+        feed = {n: np.ascontiguousarray(calibration.inputs[n][idx]) for n in schema.MODEL_INPUTS}
+        pose, coalition_poses = session.run(list(schema.MODEL_OUTPUTS), feed)
+        for kind, target in (("label_free", pose), ("labelled", calibration.targets[idx])):
+            values = posemath.coalition_values(coalition_poses, target)
+            phis[kind].append(posemath.shapley_values(values))
+    result: dict[str, Any] = {"available": True, "window": window, "n_windows": len(windows),
+                              "n_frames": int(sum(len(i) for i in windows)), "source": calibration.source}
+    for kind, rows in phis.items():
+        phi = np.stack(rows)  # [W, 4]
+        shares = np.stack([posemath.contribution_shares(p) for p in phi])
+        result[kind] = {"shapley": phi.mean(axis=0).tolist(),
+                        "shares": posemath.contribution_shares(phi.mean(axis=0)).tolist(),
+                        "share_std": shares.std(axis=0).tolist()}
+    result["profit"] = {"label_free": "Pearson profit of each coalition vs the full prediction (DESIGN 5)",
+                        "labelled": "Pearson profit of each coalition vs the ground truth"}
+    return result
+
+
+def calibration_from_arrays(arrays: Mapping[str, np.ndarray], source: dict[str, Any]) -> CalibrationSet:
+    """Dataset arrays (``training.data.read_arrays``: model inputs, ``joints``, env/subject/action/
+    frame) -> CalibrationSet with frames sorted by sequence then frame index."""
+    keys = [np.asarray(arrays[k]).astype(str) for k in ("env", "subject", "action")]
+    seq_names = np.char.add(np.char.add(np.char.add(keys[0], "/"), np.char.add(keys[1], "/")), keys[2])
+    frame = np.asarray(arrays["frame"]).astype(np.int64)
+    order = np.lexsort((frame, seq_names))
+    _, sequence = np.unique(seq_names[order], return_inverse=True)
+    inputs = {n: np.ascontiguousarray(np.asarray(arrays[n])[order]) for n in schema.MODEL_INPUTS}
+    inputs["lidar_mask"] = inputs["lidar_mask"].astype(bool)
+    inputs["mmwave_mask"] = inputs["mmwave_mask"].astype(bool)
+    for n in ("rgb", "lidar", "mmwave", "wifi", "presence"):
+        inputs[n] = inputs[n].astype(np.float32)
+    targets = np.asarray(arrays["joints"], np.float32)[order]
+    return CalibrationSet(inputs, targets, sequence, source)
+
+
+def load_calibration(cfg: Config, data_root: str | Path | None = None, subset: str = "test",
+                     progress: bool = True) -> CalibrationSet:
+    """Validation frames of the config's dataset settings (or ``data_root``) for the baseline."""
+    from training.data import read_arrays
+
+    cfg = from_dict(cfg.to_dict())  # a copy: the caller's config keeps its data settings
+    if data_root is not None:
+        cfg.data.root = str(data_root)
+    cfg.data.cache_dir = ""
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise ExportError(f"no calibration data: dataset root {root} not found. Point --data at an MM-Fi-format "
+                          f"folder, or pass --no-calibration (the runtime then has no contribution baseline)")
+    arrays = read_arrays(cfg, subset, progress=progress)
+    source = {"root": root.name, "protocol": cfg.data.protocol, "split": cfg.data.split,
+              "split_seed": cfg.data.split_seed, "subset": subset, "frames": int(len(arrays["joints"]))}
+    if len(arrays["joints"]) == 0:
+        raise ExportError(f"{root} has no {subset} frames for {cfg.data.protocol}/{cfg.data.split}; point --data "
+                          f"at a dataset with that protocol's subjects and actions")
+    return calibration_from_arrays(arrays, source)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: str | Path | None = None,
+                      calibrate: bool = True, opset: int = OPSET,
+                      max_calibration_frames: int = CALIBRATION_MAX_FRAMES) -> Path:
+    """``training export``: checkpoint -> ONNX with metadata and (unless told not to) the baseline."""
+    from training.checkpoint import load_checkpoint
+
+    model, cfg, info = load_checkpoint(checkpoint)
+    model.eval()
+    calibration = None
+    if calibrate:
+        calibration = load_calibration(cfg, data_root).limit(max_calibration_frames, CALIBRATION_WINDOW)
+    metrics = checkpoint_metrics(info)
+    return export_onnx(model, cfg, out_path, calibration=calibration, metrics=metrics, opset=opset,
+                       no_calibration_reason="exported with --no-calibration")
+
+
+def checkpoint_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The validation metrics a checkpoint carries (whatever of them is JSON-able)."""
+    for key in ("val_metrics", "metrics", "validation"):
+        if isinstance(info.get(key), Mapping):
+            return json.loads(json.dumps(dict(info[key]), default=_json_default))
+    return {}
+
+
+def export_untrained(out_path: str | Path, fusion: str = "concat", preset: str = "small", seed: int = 0,
+                     data_root: str | Path | None = None,
+                     max_calibration_frames: int = 1024) -> Path:
+    """Export a freshly initialised model of ``preset`` (deterministic for ``seed``), for tests
+    and demos. With ``data_root``, the baseline is measured on its test frames (all frames when
+    the split leaves no test frames); without, the metadata records the baseline as missing."""
+    from training.model import build_model
+
+    cfg = resolve(preset=preset, flags={"model": {"fusion": fusion}})
+    torch.manual_seed(seed)
+    model = build_model(cfg.model).eval()
+    calibration = None
+    if data_root is not None:
+        try:
+            calibration = load_calibration(cfg, data_root, "test", progress=False)
+        except ExportError:
+            calibration = load_calibration(cfg, data_root, "all", progress=False)
+        calibration = calibration.limit(max_calibration_frames, CALIBRATION_WINDOW)
+    return export_onnx(model, cfg, out_path, calibration=calibration, metrics={"trained": False},
+                       no_calibration_reason="untrained model exported without calibration data")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/NAME/best.pt)")
+    parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--data", default=None,
+                        help="dataset for the contribution baseline (default: the checkpoint's data.root)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="export without the contribution baseline (the runtime then cannot judge drift)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    parser.add_argument("--calibration-frames", type=int, default=CALIBRATION_MAX_FRAMES,
+                        help="at most this many validation frames for the baseline")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = export_checkpoint(args.checkpoint, args.out, data_root=args.data, calibrate=not args.no_calibration,
+                                 opset=args.opset, max_calibration_frames=args.calibration_frames)
+    except ExportError as err:
+        log.error("%s", err)
+        return 2
+    print(f"wrote {path}; check it with `runtime info --model {path}`")
+    return 0
