@@ -65,6 +65,9 @@ class RuntimeMetrics:
         self.degradation_events = Counter(
             "awc_degradation_events_total", "Times a modality became flagged degraded", ["modality"],
             registry=r)
+        self.tick_errors = Counter(
+            "awc_tick_errors_total", "Ticks that failed and were skipped (logged), by stage", ["stage"],
+            registry=r)
         self.stage_duration = Histogram(
             "awc_stage_duration_seconds", "Time per tick spent in each pipeline stage", ["stage"],
             buckets=STAGE_BUCKETS, registry=r)
@@ -97,6 +100,7 @@ class RuntimeMetrics:
             self.ticks.labels(outcome=outcome)
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
+            self.tick_errors.labels(stage=stage)
 
 
 def exported_metric_names(metrics: RuntimeMetrics) -> dict[str, set[str]]:

@@ -84,8 +84,10 @@ class SyncSettings:
     tolerance_s: float = 0.05
     max_age_s: float = 0.3
     wifi_window_s: float = 0.1
-    buffer_len: int = 32
+    buffer_len: int = 64
     clock: str = "wall"        # wall: real time; data: ticks follow capture times (fast replay)
+    delay_s: float = 0.02      # a tick runs this long after its time (late messages); data clock: >= tolerance
+    data_flush_s: float = 0.5  # data clock: with no message for this long, run the last due tick
 
     def __post_init__(self):
         if not 0 < self.rate_hz <= 1000:
@@ -95,6 +97,9 @@ class SyncSettings:
         if self.wifi_window_s <= 0 or self.buffer_len < 2:
             raise ValueError(f"sync.wifi_window_s must be > 0 and buffer_len >= 2, got {self.wifi_window_s}, "
                              f"{self.buffer_len}")
+        if not 0 <= self.delay_s < 1 / self.rate_hz or self.data_flush_s <= 0:
+            raise ValueError(f"sync.delay_s must be in [0, 1/rate_hz) and data_flush_s > 0, got {self.delay_s}, "
+                             f"{self.data_flush_s}")
         if self.clock not in CLOCK_MODES:
             raise ValueError(f"sync.clock must be one of {CLOCK_MODES}, got {self.clock!r}")
 

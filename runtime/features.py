@@ -28,19 +28,13 @@ class TickFeatures:
 
 
 def wifi_packets_of(tick) -> tuple[np.ndarray, np.ndarray] | None:
-    """(amp [P, 3, 114], phase [P, 3, 114]) of the tick's CSI window, or None."""
-    packets = getattr(tick, "wifi_packets", None)
-    if packets is None:
-        sample = tick.samples.get("wifi")
-        if sample is None:
-            return None
-        packets = sample.arrays
-    if isinstance(packets, dict):
-        amp, phase = packets["amp"], packets["phase"]
-    else:
-        amp, phase = packets
-    amp, phase = np.asarray(amp), np.asarray(phase)
-    if amp.ndim != 3 or amp.shape[0] == 0:
+    """(amp [P, 3, 114], phase [P, 3, 114]) of the tick's CSI window (``runtime.sync`` puts the
+    packets of the window in the wifi sample), or None when absent."""
+    sample = tick.samples.get("wifi")
+    if sample is None:
+        return None
+    amp, phase = np.asarray(sample.arrays["amp"]), np.asarray(sample.arrays["phase"])
+    if amp.ndim != 3 or amp.shape[0] == 0 or amp.shape != phase.shape:
         return None
     return amp, phase
 
@@ -86,7 +80,7 @@ class FeatureBuilder:
             if sample is not None:
                 presence[schema.MODALITY_INDEX[m]] = 1.0
         inputs["wifi"] = np.zeros((1, *schema.WIFI_INPUT_SHAPE), np.float32)
-        packets = wifi_packets_of(tick) if tick.samples.get("wifi") is not None else None
+        packets = wifi_packets_of(tick)
         if packets is not None:
             amp = preprocess.resample_packets(packets[0], schema.WIFI_PACKETS)
             phase = preprocess.resample_packets(packets[1], schema.WIFI_PACKETS)
