@@ -1,0 +1,264 @@
+"""Typed training configuration: dataclasses that validate themselves, YAML presets, overrides.
+
+A run's configuration is resolved in this order, later wins:
+
+1. the dataclass defaults below,
+2. a preset (``training/configs/<name>.yaml``: ``small``, ``paper``, ``tiny``),
+3. a YAML file (``--config FILE``),
+4. command-line flags (``--fusion``, ``--balance``, ``--epochs`` ...),
+5. ``section.key=value`` overrides (``train.lr=3e-4``, ``balance.alpha_s=50``).
+
+The resolved config is saved as ``config.yaml`` next to the run's outputs; ``config_hash`` is a
+stable digest of it (ignoring where the outputs go).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sensors import schema
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+FUSIONS = ("concat", "mlp", "attention")
+BALANCES = ("none", "ogm-ge", "uniform", "awc")
+FISHER_MODES = ("per_sample", "per_batch")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Point caps and the RGB window are also what the data is preprocessed to."""
+
+    modalities: tuple[str, ...] = schema.MODALITIES  # enabled encoders; others are always absent
+    dim: int = 64  # feature width of every encoder output [B, dim]
+    rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R
+    tcn_blocks: int = 2  # dilated residual blocks (dilations 3, 9, ...)
+    lidar_cap: int = schema.DEFAULT_LIDAR_CAP
+    mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP
+    knn: int = 16  # neighbours per point in the point-transformer layer
+    point_layers: int = 1
+    wifi_channels: int = 32
+    fusion: str = "concat"
+    hidden: int = 256  # fusion / head width
+    heads: int = 4  # attention fusion heads
+    fusion_layers: int = 1  # attention fusion layers
+
+    def validate(self) -> None:
+        unknown = [m for m in self.modalities if m not in schema.MODALITIES]
+        _check(not unknown and len(self.modalities) > 0,
+               f"model.modalities must be a non-empty subset of {list(schema.MODALITIES)}, got "
+               f"{list(self.modalities)}")
+        self.modalities = tuple(m for m in schema.MODALITIES if m in self.modalities)
+        _check(self.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        for name in ("dim", "rgb_window", "lidar_cap", "mmwave_cap", "knn", "hidden", "heads", "wifi_channels"):
+            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.tcn_blocks >= 0 and self.point_layers >= 0 and self.fusion_layers >= 1,
+               "model.tcn_blocks and model.point_layers must be >= 0, model.fusion_layers >= 1")
+        _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
+
+
+@dataclass
+class DataConfig:
+    """Where the MM-Fi-format data is and which protocol/split to use."""
+
+    root: str = "data/mmfi-bench"
+    protocol: str = "P1"
+    split: str = "S1"
+    split_seed: int = 0  # seed of the S1 random split (MM-Fi's np.random.seed(seed + k))
+    max_train: int = 0  # 0 = all training frames; else an evenly spaced subset
+    max_val: int = 0  # 0 = all test frames for the per-epoch validation
+    cache_dir: str = ""  # "" = no cache; else preprocessed arrays are kept here as .npz
+
+    def validate(self) -> None:
+        _check(self.protocol in schema.PROTOCOLS, f"data.protocol must be one of {list(schema.PROTOCOLS)}, "
+               f"got {self.protocol!r}")
+        _check(self.split in schema.SPLITS, f"data.split must be one of {list(schema.SPLITS)}, got {self.split!r}")
+        _check(self.max_train >= 0 and self.max_val >= 0, "data.max_train and data.max_val must be >= 0")
+
+
+@dataclass
+class BalanceConfig:
+    """Modality balancing: none, OGM-GE, uniform proximal term, or AWC (DESIGN §4)."""
+
+    method: str = "none"
+    window: int = 20  # learning window K: balancing is active in epochs 0..K-1
+    alpha_s: float = 20000.0  # weight of the superior group's constraint
+    alpha_i: float = 10000.0  # weight of the inferior group's constraint
+    fisher_samples: int = 256  # fixed training subset for the Fisher (evenly spaced indices)
+    fisher_mode: str = "per_sample"  # per_sample (torch.func) or per_batch (mini-batch squared grads)
+    fisher_chunk: int = 32  # samples per vmap chunk / per mini-batch
+    shapley_every: int = 1  # compute the training Shapley scores every N steps
+    kmeans_seed: int = 0
+    kmeans_n_init: int = 10
+    ogm_alpha: float = 0.5  # OGM-GE modulation strength
+    ogm_noise: bool = True  # OGM-GE's Gaussian gradient noise (the GE part)
+
+    def validate(self) -> None:
+        _check(self.method in BALANCES, f"balance.method must be one of {BALANCES}, got {self.method!r}")
+        _check(self.fisher_mode in FISHER_MODES,
+               f"balance.fisher_mode must be one of {FISHER_MODES}, got {self.fisher_mode!r}")
+        _check(self.window >= 0, f"balance.window must be >= 0, got {self.window}")
+        _check(self.alpha_s >= 0 and self.alpha_i >= 0, "balance.alpha_s and balance.alpha_i must be >= 0")
+        _check(self.fisher_samples >= 1 and self.fisher_chunk >= 1 and self.shapley_every >= 1,
+               "balance.fisher_samples, fisher_chunk and shapley_every must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (paper: Adam 1e-3, wd 1e-4, batch 192, 50 epochs, x0.1 at 30)."""
+
+    epochs: int = 50
+    batch_size: int = 192
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_step: int = 30
+    lr_gamma: float = 0.1
+    seed: int = 0
+    threads: int = 1  # torch intra-op threads per process
+    plots: bool = True
+    plot_frames: int = 3  # test frames drawn as 3D skeletons
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 2, f"train.batch_size must be >= 2 (Pearson needs 2), got {self.batch_size}")
+        _check(self.lr > 0 and self.weight_decay >= 0, "train.lr must be > 0 and train.weight_decay >= 0")
+        _check(self.lr_step >= 1 and 0 < self.lr_gamma <= 1, "train.lr_step >= 1 and 0 < train.lr_gamma <= 1")
+        _check(self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/default"
+
+    def validate(self) -> Config:
+        for section in (self.model, self.data, self.balance, self.train):
+            section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"]["modalities"] = list(self.model.modalities)
+        return d
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "balance": BalanceConfig, "train": TrainConfig}
+
+
+def _coerce(cls, key: str, value: Any) -> Any:
+    """Value of ``key`` converted to the type of that dataclass field's default."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise ValueError(f"unknown config key {cls.__name__}.{key}; known: {sorted(fields)}")
+    f = fields[key]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if isinstance(default, tuple):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{cls.__name__}.{key} needs a boolean, got {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{cls.__name__}.{key} needs a number, got {value!r}") from err
+        if isinstance(default, int):
+            if number != int(number):
+                raise ValueError(f"{cls.__name__}.{key} needs an integer, got {value!r}")
+            return int(number)
+        return number
+    return str(value)
+
+
+def update(cfg: Config, values: dict[str, Any]) -> Config:
+    """Apply a nested dict ``{section: {key: value}, out: ...}`` onto ``cfg`` (in place)."""
+    for section, body in (values or {}).items():
+        if section == "out":
+            cfg.out = str(body)
+            continue
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section {section!r}; known: {sorted(SECTIONS)} and 'out'")
+        if not isinstance(body, dict):
+            raise ValueError(f"config section {section!r} must be a mapping, got {type(body).__name__}")
+        target = getattr(cfg, section)
+        for key, value in body.items():
+            setattr(target, key, _coerce(SECTIONS[section], key, value))
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["train.lr=3e-4", "model.modalities=rgb,lidar"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.lr=3e-4")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        parsed = yaml.safe_load(value) if value else ""
+        out.setdefault(section, {})[name] = value if isinstance(parsed, (list, dict)) or parsed is None else parsed
+    return out
+
+
+def preset_path(name: str) -> Path:
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown preset {name!r}; known presets: {known}")
+    return path
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} not found; pass an existing YAML file or a --preset")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def resolve(preset: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
+            overrides: list[str] | None = None) -> Config:
+    """Defaults <- preset <- YAML file <- flags (nested dict) <- ``section.key=value`` overrides."""
+    cfg = Config()
+    if preset:
+        update(cfg, load_yaml(preset_path(preset)))
+    if config_file:
+        update(cfg, load_yaml(config_file))
+    update(cfg, flags or {})
+    update(cfg, parse_overrides(overrides or []))
+    return cfg.validate()
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config from ``Config.to_dict()`` (e.g. out of a checkpoint)."""
+    return update(Config(), values).validate()
+
+
+def config_hash(cfg: Config) -> str:
+    """Stable 12-hex digest of everything but the output directory."""
+    d = cfg.to_dict()
+    d.pop("out", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

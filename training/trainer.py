@@ -1,0 +1,302 @@
+"""The training loop shared by every balancing method, single process or torchrun/DDP.
+
+Per epoch:
+  1. (awc / uniform, inside the learning window) at theta0: Shapley scores on the fixed Fisher
+     subset -> K-Means superior/inferior groups; diagonal Fisher on the same subset; anchors.
+  2. mini-batch steps: encode once -> fuse -> L_MPJPE (+ L_AWC in the window); the 16-coalition
+     Shapley scores of the (global) batch from the same features, no grad; backward (OGM-GE
+     modulates the encoder gradients in the window); Adam step.
+  3. validation (rank 0), log line, checkpoint.
+
+Outputs in ``cfg.out``: config.yaml, log.jsonl, checkpoint.pt, best.pt, metrics.json, plots/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from sensors import schema
+from training import balance, distributed
+from training import config as config_mod
+from training.checkpoint import read_checkpoint, save_checkpoint
+from training.config import Config
+from training.data import Split, batches, evenly_spaced, load_splits
+from training.evaluate import evaluate_model, predict
+from training.fisher import INPUT_NAMES, diagonal_fisher
+from training.fisher import summarize as fisher_summary
+from training.losses import mpjpe_loss
+from training.model import PoseModel, build_model, count_parameters
+from training.shapley import batch_shapley
+
+log = logging.getLogger(__name__)
+
+
+class StepModule(nn.Module):
+    """What DDP wraps: one encoder pass and the fused pose, returning the features too."""
+
+    def __init__(self, model: PoseModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        feats = self.model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        return self.model.fuse(feats, b["presence"]), feats
+
+
+def _seed_everything(cfg: Config) -> None:
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    torch.set_num_threads(cfg.train.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _same_run(saved: dict[str, Any], cfg: Config) -> bool:
+    a, b = dict(saved), cfg.to_dict()
+    for d in (a, b):
+        d.pop("out", None)
+        d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, train: Split, test: Split, dist: distributed.DistInfo, progress: bool = True):
+        self.cfg, self.train, self.test, self.dist = cfg, train, test, dist
+        self.progress = progress and dist.is_main
+        self.val = test.take(evenly_spaced(len(test), cfg.data.max_val))
+        self.train_probe = train.take(evenly_spaced(len(train), min(len(train), max(len(self.val), 256))))
+        self.out = Path(cfg.out)
+        self.model = build_model(cfg.model)
+        self.model.set_mean_pose(train.tensors["joints"].mean(dim=0))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
+                                          weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.train.lr_step, cfg.train.lr_gamma)
+        self.step_module: nn.Module = StepModule(self.model)
+        if dist.enabled:
+            self.step_module = nn.parallel.DistributedDataParallel(self.step_module)
+        self.fisher_idx = torch.from_numpy(evenly_spaced(len(train), cfg.balance.fisher_samples))
+        self.history: list[dict[str, Any]] = []
+        self.best = math.inf
+        self.start_epoch = 0
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        return distributed.all_gather_cat(t, self.dist)
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(t, self.dist)
+
+    def _shard(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.tensor_split(idx, self.dist.world)[self.dist.rank]
+
+    def resume(self) -> None:
+        path = self.out / "checkpoint.pt"
+        if not path.exists():
+            log.info("no %s to resume from: starting from scratch", path)
+            return
+        state = read_checkpoint(path)
+        if not _same_run(state["config"], self.cfg):
+            raise ValueError(f"{path} was trained with a different config (only train.epochs may change on "
+                             f"--resume); use a new --out or the same config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.history = list(state["history"])
+        self.best = float(state["best"]) if state["best"] is not None else math.inf
+        log.info("resumed %s at epoch %d", path, self.start_epoch)
+
+    # -- epoch start: groups, Fisher, anchors ------------------------------------------------------
+    @torch.no_grad()
+    def _subset_shapley(self) -> np.ndarray:
+        """Shapley scores at theta0 on the fixed subset (eval mode, one global batch)."""
+        self.model.eval()
+        shard = self._shard(self.fisher_idx)
+        b = self.train.batch(shard)
+        feats = self.model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        phi, _ = batch_shapley(self.model, feats, b["presence"], b["joints"], self._gather)
+        self.model.train()
+        return phi
+
+    def _constraint(self, times: dict[str, float]) -> tuple[dict, dict, dict, dict[str, Any]]:
+        """(anchors, weights, alphas, log fields) for awc / uniform at the start of an epoch."""
+        bc = self.cfg.balance
+        t0 = time.perf_counter()
+        phi0 = self._subset_shapley()
+        groups = balance.kmeans_groups(phi0, self.cfg.model.modalities, bc.kmeans_seed, bc.kmeans_n_init)
+        times["shapley"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fisher = diagonal_fisher(self.model, self.train, self._shard(self.fisher_idx), bc.fisher_mode,
+                                 bc.fisher_chunk, self._reduce if self.dist.enabled else None)
+        weights = fisher if bc.method == "awc" else balance.uniform_weights(fisher, self.model)
+        anchors = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in weights}
+        times["fisher"] += time.perf_counter() - t0
+        fields = {"shapley_theta0": dict(zip(schema.MODALITIES, map(float, phi0), strict=True)),
+                  "groups": dict(zip(schema.MODALITIES, groups, strict=True)),
+                  "fisher": fisher_summary(fisher, self.model)}
+        return anchors, weights, balance.group_alphas(groups, bc), fields
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, bc = self.cfg, self.cfg.balance
+        in_window = bc.method != "none" and epoch < bc.window
+        times: dict[str, float] = defaultdict(float)
+        t_start = time.perf_counter()
+        rec: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "in_window": in_window}
+        anchors = weights = alphas = None
+        if in_window and bc.method in ("awc", "uniform"):
+            anchors, weights, alphas, fields = self._constraint(times)
+            rec.update(fields)
+        self.model.train()
+        order = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+        noise = torch.Generator().manual_seed(cfg.train.seed * 7_919 + epoch)
+        sums = defaultdict(float)
+        phi_sum, ogm_sum, v_last = np.zeros(schema.N_MODALITIES), np.zeros(schema.N_MODALITIES), None
+        n_shapley = 0
+        steps = batches(len(self.train), cfg.train.batch_size, order, True, self.dist.rank, self.dist.world)
+        n_steps = max(1, math.ceil(len(self.train) / cfg.train.batch_size))
+        for step, idx in enumerate(tqdm(steps, total=n_steps, desc=f"epoch {epoch}", leave=False,
+                                        disable=not self.progress)):
+            b = self.train.batch(idx)
+            t0 = time.perf_counter()
+            pose, feats = self.step_module(b)
+            task = mpjpe_loss(pose, b["joints"])
+            loss = task
+            if anchors is not None:
+                penalty = balance.awc_loss(self.model, anchors, weights, alphas)
+                loss = loss + penalty
+                sums["awc"] += float(penalty.detach())
+            t1 = time.perf_counter()
+            times["forward"] += t1 - t0
+            if step % bc.shapley_every == 0:
+                phi, v_last = batch_shapley(self.model, feats, b["presence"], b["joints"], self._gather)
+                phi_sum += phi
+                n_shapley += 1
+            t2 = time.perf_counter()
+            times["shapley"] += t2 - t1
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if in_window and bc.method == "ogm-ge" and v_last is not None:
+                coeffs = balance.ogm_coefficients(balance.single_modality_values(v_last), cfg.model.modalities,
+                                                  bc.ogm_alpha)
+                balance.modulate_gradients(self.model, coeffs, bc.ogm_noise, noise)
+                ogm_sum += coeffs
+            self.optimizer.step()
+            times["backward"] += time.perf_counter() - t2
+            sums["task"] += float(task.detach())
+            sums["steps"] += 1
+        self.scheduler.step()
+        totals = self._reduce(torch.tensor([sums["task"], sums["awc"], sums["steps"]], dtype=torch.float64))
+        steps_done = max(float(totals[2]) / self.dist.world, 1.0)
+        times["train"] = time.perf_counter() - t_start
+        rec.update(steps=int(steps_done), loss_task=float(totals[0]) / self.dist.world / steps_done,
+                   loss_awc=float(totals[1]) / self.dist.world / steps_done,
+                   shapley=dict(zip(schema.MODALITIES, (phi_sum / max(n_shapley, 1)).tolist(), strict=True)))
+        if bc.method == "ogm-ge" and in_window:
+            rec["ogm_coefficients"] = dict(zip(schema.MODALITIES, (ogm_sum / max(sums["steps"], 1)).tolist(),
+                                               strict=True))
+        if "groups" not in rec:
+            groups = balance.kmeans_groups(phi_sum / max(n_shapley, 1), cfg.model.modalities, bc.kmeans_seed,
+                                           bc.kmeans_n_init)
+            rec["groups"] = dict(zip(schema.MODALITIES, groups, strict=True))
+        rec["time"] = dict(times)
+        return rec
+
+    def validate(self, rec: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        val = evaluate_model(self.model, self.val, with_shapley=False)
+        tr = evaluate_model(self.model, self.train_probe, with_shapley=False)
+        rec.update(val_mpjpe=val["mpjpe"], val_pa_mpjpe=val["pa_mpjpe"], train_mpjpe=tr["mpjpe"],
+                   train_pa_mpjpe=tr["pa_mpjpe"])
+        rec["time"]["eval"] = time.perf_counter() - t0
+        t = rec["time"]
+        rec["shapley_fraction"] = t["shapley"] / t["train"] if t["train"] > 0 else 0.0
+        rec["fisher_fraction"] = t.get("fisher", 0.0) / t["train"] if t["train"] > 0 else 0.0
+
+    # -- outputs -----------------------------------------------------------------------------------
+    def _write_epoch(self, rec: dict[str, Any]) -> None:
+        with open(self.out / "log.jsonl", "w") as f:
+            for r in self.history:
+                f.write(json.dumps(r) + "\n")
+        save_checkpoint(self.out / "checkpoint.pt", self.model, self.cfg, rec["epoch"], self.optimizer,
+                        self.scheduler, {"val_mpjpe": rec["val_mpjpe"], "val_pa_mpjpe": rec["val_pa_mpjpe"]},
+                        self.history, min(self.best, rec["val_mpjpe"]))
+        if rec["val_mpjpe"] < self.best:
+            self.best = rec["val_mpjpe"]
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, rec["epoch"], None, None,
+                            {"val_mpjpe": rec["val_mpjpe"], "val_pa_mpjpe": rec["val_pa_mpjpe"]}, self.history,
+                            self.best)
+
+    def finish(self) -> dict[str, Any]:
+        """Final test metrics of the last-epoch model, summary timings, plots."""
+        result = evaluate_model(self.model, self.test)
+        hist = self.history
+        total = {k: sum(r["time"].get(k, 0.0) for r in hist) for k in
+                 ("train", "forward", "backward", "shapley", "fisher", "eval")}
+        in_w = [r["time"]["train"] for r in hist if r["in_window"]]
+        out_w = [r["time"]["train"] for r in hist if not r["in_window"]]
+        result.update(
+            config_hash=config_mod.config_hash(self.cfg), epochs=len(hist), parameters=count_parameters(self.model),
+            best_val_mpjpe=self.best, time=total,
+            shapley_fraction=total["shapley"] / total["train"] if total["train"] else 0.0,
+            fisher_fraction=total["fisher"] / total["train"] if total["train"] else 0.0,
+            epoch_time_in_window=float(np.mean(in_w)) if in_w else None,
+            epoch_time_after_window=float(np.mean(out_w)) if out_w else None,
+        )
+        (self.out / "metrics.json").write_text(json.dumps(result, indent=2))
+        if self.cfg.train.plots:
+            from training import plots
+
+            frames = evenly_spaced(len(self.test), self.cfg.train.plot_frames)
+            pred, _ = predict(self.model, self.test.take(frames))
+            plots.plot_run(self.out, hist, pred, self.test.tensors["joints"][frames].numpy(),
+                           [str(a) for a in self.test.meta["action"][frames]])
+        return result
+
+    def fit(self) -> dict[str, Any]:
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            config_mod.save(self.cfg, self.out / "config.yaml")
+            log.info("training %s: %d parameters, %d train / %d val frames, balance=%s fusion=%s modalities=%s",
+                     self.out, count_parameters(self.model), len(self.train), len(self.val),
+                     self.cfg.balance.method, self.cfg.model.fusion, ",".join(self.cfg.model.modalities))
+        for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            rec = self.train_epoch(epoch)
+            if self.dist.is_main:
+                self.validate(rec)
+                self.history.append(rec)
+                self._write_epoch(rec)
+                log.info("epoch %d: loss %.4f (awc %.4f) val MPJPE %.1f PA %.1f mm, shapley %s, %.1fs", epoch,
+                         rec["loss_task"], rec["loss_awc"], rec["val_mpjpe"], rec["val_pa_mpjpe"],
+                         " ".join(f"{m}={v:.2f}" for m, v in rec["shapley"].items()), rec["time"]["train"])
+            distributed.barrier(self.dist)
+        result = self.finish() if self.dist.is_main else {}
+        distributed.barrier(self.dist)
+        return result
+
+
+def fit(cfg: Config, train: Split | None = None, test: Split | None = None, resume: bool = False,
+        progress: bool = True) -> dict[str, Any]:
+    """Train per ``cfg``; data is read from cfg.data unless given. Returns the final metrics
+    (rank 0; {} on other ranks)."""
+    dist = distributed.setup()
+    try:
+        _seed_everything(cfg)
+        if train is None or test is None:
+            train, test = load_splits(cfg, progress=progress and dist.is_main)
+        trainer = Trainer(cfg, train, test, dist, progress)
+        if resume:
+            trainer.resume()
+        return trainer.fit()
+    finally:
+        distributed.cleanup(dist)
