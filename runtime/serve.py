@@ -1,0 +1,176 @@
+"""``runtime serve``: ingest the sensor streams, serve fused poses, contributions and degradation.
+
+    runtime serve --model awc.onnx [--config F] [--set section.key=value ...] [--console] [--duration S]
+
+Starts, in order: the model (the provider really used is logged), the outputs (pose PUB,
+recorder), the HTTP exporter (/metrics /healthz /readyz; its URL is logged), the ZeroMQ ingest,
+then the tick loop. SIGINT/SIGTERM stop the loop; the recorder is flushed and closed, the pose
+socket closed and the metrics left at their last values before the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from exporters.http import HttpExporter
+from exporters.metrics import RuntimeMetrics
+from exporters.pose_publisher import PosePublisher
+from exporters.recorder import open_recorder
+from runtime.config import RuntimeConfig
+from runtime.console import ConsoleView
+from runtime.ingest import Ingest
+from runtime.model import ModelError, PoseModel
+from runtime.pipeline import Pipeline, PublisherOutput, RecorderOutput, RunStats
+
+log = logging.getLogger(__name__)
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """Config file, generic overrides and the common shortcuts (shared with ``runtime replay``)."""
+    p.add_argument("--config", default=None, help="YAML config (default: runtime/configs/default.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set sync.rate_hz=20 (repeatable)")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None, help="inference.provider")
+    p.add_argument("--require-gpu", action="store_true", help="refuse to run without the CUDA provider")
+    p.add_argument("--threads", type=int, default=None, help="inference.intra_op_threads")
+    p.add_argument("--clock", choices=("wall", "data"), default=None, help="sync.clock")
+    p.add_argument("--metrics-port", type=int, default=None, help="metrics.port (0 = any free port)")
+    p.add_argument("--record", default=None, metavar="PATH", help="recorder.path (.jsonl or .npz)")
+    p.add_argument("--record-inputs", action="store_true", help="also record model inputs (.npz only)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported ONNX model (training export)")
+    add_config_arguments(p)
+    p.add_argument("--input", action="append", default=None, metavar="ENDPOINT",
+                   help="inputs.endpoints (repeatable; default tcp://127.0.0.1:5555)")
+    p.add_argument("--connect", action="store_true", help="connect to the input endpoints instead of binding")
+    p.add_argument("--output", default=None, metavar="ENDPOINT", help="output.endpoint (pose PUB)")
+    p.add_argument("--metrics-host", default=None, help="metrics.host (default loopback)")
+    p.add_argument("--console", action="store_true", help="print a live view every second")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+
+
+def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
+    overrides = list(args.set)
+    shortcuts = {
+        "inference.provider": args.provider, "inference.intra_op_threads": args.threads,
+        "sync.clock": args.clock, "metrics.port": args.metrics_port, "recorder.path": args.record,
+        "inputs.endpoints": getattr(args, "input", None), "output.endpoint": getattr(args, "output", None),
+        "metrics.host": getattr(args, "metrics_host", None),
+    }
+    for key, value in shortcuts.items():
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    if args.require_gpu:
+        overrides.append("inference.require_gpu=true")
+    if args.record_inputs:
+        overrides.append("recorder.record_inputs=true")
+    if getattr(args, "connect", False):
+        overrides.append("inputs.bind=false")
+    return RuntimeConfig.load(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+        model = load_model(cfg, args.model)
+    except (ValueError, FileNotFoundError, ModelError) as err:
+        log.error("%s", err)
+        return 2
+    stats = serve(cfg, model, console=args.console, duration_s=args.duration)
+    log.info("stopped: %d ticks, %d dropped, %d failed, %d messages", stats.ticks, stats.dropped, stats.errors,
+             stats.messages)
+    return 0
+
+
+def load_model(cfg: RuntimeConfig, path: str | Path) -> PoseModel:
+    inf = cfg.inference
+    model = PoseModel.load(path, provider=inf.provider, require_gpu=inf.require_gpu,
+                           intra_op_threads=inf.intra_op_threads)
+    log.info("inference provider: %s (requested %s)", model.provider, inf.provider)
+    return model
+
+
+def build_outputs(cfg: RuntimeConfig, console: bool = False, stats: RunStats | None = None) -> list:
+    """Pose PUB, recorder (saving the resolved config beside it) and the optional console."""
+    outputs: list = [PublisherOutput(PosePublisher(cfg.output.endpoint, cfg.output.bind, cfg.output.send_hwm),
+                                     cfg.station)]
+    if cfg.recorder.path:
+        path = Path(cfg.recorder.path)
+        outputs.append(RecorderOutput(open_recorder(path, cfg.recorder.npz_max_ticks)))
+        saved = cfg.save(path.with_name(path.name + ".config.yaml"))
+        log.info("recording ticks to %s (resolved config in %s)", path, saved)
+    if console:
+        outputs.append(ConsoleView(stats=stats))
+    return outputs
+
+
+class Runtime:
+    """The assembled runtime: pipeline, outputs, HTTP exporter and ingest. ``start`` brings up
+    everything but the loop; ``run`` ticks until ``stop`` is set; ``close`` tears it down in order
+    (ingest, outputs flushed, HTTP)."""
+
+    def __init__(self, cfg: RuntimeConfig, model: PoseModel, console: bool = False):
+        self.cfg = cfg
+        self.metrics = RuntimeMetrics()
+        self.stop_event = threading.Event()
+        self.pipeline = Pipeline(cfg, model, self.metrics)
+        self.pipeline.outputs = build_outputs(cfg, console, self.pipeline.stats)
+        self.http: HttpExporter | None = None
+        self.ingest: Ingest | None = None
+
+    def start(self) -> Runtime:
+        log.info("resolved config: %s", json.dumps(self.cfg.to_dict(), sort_keys=True))
+        if self.cfg.metrics.enabled:
+            m = self.cfg.metrics
+            self.http = HttpExporter(self.metrics.registry, self.pipeline.readiness, m.host, m.port).start()
+            log.info("metrics at %s (also /healthz, /readyz)", self.http.url)
+        i = self.cfg.inputs
+        self.ingest = Ingest(list(i.endpoints), bind=i.bind, metrics=self.metrics, queue_size=i.queue_size)
+        self.ingest.start()
+        self.pipeline.source_running = self._ingest_running
+        log.info("ingest on %s (%s), pose stream on %s, %s clock at %.1f Hz", ", ".join(i.endpoints),
+                 "bind" if i.bind else "connect", self.cfg.output.endpoint, self.cfg.sync.clock,
+                 self.cfg.sync.rate_hz)
+        return self
+
+    def _ingest_running(self) -> bool:
+        thread = self.ingest
+        return thread is not None and thread.is_alive()
+
+    def run(self, duration_s: float | None = None) -> RunStats:
+        return self.pipeline.run(self.ingest, self.stop_event, duration_s)
+
+    def close(self) -> None:
+        if self.ingest is not None:
+            self.ingest.stop()
+        self.pipeline.close()
+        if self.http is not None:
+            self.http.stop()
+
+
+def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_s: float | None = None) -> RunStats:
+    """Serve until SIGINT/SIGTERM or ``duration_s``; outputs are flushed on the way out."""
+    rt = Runtime(cfg, model, console)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: _on_signal(rt, signum))
+    try:
+        rt.start()
+        return rt.run(duration_s)
+    finally:
+        rt.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _on_signal(rt: Runtime, signum: int) -> None:
+    log.info("received %s: stopping and flushing outputs", signal.Signals(signum).name)
+    rt.stop_event.set()

@@ -1,0 +1,218 @@
+"""The tick loop with an in-memory source (no sockets) and a real exported tiny model."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from exporters.metrics import RuntimeMetrics
+from exporters.recorder import open_recorder
+from runtime.config import RuntimeConfig
+from runtime.model import PoseModel
+from runtime.pipeline import Pipeline, RecorderOutput, record_of
+from sensors import schema
+from sensors.wire import Message
+
+T0 = 1_700_000_000_000_000_000   # a whole multiple of 100 ms
+PERIOD = schema.FRAME_PERIOD_NS
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from training.export import export_untrained
+
+    path = export_untrained(tmp_path_factory.mktemp("model") / "tiny.onnx", preset="tiny", seed=0)
+    return PoseModel.load(path, provider="cpu", intra_op_threads=1)
+
+
+def frame_messages(k: int, rng, skip=(), seq=None) -> list[Message]:
+    """The four sensor messages of frame k (capture time T0 + k * 100 ms) plus ground truth."""
+    t = T0 + k * PERIOD
+    s = k if seq is None else seq
+    arrays = {
+        "rgb": {"kpts": rng.uniform([200, 100], [440, 400], size=(17, 2)).astype(np.float32)},
+        "lidar": {"points": rng.normal([3, 0, 0], 0.4, size=(300, 3)).astype(np.float32)},
+        "mmwave": {"points": rng.normal([3, 0, 0, 20, 0], 0.3, size=(10, 5)).astype(np.float32)},
+        "wifi": {"amp": rng.normal(40, 3, size=(10, 3, 114)).astype(np.float32),
+                 "phase": rng.uniform(-3, 3, size=(10, 3, 114)).astype(np.float32)},
+        "gt": {"joints": rng.normal([0, 0, 3], 0.3, size=(17, 3)).astype(np.float32)},
+    }
+    extra = {"wifi": {"period_ns": PERIOD // 10}}
+    return [Message(topic, f"{topic}0", s, t, t, a, extra.get(topic, {})) for topic, a in arrays.items()
+            if topic not in skip]
+
+
+class ListSource:
+    """In-memory stand-in for runtime.ingest.Ingest."""
+
+    def __init__(self, messages=()):
+        self.q: queue.Queue = queue.Queue()
+        for m in messages:
+            self.q.put(m)
+
+    def get(self, timeout=None):
+        try:
+            return self.q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def drain(self):
+        out = []
+        while True:
+            try:
+                out.append(self.q.get_nowait())
+            except queue.Empty:
+                return out
+
+
+def _cfg(**sync):
+    return RuntimeConfig.from_dict({"sync": {"clock": "data", **sync}, "contributions": {"window_ticks": 10}})
+
+
+def _run_data_clock(model, messages, outputs=(), cfg=None):
+    pipe = Pipeline(cfg or _cfg(), model, RuntimeMetrics(), list(outputs))
+    results = []
+    pipe.outputs.append(results.append)
+    stop = threading.Event()
+    threading.Timer(3.0, stop.set).start()
+    src = ListSource(messages)
+    # stop as soon as the queue is empty and the final flush ran
+    t = threading.Thread(target=pipe.run, args=(src, stop))
+    t.start()
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and not (src.q.empty() and results and
+                                               results[-1].tick_ns >= messages[-1].t_ns - PERIOD):
+        time.sleep(0.05)
+    time.sleep(pipe.config.sync.data_flush_s + 0.2)
+    stop.set()
+    t.join()
+    return pipe, results
+
+
+def test_every_frame_gives_a_pose_that_matches_offline_inference(tiny_model):
+    rng = np.random.default_rng(0)
+    messages = [m for k in range(25) for m in frame_messages(k, rng)]
+    pipe, results = _run_data_clock(tiny_model, messages,
+                                    cfg=RuntimeConfig.from_dict({"sync": {"clock": "data"},
+                                                                 "recorder": {"record_inputs": True}}))
+    assert len(results) == 25                      # every frame ticked once, none dropped
+    assert pipe.stats.dropped == 0 and pipe.stats.errors == 0
+    assert [r.tick_ns for r in results] == [T0 + k * PERIOD for k in range(25)]
+    assert all(r.outcome == "fused" for r in results)
+    for r in results:
+        pose, coalitions = tiny_model.run(r.inputs)
+        np.testing.assert_allclose(r.pose, pose[0], atol=1e-6)
+        np.testing.assert_allclose(r.coalition_poses, coalitions[0], atol=1e-6)
+        assert r.gt is not None
+    last = results[-1].contributions
+    assert last.shares.sum() == pytest.approx(1.0) and last.shares_gt is not None
+    reg = pipe.metrics.registry
+    assert reg.get_sample_value("awc_ticks_total", {"outcome": "fused"}) == 25
+    assert reg.get_sample_value("awc_stage_duration_seconds_count", {"stage": "inference"}) == 25
+
+
+def test_rgb_window_uses_the_keypoints_of_the_previous_ticks(tiny_model):
+    rng = np.random.default_rng(1)
+    messages = [m for k in range(6) for m in frame_messages(k, rng)]
+    kpts = [m.arrays["kpts"] for m in messages if m.topic == "rgb"]
+    _, results = _run_data_clock(tiny_model, messages, cfg=RuntimeConfig.from_dict(
+        {"sync": {"clock": "data"}, "recorder": {"record_inputs": True}}))
+    from sensors.preprocess import rgb_window
+
+    r = tiny_model.metadata.rgb_window
+    want = rgb_window(kpts[-r:], r)
+    np.testing.assert_allclose(results[-1].inputs["rgb"][0], want)
+
+
+def test_missing_modality_is_served_partial_and_zero_filled(tiny_model):
+    rng = np.random.default_rng(2)
+    messages = [m for k in range(15) for m in frame_messages(k, rng, skip=("wifi",))]
+    pipe, results = _run_data_clock(tiny_model, messages)
+    assert len(results) == 15
+    assert all(r.outcome == "partial" for r in results)
+    w = schema.MODALITY_INDEX["wifi"]
+    assert all(r.presence[w] == 0 for r in results)
+    assert results[-1].contributions.shares[w] == 0.0
+    assert results[-1].degradation.degraded[w]           # a missing input is flagged
+    assert not results[-1].degradation.degraded[[0, 1, 2]].any()
+
+
+def test_a_bad_tick_is_counted_and_the_loop_goes_on(tiny_model, caplog):
+    rng = np.random.default_rng(3)
+    messages = [m for k in range(8) for m in frame_messages(k, rng)]
+    bad = next(m for m in messages if m.topic == "rgb" and m.t_ns == T0 + 3 * PERIOD)
+    bad.arrays["kpts"] = np.full((17, 2), np.nan, np.float32)   # the wire would refuse this
+    pipe, results = _run_data_clock(tiny_model, messages)
+    assert pipe.stats.errors >= 1
+    assert pipe.metrics.registry.get_sample_value("awc_tick_errors_total", {"stage": "inference"}) >= 1
+    assert len(results) >= 8 - pipe.stats.errors
+    assert results[-1].tick_ns == T0 + 7 * PERIOD
+    assert "failed" in caplog.text
+
+
+def test_wall_clock_drops_ticks_latest_wins_when_inference_is_slow(tiny_model):
+    class Slow:
+        metadata, provider, requested_provider = tiny_model.metadata, tiny_model.provider, "cpu"
+
+        def run(self, inputs):
+            time.sleep(0.25)   # 2.5 tick periods
+            return tiny_model.run(inputs)
+
+    now = time.time_ns()
+    rng = np.random.default_rng(4)
+    start = now // PERIOD * PERIOD
+    src = ListSource()
+    cfg = RuntimeConfig.from_dict({"sync": {"clock": "wall", "max_age_s": 5.0}})
+    pipe = Pipeline(cfg, Slow(), RuntimeMetrics())
+    results = []
+    pipe.outputs.append(results.append)
+
+    def feeder():
+        for k in range(15):
+            for m in frame_messages(k, rng):
+                m.t_ns = m.sent_ns = start + k * PERIOD
+                src.q.put(m)
+            time.sleep(0.1)
+
+    threading.Thread(target=feeder, daemon=True).start()
+    stats = pipe.run(src, threading.Event(), duration_s=1.5)
+    dropped = pipe.metrics.registry.get_sample_value("awc_ticks_total", {"outcome": "dropped"})
+    assert stats.dropped == dropped >= 3
+    assert 3 <= stats.ticks <= 8
+    assert stats.ticks + stats.dropped >= 13        # every period either ran or was counted dropped
+    ticks = [r.tick_ns for r in results]
+    assert ticks == sorted(ticks) and len(set(ticks)) == len(ticks)
+
+
+def test_sequence_gaps_reach_input_health(tiny_model):
+    rng = np.random.default_rng(5)
+    messages = []
+    for k in range(20):
+        for m in frame_messages(k, rng):
+            if m.topic == "lidar":
+                m.seq = 3 * k          # two of every three lidar messages lost upstream
+            messages.append(m)
+    _, results = _run_data_clock(tiny_model, messages)
+    lidar = schema.MODALITY_INDEX["lidar"]
+    assert results[-1].health[lidar].loss == pytest.approx(1.0)
+    assert results[-1].health[0].loss == 0.0
+
+
+def test_recorder_output_writes_npz_and_jsonl(tiny_model, tmp_path):
+    rng = np.random.default_rng(6)
+    messages = [m for k in range(6) for m in frame_messages(k, rng)]
+    outs = [RecorderOutput(open_recorder(tmp_path / "t.npz")), RecorderOutput(open_recorder(tmp_path / "t.jsonl"))]
+    pipe, results = _run_data_clock(tiny_model, messages, outputs=outs)
+    pipe.close()
+    data = np.load(tmp_path / "t.npz")
+    assert data["joints"].shape == (6, 17, 3)
+    np.testing.assert_allclose(data["joints"], np.stack([r.pose for r in results]))
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    assert set(record_of(results[0])) >= {"joints", "presence", "shapley", "degradation", "degraded"}
