@@ -25,6 +25,7 @@ from sensors import mmfi, schema, splits
 from sensors.mmfi import MMFiFormatError, SequenceKey
 
 MAX_PROBLEMS_LISTED = 20
+REAL_CSI_AMP = (29.27, 48.84)  # range of the real MM-Fi CSI frame in the project's sample data
 
 
 @dataclass
@@ -44,7 +45,8 @@ class _Tally:
     amp: list[float] = field(default_factory=list)       # finite min, max, sum, count
     phase: list[float] = field(default_factory=list)     # finite min, max
     depth: list[float] = field(default_factory=list)     # mean z per sequence (m)
-    bones: dict[str, list[float]] = field(default_factory=dict)
+    bones: dict[str, list[float]] = field(default_factory=dict)  # bone -> mean length per sequence
+    bone_std: float = 0.0                                         # largest within-sequence std (m)
     problems: list[str] = field(default_factory=list)
 
 
@@ -95,7 +97,9 @@ def _scan_ground_truth(tally: _Tally, seq: Path) -> None:
     gt = mmfi.read_ground_truth(seq)
     tally.depth.append(float(gt[..., 2].mean()))
     for (a, b), bone in schema.EDGE_BONE.items():
-        tally.bones.setdefault(bone, []).append(float(np.linalg.norm(gt[:, a] - gt[:, b], axis=-1).mean()))
+        length = np.linalg.norm(gt[:, a] - gt[:, b], axis=-1)  # [297] m
+        tally.bones.setdefault(bone, []).append(float(length.mean()))
+        tally.bone_std = max(tally.bone_std, float(length.std()))
 
 
 def _scan_frame(tally: _Tally, path: Path, modality: str, read_csi: bool) -> None:
@@ -202,7 +206,8 @@ def dataset_summary(root: str | Path, protocol: str = "P1", split: str = "S1", s
         "rgb_inside_image_rate": tally.kpts_inside / tally.kpts_total if tally.kpts_total else None,
         "csi": _csi_stats(tally),
         "ground_truth": {"depth_m": _stats(tally.depth, integer=False),
-                         "bone_lengths_m": {b: float(np.median(v)) for b, v in tally.bones.items()}},
+                         "bone_lengths_m": {b: float(np.median(v)) for b, v in tally.bones.items()},
+                         "bone_length_max_std_m": tally.bone_std},
         "split": _split_sizes(keys, protocol, split, seed),
         "problems": tally.problems[:MAX_PROBLEMS_LISTED],
         "problem_count": len(tally.problems),
@@ -226,17 +231,22 @@ def _points_note(stats: dict[str, float] | None) -> str:
 def _notes(summary: dict[str, Any]) -> dict[str, str]:
     csi = summary["csi"]
     inside = summary["rgb_inside_image_rate"]
-    wifi = f"NaN/inf {100 * csi['nonfinite_rate']:.3f}% of values ({csi['frames_with_nonfinite']} frames)"
-    if "amp_min" in csi:
-        wifi += (f" · amp {csi['amp_min']:.2f}..{csi['amp_max']:.2f} (mean {csi['amp_mean']:.1f})"
-                 f" · phase {csi['phase_min']:.2f}..{csi['phase_max']:.2f} rad")
     return {
         "rgb": "no keypoints read" if inside is None else
                f"keypoints inside {schema.IMAGE_WIDTH}x{schema.IMAGE_HEIGHT}: {100 * inside:.1f}%",
         "lidar": _points_note(summary["lidar_points"]),
         "mmwave": _points_note(summary["mmwave_points"]),
-        "wifi": wifi + f" · {csi['frames_read']} frames read",
+        "wifi": f"NaN/inf {100 * csi['nonfinite_rate']:.2g}% of values, in {csi['frames_with_nonfinite']} "
+                f"of {csi['frames_read']} frames read",
     }
+
+
+def _csi_line(csi: dict[str, Any]) -> list[str]:
+    if "amp_min" not in csi:
+        return ["CSI: no finite values read"]
+    return [f"CSI amplitude {csi['amp_min']:.2f}..{csi['amp_max']:.2f} (mean {csi['amp_mean']:.2f}), "
+            f"phase {csi['phase_min']:.2f}..{csi['phase_max']:.2f} rad "
+            f"(a real MM-Fi frame: amplitude {REAL_CSI_AMP[0]}..{REAL_CSI_AMP[1]}, phase within ±pi)"]
 
 
 def _split_lines(sp: dict[str, Any]) -> list[str]:
@@ -248,14 +258,16 @@ def _split_lines(sp: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _ground_truth_lines(gt: dict[str, Any]) -> list[str]:
+def _ground_truth_lines(gt: dict[str, Any], per_line: int = 5) -> list[str]:
     if gt["depth_m"] is None:
         return ["ground truth: none readable"]
     d = gt["depth_m"]
-    bones = " ".join(f"{b} {v:.2f} ({schema.REFERENCE_BONE_LENGTHS[b]:.2f})"
-                     for b, v in gt["bone_lengths_m"].items())
-    return [f"ground truth: mean depth z {d['min']:.2f}..{d['max']:.2f} m over sequences",
-            f"  bone lengths, m (real MM-Fi frame in brackets): {bones}"]
+    items = [f"{b} {v:.2f} ({schema.REFERENCE_BONE_LENGTHS[b]:.2f})" for b, v in gt["bone_lengths_m"].items()]
+    lines = [f"ground truth: mean depth z {d['min']:.2f}..{d['max']:.2f} m over sequences; bones vary "
+             f"within a sequence by at most {gt['bone_length_max_std_m']:.3f} m (std)",
+             "  bone lengths, m, median over sequences (a real MM-Fi frame in brackets):"]
+    lines += ["    " + " · ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
+    return lines
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -270,6 +282,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     notes = _notes(summary)
     for m, row in summary["modalities"].items():
         lines.append(f"  {m:<9} {row['frames']:>8,} {100 * row['empty_rate']:>6.1f}% {row['missing']:>8}  {notes[m]}")
+    lines += ["  " + s for s in _csi_line(summary["csi"])]
     lines += [""] + ["  " + s for s in _ground_truth_lines(summary["ground_truth"])]
     lines += [""] + ["  " + s for s in _split_lines(summary["split"])] + [""]
     if summary["problem_count"]:
