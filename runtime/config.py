@@ -1,6 +1,7 @@
 """Typed runtime configuration: YAML file + ``section.key=value`` overrides, validated on build.
 
-``RuntimeConfig.load(path, overrides)`` reads ``runtime/configs/default.yaml`` (or ``path``),
+``RuntimeConfig.load(path, overrides)`` reads ``runtime/configs/default.yaml``, merges ``path``
+over it (a file only needs the keys it changes),
 applies overrides such as ``sync.rate_hz=20`` or ``inputs.endpoints=[tcp://10.0.0.2:5555]``
 (values parsed as YAML), and builds the nested dataclasses, each of which validates itself.
 ``to_dict()`` gives the resolved config to log and to save next to a recording.
@@ -168,14 +169,11 @@ class RuntimeConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> RuntimeConfig:
-        """YAML file (default: the packaged default.yaml) + ``section.key=value`` overrides."""
-        path = Path(path) if path else DEFAULT_CONFIG
-        if not path.is_file():
-            raise FileNotFoundError(f"runtime config {path} not found: pass --config with a YAML file "
-                                    f"(see runtime/configs/default.yaml)")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a YAML mapping of sections, got {type(data).__name__}")
+        """The packaged default.yaml, deep-merged with ``path`` (a file of overrides), then the
+        ``section.key=value`` overrides."""
+        data = _read_yaml(DEFAULT_CONFIG)
+        if path:
+            _deep_merge(data, _read_yaml(Path(path)))
         for item in overrides or []:
             apply_override(data, item)
         return cls.from_dict(data)
@@ -204,6 +202,25 @@ def _build(f: dataclasses.Field, key: str, value):
         return sub(**value)
     except TypeError as e:
         raise ValueError(f"config section {key!r}: {e}") from e
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"runtime config {path} not found: pass --config with a YAML file "
+                                f"(see runtime/configs/default.yaml)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict, top: dict) -> None:
+    """Merge ``top`` into ``base`` in place (mappings recursively, anything else replaced)."""
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_merge(base[k], v)
+        else:
+            base[k] = v
 
 
 def apply_override(data: dict, item: str) -> None:
