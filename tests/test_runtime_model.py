@@ -210,3 +210,78 @@ def test_runtime_info_fails_cleanly_on_a_bad_file(tmp_path, caplog):
     bad.write_bytes(b"\x00" * 64)
     assert runtime_cli.main(["info", "--model", str(bad)]) == 2
     assert "cannot load" in caplog.text
+
+
+# -- the same preprocessing in training and serving -----------------------------------------------
+def _write_sequence(root, csi_path, frames: int, rng) -> None:
+    """A hand-made MM-Fi sequence E01/S01/A02 with the awkward cases: a missing keypoint file,
+    more LiDAR points than the cap, a 0-byte (empty) mmWave frame, -inf in the real CSI frame."""
+    import scipy.io
+
+    from sensors import mmfi
+
+    seq = root / "E01" / "S01" / "A02"
+    for m in schema.MODALITIES:
+        (seq / schema.MMFI_FOLDERS[m]).mkdir(parents=True)
+    np.save(seq / schema.MMFI_GT_FILE, rng.normal(0, 0.3, (schema.FRAMES_PER_SEQUENCE, 17, 3)).astype(np.float32))
+    real = mmfi.read_csi(csi_path)
+    for t in range(frames):
+        if t != 3:
+            kpts = rng.uniform([0, 0], [640, 480], size=(17, 2)).astype(np.float32)
+            np.save(mmfi.frame_path(seq, "rgb", t), kpts)
+        n_lidar = 20 if t == 5 else int(rng.integers(60, 400))
+        rng.normal(0, 1.5, (n_lidar, 3)).astype("<f8").tofile(mmfi.frame_path(seq, "lidar", t))
+        n_radar = 0 if t == 2 else int(rng.integers(1, 25))
+        rng.normal(0, 2.0, (n_radar, 5)).astype("<f8").tofile(mmfi.frame_path(seq, "mmwave", t))
+        amp = real.amp + rng.normal(0, 0.5, real.amp.shape)
+        phase = real.phase + rng.normal(0, 0.05, real.phase.shape)
+        if t == 4:
+            amp[1, 7, 2] = -np.inf
+            phase[0, 3, 9] = np.nan
+        scipy.io.savemat(mmfi.frame_path(seq, "wifi", t), {"CSIamp": amp, "CSIphase": phase}, format="5")
+
+
+def _wire_sample(arrays):
+    from runtime.sync import SyncedSample
+
+    return SyncedSample(arrays=arrays, t_ns=0, skew_s=0.0, src="test", seq=0)
+
+
+def test_dataset_item_equals_runtime_inputs_from_the_same_raw_frames(model, mmfi_sample_dir, tmp_path):
+    """sensors.mmfi (training) and runtime.features (serving) turn the same raw frame into the same
+    model inputs: the runtime side gets what the wire carries (float32 arrays, CSI as packets)."""
+    from runtime.features import FeatureBuilder
+    from runtime.sync import TickInputs
+    from sensors import mmfi
+
+    frames = 12
+    _write_sequence(tmp_path, mmfi_sample_dir / "frame001.mat", frames, np.random.default_rng(0))
+    meta = model.metadata
+    ds = mmfi.MMFiDataset(tmp_path, protocol="P1", split="S1", subset="all", rgb_window=meta.rgb_window,
+                          lidar_cap=meta.lidar_cap, mmwave_cap=meta.mmwave_cap)
+    builder = FeatureBuilder.from_metadata(meta)
+    seq = ds.keys[0].path(tmp_path)
+    for t in range(frames):
+        raw = {m: mmfi.read_frame(seq, m, t) for m in schema.MODALITIES}
+        samples = {
+            "rgb": None if raw["rgb"] is None else _wire_sample({"kpts": raw["rgb"].astype("<f4")}),
+            "lidar": None if raw["lidar"] is None else _wire_sample({"points": raw["lidar"].astype("<f4")}),
+            "mmwave": None if raw["mmwave"] is None else _wire_sample({"points": raw["mmwave"].astype("<f4")}),
+            "wifi": None if raw["wifi"] is None else _wire_sample(
+                {"amp": np.moveaxis(raw["wifi"].amp, -1, 0).astype("<f4"),
+                 "phase": np.moveaxis(raw["wifi"].phase, -1, 0).astype("<f4")}),
+        }
+        tick = TickInputs(tick_ns=t * schema.FRAME_PERIOD_NS, index=t, samples=samples,
+                          wifi_packets=schema.WIFI_PACKETS)
+        served = builder.build(tick).inputs
+        item = ds[t]
+        for name in schema.MODEL_INPUTS:
+            assert served[name].shape == (1, *item[name].shape), name
+            assert served[name].dtype == item[name].dtype, name
+            # Bit for bit, CSI included (the reader repairs float64 CSI, the wire carries float32;
+            # both end in the same float32 values here).
+            np.testing.assert_array_equal(served[name][0], item[name], err_msg=f"{name}, frame {t}")
+    # The awkward frames really were awkward.
+    assert ds[2]["presence"][schema.MODALITY_INDEX["mmwave"]] == 0.0
+    assert ds[3]["presence"][schema.MODALITY_INDEX["rgb"]] == 0.0
+    assert ds[5]["lidar_mask"].sum() == 20
