@@ -1,0 +1,299 @@
+"""deploy/: Prometheus config and rules (promtool), query names against the runtime's metrics,
+compose and systemd structure. promtool comes from Debian's `prometheus` package; without it
+these tests skip, except under CI (CI=true) where they fail."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+PROM = DEPLOY / "prometheus"
+RULE_TESTS = sorted((PROM / "tests").glob("*.yml"))
+SEVERITIES = {"critical", "warning"}
+
+
+def require_tool(name: str) -> str:
+    """Path of ``name``; skip without it, fail under CI where it must be installed."""
+    path = shutil.which(name)
+    if path:
+        return path
+    msg = f"{name} not found: install Debian's prometheus package (apt-get install -y prometheus)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg + " - CI must have it")
+    pytest.skip(msg)
+
+
+def load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+checks = load_module(DEPLOY / "check_queries.py", "deploy_check_queries")
+
+
+def alert_rules() -> list[dict]:
+    return [r for g in checks.rule_groups() for r in g["rules"] if "alert" in r]
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([require_tool("promtool"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+# --- promtool -------------------------------------------------------------------------------------
+
+def test_promtool_check_config():
+    r = promtool("check", "config", str(PROM / "prometheus.yml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 rule files found" in r.stdout + r.stderr, "prometheus.yml must load both rule files"
+
+
+def test_promtool_check_rules():
+    files = sorted(str(p) for p in (PROM / "rules").glob("*.yml"))
+    assert len(files) == 2
+    r = promtool("check", "rules", *files)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_rule_unit_tests_pass():
+    assert RULE_TESTS, "no promtool rule tests in deploy/prometheus/tests"
+    r = promtool("test", "rules", *map(str, RULE_TESTS))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout + r.stderr
+
+
+def test_promtool_rule_unit_tests_can_fail(tmp_path):
+    """The unit tests really check alerts: expecting a wrong severity makes promtool fail."""
+    text = RULE_TESTS[0].read_text().replace("severity: critical", "severity: warning", 1)
+    broken = tmp_path / "broken_test.yml"
+    broken.write_text(text.replace("../rules/", f"{PROM / 'rules'}/"))
+    r = promtool("test", "rules", str(broken))
+    assert r.returncode != 0 and "FAILED" in r.stdout + r.stderr
+
+
+# --- the rules themselves ---------------------------------------------------------------------
+
+def test_every_alert_has_severity_for_and_annotations():
+    rules = alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)), f"duplicate alert names: {names}"
+    for r in rules:
+        assert r["labels"]["severity"] in SEVERITIES, r["alert"]
+        assert re.fullmatch(r"\d+[smh]", str(r.get("for", ""))), f"{r['alert']}: needs a for: duration"
+        assert {"summary", "description"} <= set(r["annotations"]), r["alert"]
+
+
+def test_the_required_alerts_exist():
+    exprs = {r["alert"]: r["expr"] for r in alert_rules()}
+    wanted = {
+        "AwcModalityDegraded": "awc_modality_degraded",
+        "AwcModalityAbsent": "awc_modality_presence_ratio",
+        "AwcModalityStale": "awc_modality_staleness_seconds",
+        "AwcContributionCollapsed": "awc_contribution_baseline_share_ratio",
+        "AwcTicksDropped": 'outcome="dropped"',
+        "AwcLatencyHigh": "p99",
+        "AwcRuntimeDown": 'up{job="awc-runtime"} == 0',
+        "AwcRuntimeAbsent": "absent(",
+        "AwcGpuFallback": "awc_inference_gpu_fallback == 1",
+    }
+    for name, fragment in wanted.items():
+        assert name in exprs and fragment in exprs[name], f"{name}: expected an expression using {fragment!r}"
+    assert "> 0.030" in exprs["AwcLatencyHigh"], "latency budget: p99 over 30 ms"
+
+
+def test_every_alert_is_unit_tested_firing_and_quiet():
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for path in RULE_TESTS:
+        doc = yaml.safe_load(path.read_text())
+        rule_files = {(path.parent / f).resolve() for f in doc["rule_files"]}
+        assert rule_files == {p.resolve() for p in (PROM / "rules").glob("*.yml")}, path
+        for test in doc["tests"]:
+            for case in test.get("alert_rule_test", []):
+                (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
+    alerts = {r["alert"] for r in alert_rules()}
+    assert alerts - firing == set(), f"alerts never tested firing: {sorted(alerts - firing)}"
+    assert alerts - quiet == set(), f"alerts never tested quiet: {sorted(alerts - quiet)}"
+    assert (firing | quiet) - alerts == set(), "tests name alerts that do not exist"
+
+
+# --- names against the runtime --------------------------------------------------------------
+
+def test_rule_queries_use_exported_metrics_and_labels():
+    series, closed = checks.known_series(), checks.closed_label_sets()
+    found = [p for where, e in checks.rule_expressions().items()
+             for p in checks.problems(where, e, series, closed)]
+    assert found == []
+
+
+def test_query_checker_catches_wrong_names_labels_and_values():
+    series, closed = checks.known_series(), checks.closed_label_sets()
+    bad = {
+        'rate(awc_messages_recieved_total[1m])': "not exported",
+        'awc_modality_presence_ratio{sensor="lidar"}': "label 'sensor'",
+        'awc_ticks_total{outcome="skipped"}': "closed set",
+        'sum by (stage) (awc_modality_degraded)': "grouping label 'stage'",
+        'awc_ready > bogus_fn(awc_ready)': "unknown function",
+    }
+    for expr, expected in bad.items():
+        found = checks.problems("t", expr, series, closed)
+        assert any(expected in p for p in found), f"{expr}: {found}"
+    assert checks.problems("t", 'histogram_quantile(0.99, sum by (le, stage) '
+                           '(rate(awc_stage_duration_seconds_bucket{stage="inference"}[1m])))',
+                           series, closed) == []
+
+
+def test_recording_rule_names_follow_level_metric_operation():
+    for name in checks.recorded_labels():
+        level, metric, op = name.split(":")
+        assert level.startswith("instance") and metric.startswith("awc_") and op, name
+
+
+# --- scrape config ---------------------------------------------------------------------------
+
+def test_scrape_config_targets_carry_a_station_label():
+    cfg = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "awc-runtime")
+    assert job["scrape_interval"] == "5s"
+    for pattern in cfg["rule_files"]:
+        assert list(PROM.glob(pattern)), f"rule_files {pattern} matches nothing"
+    for folder in (PROM / "targets", DEPLOY / "compose" / "targets"):
+        groups = [g for f in folder.glob("*.yml") for g in yaml.safe_load(f.read_text())]
+        assert groups, f"no target groups in {folder}"
+        for g in groups:
+            assert g["targets"] and g["labels"]["station"], g
+            assert all(re.fullmatch(r"[\w.-]+:\d+", t) for t in g["targets"]), g
+    compose_targets = yaml.safe_load((DEPLOY / "compose" / "targets" / "compose.yml").read_text())
+    assert compose_targets[0]["targets"] == ["runtime:9108"]
+
+
+# --- compose ---------------------------------------------------------------------------------
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def test_compose_services_and_pinned_images():
+    services = compose()["services"]
+    assert {"runtime", "replay", "prometheus", "grafana"} <= set(services)
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", services["prometheus"]["image"])
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", services["grafana"]["image"])
+    for name, svc in services.items():
+        if "build" in svc:
+            dockerfile = (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve()
+            assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+            stages = re.findall(r"^FROM (\S+) AS (\w+)", dockerfile.read_text(), re.M)
+            assert svc["build"]["target"] in {s for _, s in stages}, name
+            assert stages[0][0] == "python:3.11-slim"
+
+
+def test_compose_bind_mounts_point_at_files_that_exist():
+    doc = compose()
+    named = set(doc.get("volumes", {}))
+    for name, svc in doc["services"].items():
+        for spec in svc.get("volumes", []):
+            source = spec.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: mounts {source}, which does not exist"
+            else:
+                assert source in named, f"{name}: volume {source} is not declared"
+
+
+def test_compose_keeps_the_runtime_off_the_host():
+    services = compose()["services"]
+    runtime = services["runtime"]
+    assert "ports" not in runtime, "runtime metrics and sensor ports must stay on the compose network"
+    for name in ("prometheus", "grafana"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    mount = next(v for v in runtime["volumes"] if v.endswith("/etc/awc-pose/runtime.yaml:ro"))
+    from runtime.config import RuntimeConfig
+
+    cfg = RuntimeConfig.load(DEPLOY / mount.split(":")[0])
+    assert cfg.metrics.host == "0.0.0.0" and cfg.metrics.port == 9108
+    assert cfg.inputs.endpoints == ("tcp://0.0.0.0:5555",) and cfg.inputs.bind
+    replay = services["replay"]["command"]
+    assert replay[replay.index("--connect") + 1] == "tcp://runtime:5555"
+
+
+def test_compose_mounts_match_prometheus_and_grafana_paths():
+    services = compose()["services"]
+    prom_cmd = " ".join(services["prometheus"]["command"])
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom_cmd
+    prom_mounts = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert {"/etc/prometheus/prometheus.yml", "/etc/prometheus/rules", "/etc/prometheus/targets"} <= prom_mounts
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/awc-pose.yml").read_text())
+    dash_path = provider["providers"][0]["options"]["path"]
+    graf_mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    assert graf_mounts[dash_path] == "./grafana/dashboards"
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(DEPLOY / "systemd" / name)
+    return parser
+
+
+def env_file(name: str) -> dict[str, str]:
+    lines = (DEPLOY / "systemd" / name).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_runtime_unit_is_hardened_and_restarts():
+    svc = unit("awc-runtime.service")["Service"]
+    assert svc["Restart"] == "on-failure"
+    assert svc["EnvironmentFile"] == "/etc/awc-pose/runtime.env"
+    assert svc["User"] != "root"
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                       "PrivateTmp": "yes", "CapabilityBoundingSet": "", "RestrictNamespaces": "yes",
+                       "SystemCallFilter": "@system-service"}.items():
+        assert svc.get(key) == value, f"{key}={svc.get(key)!r}, expected {value!r}"
+    assert " serve " in svc["ExecStart"]
+
+
+@pytest.mark.parametrize("name,env", [("awc-runtime.service", "runtime.env"), ("awc-replay.service", "replay.env")])
+def test_unit_variables_are_defined_in_its_environment_file(name, env):
+    used = set(re.findall(r"\$\{?(\w+)\}?", unit(name)["Service"]["ExecStart"]))
+    defined = env_file(env)
+    assert used and used <= set(defined), f"{name} uses {sorted(used - set(defined))} not set in {env}"
+    if name == "awc-runtime.service":
+        assert defined["AWC_CONFIG"] == "/etc/awc-pose/runtime.yaml"
+        from runtime.config import RuntimeConfig
+
+        cfg = RuntimeConfig.load(DEPLOY / "systemd" / "runtime.yaml")
+        assert cfg.metrics.host == "127.0.0.1", "a bare station keeps metrics on loopback"
+
+
+def test_systemd_analyze_verify(tmp_path):
+    """systemd's own parser accepts the units (executables pointed at this environment)."""
+    tool = shutil.which("systemd-analyze")
+    if not tool:
+        pytest.skip("systemd-analyze not installed")
+    bindir = str(Path(sys.executable).parent)
+    for name in ("awc-runtime.service", "awc-replay.service"):
+        if not (Path(bindir) / ("runtime" if "runtime" in name else "sensors")).exists():
+            pytest.skip(f"console scripts not installed in {bindir}")
+        text = (DEPLOY / "systemd" / name).read_text().replace("/opt/awc-pose/venv/bin", bindir)
+        text = re.sub(r"^EnvironmentFile=.*$", "EnvironmentFile=-/dev/null", text, flags=re.M)
+        (tmp_path / name).write_text(text)
+    r = subprocess.run([tool, "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Unknown" not in r.stderr and "ignoring" not in r.stderr, r.stderr
