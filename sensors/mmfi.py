@@ -31,7 +31,10 @@ only through ``sensors.preprocess``; nothing is read before it is asked for.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ MISSING_POLICIES: tuple[str, ...] = ("absent", "error")
 FRAME_STATUSES: tuple[str, ...] = ("ok", "empty", "missing")  # empty = 0-byte .bin (no detections)
 CSI_KEYS = ("CSIamp", "CSIphase")
 _BYTES_PER_VALUE = 8  # raw float64 .bin files
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 
 
 class MMFiFormatError(ValueError):
@@ -449,8 +453,8 @@ class MMFiDataset:
         frames = range(schema.FRAMES_PER_SEQUENCE)
         return {m: [self._read(key, m, t) for t in frames] for m in schema.MODALITIES}
 
-    def _empty_arrays(self) -> dict[str, np.ndarray]:
-        n = len(self)
+    def _empty_arrays(self, n: int) -> dict[str, np.ndarray]:
+        """Zeroed numeric model inputs and joints for ``n`` frames."""
         return {
             "rgb": np.zeros((n, self.rgb_window, schema.N_KEYPOINTS, 2), np.float32),
             "lidar": np.zeros((n, self.lidar_cap, len(schema.LIDAR_COLUMNS)), np.float32),
@@ -462,23 +466,74 @@ class MMFiDataset:
             "joints": np.zeros((n, schema.N_JOINTS, 3), np.float32),
         }
 
-    def load_arrays(self, progress: bool = True) -> dict[str, np.ndarray]:
+    def sequence_arrays(self, key: SequenceKey) -> dict[str, np.ndarray]:
+        """Model inputs and joints of every frame of one sequence, [297, ...] per key of ``ds[i]``
+        (numeric keys only). Each file is read once; the RGB window is built in memory."""
+        raw = self._read_sequence(key)
+        out = self._empty_arrays(schema.FRAMES_PER_SEQUENCE)
+        for t in range(schema.FRAMES_PER_SEQUENCE):
+            first = max(0, t - self.rgb_window + 1)
+            rgb = raw["rgb"][first:t + 1] if "rgb" in self.modalities else []
+            for name, value in self._inputs(rgb, raw["lidar"][t], raw["mmwave"][t], raw["wifi"][t]).items():
+                out[name][t] = value
+        out["joints"][:] = read_ground_truth(key.path(self.root))
+        return out
+
+    # -- optional cache of preprocessed sequences -------------------------------------------------
+    def cache_tag(self) -> str:
+        """Hash of everything the preprocessed arrays depend on: the reader settings and the code of
+        ``sensors.preprocess``. A cache written under other settings is never read back."""
+        settings = {"format": CACHE_FORMAT, "schema": schema.SCHEMA_VERSION, "rgb_window": self.rgb_window,
+                    "lidar_cap": self.lidar_cap, "mmwave_cap": self.mmwave_cap, "modalities": self.modalities,
+                    "mmwave_columns": self.mmwave_columns, "missing": self.missing_policy}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        digest.update(Path(preprocess.__file__).read_bytes())
+        return digest.hexdigest()[:16]
+
+    def _source_stamp(self, key: SequenceKey) -> np.ndarray:
+        """Size and modification times of a sequence's ground truth and modality folders: a
+        regenerated or re-copied sequence gets a new stamp, so its cache entry is rebuilt."""
+        seq = key.path(self.root)
+        paths = [seq / schema.MMFI_GT_FILE] + [seq / schema.MMFI_FOLDERS[m] for m in self.modalities]
+        stats = [p.stat() for p in paths]
+        return np.array([stats[0].st_size] + [st.st_mtime_ns for st in stats], dtype=np.int64)
+
+    def _cached_sequence_arrays(self, key: SequenceKey, cache_dir: Path) -> dict[str, np.ndarray]:
+        path = cache_dir / self.cache_tag() / f"{key.env}_{key.subject}_{key.action}.npz"
+        stamp = self._source_stamp(key)
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as cached:
+                if np.array_equal(cached["_stamp"], stamp):
+                    missing = dict(zip(schema.MODALITIES, cached["_missing"].tolist()))
+                    if sum(missing.values()):
+                        log.warning("%s: cached with missing frame files treated as absent: %s", key, missing)
+                    self.missing.update(missing)
+                    return {k: cached[k] for k in cached.files if not k.startswith("_")}
+        before = Counter(self.missing)
+        arrays = self.sequence_arrays(key)
+        missing = np.array([self.missing[m] - before[m] for m in schema.MODALITIES], dtype=np.int64)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".partial.npz")
+        np.savez(tmp, _stamp=stamp, _missing=missing, **arrays)
+        os.replace(tmp, path)
+        return arrays
+
+    def load_arrays(self, progress: bool = True, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
         """The whole subset as stacked arrays, the same keys and values as ``ds[i]`` with a leading
         frame axis [N, ...] (env/subject/action as numpy str arrays, frame as int64). Reads each file
-        once, sequence by sequence (tqdm progress bar)."""
-        out = self._empty_arrays()
+        once, sequence by sequence (tqdm progress bar).
+
+        cache_dir: if given, each sequence's arrays are kept as ``cache_dir/<cache_tag>/E01_S01_A02.npz``
+        (about 9.5 MB per sequence at the default caps) and read back while the sequence's files are
+        unchanged (size and modification times of its ground truth and modality folders)."""
         n_frames = schema.FRAMES_PER_SEQUENCE
+        out = self._empty_arrays(len(self))
         for s, key in enumerate(tqdm(self.keys, desc=f"reading {self.subset} sequences", unit="seq",
                                      disable=not progress)):
-            raw = self._read_sequence(key)
-            joints = read_ground_truth(key.path(self.root))
-            for t in range(n_frames):
-                first = max(0, t - self.rgb_window + 1)
-                rgb = raw["rgb"][first:t + 1] if "rgb" in self.modalities else []
-                sample = self._inputs(rgb, raw["lidar"][t], raw["mmwave"][t], raw["wifi"][t])
-                for name, value in sample.items():
-                    out[name][s * n_frames + t] = value
-            out["joints"][s * n_frames:(s + 1) * n_frames] = joints
+            arrays = (self.sequence_arrays(key) if cache_dir is None
+                      else self._cached_sequence_arrays(key, Path(cache_dir)))
+            for name, value in arrays.items():
+                out[name][s * n_frames:(s + 1) * n_frames] = value
         for field in ("env", "subject", "action"):
             out[field] = np.repeat(np.array([getattr(k, field) for k in self.keys], dtype=str), n_frames)
         out["frame"] = np.tile(np.arange(n_frames, dtype=np.int64), len(self.keys))
