@@ -181,3 +181,57 @@ def test_pose_only_graph_matches_forward(tmp_path):
     x = parity_inputs(dims, 3, seed=11)
     (pose,) = sess.run(["pose"], x)
     np.testing.assert_allclose(pose, torch_reference(model, x)[0], atol=ATOL_M)
+
+
+# -- training export (CLI) and export_untrained ----------------------------------------------------
+def _checkpoint(tmp_path, data_root):
+    from training.checkpoint import save_checkpoint
+
+    model, cfg = tiny_model("mlp", seed=3)
+    cfg.data.root = str(data_root)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, model, cfg, epoch=2, metrics={"mpjpe_mm": 99.5, "pa_mpjpe_mm": 61.0})
+    return model, cfg, path
+
+
+def test_training_export_refuses_without_data_unless_told(tmp_path, caplog):
+    from training import cli as training_cli
+
+    model, _, ckpt = _checkpoint(tmp_path, tmp_path / "no-such-dataset")
+    out = tmp_path / "awc.onnx"
+    assert training_cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
+    assert "no-such-dataset not found" in caplog.text and "--no-calibration" in caplog.text
+    assert not out.exists()
+    assert training_cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-calibration"]) == 0
+    runtime = PoseModel.load(out, provider="cpu", intra_op_threads=1)
+    assert runtime.metadata.baseline is None and "--no-calibration" in runtime.metadata.baseline_missing_reason
+    assert runtime.metadata.validation_metrics == {"mpjpe_mm": 99.5, "pa_mpjpe_mm": 61.0}
+    x = parity_inputs(export.ModelDims.from_config(tiny_config("mlp")), 3, seed=2)
+    np.testing.assert_allclose(runtime.run(x)[0], torch_reference(model, x)[0], atol=ATOL_M)
+
+
+def test_training_export_measures_the_baseline_on_dataset_frames(tmp_path, tiny_dataset):
+    from training import cli as training_cli
+
+    _, cfg, ckpt = _checkpoint(tmp_path, tmp_path / "elsewhere")
+    out = tmp_path / "awc.onnx"
+    argv = ["export", "--checkpoint", str(ckpt), "--out", str(out), "--data", str(tiny_dataset),
+            "--calibration-frames", "256"]
+    assert training_cli.main(argv) == 0
+    b = PoseModel.load(out, provider="cpu", intra_op_threads=1).metadata.baseline
+    assert b is not None and b.n_frames == 256 and b.window == 64
+    assert b.source["protocol"] == cfg.data.protocol and b.source["subset"] == "test"
+    for part in (b.label_free, b.labelled):
+        assert np.isfinite(part["shares"]).all() and sum(part["shares"]) == pytest.approx(1.0)
+
+
+def test_export_untrained_is_deterministic_with_a_dataset_baseline(tmp_path, tiny_dataset):
+    a = export.export_untrained(tmp_path / "a.onnx", fusion="attention", preset="tiny", seed=1,
+                                data_root=tiny_dataset, max_calibration_frames=128)
+    b = export.export_untrained(tmp_path / "b.onnx", fusion="attention", preset="tiny", seed=1)
+    ma, mb = (PoseModel.load(p, provider="cpu", intra_op_threads=1) for p in (a, b))
+    assert ma.metadata.fusion == "attention" and ma.metadata.baseline is not None
+    assert mb.metadata.baseline is None
+    x = ma.empty_inputs(2)
+    x["presence"][:] = 1.0
+    np.testing.assert_array_equal(ma.run(x)[1], mb.run(x)[1])

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sensors import posemath, schema
+from sensors.mmfi import MMFiFormatError
 from training.config import Config, config_hash, from_dict, resolve
 
 log = logging.getLogger(__name__)
@@ -396,7 +397,11 @@ def load_calibration(cfg: Config, data_root: str | Path | None = None, subset: s
     if not root.is_dir():
         raise ExportError(f"no calibration data: dataset root {root} not found. Point --data at an MM-Fi-format "
                           f"folder, or pass --no-calibration (the runtime then has no contribution baseline)")
-    arrays = read_arrays(cfg, subset, progress=progress)
+    try:
+        arrays = read_arrays(cfg, subset, progress=progress)
+    except MMFiFormatError as err:
+        raise ExportError(f"cannot read calibration data from {root}: {err}. Point --data at a dataset with "
+                          f"{cfg.data.protocol}/{cfg.data.split} {subset} frames, or pass --no-calibration") from err
     source = {"root": root.name, "protocol": cfg.data.protocol, "split": cfg.data.split,
               "split_seed": cfg.data.split_seed, "subset": subset, "frames": int(len(arrays["joints"]))}
     if len(arrays["joints"]) == 0:
