@@ -1,0 +1,238 @@
+"""``runtime bench``: latency, throughput and memory figures of the real pipeline (not a test).
+
+    runtime bench --model awc.onnx [--duration 20] [--stage-ticks 500] [--throughput-s 5] [--json F]
+
+Three measurements on synthetic sensor data of realistic size (LiDAR 1,200 points, mmWave 20,
+10 CSI packets per 100 ms):
+
+1. per-tick stage latency (p50/p99): decode (wire), sync, preprocess (features + input health),
+   inference (pose + 16 coalitions, one call), contributions, degradation, metrics, publish;
+2. maximum sustained fused ticks per second: decode + feed + tick back to back, one thread;
+3. end to end at 10 Hz over real ZeroMQ sockets: four sensor streams from a publisher into the
+   full runtime (``runtime.serve.Runtime``, wall clock), latency = capture time of the newest used
+   sample to the pose message leaving (``latency_ns`` of the pose stream), and resident memory
+   (RSS) sampled every second over ``--duration`` (use ``--duration 600`` for the 10-minute soak).
+
+Targets (small preset, 2-core CPU, live Shapley): p99 end to end <= 30 ms at 10 Hz; >= 100 fused
+ticks/s; RSS <= 500 MB and flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+from tqdm import tqdm
+
+from exporters.metrics import RuntimeMetrics
+from runtime.config import RuntimeConfig
+from runtime.model import PoseModel
+from runtime.pipeline import Pipeline
+from sensors import schema, wire
+
+log = logging.getLogger(__name__)
+
+PERIOD_NS = schema.FRAME_PERIOD_NS
+TARGETS = {"p99_end_to_end_ms": 30.0, "ticks_per_s": 100.0, "rss_mb": 500.0}
+
+
+def synthetic_messages(k: int, t_ns: int, rng: np.random.Generator, lidar_points: int = 1200,
+                       mmwave_points: int = 20) -> list[wire.Message]:
+    """The four sensor messages of frame k at capture time t_ns (realistic sizes, random values)."""
+    a = {
+        "rgb": {"kpts": rng.uniform([200, 100], [440, 400], size=(schema.N_KEYPOINTS, 2)).astype(np.float32)},
+        "lidar": {"points": rng.normal([3.0, 0, 0], 0.4, size=(lidar_points, 3)).astype(np.float32)},
+        "mmwave": {"points": rng.normal([3.0, 0, 0, 20, 0], 0.3, size=(mmwave_points, 5)).astype(np.float32)},
+        "wifi": {"amp": rng.normal(40, 3, size=(10, 3, 114)).astype(np.float32),
+                 "phase": rng.uniform(-np.pi, np.pi, size=(10, 3, 114)).astype(np.float32)},
+    }
+    extra = {"wifi": {"period_ns": PERIOD_NS // 10}}
+    return [wire.Message(m, f"bench-{m}", k, t_ns, t_ns, a[m], extra.get(m, {})) for m in schema.MODALITIES]
+
+
+def rss_mb() -> float:
+    """Current resident set size (MB) from /proc, else the peak from getrusage."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _pct(values, q) -> float:
+    return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else float("nan")
+
+
+def _summary_ms(seconds) -> dict[str, float]:
+    ms = np.asarray(seconds, np.float64) * 1e3
+    return {"p50_ms": round(_pct(ms, 50), 3), "p99_ms": round(_pct(ms, 99), 3), "mean_ms": round(float(ms.mean()), 3)}
+
+
+def bench_stages(model: PoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed: int = 0) -> dict:
+    """Per-stage latency over ``n_ticks`` ticks driven directly (no sockets, no waiting)."""
+    rng = np.random.default_rng(seed)
+    pipe = Pipeline(cfg, model, RuntimeMetrics(), outputs=[])
+    frames = [[wire.encode(m) for m in synthetic_messages(k, (k + 1) * PERIOD_NS, rng)] for k in range(50)]
+    stages: dict[str, list[float]] = {"decode": []}
+    t0 = 1_700_000_000 * 10**9
+    for k in tqdm(range(n_ticks), desc="stages", unit="tick", leave=False):
+        t_ns = t0 + k * PERIOD_NS
+        start = time.perf_counter()
+        msgs = [wire.decode(f) for f in frames[k % len(frames)]]
+        stages["decode"].append(time.perf_counter() - start)
+        for m in msgs:
+            m.seq, m.t_ns = k, t_ns
+            pipe.feed(m)
+        result = pipe.step(t_ns)
+        for name, seconds in result.durations.items():
+            stages.setdefault(name, []).append(seconds)
+    total = [sum(v[i] for v in stages.values()) for i in range(n_ticks)]
+    out = {name: _summary_ms(v) for name, v in stages.items()}
+    out["total"] = _summary_ms(total)
+    return out
+
+
+def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0, seed: int = 1) -> dict:
+    """Fused ticks per second, decode + feed + tick back to back on one thread."""
+    rng = np.random.default_rng(seed)
+    pipe = Pipeline(cfg, model, RuntimeMetrics(), outputs=[])
+    frames = [[wire.encode(m) for m in synthetic_messages(k, 0, rng)] for k in range(50)]
+    t0 = 1_700_000_000 * 10**9
+    k, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t_ns = t0 + k * PERIOD_NS
+        for f in frames[k % len(frames)]:
+            m = wire.decode(f)
+            m.seq, m.t_ns = k, t_ns
+            pipe.feed(m)
+        pipe.step(t_ns)
+        k += 1
+    elapsed = time.perf_counter() - start
+    fused = pipe.metrics.registry.get_sample_value("awc_ticks_total", {"outcome": "fused"})
+    return {"ticks": k, "fused": int(fused), "seconds": round(elapsed, 2), "ticks_per_s": round(k / elapsed, 1)}
+
+
+def bench_end_to_end(model: PoseModel, cfg: RuntimeConfig, duration_s: float = 20.0, seed: int = 2) -> dict:
+    """Real sockets at 10 Hz: sensor PUB -> runtime -> pose SUB; latency and RSS over the run."""
+    from runtime.serve import Runtime  # the full runtime, as `runtime serve` builds it
+
+    ctx = zmq.Context()
+    rt = Runtime(cfg, model)
+    rt.start()
+    loop = threading.Thread(target=rt.run, name="awc-loop", daemon=True)
+    loop.start()
+    sensor = ctx.socket(zmq.PUB)
+    sensor.connect(cfg.inputs.endpoints[0])
+    poses = ctx.socket(zmq.SUB)
+    poses.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
+    poses.connect(cfg.output.endpoint)
+    rng = np.random.default_rng(seed)
+    latencies, rss, received = [], [], 0
+    time.sleep(0.5)   # subscriptions settle (ZeroMQ slow joiner)
+    start = time.monotonic()
+    next_rss = start
+    k = 0
+    with tqdm(total=int(duration_s), desc="end to end", unit="s", leave=False) as bar:
+        while time.monotonic() - start < duration_s:
+            now = time.time_ns()
+            for m in synthetic_messages(k, now, rng):
+                m.sent_ns = time.time_ns()
+                sensor.send_multipart(wire.encode(m))
+            k += 1
+            deadline = start + k * PERIOD_NS / 1e9
+            while (wait := deadline - time.monotonic()) > 0:
+                if poses.poll(max(1, int(wait * 1000))):
+                    msg = wire.decode(poses.recv_multipart())
+                    latencies.append(msg.extra["latency_ns"] / 1e9)
+                    received += 1
+            if time.monotonic() >= next_rss:
+                rss.append(round(rss_mb(), 1))
+                next_rss += 1.0
+                bar.update(1)
+    rt.stop_event.set()
+    loop.join(timeout=5)
+    rt.close()
+    sensor.close(0)
+    poses.close(0)
+    ctx.term()
+    warm = rss[min(len(rss) - 1, 5):] if rss else []
+    return {"frames_sent": k, "poses_received": received, **_summary_ms(latencies),
+            "rss_mb": {"start": rss[0] if rss else None, "after_warmup": warm[0] if warm else None,
+                       "end": rss[-1] if rss else None, "max": max(rss) if rss else None,
+                       "growth_after_warmup_mb": round(warm[-1] - warm[0], 1) if warm else None,
+                       "samples": rss}}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_config(overrides: list[str] | None = None) -> RuntimeConfig:
+    """Default config on free loopback ports, metrics port chosen by the OS."""
+    base = [f"inputs.endpoints=[tcp://127.0.0.1:{_free_port()}]", f"output.endpoint=tcp://127.0.0.1:{_free_port()}",
+            "metrics.port=0"]
+    return RuntimeConfig.load(None, base + list(overrides or []))
+
+
+def run_bench(model_path: str, duration_s: float = 20.0, stage_ticks: int = 500, throughput_s: float = 5.0,
+              threads: int = 2, overrides: list[str] | None = None) -> dict:
+    cfg = bench_config([f"inference.intra_op_threads={threads}", *(overrides or [])])
+    model = PoseModel.load(model_path, provider=cfg.inference.provider, intra_op_threads=threads)
+    report = {"model": str(model_path), "provider": model.provider, "threads": threads,
+              "fusion": model.metadata.fusion, "lidar_cap": model.metadata.lidar_cap,
+              "cpu_count": os.cpu_count(), "targets": TARGETS}
+    report["stages"] = bench_stages(model, cfg, stage_ticks)
+    report["throughput"] = bench_throughput(model, cfg, throughput_s)
+    report["end_to_end_10hz"] = bench_end_to_end(model, cfg, duration_s)
+    e2e, rss = report["end_to_end_10hz"], report["end_to_end_10hz"]["rss_mb"]
+    report["meets"] = {"p99_end_to_end_ms": e2e["p99_ms"] <= TARGETS["p99_end_to_end_ms"],
+                       "ticks_per_s": report["throughput"]["ticks_per_s"] >= TARGETS["ticks_per_s"],
+                       "rss_mb": (rss["max"] or 0) <= TARGETS["rss_mb"]}
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = [f"model {r['model']} ({r['fusion']}, lidar cap {r['lidar_cap']}) on {r['provider']}, "
+             f"{r['threads']} threads, {r['cpu_count']} CPUs", "", f"{'stage':<14}{'p50 ms':>9}{'p99 ms':>9}"]
+    for name, s in r["stages"].items():
+        lines.append(f"{name:<14}{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}")
+    t, e = r["throughput"], r["end_to_end_10hz"]
+    lines += ["", f"sustained fused ticks/s   {t['ticks_per_s']:.1f}   (target >= {TARGETS['ticks_per_s']:.0f})",
+              f"end to end at 10 Hz       p50 {e['p50_ms']:.2f} ms  p99 {e['p99_ms']:.2f} ms   "
+              f"(target p99 <= {TARGETS['p99_end_to_end_ms']:.0f} ms; {e['poses_received']}/{e['frames_sent']} poses)",
+              f"RSS                       start {e['rss_mb']['start']} MB, end {e['rss_mb']['end']} MB, max "
+              f"{e['rss_mb']['max']} MB, growth after warm-up {e['rss_mb']['growth_after_warmup_mb']} MB "
+              f"(target <= {TARGETS['rss_mb']:.0f} MB, flat)"]
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported ONNX model")
+    p.add_argument("--duration", type=float, default=20.0, help="end-to-end run at 10 Hz, seconds (soak: 600)")
+    p.add_argument("--stage-ticks", type=int, default=500, help="ticks for the per-stage latency figures")
+    p.add_argument("--throughput-s", type=float, default=5.0, help="seconds of back-to-back ticks")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = run_bench(args.model, args.duration, args.stage_ticks, args.throughput_s, args.threads, args.set)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        log.info("wrote %s", args.json)
+    return 0
