@@ -225,8 +225,8 @@ def test_compose_keeps_the_runtime_off_the_host():
     cfg = RuntimeConfig.load(DEPLOY / mount.split(":")[0])
     assert cfg.metrics.host == "0.0.0.0" and cfg.metrics.port == 9108
     assert cfg.inputs.endpoints == ("tcp://0.0.0.0:5555",) and cfg.inputs.bind
-    replay = services["replay"]["command"]
-    assert replay[replay.index("--connect") + 1] == "tcp://runtime:5555"
+    replay = " ".join(services["replay"]["command"])
+    assert "sensors replay" in replay and "--connect tcp://runtime:5555" in replay
 
 
 def test_compose_mounts_match_prometheus_and_grafana_paths():
