@@ -139,7 +139,10 @@ def describe_root(root: str | Path, limit: int = 8) -> str:
         return f"{root} does not exist"
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
     shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
-    return f"{root} contains: {shown or 'nothing'}"
+    hint = ""
+    if root.name in schema.ENVIRONMENTS or root.name in schema.SUBJECTS or root.name in schema.ACTIONS:
+        hint = f" ({root.name} is a level inside MM-Fi: point at the folder that holds E01..E04)"
+    return f"{root} contains: {shown or 'nothing'}{hint}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -304,6 +304,8 @@ def test_subsets_follow_the_split(tree):
     assert "S01, S12, S31" in str(err.value)
     with pytest.raises(mmfi.MMFiLayoutError, match="E01..E04"):
         MMFiDataset(tree / "scratch")
+    with pytest.raises(mmfi.MMFiLayoutError, match="E01 is a level inside MM-Fi"):
+        MMFiDataset(tree / "E01")
 
 
 def test_sample_shapes_dtypes_and_values(tree):
