@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def read_arrays(cfg: Config, subset: str, progress: bool = True) -> dict[str, np
     arrays = ds.load_arrays(progress=progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks may write at once
         np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
         tmp.replace(cache)
     return arrays

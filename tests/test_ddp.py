@@ -1,0 +1,56 @@
+"""Data-parallel training: a 2-process torchrun on CPU (gloo) trains exactly like one process.
+
+With equal shards, DDP's averaged gradient is the full batch's gradient, the Shapley scores are
+computed on the all-gathered global batch and the Fisher is all-reduced, so the per-epoch losses
+and groups of the two runs must agree to float precision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_torchrun_two_processes_match_single_process(tiny_dataset, tmp_path):
+    common = ["--preset", "tiny", "--data", str(tiny_dataset), "--balance", "awc", "--no-progress",
+              f"data.cache_dir={tmp_path / 'cache'}", "train.plots=false"]
+    assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0  # also fills the array cache
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "training", "fit", *common, "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    single, ddp = _log(tmp_path / "single"), _log(tmp_path / "ddp")
+    assert len(ddp) == len(single) == 2
+    for a, b in zip(single, ddp, strict=True):
+        assert b["steps"] == a["steps"]
+        assert b["loss_task"] == pytest.approx(a["loss_task"], rel=1e-4)
+        assert b["loss_awc"] == pytest.approx(a["loss_awc"], rel=1e-3, abs=1e-9)
+        assert b["val_mpjpe"] == pytest.approx(a["val_mpjpe"], rel=1e-3)
+        for m, v in a["shapley"].items():
+            assert b["shapley"][m] == pytest.approx(v, rel=1e-3, abs=1e-4)
+    assert ddp[0]["groups"] == single[0]["groups"]
+    for m, s in single[0]["fisher"].items():
+        assert ddp[0]["fisher"][m]["sum"] == pytest.approx(s["sum"], rel=1e-3)
+    # only rank 0 wrote: one log, one set of checkpoints
+    assert (tmp_path / "ddp" / "checkpoint.pt").is_file() and (tmp_path / "ddp" / "metrics.json").is_file()

@@ -1,0 +1,136 @@
+"""The trainer end to end: every fusion and balancing method, outputs, resume, determinism, evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from training_fakes import fake_split
+
+from training import config
+from training.checkpoint import load_checkpoint
+from training.cli import main
+from training.trainer import fit
+
+torch.set_num_threads(1)
+
+CASES = [("concat", "none"), ("mlp", "none"), ("attention", "none"), ("concat", "ogm-ge"),
+         ("concat", "uniform"), ("concat", "awc"), ("attention", "awc")]
+OUTPUTS = ("config.yaml", "log.jsonl", "checkpoint.pt", "best.pt", "metrics.json", "plots/curves.png",
+           "plots/contributions.png", "plots/skeletons.png")
+
+
+@pytest.fixture(scope="module")
+def array_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("array-cache")
+
+
+def _log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _fit_cli(tiny_dataset, array_cache, out, *extra):
+    argv = ["fit", "--preset", "tiny", "--data", str(tiny_dataset), "--out", str(out), "--no-progress",
+            f"data.cache_dir={array_cache}", *extra]
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("fusion,balance", CASES)
+def test_fit_each_fusion_and_balance_on_tiny_dataset(tiny_dataset, array_cache, tmp_path, fusion, balance):
+    out = tmp_path / "run"
+    _fit_cli(tiny_dataset, array_cache, out, "--fusion", fusion, "--balance", balance)
+    for name in OUTPUTS:
+        assert (out / name).is_file(), f"{name} missing"
+    log = _log(out)
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert log[1]["loss_task"] < log[0]["loss_task"]
+    for r in log:
+        assert all(math.isfinite(r[k]) for k in ("val_mpjpe", "val_pa_mpjpe", "train_mpjpe", "train_pa_mpjpe"))
+        assert set(r["time"]) >= {"forward", "backward", "shapley", "train", "eval"}
+        assert all(math.isfinite(v) for v in r["shapley"].values())
+    # tiny preset: learning window K = 1
+    assert log[0]["in_window"] == (balance != "none") and not log[1]["in_window"]
+    if balance in ("awc", "uniform"):
+        assert log[0]["loss_awc"] > 0 and log[1]["loss_awc"] == 0
+        assert set(log[0]["groups"].values()) <= {"S", "I"} and "S" in log[0]["groups"].values()
+        assert log[0]["fisher"]["rgb"]["sum"] > 0 and log[0]["time"]["fisher"] > 0
+    else:
+        assert all(r["loss_awc"] == 0 for r in log)
+    if balance == "ogm-ge":
+        assert all(0 < k <= 1 for k in log[0]["ogm_coefficients"].values())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["mpjpe"]) and metrics["per_action"]
+    model, cfg, info = load_checkpoint(out / "best.pt")
+    assert cfg.model.fusion == fusion and cfg.balance.method == balance and info["config_hash"]
+
+
+def test_fit_subset_of_modalities_and_evaluate(tiny_dataset, array_cache, tmp_path, capsys):
+    out = tmp_path / "rgb-lidar"
+    _fit_cli(tiny_dataset, array_cache, out, "--modalities", "rgb,lidar", "--epochs", "1", "--balance", "awc")
+    log = _log(out)
+    assert log[0]["shapley"]["mmwave"] == 0 and log[0]["shapley"]["wifi"] == 0
+    assert log[0]["groups"]["mmwave"] == "-" and log[0]["groups"]["wifi"] == "-"
+    model, _, _ = load_checkpoint(out / "checkpoint.pt")
+    assert set(model.encoders) == {"rgb", "lidar"}
+    capsys.readouterr()
+    rc = main(["evaluate", "--checkpoint", str(out / "best.pt"), "--protocol", "P1", "--split", "S1",
+               "--out", str(tmp_path / "eval.json")])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "A02" in table and "all" in table
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["mpjpe"] > 0 and set(result["per_action"]) <= {"A02", "A03", "A04"}
+    assert result["shapley"]["wifi"] == 0
+
+
+def _fake_fit(out, epochs, resume=False, balance="awc"):
+    cfg = config.resolve("tiny", flags={"balance": {"method": balance, "window": 2}, "out": str(out),
+                                        "train": {"epochs": epochs, "plots": False}})
+    train, test = fake_split(160, cfg.model, 0), fake_split(48, cfg.model, 1)
+    return fit(cfg, train, test, resume=resume, progress=False)
+
+
+def test_same_seed_gives_identical_runs(tmp_path):
+    a = _fake_fit(tmp_path / "a", 2)
+    b = _fake_fit(tmp_path / "b", 2)
+    la, lb = _log(tmp_path / "a"), _log(tmp_path / "b")
+    assert [r["loss_task"] for r in la] == [r["loss_task"] for r in lb]
+    assert [r["loss_awc"] for r in la] == [r["loss_awc"] for r in lb]
+    assert a["mpjpe"] == b["mpjpe"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = _fake_fit(tmp_path / "full", 3, balance="ogm-ge")
+    _fake_fit(tmp_path / "part", 1, balance="ogm-ge")
+    resumed = _fake_fit(tmp_path / "part", 3, resume=True, balance="ogm-ge")
+    lf, lr = _log(tmp_path / "full"), _log(tmp_path / "part")
+    assert [r["epoch"] for r in lr] == [0, 1, 2]
+    assert [r["loss_task"] for r in lr] == pytest.approx([r["loss_task"] for r in lf], rel=1e-6)
+    assert resumed["mpjpe"] == pytest.approx(full["mpjpe"], rel=1e-6)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    _fake_fit(tmp_path / "run", 1)
+    with pytest.raises(ValueError, match="different config"):
+        _fake_fit(tmp_path / "run", 2, resume=True, balance="uniform")
+
+
+def test_config_validation_and_overrides(tmp_path):
+    cfg = config.resolve("small", overrides=["train.lr=3e-4", "model.modalities=rgb,wifi", "balance.alpha_s=5"])
+    assert cfg.train.lr == 3e-4 and cfg.model.modalities == ("rgb", "wifi") and cfg.balance.alpha_s == 5.0
+    assert config.config_hash(cfg) == config.config_hash(config.from_dict(cfg.to_dict()))
+    cfg.out = "elsewhere"
+    assert config.config_hash(cfg) == config.config_hash(config.from_dict(cfg.to_dict()))
+    with pytest.raises(ValueError, match="model.fusion"):
+        config.resolve(flags={"model": {"fusion": "sum"}})
+    with pytest.raises(ValueError, match="unknown config key"):
+        config.resolve(overrides=["train.learning_rate=1"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        config.resolve(overrides=["lr=1"])
+    with pytest.raises(ValueError, match="subset of"):
+        config.resolve(flags={"model": {"modalities": "rgb,radar"}})
+    paper = config.resolve("paper")
+    assert (paper.balance.alpha_s, paper.balance.alpha_i, paper.balance.window) == (20000.0, 10000.0, 20)
+    assert (paper.train.epochs, paper.train.batch_size, paper.train.lr_step) == (50, 192, 30)
