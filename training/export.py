@@ -35,8 +35,8 @@ from torch import nn
 from tqdm import tqdm
 
 from sensors import posemath, schema
-from sensors.mmfi import MMFiFormatError
-from training.config import Config, config_hash, from_dict, resolve
+from sensors.mmfi import MMFiDataset, MMFiFormatError
+from training.config import Config, config_hash, resolve
 
 log = logging.getLogger(__name__)
 
@@ -367,47 +367,38 @@ def measure_baseline(model_bytes: bytes, calibration: CalibrationSet, window: in
     return result
 
 
-def calibration_from_arrays(arrays: Mapping[str, np.ndarray], source: dict[str, Any]) -> CalibrationSet:
-    """Dataset arrays (``training.data.read_arrays``: model inputs, ``joints``, env/subject/action/
-    frame) -> CalibrationSet with frames sorted by sequence then frame index."""
-    keys = [np.asarray(arrays[k]).astype(str) for k in ("env", "subject", "action")]
-    seq_names = np.char.add(np.char.add(np.char.add(keys[0], "/"), np.char.add(keys[1], "/")), keys[2])
-    frame = np.asarray(arrays["frame"]).astype(np.int64)
-    order = np.lexsort((frame, seq_names))
-    _, sequence = np.unique(seq_names[order], return_inverse=True)
-    inputs = {n: np.ascontiguousarray(np.asarray(arrays[n])[order]) for n in schema.MODEL_INPUTS}
-    inputs["lidar_mask"] = inputs["lidar_mask"].astype(bool)
-    inputs["mmwave_mask"] = inputs["mmwave_mask"].astype(bool)
-    for n in ("rgb", "lidar", "mmwave", "wifi", "presence"):
-        inputs[n] = inputs[n].astype(np.float32)
-    targets = np.asarray(arrays["joints"], np.float32)[order]
-    return CalibrationSet(inputs, targets, sequence, source)
-
-
 def load_calibration(cfg: Config, data_root: str | Path | None = None, subset: str = "test",
+                     max_frames: int = CALIBRATION_MAX_FRAMES, window: int = CALIBRATION_WINDOW,
                      progress: bool = True) -> CalibrationSet:
-    """Validation frames of the config's dataset settings (or ``data_root``) for the baseline."""
-    from training.data import read_arrays
-
-    cfg = from_dict(cfg.to_dict())  # a copy: the caller's config keeps its data settings
-    if data_root is not None:
-        cfg.data.root = str(data_root)
-    cfg.data.cache_dir = ""
-    root = Path(cfg.data.root)
+    """Validation frames for the baseline: the config's dataset settings (root, protocol, split,
+    split seed) or ``data_root``; whole sequences spread evenly over the subset, only as many as
+    ``max_frames`` frames in windows of ``window`` need (each sequence is read once)."""
+    root = Path(cfg.data.root if data_root is None else data_root)
     if not root.is_dir():
         raise ExportError(f"no calibration data: dataset root {root} not found. Point --data at an MM-Fi-format "
                           f"folder, or pass --no-calibration (the runtime then has no contribution baseline)")
+    if not 1 <= window <= schema.FRAMES_PER_SEQUENCE:
+        raise ExportError(f"calibration window must be 1..{schema.FRAMES_PER_SEQUENCE} frames, got {window}")
+    m = cfg.model
     try:
-        arrays = read_arrays(cfg, subset, progress=progress)
+        ds = MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
+                         seed=cfg.data.split_seed, rgb_window=m.rgb_window, lidar_cap=m.lidar_cap,
+                         mmwave_cap=m.mmwave_cap, modalities=schema.MODALITIES)
     except MMFiFormatError as err:
         raise ExportError(f"cannot read calibration data from {root}: {err}. Point --data at a dataset with "
                           f"{cfg.data.protocol}/{cfg.data.split} {subset} frames, or pass --no-calibration") from err
+    per_sequence = schema.FRAMES_PER_SEQUENCE // window * window
+    n_seq = min(len(ds.keys), max(1, -(-max_frames // per_sequence)))
+    keys = [ds.keys[i] for i in np.linspace(0, len(ds.keys) - 1, n_seq).round().astype(np.int64)]
+    parts = [ds.sequence_arrays(k) for k in tqdm(keys, desc="calibration sequences", unit="seq",
+                                                  disable=not progress)]
+    inputs = {n: np.concatenate([p[n] for p in parts]) for n in schema.MODEL_INPUTS}
+    targets = np.concatenate([p["joints"] for p in parts]).astype(np.float32)
+    sequence = np.repeat(np.arange(len(keys)), schema.FRAMES_PER_SEQUENCE)
     source = {"root": root.name, "protocol": cfg.data.protocol, "split": cfg.data.split,
-              "split_seed": cfg.data.split_seed, "subset": subset, "frames": int(len(arrays["joints"]))}
-    if len(arrays["joints"]) == 0:
-        raise ExportError(f"{root} has no {subset} frames for {cfg.data.protocol}/{cfg.data.split}; point --data "
-                          f"at a dataset with that protocol's subjects and actions")
-    return calibration_from_arrays(arrays, source)
+              "split_seed": cfg.data.split_seed, "subset": subset, "sequences": len(keys),
+              "sequences_in_subset": len(ds.keys)}
+    return CalibrationSet(inputs, targets, sequence, source).limit(max_frames, window)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,7 +414,7 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: s
     model.eval()
     calibration = None
     if calibrate:
-        calibration = load_calibration(cfg, data_root).limit(max_calibration_frames, CALIBRATION_WINDOW)
+        calibration = load_calibration(cfg, data_root, max_frames=max_calibration_frames)
     metrics = checkpoint_metrics(info)
     return export_onnx(model, cfg, out_path, calibration=calibration, metrics=metrics, opset=opset,
                        no_calibration_reason="exported with --no-calibration")
@@ -451,10 +442,9 @@ def export_untrained(out_path: str | Path, fusion: str = "concat", preset: str =
     calibration = None
     if data_root is not None:
         try:
-            calibration = load_calibration(cfg, data_root, "test", progress=False)
+            calibration = load_calibration(cfg, data_root, "test", max_calibration_frames, progress=False)
         except ExportError:
-            calibration = load_calibration(cfg, data_root, "all", progress=False)
-        calibration = calibration.limit(max_calibration_frames, CALIBRATION_WINDOW)
+            calibration = load_calibration(cfg, data_root, "all", max_calibration_frames, progress=False)
     return export_onnx(model, cfg, out_path, calibration=calibration, metrics={"trained": False},
                        no_calibration_reason="untrained model exported without calibration data")
 
