@@ -1,0 +1,185 @@
+"""WiFi CSI (Atheros CSI tool, 5 GHz, 40 MHz, 1 Tx x 3 Rx, 114 subcarriers, 100 packets/s).
+
+MM-Fi's ``wifi-csi/frameNNN.mat`` (MATLAB 5) holds ``CSIamp`` (dB-like, ~29-49) and ``CSIphase``
+(radians in [-pi, pi]), float64 (3, 114, 10): 10 packets per 100 ms frame.
+
+The channel of antenna a at subcarrier frequency f is
+
+    H_a(f) = sum_p g_p exp(-j 2 pi f tau_p) exp(-j pi a sin(theta_p))          static paths
+           + sum_i rho_i / (d_tx,i d_i,a) exp(-j 2 pi f (d_tx,i + d_i,a) / c)   body reflections
+
+with a per-room set of 6-12 static paths (delays 10-80 ns, the first the direct path) that is
+perturbed per sequence (furniture, people, days), and body reflections from scatterers on the
+joints and bone midpoints (interpolated to each packet time), 10-20 dB below the direct path in
+total. Hardware: per-(antenna, packet) gain jitter, residual per-value scatter, a random common
+phase and a small linear phase slope per packet (sampling time offset), a constant per-antenna
+phase offset. Amplitude = 20 log10|H| + band-edge roll-off + a room level, so the mean matches the
+real per-subcarrier profiles. Rare packets carry -inf amplitude / NaN values so the official
+repair path runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sensors import schema
+
+SPEED_OF_LIGHT = 299_792_458.0
+J = schema.JOINT_INDEX
+
+
+@dataclass(frozen=True)
+class WifiConfig:
+    centre_hz: float = 5.32e9
+    spacing_hz: float = 312.5e3
+    los_k_db: float = 9.0                 # direct path power over the scattered static paths
+    path_decay_ns: float = 25.0           # exponential power-delay decay of the static paths
+    body_rel_db: float = -15.0            # total body reflection power relative to the direct path
+    sequence_path_sigma: float = 0.3      # per-sequence relative perturbation of the static paths
+    sequence_gain_sigma_db: float = 3.0   # per-sequence AGC level
+    antenna_gain_sigma_db: float = 1.0    # per-sequence, per-antenna gain
+    packet_gain_sigma_db: float = 1.3     # per (antenna, packet) gain jitter (real frame: ~1.3 dB)
+    residual_sigma_db: float = 0.25       # per value scatter (real frame: ~0.25 dB)
+    edge_width_sc: float = 8.0            # e-folding width (subcarriers) of the band-edge roll-off
+    phase_slope_sigma: float = 0.02       # rad per subcarrier, per packet
+    phase_noise_sigma: float = 0.03       # rad, per (antenna, packet)
+    nonfinite_frame_rate: float = 0.01    # frames with a corrupted packet
+    lost_packet_share: float = 0.3        # of those, the whole packet NaN (else a few -inf values)
+
+    def __post_init__(self) -> None:
+        if not -30.0 <= self.body_rel_db <= -5.0:
+            raise ValueError(f"body_rel_db should be -30..-5 dB (real: 10-20 dB below the direct path), "
+                             f"got {self.body_rel_db}")
+        if not 0 <= self.nonfinite_frame_rate < 0.5:
+            raise ValueError(f"nonfinite_frame_rate must be in [0, 0.5), got {self.nonfinite_frame_rate}")
+
+
+def subcarrier_hz(cfg: WifiConfig) -> np.ndarray:
+    """[114] frequencies: indices -58..-2 and 2..58 around the centre."""
+    idx = np.concatenate([np.arange(-58, -1), np.arange(2, 59)])
+    return cfg.centre_hz + idx * cfg.spacing_hz
+
+
+def rx_antennas(env, cfg: WifiConfig) -> np.ndarray:
+    """[3,3] receive antenna positions (camera frame, m): half a wavelength apart along z."""
+    half_lambda = SPEED_OF_LIGHT / cfg.centre_hz / 2
+    return np.asarray(env.wifi_rx_m) + np.arange(schema.WIFI_ANTENNAS)[:, None] * np.array([0, 0, half_lambda])
+
+
+def static_paths(env, cfg: WifiConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The room's static paths: complex gains [P], delays [P] (s), arrival angles [P] (rad)."""
+    rng = np.random.default_rng(env.wifi_seed)
+    direct = np.linalg.norm(np.subtract(env.wifi_tx_m, env.wifi_rx_m)) / SPEED_OF_LIGHT
+    lo, hi = env.wifi_delay_ns
+    tau = np.concatenate([[direct], np.sort(rng.uniform(max(lo * 1e-9, direct), hi * 1e-9, env.wifi_paths - 1))])
+    power = np.exp(-(tau - direct) / (cfg.path_decay_ns * 1e-9))
+    power[1:] *= 10 ** (-cfg.los_k_db / 10) / power[1:].sum()
+    gain = np.sqrt(power) * np.exp(1j * rng.uniform(0, 2 * np.pi, tau.size))
+    theta = rng.uniform(-np.pi / 2, np.pi / 2, tau.size)
+    return gain, tau, theta
+
+
+def static_channel(gain, tau, theta, freqs: np.ndarray) -> np.ndarray:
+    """[3,114] complex channel of the static paths."""
+    ant = np.arange(schema.WIFI_ANTENNAS)[:, None, None]
+    terms = gain[None, None] * np.exp(-2j * np.pi * freqs[None, :, None] * tau[None, None]) \
+        * np.exp(-1j * np.pi * ant * np.sin(theta)[None, None])
+    return terms.sum(-1)
+
+
+def scatterers(joints: np.ndarray) -> np.ndarray:
+    """[...,17,3] joints -> [...,S,3] body scatterers: the joints and the midpoints of the bones."""
+    a = [e[0] for e in schema.SKELETON_EDGES]
+    b = [e[1] for e in schema.SKELETON_EDGES]
+    return np.concatenate([joints, 0.5 * (joints[..., a, :] + joints[..., b, :])], axis=-2)
+
+
+def body_channel(points: np.ndarray, env, cfg: WifiConfig, freqs: np.ndarray, scale: float) -> np.ndarray:
+    """points [K,S,3] (one set per packet) -> [K,3,114] complex body reflections."""
+    tx = np.asarray(env.wifi_tx_m)
+    d_tx = np.linalg.norm(points - tx, axis=-1)                                  # [K,S]
+    d_rx = np.linalg.norm(points[:, None] - rx_antennas(env, cfg)[None, :, None], axis=-1)  # [K,3,S]
+    length = (d_tx[:, None] + d_rx).astype(np.float32)
+    amp = (scale / (d_tx[:, None] * d_rx)).astype(np.float32)
+    phase = np.float32(-2 * np.pi / SPEED_OF_LIGHT) * freqs.astype(np.float32)[None, None, :, None] \
+        * length[:, :, None]                                                     # [K,3,114,S]
+    real = np.einsum("kas,kafs->kaf", amp, np.cos(phase))
+    imag = np.einsum("kas,kafs->kaf", amp, np.sin(phase))
+    return real.astype(np.float64) + 1j * imag.astype(np.float64)
+
+
+def body_scale(env, cfg: WifiConfig, reference_joints: np.ndarray, freqs: np.ndarray) -> float:
+    """Scatterer strength so the body's total power is ``body_rel_db`` below the direct path."""
+    direct = 1.0
+    h = body_channel(scatterers(reference_joints)[None], env, cfg, freqs, 1.0)
+    return float(direct * np.sqrt(10 ** (cfg.body_rel_db / 10) / np.mean(np.abs(h) ** 2)))
+
+
+def edge_rolloff_db(env, cfg: WifiConfig) -> np.ndarray:
+    """[114] dB added at the band edges (negative)."""
+    k = np.arange(schema.WIFI_SUBCARRIERS)
+    lo, hi = env.wifi_edge_drop_db
+    return -lo * np.exp(-k / cfg.edge_width_sc) - hi * np.exp(-(k[::-1]) / cfg.edge_width_sc)
+
+
+def packet_poses(joints: np.ndarray) -> np.ndarray:
+    """[T,17,3] at 10 Hz -> [T,10,17,3] at the 10 packet times of each frame (linear interpolation)."""
+    nxt = np.concatenate([joints[1:], joints[-1:]])
+    w = (np.arange(schema.WIFI_PACKETS) / schema.WIFI_PACKETS)[None, :, None, None]
+    return joints[:, None] * (1 - w) + nxt[:, None] * w
+
+
+def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig = WifiConfig()
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """[T,17,3] camera-frame joints -> (CSIamp, CSIphase), each float64 [T,3,114,10]."""
+    n = joints.shape[0]
+    freqs = subcarrier_hz(cfg)
+    gain, tau, theta = static_paths(env, cfg)
+    nominal_db = 20 * np.log10(np.abs(static_channel(gain, tau, theta, freqs)))
+    rolloff = edge_rolloff_db(env, cfg)
+    level = env.wifi_level_db - nominal_db.mean() - rolloff.mean()
+    gain = gain * (1 + cfg.sequence_path_sigma * (rng.standard_normal(gain.size)
+                                                  + 1j * rng.standard_normal(gain.size)) / np.sqrt(2))
+    gain[0] = abs(gain[0])
+    h_static = static_channel(gain, tau, theta, freqs)                           # [3,114]
+    scale = body_scale(env, cfg, joints[0], freqs)
+    pts = scatterers(packet_poses(joints)).reshape(n * schema.WIFI_PACKETS, -1, 3)
+    h_body = np.concatenate([body_channel(pts[i:i + 500], env, cfg, freqs, scale)
+                             for i in range(0, pts.shape[0], 500)])             # [T*10,3,114]
+    h = (h_static[None] + h_body).reshape(n, schema.WIFI_PACKETS, schema.WIFI_ANTENNAS, -1)
+    h = h.transpose(0, 2, 3, 1)                                                   # [T,3,114,10]
+    amp = 20 * np.log10(np.abs(h)) + level + rolloff[None, None, :, None]
+    amp = amp + rng.normal(0, cfg.sequence_gain_sigma_db) \
+        + rng.normal(0, cfg.antenna_gain_sigma_db, (1, schema.WIFI_ANTENNAS, 1, 1)) \
+        + rng.normal(0, cfg.packet_gain_sigma_db, (n, schema.WIFI_ANTENNAS, 1, schema.WIFI_PACKETS)) \
+        + rng.normal(0, cfg.residual_sigma_db, amp.shape)
+    phase = _measured_phase(np.angle(h), rng, cfg)
+    _corrupt(amp, phase, rng, cfg)
+    return amp.astype(np.float64), phase.astype(np.float64)
+
+
+def _measured_phase(true_phase: np.ndarray, rng: np.random.Generator, cfg: WifiConfig) -> np.ndarray:
+    """Add the per-packet common phase and slope and per-antenna offsets; wrap to [-pi, pi]."""
+    n = true_phase.shape[0]
+    sc = np.arange(schema.WIFI_SUBCARRIERS)[None, None, :, None] - schema.WIFI_SUBCARRIERS / 2
+    common = rng.uniform(-np.pi, np.pi, (n, 1, 1, schema.WIFI_PACKETS))
+    slope = rng.normal(0, cfg.phase_slope_sigma, (n, 1, 1, schema.WIFI_PACKETS))
+    antenna = rng.uniform(-np.pi, np.pi, (1, schema.WIFI_ANTENNAS, 1, 1))
+    noise = rng.normal(0, cfg.phase_noise_sigma, (n, schema.WIFI_ANTENNAS, 1, schema.WIFI_PACKETS))
+    return np.angle(np.exp(1j * (true_phase + common + slope * sc + antenna + noise)))
+
+
+def _corrupt(amp: np.ndarray, phase: np.ndarray, rng: np.random.Generator, cfg: WifiConfig) -> None:
+    """In place: rare corrupted packets (-inf amplitude values, or a lost packet all NaN)."""
+    for t in np.nonzero(rng.random(amp.shape[0]) < cfg.nonfinite_frame_rate)[0]:
+        p = rng.integers(schema.WIFI_PACKETS)
+        if rng.random() < cfg.lost_packet_share:
+            amp[t, :, :, p] = np.nan
+            phase[t, :, :, p] = np.nan
+        else:
+            k = rng.integers(1, 12)
+            a = rng.integers(0, schema.WIFI_ANTENNAS, k)
+            s = rng.integers(0, schema.WIFI_SUBCARRIERS, k)
+            amp[t, a, s, p] = -np.inf

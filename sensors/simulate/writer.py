@@ -1,0 +1,66 @@
+"""Write one sequence in MM-Fi's exact layout and formats.
+
+``ROOT/Exx/Syy/Azz/{rgb,lidar,mmwave,wifi-csi}/frame001..frame297.*`` plus ``ground_truth.npy``:
+
+* rgb ``.npy``: (17, 2) float64 pixels, COCO-17;
+* lidar ``.bin``: raw float64 (N, 3), sensor frame;
+* mmwave ``.bin``: raw float64 (N, 5); a 0-byte file when nothing was detected;
+* wifi-csi ``.mat``: MATLAB 5 file with ``CSIamp`` and ``CSIphase`` float64 (3, 114, 10);
+* ``ground_truth.npy``: (297, 17, 3) float32 metres, camera frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from sensors import schema
+
+
+@dataclass
+class SequenceData:
+    """Everything of one sequence, in memory. T = 297 frames."""
+
+    ground_truth: np.ndarray          # float32 [T,17,3] metres, camera frame
+    rgb: np.ndarray                   # float64 [T,17,2] pixels
+    lidar: list[np.ndarray]           # T x float64 [N,3]
+    mmwave: list[np.ndarray]          # T x float64 [N,5]
+    csi_amp: np.ndarray               # float64 [T,3,114,10]
+    csi_phase: np.ndarray             # float64 [T,3,114,10]
+
+    def check(self) -> None:
+        t = schema.FRAMES_PER_SEQUENCE
+        shapes = {
+            "ground_truth": (self.ground_truth.shape, (t, schema.N_JOINTS, 3)),
+            "rgb": (self.rgb.shape, (t, schema.N_KEYPOINTS, 2)),
+            "csi_amp": (self.csi_amp.shape, (t, schema.WIFI_ANTENNAS, schema.WIFI_SUBCARRIERS, schema.WIFI_PACKETS)),
+            "csi_phase": (self.csi_phase.shape, (t, schema.WIFI_ANTENNAS, schema.WIFI_SUBCARRIERS, schema.WIFI_PACKETS)),
+            "lidar frames": ((len(self.lidar),), (t,)), "mmwave frames": ((len(self.mmwave),), (t,)),
+        }
+        bad = {k: f"got {got}, expected {want}" for k, (got, want) in shapes.items() if tuple(got) != want}
+        if bad:
+            raise ValueError(f"sequence arrays have the wrong shapes: {bad}")
+
+
+def sequence_dir(root: Path, subject: str, action: str) -> Path:
+    return Path(root) / schema.environment_of(subject) / subject / action
+
+
+def write_sequence(seq_dir: Path, data: SequenceData) -> int:
+    """Write all files of one sequence; returns the bytes written."""
+    data.check()
+    folders = {m: Path(seq_dir) / schema.MMFI_FOLDERS[m] for m in schema.MODALITIES}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    for t in range(schema.FRAMES_PER_SEQUENCE):
+        np.save(folders["rgb"] / schema.frame_file_name("rgb", t), np.ascontiguousarray(data.rgb[t], np.float64))
+        np.ascontiguousarray(data.lidar[t], np.float64).tofile(folders["lidar"] / schema.frame_file_name("lidar", t))
+        np.ascontiguousarray(data.mmwave[t], np.float64).tofile(folders["mmwave"] / schema.frame_file_name("mmwave", t))
+        scipy.io.savemat(folders["wifi"] / schema.frame_file_name("wifi", t),
+                         {"CSIamp": np.ascontiguousarray(data.csi_amp[t], np.float64),
+                          "CSIphase": np.ascontiguousarray(data.csi_phase[t], np.float64)}, format="5")
+    np.save(Path(seq_dir) / schema.MMFI_GT_FILE, data.ground_truth.astype(np.float32))
+    return sum(f.stat().st_size for f in Path(seq_dir).rglob("*") if f.is_file())
