@@ -13,8 +13,9 @@ station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msg
 ``coalition_values``  [16] label-free coalition profits of the window (bitmask order)
 ``shapley_gt``     [4] Shapley values with ground-truth profit, or nil without ground truth
 ``shares_gt``      [4] the matching shares, or nil
-``gt_t_ns``        capture time of the ground truth used at this tick, or nil
 ``input_t_ns``     [4] capture time of the sample used per modality (0 = absent)
+``outcome``        ``fused`` (all four present) or ``partial``
+``gt``             [17][3] ground-truth joints the tick used (replay with ``gt`` only), else nil
 =================  ==================================================================================
 All arrays are in ``sensors.schema.MODALITIES`` order (rgb, lidar, mmwave, wifi).
 """

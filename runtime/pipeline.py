@@ -341,6 +341,7 @@ def pose_extra(result: TickResult) -> dict:
         "shares_gt": None if c is None or c.shares_gt is None else c.shares_gt,
         "input_t_ns": [int(t) for t in result.input_t_ns],
         "outcome": result.outcome,
+        "gt": None if result.gt is None else np.asarray(result.gt, np.float32).tolist(),
     }
 
 
