@@ -1,0 +1,228 @@
+"""ZeroMQ SUB ingest: a thread that receives, validates and queues sensor messages.
+
+One SUB socket binds (the default: sensors connect) or connects to one or more endpoints and
+subscribes to the input topics and ``gt``. Every message is decoded with ``sensors.wire.decode``;
+valid ones go, in arrival order, into a bounded queue the pipeline reads with ``get``/``drain``.
+
+Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reasons, where
+
+* received = valid messages accepted into the queue;
+* dropped = decode failures (reason from ``WireError``), ``queue_full`` (valid, but the queue was
+  full), and ``sequence_gap``: per (topic, src), a jump from seq a to b > a+1 counts b−a−1 lost
+  messages; a jump back (b ≤ a) is a sensor restart, which resets the tracking without counting.
+
+Counts are kept in ``counts`` and mirrored to the ``awc_messages_received_total`` /
+``awc_messages_dropped_total`` counters for the input modalities and ``unknown`` (``gt`` is
+counted in ``counts`` only: the metric label set is closed). Memory is bounded whatever arrives:
+receive high-water mark, a per-frame size limit, a bounded queue and a bounded source table.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict
+
+import zmq
+
+from exporters.metrics import RuntimeMetrics
+from sensors import schema, wire
+
+log = logging.getLogger(__name__)
+
+INGEST_TOPICS: tuple[str, ...] = (*schema.MODALITIES, schema.GT_TOPIC)
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+MAX_FRAME_BYTES = 16 * 1024 * 1024  # larger frames make ZeroMQ disconnect the peer
+MAX_SOURCES = 1024                  # (topic, src) pairs tracked for sequence gaps
+
+
+class Ingest:
+    """Receives sensor messages on a background thread.
+
+    endpoints: ZeroMQ endpoints to bind (``bind=True``) or connect; with bind, port 0 picks a free
+    port and ``self.endpoints`` holds the real one after ``start()``.
+    """
+
+    def __init__(self, endpoints: list[str] | str, *, bind: bool, metrics: RuntimeMetrics | None = None,
+                 queue_size: int = 4096, context: zmq.Context | None = None,
+                 limits: wire.WireLimits = wire.DEFAULT_LIMITS, topics: tuple[str, ...] = INGEST_TOPICS,
+                 rcvhwm: int = 10_000, poll_ms: int = 50):
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise ValueError(f"ingest needs at least one endpoint, e.g. {DEFAULT_ENDPOINT}")
+        unknown = set(topics) - set(INGEST_TOPICS)
+        if unknown:
+            raise ValueError(f"ingest topics must be among {INGEST_TOPICS}, got {sorted(unknown)}")
+        if queue_size < 1 or rcvhwm < 1:
+            raise ValueError(f"queue_size and rcvhwm must be >= 1, got {queue_size}, {rcvhwm}")
+        self.bind, self.metrics, self.limits, self.topics = bind, metrics, limits, tuple(topics)
+        self.rcvhwm, self.poll_ms = int(rcvhwm), int(poll_ms)
+        self.queue: queue.Queue[wire.Message] = queue.Queue(maxsize=queue_size)
+        self._own_context = context is None
+        self._ctx = context
+        self._sock: zmq.Socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._received: dict[str, int] = {}
+        self._dropped: dict[str, dict[str, int]] = {}
+        self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self.restarts = 0
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def start(self) -> Ingest:
+        """Open the socket (bind/connect errors surface here) and start the receive thread."""
+        if self._thread is not None:
+            raise RuntimeError("ingest already started")
+        self._ctx = self._ctx or zmq.Context()
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        sock.setsockopt(zmq.LINGER, 0)
+        for topic in self.topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        resolved = []
+        for ep in self.endpoints:
+            try:
+                if self.bind:
+                    sock.bind(ep)
+                    resolved.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                else:
+                    sock.connect(ep)
+                    resolved.append(ep)
+            except zmq.ZMQError as err:
+                sock.close(linger=0)
+                raise ValueError(f"ingest cannot {'bind' if self.bind else 'connect'} {ep!r}: {err}. "
+                                 "Is another runtime using it? Choose another endpoint or port") from err
+        self.endpoints = resolved
+        self._sock = sock
+        self._thread = threading.Thread(target=self._run, name="awc-ingest", daemon=True)
+        self._thread.start()
+        log.info("ingest %s %s, topics %s", "bound to" if self.bind else "connected to",
+                 ", ".join(resolved), ", ".join(self.topics))
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread, close the socket (linger 0) and, if owned, the context."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("ingest thread did not stop within %.1f s; socket left open", timeout_s)
+                return
+        if self._sock is not None and not self._sock.closed:
+            self._sock.close(linger=0)
+        if self._own_context and self._ctx is not None and not self._ctx.closed:
+            self._ctx.term()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> Ingest:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- consumer side --------------------------------------------------------------------------
+    def get(self, timeout_s: float | None = None) -> wire.Message | None:
+        """The next valid message in arrival order, or None after ``timeout_s`` seconds."""
+        try:
+            return self.queue.get(timeout=timeout_s) if timeout_s else self.queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def drain(self, max_items: int | None = None) -> list[wire.Message]:
+        """Every message queued now (up to ``max_items``), oldest first, without waiting."""
+        out: list[wire.Message] = []
+        while max_items is None or len(out) < max_items:
+            try:
+                out.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    @property
+    def counts(self) -> dict:
+        """Snapshot: {"received": {topic: n}, "dropped": {topic: {reason: n}}, "restarts": n}."""
+        with self._lock:
+            return {"received": dict(self._received),
+                    "dropped": {t: dict(r) for t, r in self._dropped.items()},
+                    "restarts": self.restarts}
+
+    def received_total(self, topic: str | None = None) -> int:
+        with self._lock:
+            return sum(n for t, n in self._received.items() if topic in (None, t))
+
+    def dropped_total(self, topic: str | None = None, reason: str | None = None) -> int:
+        with self._lock:
+            return sum(n for t, reasons in self._dropped.items() if topic in (None, t)
+                       for r, n in reasons.items() if reason in (None, r))
+
+    # -- receive thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        sock = self._sock
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(self.poll_ms, zmq.POLLIN):
+                    continue
+                for _ in range(1000):  # a batch, then look at the stop flag again
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.handle(frames)
+        except zmq.ContextTerminated:
+            log.info("ingest context terminated")
+        finally:
+            sock.close(linger=0)
+
+    def handle(self, frames: list) -> wire.Message | None:
+        """Decode, account and queue one multipart message (called by the receive thread)."""
+        try:
+            msg = wire.decode(frames, self.limits)
+        except wire.WireError as err:
+            self._count_drop(err.modality, err.reason)
+            if err.src is not None and err.seq is not None and err.modality in INGEST_TOPICS:
+                self._track(err.modality, err.src, err.seq)
+            log.debug("dropped %s message: %s", err.modality, err)
+            return None
+        if msg.topic not in self.topics:
+            self._count_drop(msg.topic if msg.topic in schema.MODALITIES else schema.UNKNOWN_MODALITY,
+                             "unknown_topic")
+            return None
+        self._track(msg.topic, msg.src, msg.seq)
+        try:
+            self.queue.put_nowait(msg)
+        except queue.Full:
+            self._count_drop(msg.topic, "queue_full")
+            return None
+        with self._lock:
+            self._received[msg.topic] = self._received.get(msg.topic, 0) + 1
+        if self.metrics is not None and msg.topic in schema.MODALITIES:
+            self.metrics.messages_received.labels(modality=msg.topic).inc()
+        return msg
+
+    def _track(self, topic: str, src: str, seq: int) -> None:
+        key = (topic, src)
+        last = self._last_seq.pop(key, None)
+        self._last_seq[key] = seq  # most recently seen last
+        if len(self._last_seq) > MAX_SOURCES:
+            self._last_seq.popitem(last=False)
+        if last is None:
+            return
+        if seq > last + 1:
+            self._count_drop(topic, "sequence_gap", seq - last - 1)
+        elif seq <= last:
+            with self._lock:
+                self.restarts += 1
+            log.info("%s source %r restarted its sequence (%d after %d): tracking reset", topic, src, seq, last)
+
+    def _count_drop(self, topic: str, reason: str, n: int = 1) -> None:
+        with self._lock:
+            reasons = self._dropped.setdefault(topic, {})
+            reasons[reason] = reasons.get(reason, 0) + n
+        if self.metrics is not None and topic in (*schema.MODALITIES, schema.UNKNOWN_MODALITY):
+            self.metrics.messages_dropped.labels(modality=topic, reason=reason).inc(n)

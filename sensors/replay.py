@@ -1,0 +1,323 @@
+"""``sensors replay``: an MM-Fi-format dataset as four timed sensor streams over ZeroMQ.
+
+Frame ``f`` of the replay (sequences back to back) has capture time ``start_ns + f * 100 ms``:
+
+* ``rgb``, ``lidar``, ``mmwave``: one message per frame at that time. A 0-byte point file (no
+  detections) is sent as an empty cloud (``points`` [0, C]); a frame file that does not exist sends
+  nothing;
+* ``wifi``: the frame's 10 CSI packets at ``t_f - 90 ms ... t_f`` (10 ms apart), ``wifi_burst``
+  packets per message (default 1: 100 messages/s);
+* ``gt``: the ground-truth joints of the frame at ``t_f`` (unless ``send_gt=False``).
+
+``rate`` scales the wall-clock pacing (1 = real time, 0 = as fast as possible). Capture→send
+jitter, random drops (a dropped message still consumes its sequence number, so the receiver
+counts the gap; ``gt`` is never dropped) and faults (``sensors.faults``) are optional and
+reproducible from ``seed``. ``ReplayStats`` says what was sent, so a receiver can check
+sent = received + counted drops.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sensors import mmfi, schema, wire
+from sensors.faults import Fault, FaultInjector, parse_fault
+from sensors.publisher import SensorPublisher
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_SRC = "mmfi-replay"
+PACKET_NS = wire.WIFI_PERIOD_NS
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot start (no subscriber, nothing to replay)."""
+
+
+@dataclass
+class ReplayStats:
+    sent: dict[str, int] = field(default_factory=dict)        # topic -> messages that were sent
+    dropped: dict[str, int] = field(default_factory=dict)     # topic -> random drops (seq consumed)
+    suppressed: dict[str, int] = field(default_factory=dict)  # topic -> not sent: stop fault (no seq)
+    faulted: dict[str, int] = field(default_factory=dict)     # "modality:kind" -> messages it acted on
+    frames: int = 0
+    sequences: list[str] = field(default_factory=list)
+    capture_s: float = 0.0   # replayed capture time span (frames x 100 ms)
+    wall_s: float = 0.0
+    src: str = DEFAULT_SRC
+    start_ns: int = 0
+
+    def total_sent(self) -> int:
+        return sum(self.sent.values())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"replayed {self.frames} frames ({self.capture_s:.1f} s of capture) from "
+                 f"{len(self.sequences)} sequence(s) in {self.wall_s:.1f} s wall time, src={self.src}"]
+        for topic in (*schema.MODALITIES, schema.GT_TOPIC):
+            if topic in self.sent or topic in self.dropped or topic in self.suppressed:
+                lines.append(f"  {topic:7s} sent {self.sent.get(topic, 0):6d}  dropped {self.dropped.get(topic, 0):5d}"
+                             f"  suppressed {self.suppressed.get(topic, 0):5d}")
+        lines += [f"  fault {label}: {n} messages" for label, n in sorted(self.faulted.items())]
+        return "\n".join(lines)
+
+
+@dataclass(order=True)
+class _Event:
+    send_ns: int
+    order: int
+    topic: str = field(compare=False)
+    t_ns: int = field(compare=False)
+    arrays: dict = field(compare=False)
+    extra: dict = field(compare=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the dataset into per-frame events
+# ----------------------------------------------------------------------------------------------
+def select_sequences(root: str | Path, protocol: str, split: str, subset: str,
+                     sequences: list[str] | None = None, split_seed: int = 0) -> list[mmfi.SequenceKey]:
+    """The sequences to replay: ``sequences`` ("E01/S01/A02" each) in that order, else every
+    sequence of protocol/split/subset found under ``root``."""
+    if sequences:
+        keys = []
+        for name in sequences:
+            parts = name.strip().strip("/").split("/")
+            if len(parts) != 3:
+                raise ValueError(f"sequence {name!r}: expected ENV/SUBJECT/ACTION such as E01/S01/A02")
+            key = mmfi.SequenceKey(*parts)
+            if not key.path(root).is_dir():
+                raise ReplayError(f"sequence folder {key.path(root)} not found; {mmfi.describe_root(root)}")
+            keys.append(key)
+        return keys
+    return list(mmfi.MMFiDataset(root, protocol, split, subset, seed=split_seed).keys)
+
+
+def _points(seq_dir: Path, modality: str, frame: int) -> np.ndarray | None:
+    value, status = mmfi.read_frame_status(seq_dir, modality, frame)
+    if status == "empty":
+        return np.zeros((0, len(schema.MODALITY_SPECS[modality].columns)), np.float32)
+    return value  # None when the file is missing: nothing is sent
+
+
+def frame_messages(seq_dir: Path, frame: int, t_ns: int, joints: np.ndarray | None,
+                   wifi_burst: int = 1) -> list[tuple[str, int, dict, dict]]:
+    """(topic, capture t_ns, arrays, extra) of one frame, in capture-time order."""
+    out: list[tuple[str, int, dict, dict]] = []
+    csi, status = mmfi.read_frame_status(seq_dir, "wifi", frame)
+    if status == "ok":
+        n = csi.amp.shape[-1]
+        for first in range(0, n, wifi_burst):
+            last = min(first + wifi_burst, n) - 1
+            amp = np.moveaxis(csi.amp[:, :, first:last + 1], -1, 0)
+            phase = np.moveaxis(csi.phase[:, :, first:last + 1], -1, 0)
+            out.append(("wifi", t_ns - (n - 1 - last) * PACKET_NS, {"amp": amp, "phase": phase},
+                        {"period_ns": PACKET_NS}))
+    kpts = mmfi.read_frame(seq_dir, "rgb", frame)
+    if kpts is not None:
+        out.append(("rgb", t_ns, {"kpts": kpts}, {}))
+    for m in ("lidar", "mmwave"):
+        pts = _points(seq_dir, m, frame)
+        if pts is not None:
+            out.append((m, t_ns, {"points": pts}, {}))
+    if joints is not None:
+        out.append((schema.GT_TOPIC, t_ns, {"joints": joints}, {}))
+    return out
+
+
+def default_start_ns() -> int:
+    """Now, rounded up to the 100 ms frame grid (ticks of a 10 Hz runtime land on frames)."""
+    period = schema.FRAME_PERIOD_NS
+    return -(-time.time_ns() // period) * period
+
+
+# ----------------------------------------------------------------------------------------------
+# The replay loop
+# ----------------------------------------------------------------------------------------------
+class _Sender:
+    """Jitter, drops and faults on the way out; pacing; statistics."""
+
+    def __init__(self, pub: SensorPublisher, stats: ReplayStats, *, rate: float, jitter_ms: float,
+                 drop_prob: float, injector: FaultInjector, rng: np.random.Generator, start_ns: int):
+        self.pub, self.stats, self.rate = pub, stats, rate
+        self.jitter_ns = jitter_ms * 1e6
+        self.drop_prob, self.injector, self.rng, self.start_ns = drop_prob, injector, rng, start_ns
+        self.heap: list[_Event] = []
+        self.last_send: dict[str, int] = {}
+        self.order = 0
+        self.mono0: float | None = None
+
+    def schedule(self, topic: str, t_ns: int, arrays: dict, extra: dict) -> None:
+        if topic != schema.GT_TOPIC:
+            injected = self.injector.apply(topic, (t_ns - self.start_ns) / 1e9, arrays)
+            for label in injected.labels:
+                self.stats.faulted[label] = self.stats.faulted.get(label, 0) + 1
+            if injected.arrays is None:
+                self.stats.suppressed[topic] = self.stats.suppressed.get(topic, 0) + 1
+                return
+            arrays = injected.arrays
+            send_ns = t_ns + int(abs(self.rng.normal(0.0, self.jitter_ns))) if self.jitter_ns else t_ns
+            t_ns += injected.t_shift_ns
+        else:
+            send_ns = t_ns
+        send_ns = max(send_ns, self.last_send.get(topic, send_ns))  # one sensor sends in order
+        self.last_send[topic] = send_ns
+        heapq.heappush(self.heap, _Event(send_ns, self.order, topic, t_ns, arrays, extra))
+        self.order += 1
+
+    def flush(self, before_ns: float = math.inf) -> None:
+        """Send every scheduled message due before ``before_ns`` (capture-time clock)."""
+        while self.heap and self.heap[0].send_ns < before_ns:
+            ev = heapq.heappop(self.heap)
+            self._pace(ev.send_ns)
+            if ev.topic != schema.GT_TOPIC and self.drop_prob and self.rng.random() < self.drop_prob:
+                self.pub.skip(ev.topic)
+                self.stats.dropped[ev.topic] = self.stats.dropped.get(ev.topic, 0) + 1
+                continue
+            self.pub.send(ev.topic, ev.t_ns, extra=ev.extra, **ev.arrays)
+            self.stats.sent[ev.topic] = self.stats.sent.get(ev.topic, 0) + 1
+
+    def _pace(self, send_ns: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        if self.mono0 is None:
+            self.mono0 = now - (send_ns - self.start_ns) / 1e9 / self.rate
+        wait = self.mono0 + (send_ns - self.start_ns) / 1e9 / self.rate - now
+        if wait > 0:
+            time.sleep(wait)
+
+
+def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = False, protocol: str = "P1",
+           split: str = "S1", subset: str = "test", rate: float = 1.0, jitter_ms: float = 0.0,
+           drop_prob: float = 0.0, faults: list[Fault | str] | None = None, send_gt: bool = True,
+           seed: int = 0, max_frames: int | None = None, sequences: list[str] | None = None,
+           start_ns: int | None = None, progress: bool = False, src: str = DEFAULT_SRC,
+           station: str | None = None, wifi_burst: int = 1, connect_timeout_s: float = 10.0,
+           context=None) -> ReplayStats:
+    """Replay the sequences of ``root`` to ``endpoint`` and return what was sent."""
+    _check_args(rate, jitter_ms, drop_prob, max_frames, wifi_burst)
+    keys = select_sequences(root, protocol, split, subset, sequences)
+    fault_list = [f if isinstance(f, Fault) else parse_fault(f) for f in (faults or [])]
+    rng = np.random.default_rng(seed)
+    start_ns = default_start_ns() if start_ns is None else int(start_ns)
+    n_frames = len(keys) * schema.FRAMES_PER_SEQUENCE
+    n_frames = n_frames if max_frames is None else min(n_frames, max_frames)
+    stats = ReplayStats(src=src, start_ns=start_ns)
+    topics = [*schema.MODALITIES, *([schema.GT_TOPIC] if send_gt else [])]
+    with SensorPublisher(endpoint, bind=bind, src=src, station=station, context=context,
+                         sndhwm=100_000) as pub:
+        if not pub.wait_connected(connect_timeout_s, topics=topics):
+            raise ReplayError(f"no subscriber for {', '.join(topics)} at {pub.endpoint} after "
+                              f"{connect_timeout_s:g} s: start the receiver first (`runtime serve` binds "
+                              f"{DEFAULT_ENDPOINT}), or check --connect/--bind")
+        sender = _Sender(pub, stats, rate=rate, jitter_ms=jitter_ms, drop_prob=drop_prob,
+                         injector=FaultInjector(fault_list, rng), rng=rng, start_ns=start_ns)
+        wall0 = time.monotonic()
+        bar = tqdm(total=n_frames, desc="replay", unit="frame", disable=not progress)
+        f = 0
+        for key in keys:
+            if f >= n_frames:
+                break
+            stats.sequences.append(str(key))
+            seq_dir = key.path(root)
+            joints = mmfi.read_ground_truth(seq_dir) if send_gt else None
+            for frame in range(min(schema.FRAMES_PER_SEQUENCE, n_frames - f)):
+                t_ns = start_ns + f * schema.FRAME_PERIOD_NS
+                for topic, t, arrays, extra in frame_messages(seq_dir, frame, t_ns,
+                                                              None if joints is None else joints[frame],
+                                                              wifi_burst):
+                    sender.schedule(topic, t, arrays, extra)
+                # Nothing scheduled later can be sent before the next frame's first capture time.
+                sender.flush(before_ns=t_ns + schema.FRAME_PERIOD_NS - (schema.WIFI_PACKETS - 1) * PACKET_NS)
+                f += 1
+                bar.update(1)
+        sender.flush()
+        bar.close()
+        stats.frames = f
+        stats.capture_s = f * schema.FRAME_PERIOD_NS / 1e9
+        stats.wall_s = time.monotonic() - wall0
+    return stats
+
+
+def _check_args(rate, jitter_ms, drop_prob, max_frames, wifi_burst) -> None:
+    if not (math.isfinite(rate) and rate >= 0):
+        raise ValueError(f"rate must be >= 0 (1 = real time, 0 = as fast as possible), got {rate}")
+    if not jitter_ms >= 0:
+        raise ValueError(f"jitter_ms must be >= 0, got {jitter_ms}")
+    if not 0 <= drop_prob < 1:
+        raise ValueError(f"drop probability must be in [0, 1), got {drop_prob}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if not 1 <= wifi_burst <= schema.WIFI_PACKETS:
+        raise ValueError(f"wifi_burst must be 1..{schema.WIFI_PACKETS} packets per message, got {wifi_burst}")
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    p.add_argument("--data", required=True, help="root of an MM-Fi-format dataset (holds E01..E04)")
+    p.add_argument("--protocol", default="P1", choices=sorted(schema.PROTOCOLS))
+    p.add_argument("--split", default="S1", choices=schema.SPLITS)
+    p.add_argument("--subset", default="test", choices=("train", "test", "all"))
+    p.add_argument("--sequences", default=None,
+                   help="comma-separated ENV/SUBJECT/ACTION list (e.g. E01/S01/A02,E01/S02/A02); "
+                        "overrides protocol/split/subset")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--connect", default=None, help=f"endpoint to connect to (default {DEFAULT_ENDPOINT})")
+    where.add_argument("--bind", default=None, help="endpoint to bind instead (the receiver connects)")
+    p.add_argument("--rate", type=float, default=1.0, help="1.0 = real time, 0 = as fast as possible")
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="capture-to-send jitter, |N(0, s)| ms")
+    p.add_argument("--drop", type=float, default=0.0, help="probability of dropping a sensor message")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="modality:kind@start_s[+duration_s][=param], kinds stop freeze noise nan skew "
+                        "(repeatable), e.g. lidar:stop@5 mmwave:freeze@3+4 lidar:skew@2=0.3")
+    p.add_argument("--no-gt", action="store_true", help="do not send the ground-truth stream")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--start-ns", type=int, default=None, help="capture time of the first frame (ns)")
+    p.add_argument("--src", default=DEFAULT_SRC, help="sensor id on the wire")
+    p.add_argument("--station", default=None)
+    p.add_argument("--wifi-burst", type=int, default=1, help="CSI packets per wifi message (1..10)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for a subscriber")
+    p.add_argument("--stats-json", default=None, help="also write the statistics to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    try:
+        faults = [parse_fault(s) for s in args.fault]
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    bind = args.bind is not None
+    endpoint = args.bind if bind else (args.connect or DEFAULT_ENDPOINT)
+    sequences = [s for s in args.sequences.split(",") if s.strip()] if args.sequences else None
+    try:
+        stats = replay(args.data, endpoint, bind=bind, protocol=args.protocol, split=args.split,
+                       subset=args.subset, rate=args.rate, jitter_ms=args.jitter_ms, drop_prob=args.drop,
+                       faults=faults, send_gt=not args.no_gt, seed=args.seed, max_frames=args.max_frames,
+                       sequences=sequences, start_ns=args.start_ns, progress=not args.no_progress,
+                       src=args.src, station=args.station, wifi_burst=args.wifi_burst,
+                       connect_timeout_s=args.connect_timeout)
+    except (ReplayError, mmfi.MMFiFormatError) as err:
+        log.error("%s", err)
+        return 1
+    print(stats.summary())
+    if args.stats_json:
+        Path(args.stats_json).write_text(json.dumps(stats.to_dict(), indent=2, sort_keys=True) + "\n")
+    return 0
+
