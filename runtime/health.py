@@ -5,7 +5,7 @@ Per modality and tick, ``InputHealthChecker.observe`` turns the synced sample in
 
 =============  ====================================================================================
 missing        1 when the modality has no sample at this tick (stopped, or older than the sync's
-               maximum age)
+               maximum age); a modality never seen yet counts only after ``startup_grace_ticks``
 stale          age of the used sample beyond the sync tolerance, scaled to 1 at the maximum age
 loss           fraction of messages lost upstream (sequence gaps) over the last ``loss_window_ticks``,
                scaled to 1 at ``loss_full``
@@ -56,12 +56,15 @@ class HealthConfig:
     range_full: float = 0.10       # fraction of out-of-range values giving score 1
     loss_window_ticks: int = 20
     loss_full: float = 0.5         # lost-message fraction giving score 1
+    startup_grace_ticks: int = 50  # a modality never seen yet is not `missing` during the first ticks
     tolerance_s: float = 0.05      # sync tolerance: no staleness below it
     max_age_s: float = 0.3         # sync maximum age: staleness 1 there
     value_ranges: dict[str, list[list[float]]] = field(default_factory=lambda: dict(DEFAULT_VALUE_RANGES))
     point_ranges: dict[str, list[int]] = field(default_factory=lambda: dict(DEFAULT_POINT_RANGES))
 
     def __post_init__(self):
+        if self.startup_grace_ticks < 0:
+            raise ValueError(f"health.startup_grace_ticks must be >= 0, got {self.startup_grace_ticks}")
         for f in ("frozen_ticks", "loss_window_ticks"):
             if getattr(self, f) < 1:
                 raise ValueError(f"health.{f} must be >= 1, got {getattr(self, f)}")
@@ -141,6 +144,8 @@ class InputHealthChecker:
         self._last_id: dict[str, tuple] = {}
         self._last_digest: dict[str, bytes | None] = {}
         self._frozen_run: dict[str, int] = dict.fromkeys(schema.MODALITIES, 0)
+        self._seen: set[str] = set()
+        self._observed: dict[str, int] = dict.fromkeys(schema.MODALITIES, 0)
         w = self.config.loss_window_ticks
         self._loss: dict[str, deque[tuple[int, int]]] = {m: deque(maxlen=w) for m in schema.MODALITIES}
 
@@ -154,9 +159,12 @@ class InputHealthChecker:
         lost: messages received and lost upstream (sequence gaps) since the previous tick.
         """
         h = InputHealth(loss=self._loss_score(modality, received, lost))
+        self._observed[modality] += 1
         if arrays is None:
-            h.missing = 1.0
+            grace = modality not in self._seen and self._observed[modality] <= self.config.startup_grace_ticks
+            h.missing = 0.0 if grace else 1.0
             return h
+        self._seen.add(modality)
         c = self.config
         h.stale = _clip01((abs(age_s) - c.tolerance_s) / (c.max_age_s - c.tolerance_s))
         columns = value_columns(modality, arrays)

@@ -107,6 +107,7 @@ class Pipeline:
         self._lost = dict.fromkeys(schema.MODALITIES, 0)
         self._ewma: dict[str, np.ndarray] = {}
         self.last_tick_wall: float | None = None
+        self._phase_locked = False
         self.source_running: Callable[[], bool] = lambda: False
         self.stats = RunStats()
         self._init_metrics()
@@ -280,9 +281,14 @@ class Pipeline:
         wait_s = max(0.0, (clock.next_due_ns(now) - now) / 1e9)
         msg = source.get(timeout=min(wait_s, 0.1))
         if msg is not None:
-            self.feed(msg)
-            for more in source.drain():
-                self.feed(more)
+            for m in [msg, *source.drain()]:
+                self.feed(m)
+                if not self._phase_locked and m.topic in self._received and self.config.sync.phase_lock:
+                    # Ticks on the sensors' capture phase: a tick runs delay_s after its samples.
+                    clock.origin_ns = m.t_ns % clock.period_ns
+                    self._phase_locked = True
+                    log.info("tick grid locked to the capture phase of %s (%.1f ms)", m.topic,
+                             clock.origin_ns / 1e6)
         self._run_due(clock.due(time.time_ns()))
 
     def _data_once(self, source, clock: TickClock, idle: list[float]) -> None:

@@ -80,7 +80,6 @@ def _run_data_clock(model, messages, outputs=(), cfg=None):
     results = []
     pipe.outputs.append(results.append)
     stop = threading.Event()
-    threading.Timer(3.0, stop.set).start()
     src = ListSource(messages)
     # stop as soon as the queue is empty and the final flush ran
     t = threading.Thread(target=pipe.run, args=(src, stop))
@@ -133,7 +132,8 @@ def test_rgb_window_uses_the_keypoints_of_the_previous_ticks(tiny_model):
 def test_missing_modality_is_served_partial_and_zero_filled(tiny_model):
     rng = np.random.default_rng(2)
     messages = [m for k in range(15) for m in frame_messages(k, rng, skip=("wifi",))]
-    pipe, results = _run_data_clock(tiny_model, messages)
+    cfg = RuntimeConfig.from_dict({"sync": {"clock": "data"}, "health": {"startup_grace_ticks": 0}})
+    pipe, results = _run_data_clock(tiny_model, messages, cfg=cfg)
     assert len(results) == 15
     assert all(r.outcome == "partial" for r in results)
     w = schema.MODALITY_INDEX["wifi"]
@@ -141,6 +141,16 @@ def test_missing_modality_is_served_partial_and_zero_filled(tiny_model):
     assert results[-1].contributions.shares[w] == 0.0
     assert results[-1].degradation.degraded[w]           # a missing input is flagged
     assert not results[-1].degradation.degraded[[0, 1, 2]].any()
+
+
+def test_a_sensor_never_seen_is_not_flagged_during_the_startup_grace(tiny_model):
+    rng = np.random.default_rng(2)
+    messages = [m for k in range(15) for m in frame_messages(k, rng, skip=("wifi",))]
+    cfg = RuntimeConfig.from_dict({"sync": {"clock": "data"}, "health": {"startup_grace_ticks": 10}})
+    _, results = _run_data_clock(tiny_model, messages, cfg=cfg)
+    w = schema.MODALITY_INDEX["wifi"]
+    flags = [bool(r.degradation.degraded[w]) for r in results]
+    assert not any(flags[:10]) and all(flags[12:])
 
 
 def test_a_bad_tick_is_counted_and_the_loop_goes_on(tiny_model, caplog):
