@@ -9,7 +9,7 @@ from training_fakes import fake_split
 
 from sensors import posemath, schema
 from training import balance, config
-from training.fisher import INPUT_NAMES, diagonal_fisher, encoder_names
+from training.fisher import INPUT_NAMES, diagonal_fisher, encoder_names, fisher_and_coalitions
 from training.losses import mpjpe_loss
 from training.model import build_model
 from training.shapley import batch_shapley, coalition_masks, pearson_profit
@@ -229,3 +229,16 @@ def test_modulate_gradients_scales_and_adds_noise_identically_for_one_seed():
         grads.append(w.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
     assert not torch.all(grads[0] == 0.25)
+
+
+@pytest.mark.parametrize("mode", ["per_sample", "per_batch"])
+def test_fisher_pass_also_gives_the_theta0_coalition_predictions(mode):
+    model, data = _tiny_model_and_data()
+    fisher, coal = fisher_and_coalitions(model, data, torch.arange(6), mode=mode, chunk=4)
+    b = data.batch(torch.arange(6))
+    with torch.no_grad():
+        feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        expected = model.fuse_coalitions(feats, coalition_masks(b["presence"]))
+    torch.testing.assert_close(coal, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fisher["encoders.rgb.norm.bias"],
+                               diagonal_fisher(model, data, torch.arange(6), mode=mode, chunk=4)["encoders.rgb.norm.bias"])

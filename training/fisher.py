@@ -22,6 +22,7 @@ from torch.func import functional_call, grad, vmap
 from training.data import Split
 from training.losses import mpjpe_loss
 from training.model import PoseModel
+from training.shapley import coalition_masks
 
 INPUT_NAMES = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence")
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -32,54 +33,76 @@ def encoder_names(model: PoseModel) -> dict[str, list[str]]:
     return {m: [f"encoders.{m}.{n}" for n, _ in params] for m, params in model.encoder_parameters().items()}
 
 
-def _per_sample_sum(model: PoseModel, batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
-    """Sum over the frames of ``batch`` of squared per-frame gradients, for parameters ``names``."""
-    all_params = dict(model.named_parameters())
-    params = {n: all_params[n].detach() for n in names}
-    fixed = {n: p.detach() for n, p in all_params.items() if n not in params}
-    buffers = dict(model.named_buffers())
+class _WithCoalitions(torch.nn.Module):
+    """forward(inputs..., presence) -> (pose [B,17,3], coalition poses [B,16,17,3], no grad)."""
+
+    def __init__(self, model: PoseModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence):
+        feats = self.model.encode(rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi)
+        coal = self.model.fuse_coalitions({m: f.detach() for m, f in feats.items()}, coalition_masks(presence))
+        return self.model.fuse(feats, presence), coal.detach()
+
+
+def _per_sample_sum(model: PoseModel, batch: dict[str, torch.Tensor], names: list[str]
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(sum over the frames of ``batch`` of squared per-frame gradients of parameters ``names``,
+    coalition poses [n, 16, 17, 3] from the same forward pass)."""
+    wrapper = _WithCoalitions(model)
+    all_params = {f"model.{n}": p.detach() for n, p in model.named_parameters()}
+    params = {f"model.{n}": all_params[f"model.{n}"] for n in names}
+    fixed = {n: p for n, p in all_params.items() if n not in params}
+    buffers = {f"model.{n}": b for n, b in model.named_buffers()}
 
     def loss_one(p, sample):
-        inputs = [sample[k].unsqueeze(0) for k in INPUT_NAMES]
-        pred = functional_call(model, {**p, **fixed, **buffers}, tuple(inputs))
-        return mpjpe_loss(pred, sample["joints"].unsqueeze(0))
+        inputs = tuple(sample[k].unsqueeze(0) for k in INPUT_NAMES)
+        pred, coal = functional_call(wrapper, {**p, **fixed, **buffers}, inputs)
+        return mpjpe_loss(pred, sample["joints"].unsqueeze(0)), coal[0]
 
-    grads = vmap(grad(loss_one), in_dims=(None, 0))(params, batch)
-    return {n: g.pow(2).sum(dim=0) for n, g in grads.items()}
+    grads, coal = vmap(grad(loss_one, has_aux=True), in_dims=(None, 0))(params, batch)
+    return {n[len("model."):]: g.pow(2).sum(dim=0) for n, g in grads.items()}, coal
 
 
-def _per_batch_sum(model: PoseModel, batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
-    """Squared gradient of the mini-batch loss (one term)."""
+def _per_batch_sum(model: PoseModel, batch: dict[str, torch.Tensor], names: list[str]
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(squared gradient of the mini-batch loss (one term), coalition poses [n, 16, 17, 3])."""
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
-    pred = model(*[batch[k] for k in INPUT_NAMES])
+    pred, coal = _WithCoalitions(model)(*[batch[k] for k in INPUT_NAMES])
     mpjpe_loss(pred, batch["joints"]).backward()
     out = {n: (params[n].grad.detach().pow(2) if params[n].grad is not None else torch.zeros_like(params[n]))
            for n in names}
     model.zero_grad(set_to_none=True)
-    return out
+    return out, coal
 
 
-def diagonal_fisher(model: PoseModel, data: Split, indices: torch.Tensor, mode: str = "per_sample",
-                    chunk: int = 32, all_reduce: Reduce | None = None) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher {parameter name: tensor like the parameter} over ``indices`` of ``data``.
+def fisher_and_coalitions(model: PoseModel, data: Split, indices: torch.Tensor, mode: str = "per_sample",
+                          chunk: int = 32, all_reduce: Reduce | None = None
+                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(diagonal Fisher {parameter name: tensor like the parameter} over ``indices`` of ``data``,
+    this rank's coalition poses [n, 16, 17, 3] from the same forward passes, for the Shapley
+    scores at theta0).
 
     ``all_reduce`` sums a tensor over data-parallel ranks (each rank passes its own shard of the
-    subset); the result is the mean over all ranks' terms.
+    subset); the Fisher is the mean over all ranks' terms.
     """
     names = [n for group in encoder_names(model).values() for n in group]
     was_training = model.training
     model.eval()
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if n in set(names)}
+    coals = []
     terms = 0
     for chunk_idx in torch.split(indices, chunk):
         batch = data.batch(chunk_idx)
         if mode == "per_sample":
-            part = _per_sample_sum(model, batch, names)
+            part, coal = _per_sample_sum(model, batch, names)
             terms += len(chunk_idx)
         else:
-            part = _per_batch_sum(model, batch, names)
+            part, coal = _per_batch_sum(model, batch, names)
             terms += 1
+        coals.append(coal)
         for n in names:
             total[n] += part[n]
     model.train(was_training)
@@ -90,7 +113,13 @@ def diagonal_fisher(model: PoseModel, data: Split, indices: torch.Tensor, mode: 
         total = dict(zip(total, torch.split(flat[:-1], [t.numel() for t in total.values()]), strict=True))
         total = {n: t.reshape(model.get_parameter(n).shape) for n, t in total.items()}
     c = max(float(count.item()), 1.0)
-    return {n: t / c for n, t in total.items()}
+    return {n: t / c for n, t in total.items()}, torch.cat(coals)
+
+
+def diagonal_fisher(model: PoseModel, data: Split, indices: torch.Tensor, mode: str = "per_sample",
+                    chunk: int = 32, all_reduce: Reduce | None = None) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher only (see ``fisher_and_coalitions``)."""
+    return fisher_and_coalitions(model, data, indices, mode, chunk, all_reduce)[0]
 
 
 def summarize(fisher: dict[str, torch.Tensor], model: PoseModel) -> dict[str, dict[str, float]]:

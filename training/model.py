@@ -268,6 +268,15 @@ class PoseModel(nn.Module):
         b = tokens.shape[0]
         masks = (masks * self.enabled).expand(b, -1, -1) if masks.dim() == 2 else masks * self.enabled
         c = masks.shape[1]
+        if self.fusion.kind == "concat":
+            # The head's first layer is linear in the concatenated tokens: project each modality
+            # once, then mix the C coalitions (same result, ~4x cheaper than C full head passes).
+            first = self.head[0]
+            w = first.weight.reshape(first.out_features, schema.N_MODALITIES, self.dim)  # [H, 4, D]
+            parts = torch.einsum("bmd,hmd->bmh", tokens, w)  # [B, 4, H]
+            pre = torch.einsum("bcm,bmh->bch", masks, parts) + first.bias  # [B, C, H]
+            offset = self.head[1:](pre).reshape(b, c, schema.N_JOINTS, 3)
+            return self.mean_pose + offset
         x = tokens.unsqueeze(1) * masks.unsqueeze(-1)  # [B, C, 4, D]
         return self._head(x.reshape(b * c, schema.N_MODALITIES, self.dim)).reshape(b, c, schema.N_JOINTS, 3)
 

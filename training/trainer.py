@@ -26,18 +26,18 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from sensors import schema
+from sensors import posemath, schema
 from training import balance, distributed
 from training import config as config_mod
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import Config
 from training.data import Split, batches, evenly_spaced, load_splits
 from training.evaluate import evaluate_model, predict
-from training.fisher import INPUT_NAMES, diagonal_fisher
+from training.fisher import INPUT_NAMES, fisher_and_coalitions
 from training.fisher import summarize as fisher_summary
 from training.losses import mpjpe_loss
 from training.model import PoseModel, build_model, count_parameters
-from training.shapley import batch_shapley
+from training.shapley import batch_shapley, coalition_values
 
 log = logging.getLogger(__name__)
 
@@ -117,30 +117,25 @@ class Trainer:
         log.info("resumed %s at epoch %d", path, self.start_epoch)
 
     # -- epoch start: groups, Fisher, anchors ------------------------------------------------------
-    @torch.no_grad()
-    def _subset_shapley(self) -> np.ndarray:
-        """Shapley scores at theta0 on the fixed subset (eval mode, one global batch)."""
-        self.model.eval()
-        shard = self._shard(self.fisher_idx)
-        b = self.train.batch(shard)
-        feats = self.model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
-        phi, _ = batch_shapley(self.model, feats, b["presence"], b["joints"], self._gather)
-        self.model.train()
-        return phi
-
     def _constraint(self, times: dict[str, float]) -> tuple[dict, dict, dict, dict[str, Any]]:
-        """(anchors, weights, alphas, log fields) for awc / uniform at the start of an epoch."""
+        """(anchors, weights, alphas, log fields) for awc / uniform at the start of an epoch.
+
+        One pass over the fixed subset at theta0 (eval mode) gives both the diagonal Fisher and
+        the coalition predictions whose Shapley scores (on the gathered subset) set the groups.
+        """
         bc = self.cfg.balance
         t0 = time.perf_counter()
-        phi0 = self._subset_shapley()
-        groups = balance.kmeans_groups(phi0, self.cfg.model.modalities, bc.kmeans_seed, bc.kmeans_n_init)
-        times["shapley"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fisher = diagonal_fisher(self.model, self.train, self._shard(self.fisher_idx), bc.fisher_mode,
-                                 bc.fisher_chunk, self._reduce if self.dist.enabled else None)
+        shard = self._shard(self.fisher_idx)
+        fisher, coal = fisher_and_coalitions(self.model, self.train, shard, bc.fisher_mode, bc.fisher_chunk,
+                                             self._reduce if self.dist.enabled else None)
         weights = fisher if bc.method == "awc" else balance.uniform_weights(fisher, self.model)
         anchors = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in weights}
-        times["fisher"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        times["fisher"] += t1 - t0
+        v = coalition_values(self._gather(coal), self._gather(self.train.tensors["joints"][shard]))
+        phi0 = posemath.shapley_values(v)
+        groups = balance.kmeans_groups(phi0, self.cfg.model.modalities, bc.kmeans_seed, bc.kmeans_n_init)
+        times["shapley"] += time.perf_counter() - t1
         fields = {"shapley_theta0": dict(zip(schema.MODALITIES, map(float, phi0), strict=True)),
                   "groups": dict(zip(schema.MODALITIES, groups, strict=True)),
                   "fisher": fisher_summary(fisher, self.model)}
