@@ -107,6 +107,7 @@ class Pipeline:
         self._lost = dict.fromkeys(schema.MODALITIES, 0)
         self._ewma: dict[str, np.ndarray] = {}
         self.last_tick_wall: float | None = None
+        self._trigger_sent_ns: int | None = None   # data clock: send time of the message that made the tick due
         self._phase_locked = False
         self.source_running: Callable[[], bool] = lambda: False
         self.stats = RunStats()
@@ -193,8 +194,13 @@ class Pipeline:
     def _emit(self, result: TickResult) -> None:
         if result.pose is None:
             return
-        newest = int(result.input_t_ns.max())
-        result.latency_ns = max(0, time.time_ns() - newest) if newest else 0
+        if self.config.sync.clock == "data" and self._trigger_sent_ns is not None:
+            # Capture times of a replay are not wall-clock times: count from the send time of the
+            # message that made this tick due (transport + queueing + processing).
+            result.latency_ns = max(0, time.time_ns() - self._trigger_sent_ns)
+        else:
+            newest = int(result.input_t_ns.max())
+            result.latency_ns = max(0, time.time_ns() - newest) if newest else 0
         for output in self.outputs:
             output(result)
 
@@ -263,7 +269,7 @@ class Pipeline:
     # ------------------------------------------------------------------ the loop
     def run(self, source, stop: threading.Event, duration_s: float | None = None) -> RunStats:
         """Tick until ``stop`` is set (or ``duration_s`` passed). ``source``: an object with
-        ``get(timeout) -> Message | None`` and ``drain() -> list[Message]`` (``runtime.ingest.Ingest``)."""
+        ``get(timeout_s) -> Message | None`` and ``drain() -> list[Message]`` (``runtime.ingest.Ingest``)."""
         clock = tick_clock(self.config)
         deadline = None if duration_s is None else time.monotonic() + duration_s
         run_once = self._wall_once if self.config.sync.clock == "wall" else self._data_once
@@ -279,7 +285,7 @@ class Pipeline:
     def _wall_once(self, source, clock: TickClock, idle: list[float]) -> None:
         now = time.time_ns()
         wait_s = max(0.0, (clock.next_due_ns(now) - now) / 1e9)
-        msg = source.get(timeout=min(wait_s, 0.1))
+        msg = source.get(min(wait_s, 0.1))
         if msg is not None:
             for m in [msg, *source.drain()]:
                 self.feed(m)
@@ -292,7 +298,7 @@ class Pipeline:
         self._run_due(clock.due(time.time_ns()))
 
     def _data_once(self, source, clock: TickClock, idle: list[float]) -> None:
-        msg = source.get(timeout=0.05)
+        msg = source.get(0.05)
         if msg is None:
             # Nothing new: after a pause, run the tick the newest data would make due next, so the
             # end of a replay is not left waiting for data that never comes.
@@ -305,6 +311,7 @@ class Pipeline:
         for m in [msg, *source.drain()]:
             self.feed(m)
             if m.topic in self._received:
+                self._trigger_sent_ns = m.sent_ns
                 self._run_due(clock.due(self.sync.newest_t_ns()))
 
     def _run_due(self, due) -> None:

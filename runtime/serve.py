@@ -141,8 +141,7 @@ class Runtime:
         return self
 
     def _ingest_running(self) -> bool:
-        thread = self.ingest
-        return thread is not None and thread.is_alive()
+        return self.ingest is not None and self.ingest.running
 
     def run(self, duration_s: float | None = None) -> RunStats:
         return self.pipeline.run(self.ingest, self.stop_event, duration_s)

@@ -56,9 +56,9 @@ class ListSource:
         for m in messages:
             self.q.put(m)
 
-    def get(self, timeout=None):
+    def get(self, timeout_s=None):
         try:
-            return self.q.get(timeout=timeout)
+            return self.q.get(timeout=timeout_s)
         except queue.Empty:
             return None
 

@@ -1,0 +1,332 @@
+"""``runtime replay``: offline validation through the REAL pipeline.
+
+    runtime replay --model awc.onnx --data DIR --protocol P1 --split S1 [--subset test] [--rate 0]
+                   [--fault lidar:stop@5 ...] [--report out.json] [--config F] [--set k=v ...]
+
+1. starts the runtime in-process exactly as ``runtime serve`` assembles it (``runtime.serve.Runtime``)
+   on free loopback ports (data clock when ``--rate 0``, i.e. as fast as possible; wall clock otherwise);
+2. subscribes to its pose stream;
+3. replays the dataset into it over ZeroMQ with ``sensors.replay`` (ground truth on the ``gt``
+   topic, optional injected faults);
+4. reports MPJPE / PA-MPJPE (mm) of the streamed poses against the ground truth the runtime used at
+   each tick (overall and per action), contribution shares (label-free and with labels),
+   degradation events, throughput, latency, message accounting, and for each injected fault whether
+   and how many ticks after its start the faulted modality was flagged (and whether others were).
+
+Prints a table and writes JSON (``--report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from runtime.config import RuntimeConfig
+from runtime.serve import Runtime, add_config_arguments, config_from_args, load_model
+from sensors import mmfi, posemath, schema, wire
+from sensors.faults import parse_fault
+from sensors.replay import replay
+
+log = logging.getLogger(__name__)
+
+REPLAY_QUEUE_SIZE = 200_000   # messages the ingest may hold when replaying as fast as possible
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PoseCollector(threading.Thread):
+    """SUB on the pose stream; keeps every decoded pose message (bounded by ``max_messages``)."""
+
+    def __init__(self, endpoint: str, max_messages: int = 2_000_000):
+        super().__init__(name="awc-pose-collector", daemon=True)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.connect(endpoint)
+        self._halt = threading.Event()
+        self.max_messages = max_messages
+        self.poses: list[wire.Message] = []
+        self.invalid = 0
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            if not self._sock.poll(50):
+                continue
+            frames = self._sock.recv_multipart(copy=True)
+            try:
+                msg = wire.decode(frames)
+            except wire.WireError as err:
+                self.invalid += 1
+                log.warning("invalid pose message: %s", err)
+                continue
+            if len(self.poses) < self.max_messages:
+                self.poses.append(msg)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+        self._sock.close(0)
+        self._ctx.term()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure evaluation of a collected pose stream
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class GroundTruthIndex:
+    """Ground-truth frame bytes -> (sequence, frame), to name the action of each tick's truth."""
+
+    table: dict[bytes, tuple[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dataset(cls, root, protocol: str, split: str, subset: str) -> GroundTruthIndex:
+        ds = mmfi.MMFiDataset(root, protocol, split, subset)
+        table = {}
+        for key in ds.keys:
+            gt = mmfi.read_ground_truth(key.path(root)).astype(np.float32)
+            for f in range(gt.shape[0]):
+                table.setdefault(np.ascontiguousarray(gt[f]).tobytes(), (str(key), f))
+        return cls(table)
+
+    def lookup(self, joints: np.ndarray) -> tuple[str, int] | None:
+        return self.table.get(np.ascontiguousarray(joints, np.float32).tobytes())
+
+
+def _gt_of(msg: wire.Message) -> np.ndarray | None:
+    gt = msg.extra.get("gt")
+    return None if gt is None else np.asarray(gt, np.float32).reshape(schema.N_JOINTS, 3)
+
+
+def accuracy(poses: list[wire.Message], index: GroundTruthIndex | None = None) -> dict:
+    """MPJPE / PA-MPJPE (mm) over ticks carrying ground truth, overall and per action."""
+    pairs = [(m.arrays["joints"], g) for m in poses if (g := _gt_of(m)) is not None]
+    if not pairs:
+        return {"frames": 0, "mpjpe_mm": None, "pa_mpjpe_mm": None, "per_action": {}}
+    pred = np.stack([p for p, _ in pairs])
+    gt = np.stack([g for _, g in pairs])
+    err, pa = posemath.mpjpe(pred, gt), posemath.pa_mpjpe(pred, gt)
+    out = {"frames": len(pairs), "mpjpe_mm": round(float(err.mean()), 2), "pa_mpjpe_mm": round(float(pa.mean()), 2),
+           "per_action": {}}
+    if index is not None:
+        actions = []
+        for _, g in pairs:
+            hit = index.lookup(g)
+            actions.append(hit[0].split("/")[-1] if hit else "unknown")
+        for a in sorted(set(actions)):
+            sel = np.array([x == a for x in actions])
+            out["per_action"][a] = {"name": schema.ACTION_NAMES.get(a, a), "frames": int(sel.sum()),
+                                    "mpjpe_mm": round(float(err[sel].mean()), 2),
+                                    "pa_mpjpe_mm": round(float(pa[sel].mean()), 2)}
+    return out
+
+
+def contribution_summary(poses: list[wire.Message]) -> dict:
+    """Mean per-tick window shares, label-free and (where present) with labels."""
+    out = {}
+    for key, name in (("shares", "label_free"), ("shares_gt", "labelled")):
+        rows = [m.extra[key] for m in poses if m.extra.get(key) is not None]
+        out[name] = None if not rows else dict(zip(schema.MODALITIES, np.round(np.mean(rows, axis=0), 4).tolist()))
+    return out
+
+
+def degradation_events(poses: list[wire.Message]) -> list[dict]:
+    """Every 0 -> 1 (degraded) and 1 -> 0 (recovered) transition of the flags on the stream."""
+    events, prev = [], np.zeros(schema.N_MODALITIES, bool)
+    for m in poses:
+        flags = np.asarray(m.extra.get("degraded", [0] * schema.N_MODALITIES), bool)
+        for i in np.flatnonzero(flags != prev):
+            events.append({"modality": schema.MODALITIES[i], "event": "degraded" if flags[i] else "recovered",
+                           "tick": m.extra["tick"], "t_ns": m.t_ns})
+        prev = flags
+    return events
+
+
+def fault_detection(poses: list[wire.Message], faults: list[dict], period_ns: int) -> list[dict]:
+    """faults: [{"spec", "modality", "start_ns"}] -> whether / after how many ticks each was flagged,
+    and which other modalities were flagged while it lasted."""
+    out = []
+    for f in faults:
+        i = schema.MODALITY_INDEX[f["modality"]]
+        after = [m for m in poses if m.t_ns >= f["start_ns"] and (f.get("end_ns") is None or m.t_ns < f["end_ns"])]
+        hit = next((m for m in after if m.extra["degraded"][i]), None)
+        # Other modalities flagged while this fault lasted, leaving out those with a fault of their own.
+        faulted = {g["modality"] for g in faults if _overlap(f, g)}
+        others = sorted({schema.MODALITIES[j] for m in after for j in range(schema.N_MODALITIES)
+                         if m.extra["degraded"][j] and schema.MODALITIES[j] not in faulted})
+        ticks = None if hit is None else int(np.ceil((hit.t_ns - f["start_ns"]) / period_ns)) + 1
+        out.append({**f, "flagged": hit is not None, "ticks_to_flag": ticks,
+                    "seconds_to_flag": None if hit is None else round((hit.t_ns - f["start_ns"]) / 1e9, 3),
+                    "others_flagged": others, "poses_during_fault": len(after)})
+    return out
+
+
+def _overlap(f: dict, g: dict) -> bool:
+    f_end = np.inf if f.get("end_ns") is None else f["end_ns"]
+    g_end = np.inf if g.get("end_ns") is None else g["end_ns"]
+    return f["start_ns"] < g_end and g["start_ns"] < f_end
+
+
+def latency_summary(poses: list[wire.Message], wall_s: float) -> dict:
+    lat = np.array([m.extra["latency_ns"] for m in poses], np.float64) / 1e6
+    return {"poses": len(poses), "wall_s": round(wall_s, 2),
+            "poses_per_s": round(len(poses) / wall_s, 1) if wall_s > 0 else None,
+            "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+            "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+# ---------------------------------------------------------------------------------------------
+def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None) -> RuntimeConfig:
+    """The runtime config on free loopback ports; data clock for as-fast-as-possible replay."""
+    data = cfg.to_dict()
+    data["inputs"].update(endpoints=[f"tcp://127.0.0.1:{free_port()}"], bind=True)
+    data["output"].update(endpoint=f"tcp://127.0.0.1:{free_port()}", bind=True)
+    data["metrics"].update(host="127.0.0.1", port=0)
+    data["sync"]["clock"] = clock or ("data" if rate == 0 else "wall")
+    if data["sync"]["clock"] == "data":
+        # PUB/SUB has no back-pressure: a replay as fast as possible is buffered, then ticked in order.
+        data["inputs"]["queue_size"] = max(data["inputs"]["queue_size"], REPLAY_QUEUE_SIZE)
+    return RuntimeConfig.from_dict(data)
+
+
+def run_replay(model_path: str, data_root: str, protocol: str, split: str, subset: str = "test",
+               rate: float = 0.0, faults: list[str] | None = None, cfg: RuntimeConfig | None = None,
+               clock: str | None = None, max_frames: int | None = None, sequences: list[str] | None = None,
+               seed: int = 0) -> dict:
+    """Serve ``model_path`` in-process, replay the dataset into it over ZeroMQ, return the report."""
+    cfg = replay_config(cfg or RuntimeConfig(), rate, clock)
+    parsed = [parse_fault(f) for f in faults or []]
+    model = load_model(cfg, model_path)
+    rt = Runtime(cfg, model).start()
+    loop = threading.Thread(target=rt.run, name="awc-loop", daemon=True)
+    collector = PoseCollector(cfg.output.endpoint)
+    collector.start()
+    loop.start()
+    time.sleep(0.3)   # the pose subscription settles before the first tick
+    start = time.monotonic()
+    try:
+        stats = replay(data_root, cfg.inputs.endpoints[0], protocol=protocol, split=split, subset=subset,
+                       rate=rate, faults=parsed, send_gt=True, max_frames=max_frames, sequences=sequences,
+                       seed=seed, progress=True)
+        _wait_for_quiet(rt, collector, cfg)
+    finally:
+        wall = time.monotonic() - start
+        rt.stop_event.set()
+        loop.join(timeout=10)
+        rt.close()
+        collector.stop()
+    fault_windows = [{"spec": spec, "modality": f.modality, "kind": f.kind,
+                      "start_ns": stats.start_ns + int(f.start_s * 1e9),
+                      "end_ns": None if f.duration_s is None else stats.start_ns + int((f.start_s + f.duration_s) * 1e9)}
+                     for spec, f in zip(faults or [], parsed)]
+    report = build_report(collector.poses, stats, rt, cfg, wall, data_root, protocol, split, subset, rate, model_path,
+                          fault_windows)
+    report["pose_stream_invalid"] = collector.invalid
+    return report
+
+
+def _wait_for_quiet(rt: Runtime, collector: PoseCollector, cfg: RuntimeConfig, quiet_s: float = 1.0) -> None:
+    """Wait until the runtime has processed everything: no new pose for ``quiet_s`` after the
+    data clock's final flush."""
+    quiet_s = max(quiet_s, cfg.sync.data_flush_s + 0.5)
+    last_n, last_change = -1, time.monotonic()
+    while time.monotonic() - last_change < quiet_s:
+        time.sleep(0.1)
+        n = len(collector.poses)
+        if n != last_n:
+            last_n, last_change = n, time.monotonic()
+
+
+def build_report(poses, stats, rt: Runtime, cfg: RuntimeConfig, wall_s: float, data_root, protocol, split,
+                 subset, rate, model_path, faults: list[dict]) -> dict:
+    poses = sorted(poses, key=lambda m: m.t_ns)
+    reg = rt.metrics.registry
+    received = {m: reg.get_sample_value("awc_messages_received_total", {"modality": m}) for m in schema.MODALITIES}
+    dropped = {m: {r: reg.get_sample_value("awc_messages_dropped_total", {"modality": m, "reason": r})
+                   for r in schema.DROP_REASONS} for m in schema.MODALITIES}
+    dropped = {m: {r: v for r, v in d.items() if v} for m, d in dropped.items()}
+    ticks = {o: reg.get_sample_value("awc_ticks_total", {"outcome": o}) for o in ("fused", "partial", "empty", "dropped")}
+    try:
+        index = GroundTruthIndex.from_dataset(data_root, protocol, split, subset)
+    except mmfi.MMFiFormatError as err:
+        log.warning("per-action figures unavailable: %s", err)
+        index = None
+    period = int(round(1e9 / cfg.sync.rate_hz))
+    return {
+        "model": str(model_path), "data": str(data_root), "protocol": protocol, "split": split, "subset": subset,
+        "rate": rate, "clock": cfg.sync.clock,
+        "accuracy": accuracy(poses, index),
+        "contribution_shares": contribution_summary(poses),
+        "degradation_events": degradation_events(poses),
+        "faults": fault_detection(poses, faults, period),
+        "throughput": latency_summary(poses, wall_s),
+        "ticks": ticks,
+        "messages": {"sent": dict(stats.sent), "replay_dropped": dict(stats.dropped),
+                     "suppressed_by_faults": dict(stats.suppressed), "received": received, "dropped": dropped},
+        "replay": {"frames": stats.frames, "sequences": stats.sequences, "wall_s": round(stats.wall_s, 2)},
+    }
+
+
+def format_report(r: dict) -> str:
+    a = r["accuracy"]
+    lines = [f"replay {r['data']} {r['protocol']}/{r['split']}/{r['subset']} at rate {r['rate']} ({r['clock']} clock)",
+             f"poses {r['throughput']['poses']}  ({r['throughput']['poses_per_s']}/s)  latency p50 "
+             f"{r['throughput']['latency_p50_ms']} ms  p99 {r['throughput']['latency_p99_ms']} ms",
+             "", f"{'action':<8}{'name':<32}{'frames':>8}{'MPJPE':>9}{'PA-MPJPE':>10}"]
+    for act, v in a["per_action"].items():
+        lines.append(f"{act:<8}{v['name'][:31]:<32}{v['frames']:>8}{v['mpjpe_mm']:>9.1f}{v['pa_mpjpe_mm']:>10.1f}")
+    if a["frames"]:
+        lines.append(f"{'all':<40}{a['frames']:>8}{a['mpjpe_mm']:>9.1f}{a['pa_mpjpe_mm']:>10.1f}")
+    lines += ["", f"{'shares':<12}" + "".join(f"{m:>9}" for m in schema.MODALITIES)]
+    for kind, shares in r["contribution_shares"].items():
+        if shares:
+            lines.append(f"{kind:<12}" + "".join(f"{shares[m]:>9.3f}" for m in schema.MODALITIES))
+    lines.append("")
+    for f in r["faults"]:
+        verdict = f"flagged after {f['ticks_to_flag']} ticks" if f["flagged"] else "NOT flagged"
+        lines.append(f"fault {f['spec']:<22} {verdict}; others flagged: {', '.join(f['others_flagged']) or 'none'}")
+    lines.append(f"degradation events: {len(r['degradation_events'])}")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported ONNX model")
+    p.add_argument("--data", required=True, help="MM-Fi-format dataset root")
+    p.add_argument("--protocol", default="P1", choices=sorted(schema.PROTOCOLS))
+    p.add_argument("--split", default="S1", choices=schema.SPLITS)
+    p.add_argument("--subset", default="test", choices=("train", "test", "all"))
+    p.add_argument("--rate", type=float, default=0.0, help="replay speed (1 = real time, 0 = as fast as possible)")
+    p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. lidar:stop@5 (see sensors replay)")
+    p.add_argument("--max-frames", type=int, default=None, help="replay at most this many frames")
+    p.add_argument("--sequences", nargs="*", default=None, metavar="E01/S01/A02", help="replay these sequences")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    p.add_argument("--report", default=None, metavar="FILE", help="write the report as JSON")
+    add_config_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,
+                        cfg, clock=args.clock, max_frames=args.max_frames, sequences=args.sequences,
+                        seed=args.seed)
+    print(format_report(report))
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=2))
+        log.info("wrote %s", args.report)
+    return 0
