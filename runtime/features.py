@@ -6,6 +6,8 @@ Per modality (absent -> zero-filled input and presence 0, the same mask as a Sha
   keypoints are edge-padded from their neighbours) -> [1, R, 17, 2];
 * lidar / mmwave: ``preprocess.sample_points`` to the model's caps -> [1, C, k] + mask [1, C];
   mmWave columns are reordered to the model's ``mmwave_columns`` when they differ from the wire's;
+  an empty cloud (no detections, a normal radar frame) is present as a message but, as in
+  training, absent to the model (presence 0);
 * wifi: the CSI packets of the sync window (amplitude and phase [P, 3, 114]) resampled to 10
   (``preprocess.resample_packets``), then cleaned and min-max normalised (``preprocess.wifi_input``)
   -> [1, 3, 114, 20].
@@ -77,8 +79,8 @@ class FeatureBuilder:
                 pts = pts[:, self._mmwave_order]
             points, mask = preprocess.sample_points(pts, cap, cols)
             inputs[m], inputs[f"{m}_mask"] = points[None], mask[None]
-            if sample is not None:
-                presence[schema.MODALITY_INDEX[m]] = 1.0
+            # As in training (sensors.mmfi.model_inputs): a cloud without any finite point is absent.
+            presence[schema.MODALITY_INDEX[m]] = float(mask.any())
         inputs["wifi"] = np.zeros((1, *schema.WIFI_INPUT_SHAPE), np.float32)
         packets = wifi_packets_of(tick)
         if packets is not None:
