@@ -134,3 +134,21 @@ def test_config_validation_and_overrides(tmp_path):
     paper = config.resolve("paper")
     assert (paper.balance.alpha_s, paper.balance.alpha_i, paper.balance.window) == (20000.0, 10000.0, 20)
     assert (paper.train.epochs, paper.train.batch_size, paper.train.lr_step) == (50, 192, 30)
+
+
+def test_study_runs_arms_and_writes_report(tiny_dataset, array_cache, tmp_path):
+    report = tmp_path / "results.md"
+    argv = ["study", "--data", str(tiny_dataset), "--out", str(tmp_path / "study"), "--preset", "tiny",
+            "--seeds", "0", "--epochs", "1", "--arms", "wifi", "all-awc", "--test-frames", "100",
+            "--report", str(report), "--no-progress", f"data.cache_dir={array_cache}", "train.plots=false"]
+    assert main(argv) == 0
+    text = report.read_text()
+    assert "| wifi | wifi | none | 1 |" in text and "| all-awc | rgb+lidar+mmwave+wifi | awc | 1 |" in text
+    assert "166.9" in text and "51.16 / 34.46" in text  # the paper's numbers beside ours
+    assert "an AWC epoch inside the window" in text
+    # notes below the marker survive a rewrite; finished runs are not retrained
+    report.write_text(text + "\nhand-written notes\n")
+    mtime = (tmp_path / "study" / "all-awc-s0" / "metrics.json").stat().st_mtime
+    assert main(argv) == 0
+    assert "hand-written notes" in report.read_text()
+    assert (tmp_path / "study" / "all-awc-s0" / "metrics.json").stat().st_mtime == mtime
