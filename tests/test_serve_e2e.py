@@ -1,0 +1,250 @@
+"""End to end over real ZeroMQ sockets on loopback: `runtime serve` as a subprocess, sensor
+streams (the dataset replay, or hand-made frames) into it, the pose stream and /metrics out,
+SIGTERM flushing the recorder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from sensors import schema, wire
+
+REPO = Path(__file__).resolve().parents[1]
+PERIOD = schema.FRAME_PERIOD_NS
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers (also used by test_hostile_input.py)
+# ---------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def export_tiny_model(tmp_path: Path, data_root: Path | None = None) -> Path:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from training.export import export_untrained
+
+    return export_untrained(tmp_path / "tiny.onnx", preset="tiny", seed=0, data_root=data_root)
+
+
+def valid_frame(k: int, t_ns: int, rng) -> list[wire.Message]:
+    """The four sensor messages of one frame (seq k) captured at t_ns."""
+    a = {
+        "rgb": {"kpts": rng.uniform([200, 100], [440, 400], size=(17, 2)).astype(np.float32)},
+        "lidar": {"points": rng.normal([3, 0, 0], 0.4, size=(300, 3)).astype(np.float32)},
+        "mmwave": {"points": rng.normal([3, 0, 0, 20, 0], 0.3, size=(10, 5)).astype(np.float32)},
+        "wifi": {"amp": rng.normal(40, 3, size=(10, 3, 114)).astype(np.float32),
+                 "phase": rng.uniform(-3, 3, size=(10, 3, 114)).astype(np.float32)},
+    }
+    extra = {"wifi": {"period_ns": PERIOD // 10}}
+    return [wire.Message(m, f"test-{m}", k, t_ns, time.time_ns(), a[m], extra.get(m, {})) for m in schema.MODALITIES]
+
+
+def pose_subscriber(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    sub.connect(endpoint)
+    return sub
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+class ServeProcess:
+    """`python -m runtime serve` on free loopback ports; terminated (SIGTERM) on exit."""
+
+    def __init__(self, model: Path, workdir: Path, *extra: str, clock: str = "wall"):
+        self.input = f"tcp://127.0.0.1:{free_port()}"
+        self.output = f"tcp://127.0.0.1:{free_port()}"
+        self.port = free_port()
+        self.log = workdir / "serve.log"
+        self.cmd = [sys.executable, "-m", "runtime", "serve", "--model", str(model), "--clock", clock,
+                    "--input", self.input, "--output", self.output, "--metrics-port", str(self.port),
+                    "--threads", "1", *extra]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ServeProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        self._log = open(self.log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.alive(), f"runtime serve exited early:\n{self.log.read_text()}"
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"runtime serve did not come up:\n{self.log.read_text()}")
+
+    def __exit__(self, *exc) -> None:
+        if self.alive():
+            self.terminate()
+        self._log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metrics(self) -> dict[str, float]:
+        return parse_metrics(self.get("/metrics")[1])
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def send_valid(self, pub: zmq.Socket, rng, k: int) -> int:
+        for m in valid_frame(k, time.time_ns(), rng):
+            pub.send_multipart(wire.encode(m))
+        return k + 1
+
+    def wait_for_valid_traffic(self, pub: zmq.Socket, rng, timeout: float = 20.0) -> int:
+        """Send valid frames until the runtime has counted some (the PUB/SUB connection is up)."""
+        k, deadline = 0, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            k = self.send_valid(pub, rng, k)
+            time.sleep(0.1)
+            if self.metrics().get('awc_messages_received_total{modality="rgb"}', 0) > 0:
+                return k
+        raise AssertionError(f"no valid message reached the runtime:\n{self.log.read_text()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigterm_flushes_the_recorder_and_readiness_follows_the_ticks(tmp_path):
+    model = export_tiny_model(tmp_path)
+    rec = tmp_path / "rec.npz"
+    with ServeProcess(model, tmp_path, "--record", str(rec)) as srv:
+        status, body = srv.get("/readyz")
+        ctx = zmq.Context()
+        pub = ctx.socket(zmq.PUB)
+        pub.connect(srv.input)
+        poses = pose_subscriber(ctx, srv.output)
+        rng = np.random.default_rng(0)
+        k = srv.wait_for_valid_traffic(pub, rng)
+        got = []
+        for _ in range(20):
+            k = srv.send_valid(pub, rng, k)
+            deadline = time.monotonic() + 0.1
+            while (wait := deadline - time.monotonic()) > 0:
+                if poses.poll(max(1, int(wait * 1000))):
+                    got.append(wire.decode(poses.recv_multipart()))
+        assert srv.get("/readyz")[0] == 200
+        assert len(got) >= 10
+        assert srv.terminate() == 0, srv.log.read_text()
+        pub.close(0)
+        poses.close(0)
+        ctx.term()
+    assert status in (200, 503) and (status == 200 or body.strip())
+    data = np.load(rec)                        # written at SIGTERM
+    assert data["joints"].shape[0] >= len(got)
+    seen = {p.extra["tick"] for p in got}
+    assert seen <= set(data["tick"].tolist())  # every published tick is in the recording
+    assert (rec.parent / "rec.npz.config.yaml").exists()
+    assert "stopping and flushing" in srv.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def replay_model(tmp_path_factory):
+    return export_tiny_model(tmp_path_factory.mktemp("e2e_model"))
+
+
+@pytest.mark.slow
+def test_replay_into_serve_poses_match_offline_inference_and_counters_add_up(tiny_dataset, replay_model, tmp_path):
+    from runtime.model import PoseModel
+    from sensors import mmfi
+    from sensors.replay import replay
+
+    rec = tmp_path / "rec.npz"
+    frames = 120
+    with ServeProcess(replay_model, tmp_path, "--record", str(rec), "--record-inputs",
+                      "--set", "inputs.queue_size=100000", clock="data") as srv:
+        ctx = zmq.Context()
+        poses_sock = pose_subscriber(ctx, srv.output)
+        time.sleep(0.3)
+        stats = replay(tiny_dataset, srv.input, protocol="P1", split="S1", subset="all", rate=0.0,
+                       max_frames=frames, send_gt=True)
+        poses = []
+        quiet = time.monotonic()
+        while time.monotonic() - quiet < 2.0:            # until the stream goes quiet
+            if poses_sock.poll(100):
+                poses.append(wire.decode(poses_sock.recv_multipart()))
+                quiet = time.monotonic()
+        metrics = srv.metrics()
+        assert srv.terminate() == 0, srv.log.read_text()
+        poses_sock.close(0)
+        ctx.term()
+
+    # Every frame became one tick and one pose (data clock, nothing lost on loopback).
+    assert len(poses) == frames, f"{len(poses)} poses for {frames} frames"
+    assert [p.t_ns for p in poses] == [stats.start_ns + k * PERIOD for k in range(frames)]
+    # Counters add up: sent = received + counted drops, per modality.
+    for m in schema.MODALITIES:
+        received = metrics[f'awc_messages_received_total{{modality="{m}"}}']
+        dropped = sum(v for k, v in metrics.items()
+                      if k.startswith(f'awc_messages_dropped_total{{modality="{m}"'))
+        assert stats.sent[m] == received + dropped, (m, stats.sent[m], received, dropped)
+        assert dropped == 0
+    assert metrics['awc_ticks_total{outcome="dropped"}'] == 0
+    assert metrics['awc_ticks_total{outcome="fused"}'] + metrics['awc_ticks_total{outcome="partial"}'] == frames
+
+    # The streamed poses are the model's output on the synced inputs (recorded at each tick) ...
+    data = np.load(rec)
+    model = PoseModel.load(replay_model, provider="cpu", intra_op_threads=1)
+    by_tick = {p.extra["tick"]: p for p in poses}
+    inputs = {k: data[f"input_{k}"] for k in schema.MODEL_INPUTS}
+    pose, coalitions = model.run(inputs)
+    for i, tick in enumerate(data["tick"]):
+        np.testing.assert_allclose(by_tick[int(tick)].arrays["joints"], pose[i], atol=1e-5)
+        np.testing.assert_allclose(data["joints"][i], pose[i], atol=1e-5)
+    np.testing.assert_allclose(data["coalition_poses"], coalitions, atol=1e-5)
+
+    # ... and those inputs are what training builds from the same dataset frames (serving = training).
+    ds = mmfi.MMFiDataset(tiny_dataset, "P1", "S1", "all", rgb_window=model.metadata.rgb_window,
+                          lidar_cap=model.metadata.lidar_cap, mmwave_cap=model.metadata.mmwave_cap)
+    assert [str(k) for k in ds.keys[:1]] == stats.sequences[:1]
+    for i in range(model.metadata.rgb_window, frames, 7):
+        want = ds[i]
+        for name in schema.MODEL_INPUTS:
+            np.testing.assert_allclose(inputs[name][i], want[name], atol=1e-5, err_msg=f"frame {i} {name}")
+        np.testing.assert_array_equal(np.asarray(by_tick[int(data["tick"][i])].extra["gt"], np.float32),
+                                      want["joints"])
+    # Live contributions with labels are reported beside the label-free ones.
+    last = poses[-1].extra
+    assert abs(sum(last["shares"]) - 1) < 1e-6 and last["shares_gt"] is not None
