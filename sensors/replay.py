@@ -316,6 +316,9 @@ def run(args) -> int:
     except (ReplayError, mmfi.MMFiFormatError) as err:
         log.error("%s", err)
         return 1
+    except ValueError as err:  # bad argument values (rate, drop, sequences, ...)
+        log.error("%s", err)
+        return 2
     print(stats.summary())
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(stats.to_dict(), indent=2, sort_keys=True) + "\n")
