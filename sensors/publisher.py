@@ -32,7 +32,8 @@ class SensorPublisher:
     """Publishes sensor samples; one per driver process is enough for several modalities."""
 
     def __init__(self, endpoint: str, *, bind: bool = False, src: str | None = None,
-                 station: str | None = None, context: zmq.Context | None = None, sndhwm: int = 1000):
+                 station: str | None = None, context: zmq.Context | None = None, sndhwm: int = 1000,
+                 nodrop: bool = False, send_timeout_s: float = 5.0):
         self.endpoint = endpoint
         self.src = src or default_src()
         self.station = station
@@ -42,6 +43,9 @@ class SensorPublisher:
         self._sock.setsockopt(zmq.SNDHWM, int(sndhwm))
         self._sock.setsockopt(zmq.LINGER, 1000)
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, also repeated ones
+        if nodrop:  # block (up to send_timeout_s) at the high-water mark instead of dropping silently
+            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+            self._sock.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
         try:
             if bind:
                 self._sock.bind(endpoint)
@@ -55,6 +59,7 @@ class SensorPublisher:
         self._seq: dict[str, int] = {}
         self.subscriptions: set[bytes] = set()
         self.sent: dict[str, int] = {}
+        self.timeouts: dict[str, int] = {}  # nodrop: messages given up after send_timeout_s
 
     # -- connection -----------------------------------------------------------------------------
     def _read_subscriptions(self, timeout_ms: int) -> None:
@@ -101,7 +106,8 @@ class SensorPublisher:
         return seq
 
     def send(self, modality: str, t_ns: int, *, extra: dict | None = None, **arrays: np.ndarray) -> int:
-        """Send one sample captured at ``t_ns`` (ns since the Unix epoch); returns its seq.
+        """Send one sample captured at ``t_ns`` (ns since the Unix epoch); returns its seq (also when
+        a ``nodrop`` send timed out: see ``timeouts``).
 
         modality: a topic of the wire protocol; arrays as in docs/wire.md (converted to float32),
         e.g. ``send("lidar", t, points=pts)`` or ``send("wifi", t, amp=a, phase=p)`` with a/p
@@ -119,14 +125,22 @@ class SensorPublisher:
                                        sent_ns=time.time_ns(), arrays=arrays, extra=extra))
         return seq
 
-    def send_message(self, msg: wire.Message) -> None:
-        """Send a prepared message as is (its seq becomes this publisher's last seq of the topic)."""
+    def send_message(self, msg: wire.Message) -> bool:
+        """Send a prepared message as is (its seq becomes this publisher's last seq of the topic).
+
+        Returns False when, with ``nodrop``, the subscribers did not take it within the send
+        timeout: the message is lost and its seq consumed (the receiver counts the gap)."""
         frames = wire.encode(msg)
-        self._sock.send_multipart(frames, copy=False)
         self._seq[msg.topic] = msg.seq + 1
+        try:
+            self._sock.send_multipart(frames, copy=False)
+        except zmq.Again:
+            self.timeouts[msg.topic] = self.timeouts.get(msg.topic, 0) + 1
+            return False
         self.sent[msg.topic] = self.sent.get(msg.topic, 0) + 1
         if self._sock.poll(0, zmq.POLLIN):  # keep the subscription events from piling up
             self._read_subscriptions(0)
+        return True
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self, linger_s: float = 1.0) -> None:

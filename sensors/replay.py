@@ -49,6 +49,7 @@ class ReplayStats:
     sent: dict[str, int] = field(default_factory=dict)        # topic -> messages that were sent
     dropped: dict[str, int] = field(default_factory=dict)     # topic -> random drops (seq consumed)
     suppressed: dict[str, int] = field(default_factory=dict)  # topic -> not sent: stop fault (no seq)
+    timeouts: dict[str, int] = field(default_factory=dict)    # topic -> receiver blocked: lost (seq consumed)
     faulted: dict[str, int] = field(default_factory=dict)     # "modality:kind" -> messages it acted on
     frames: int = 0
     sequences: list[str] = field(default_factory=list)
@@ -69,7 +70,7 @@ class ReplayStats:
         for topic in (*schema.MODALITIES, schema.GT_TOPIC):
             if topic in self.sent or topic in self.dropped or topic in self.suppressed:
                 lines.append(f"  {topic:7s} sent {self.sent.get(topic, 0):6d}  dropped {self.dropped.get(topic, 0):5d}"
-                             f"  suppressed {self.suppressed.get(topic, 0):5d}")
+                             f"  suppressed {self.suppressed.get(topic, 0):5d}  timed out {self.timeouts.get(topic, 0):3d}")
         lines += [f"  fault {label}: {n} messages" for label, n in sorted(self.faulted.items())]
         return "\n".join(lines)
 
@@ -186,8 +187,13 @@ class _Sender:
                 self.pub.skip(ev.topic)
                 self.stats.dropped[ev.topic] = self.stats.dropped.get(ev.topic, 0) + 1
                 continue
+            before = self.pub.timeouts.get(ev.topic, 0)
             self.pub.send(ev.topic, ev.t_ns, extra=ev.extra, **ev.arrays)
-            self.stats.sent[ev.topic] = self.stats.sent.get(ev.topic, 0) + 1
+            if self.pub.timeouts.get(ev.topic, 0) > before:
+                self.stats.timeouts[ev.topic] = self.stats.timeouts.get(ev.topic, 0) + 1
+                log.warning("%s message not taken by the receiver within the send timeout: lost", ev.topic)
+            else:
+                self.stats.sent[ev.topic] = self.stats.sent.get(ev.topic, 0) + 1
 
     def _pace(self, send_ns: int) -> None:
         if self.rate <= 0:
@@ -206,7 +212,7 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
            seed: int = 0, max_frames: int | None = None, sequences: list[str] | None = None,
            start_ns: int | None = None, progress: bool = False, src: str = DEFAULT_SRC,
            station: str | None = None, wifi_burst: int = 1, connect_timeout_s: float = 10.0,
-           context=None) -> ReplayStats:
+           send_timeout_s: float = 10.0, context=None) -> ReplayStats:
     """Replay the sequences of ``root`` to ``endpoint`` and return what was sent."""
     _check_args(rate, jitter_ms, drop_prob, max_frames, wifi_burst)
     keys = select_sequences(root, protocol, split, subset, sequences)
@@ -217,8 +223,10 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
     n_frames = n_frames if max_frames is None else min(n_frames, max_frames)
     stats = ReplayStats(src=src, start_ns=start_ns)
     topics = [*schema.MODALITIES, *([schema.GT_TOPIC] if send_gt else [])]
+    # nodrop: a receiver that falls behind slows the replay down (its own bounded queue then counts
+    # queue_full) instead of ZeroMQ dropping messages silently at the sender.
     with SensorPublisher(endpoint, bind=bind, src=src, station=station, context=context,
-                         sndhwm=100_000) as pub:
+                         sndhwm=10_000, nodrop=True, send_timeout_s=send_timeout_s) as pub:
         if not pub.wait_connected(connect_timeout_s, topics=topics):
             raise ReplayError(f"no subscriber for {', '.join(topics)} at {pub.endpoint} after "
                               f"{connect_timeout_s:g} s: start the receiver first (`runtime serve` binds "

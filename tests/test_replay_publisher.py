@@ -302,3 +302,27 @@ def test_replay_of_the_generated_tiny_dataset_sends_the_files_values(ctx, tiny_d
     np.testing.assert_array_equal(gt.arrays["joints"], mmfi.read_ground_truth(seq_dir)[f])
     radar = [m.arrays["points"].shape[0] for m in by_topic["mmwave"]]
     assert len(radar) == 12  # one message per frame, empty clouds included
+
+
+def test_nodrop_publisher_pushes_back_on_a_stalled_receiver_instead_of_losing_silently(ctx):
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 10)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.bind("tcp://127.0.0.1:0")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    with SensorPublisher(sub.getsockopt_string(zmq.LAST_ENDPOINT), src="x", context=ctx, sndhwm=10,
+                         nodrop=True, send_timeout_s=0.2) as pub:
+        deadline = time.monotonic() + 5
+        while not pub.wait_connected(0.01) and time.monotonic() < deadline:
+            sub.poll(10)  # a SUB sends its subscription when it is polled
+        points = np.zeros((1000, 3))
+        for k in range(5000):  # the receiver reads nothing: buffers fill, then a send times out
+            if not pub.send_message(wire.Message("lidar", "x", k, T0 + k, T0, {"points": points})):
+                break
+        assert pub.timeouts == {"lidar": 1} and 10 < pub.sent["lidar"] < 5000
+        got = 0
+        while sub.poll(300):
+            sub.recv_multipart()
+            got += 1
+        assert got == pub.sent["lidar"]  # everything that was "sent" arrived
+    sub.close()
