@@ -14,7 +14,8 @@ Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reason
 Counts are kept in ``counts`` and mirrored to the ``awc_messages_received_total`` /
 ``awc_messages_dropped_total`` counters for the input modalities and ``unknown`` (``gt`` is
 counted in ``counts`` only: the metric label set is closed). Memory is bounded whatever arrives:
-receive high-water mark, a per-frame size limit, a bounded queue and a bounded source table.
+at most ``rcvhwm`` messages wait in ZeroMQ (each frame <= ``MAX_FRAME_BYTES``), ``queue_size``
+decoded ones in the queue, and ``MAX_SOURCES`` (topic, src) pairs in the sequence table.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 
 INGEST_TOPICS: tuple[str, ...] = (*schema.MODALITIES, schema.GT_TOPIC)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-MAX_FRAME_BYTES = 16 * 1024 * 1024  # larger frames make ZeroMQ disconnect the peer
+# Larger frames make ZeroMQ disconnect the peer. The largest valid frame is a WiFi burst of
+# MAX_WIFI_PACKETS packets (1000 x 3 x 114 x 4 B = 1.4 MB); LiDAR at its cap is 0.8 MB.
+MAX_FRAME_BYTES = 2 * 1024 * 1024
 MAX_SOURCES = 1024                  # (topic, src) pairs tracked for sequence gaps
 
 
@@ -47,7 +50,7 @@ class Ingest:
     def __init__(self, endpoints: list[str] | str, *, bind: bool, metrics: RuntimeMetrics | None = None,
                  queue_size: int = 4096, context: zmq.Context | None = None,
                  limits: wire.WireLimits = wire.DEFAULT_LIMITS, topics: tuple[str, ...] = INGEST_TOPICS,
-                 rcvhwm: int = 10_000, poll_ms: int = 50):
+                 rcvhwm: int = 1000, poll_ms: int = 50):
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise ValueError(f"ingest needs at least one endpoint, e.g. {DEFAULT_ENDPOINT}")
