@@ -1,7 +1,7 @@
 """Per-frame latency figures of the exported model (``training bench-export``).
 
 For one preset (untrained weights: latency does not depend on their values), measured side by
-side in one run, round-robin so machine load hits every variant alike:
+side in one run, interleaved in blocks so machine load hits every variant alike:
 
 * ``torch eager``   the model's plain forward, batch 1, pose only
 * ``ort pose``      the same plain forward exported to ONNX, run by onnxruntime (a plain
@@ -110,25 +110,31 @@ def variants(preset: str, cfg_bench: BenchConfig, workdir: Path) -> tuple[dict[s
     }, n_params
 
 
-def measure(fns: dict[str, Callable[[], object]], warmup: int, iters: int) -> dict[str, np.ndarray]:
-    """Round-robin timing; returns name -> per-call seconds [iters]."""
+def measure(fns: dict[str, Callable[[], object]], warmup: int, iters: int, block: int = 10
+            ) -> dict[str, np.ndarray]:
+    """Interleaved timing in blocks: each round runs every variant for one untimed call (it absorbs
+    the thread pools of the previous variant winding down) then ``block`` timed calls, so slow drifts
+    of the machine's load hit every variant alike. Returns name -> per-call seconds [iters]."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times = {name: np.empty(iters) for name in fns}
-    for i in tqdm(range(iters), desc="timing", unit="round", leave=False):
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    rounds = -(-iters // block)
+    for _ in tqdm(range(rounds), desc="timing", unit="round", leave=False):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
             fn()
-            times[name][i] = time.perf_counter() - t0
-    return times
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: np.asarray(t[:iters]) for name, t in times.items()}
 
 
 def report(preset: str, n_params: int, times: dict[str, np.ndarray], bench: BenchConfig) -> str:
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     p90 = {k: float(np.percentile(v, 90)) * 1e3 for k, v in times.items()}
     lines = [f"preset {preset}, fusion {bench.fusion}, {n_params / 1e6:.2f} M parameters, batch 1, "
-             f"torch and onnxruntime threads {bench.threads}, warm-up {bench.warmup}, {bench.iters} rounds "
+             f"torch and onnxruntime threads {bench.threads}, warm-up {bench.warmup}, {bench.iters} timed calls "
              f"(torch {torch.__version__}, onnxruntime {ort.__version__})",
              "| variant | median ms | p90 ms |", "|---|---:|---:|"]
     lines += [f"| {k} | {med[k]:.3f} | {p90[k]:.3f} |" for k in times]
@@ -160,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion", default="concat", choices=FUSIONS)
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--iters", type=int, default=200, help="timed rounds (each runs every variant once)")
+    parser.add_argument("--iters", type=int, default=200, help="timed calls per variant (interleaved in blocks of 10)")
     parser.add_argument("--seed", type=int, default=0)
 
 
