@@ -225,3 +225,25 @@ def test_documented_hex_example_decodes_to_documented_values():
     again = wire.Message(topic=msg.topic, src=msg.src, seq=msg.seq, t_ns=msg.t_ns, sent_ns=msg.sent_ns,
                          arrays={"kpts": expected["kpts"]}, extra=expected["extra"])
     assert wire.encode(again) == frames
+
+
+def test_documented_standalone_client_talks_to_the_ingest():
+    import zmq
+
+    from runtime.ingest import Ingest
+
+    text = (REPO / "docs" / "wire.md").read_text()
+    block = re.search(r"<!-- client-example -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "docs/wire.md lost its client example"
+    namespace: dict = {}
+    exec(compile(block.group(1), "docs/wire.md", "exec"), namespace)  # noqa: S102 - our own document
+    ctx = zmq.Context()
+    ing = Ingest("tcp://127.0.0.1:0", bind=True, context=ctx).start()
+    try:
+        namespace["lidar_client"](ing.endpoints[0], frames=3)
+        msgs = [ing.get(2.0) for _ in range(3)]
+        assert [m.seq for m in msgs] == [0, 1, 2] and ing.dropped_total() == 0
+        assert msgs[0].arrays["points"].shape == (1200, 3) and msgs[0].station == "room-1"
+    finally:
+        ing.stop()
+        ctx.term()
