@@ -95,6 +95,12 @@ def test_pinned_ir_version_and_opset(exported):
     assert dims[0] == export.BATCH_AXIS  # dynamic batch axis, fixed window and caps
 
 
+def test_opset_outside_what_onnxruntime_120_reads_is_refused(tmp_path):
+    model, cfg = tiny_model()
+    with pytest.raises(export.ExportError, match=r"opset must be 14\.\.21 .*got 22"):
+        export.export_onnx(model, cfg, tmp_path / "m.onnx", opset=22)
+
+
 def test_metadata_describes_the_model(exported):
     model, cfg, path = exported["mlp"]
     meta = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 IR_VERSION = 10  # onnxruntime 1.20 reads IR <= 10; onnx 1.23 would write 11 by default
+OPSETS = range(14, 22)  # what IR 10 and onnxruntime 1.20 both cover (opset 21 is onnxruntime 1.20's newest)
 META_PREFIX = "awc."
 CALIBRATION_WINDOW = 64  # frames per window, as the runtime's sliding window
 CALIBRATION_MAX_FRAMES = 4096
@@ -179,6 +180,9 @@ def to_torch(inputs: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 def trace_to_onnx(module: nn.Module, dims: ModelDims, output_names: tuple[str, ...], opset: int = OPSET
                   ) -> onnx.ModelProto:
     """torch.onnx.export (TorchScript exporter) with a dynamic batch axis; IR version pinned."""
+    if opset not in OPSETS:
+        raise ExportError(f"opset must be {OPSETS.start}..{OPSETS.stop - 1} (IR version {IR_VERSION}, readable by "
+                          f"onnxruntime >= 1.20), got {opset}; the default is {OPSET}")
     module = module.eval()
     args = to_torch(example_inputs(dims, batch=2))
     dynamic = {n: {0: BATCH_AXIS} for n in (*schema.MODEL_INPUTS, *output_names)}
