@@ -4,6 +4,7 @@ SIGTERM flushing the recorder."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -248,3 +249,32 @@ def test_replay_into_serve_poses_match_offline_inference_and_counters_add_up(tin
     # Live contributions with labels are reported beside the label-free ones.
     last = poses[-1].extra
     assert abs(sum(last["shares"]) - 1) < 1e-6 and last["shares_gt"] is not None
+
+
+# Detection bounds stated in docs/runtime.md (ticks from the first faulted tick, counted as 1).
+FAULT_BOUNDS = {"stop": 4, "freeze": 5, "nan": 4}
+
+
+@pytest.mark.slow
+def test_runtime_replay_flags_the_faulted_modality_only_and_keeps_serving(tiny_dataset, replay_model, tmp_path):
+    from runtime.cli import main
+
+    faults = ["lidar:stop@4+3", "rgb:freeze@9+3", "wifi:nan@14+3", "mmwave:nan@19+3"]
+    out = tmp_path / "replay.json"
+    code = main(["replay", "--model", str(replay_model), "--data", str(tiny_dataset), "--protocol", "P1",
+                 "--split", "S1", "--subset", "all", "--rate", "0", "--max-frames", "240", "--threads", "1",
+                 *[a for f in faults for a in ("--fault", f)], "--report", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["throughput"]["poses"] == 240          # poses keep coming through every fault
+    assert report["accuracy"]["frames"] == 240 and report["accuracy"]["mpjpe_mm"] > 0
+    assert set(report["accuracy"]["per_action"]) <= set(schema.PROTOCOLS["P1"])
+    for f in report["faults"]:
+        assert f["flagged"], f"{f['spec']} was not flagged"
+        assert f["ticks_to_flag"] <= FAULT_BOUNDS[f["kind"]], f
+        assert f["others_flagged"] == [], f
+    events = [e for e in report["degradation_events"] if e["event"] == "degraded"]
+    assert sorted(e["modality"] for e in events) == sorted(f.split(":")[0] for f in faults)
+    assert report["messages"]["suppressed_by_faults"]["lidar"] == 30
+    shares = report["contribution_shares"]
+    assert abs(sum(shares["label_free"].values()) - 1) < 1e-3 and shares["labelled"] is not None
