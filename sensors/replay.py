@@ -114,8 +114,12 @@ def _points(seq_dir: Path, modality: str, frame: int) -> np.ndarray | None:
 
 
 def frame_messages(seq_dir: Path, frame: int, t_ns: int, joints: np.ndarray | None,
-                   wifi_burst: int = 1) -> list[tuple[str, int, dict, dict]]:
-    """(topic, capture t_ns, arrays, extra) of one frame, in capture-time order."""
+                   wifi_burst: int = 1, mmwave_columns: tuple[str, ...] = schema.MMWAVE_COLUMNS,
+                   ) -> list[tuple[str, int, dict, dict]]:
+    """(topic, capture t_ns, arrays, extra) of one frame, in capture-time order.
+
+    mmwave_columns: the column order of the radar files on disk; the wire always carries
+    ``schema.MMWAVE_COLUMNS`` order."""
     out: list[tuple[str, int, dict, dict]] = []
     csi, status = mmfi.read_frame_status(seq_dir, "wifi", frame)
     if status == "ok":
@@ -131,6 +135,8 @@ def frame_messages(seq_dir: Path, frame: int, t_ns: int, joints: np.ndarray | No
         out.append(("rgb", t_ns, {"kpts": kpts}, {}))
     for m in ("lidar", "mmwave"):
         pts = _points(seq_dir, m, frame)
+        if pts is not None and m == "mmwave" and tuple(mmwave_columns) != schema.MMWAVE_COLUMNS:
+            pts = pts[:, mmfi.mmwave_permutation(mmwave_columns)]
         if pts is not None:
             out.append((m, t_ns, {"points": pts}, {}))
     if joints is not None:
@@ -212,9 +218,11 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
            seed: int = 0, max_frames: int | None = None, sequences: list[str] | None = None,
            start_ns: int | None = None, progress: bool = False, src: str = DEFAULT_SRC,
            station: str | None = None, wifi_burst: int = 1, connect_timeout_s: float = 10.0,
-           send_timeout_s: float = 10.0, context=None) -> ReplayStats:
+           send_timeout_s: float = 10.0, mmwave_columns: tuple[str, ...] = schema.MMWAVE_COLUMNS,
+           context=None) -> ReplayStats:
     """Replay the sequences of ``root`` to ``endpoint`` and return what was sent."""
     _check_args(rate, jitter_ms, drop_prob, max_frames, wifi_burst)
+    mmfi.mmwave_permutation(mmwave_columns)  # validates the order before anything is sent
     keys = select_sequences(root, protocol, split, subset, sequences)
     fault_list = [f if isinstance(f, Fault) else parse_fault(f) for f in (faults or [])]
     rng = np.random.default_rng(seed)
@@ -244,9 +252,9 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
             joints = mmfi.read_ground_truth(seq_dir) if send_gt else None
             for frame in range(min(schema.FRAMES_PER_SEQUENCE, n_frames - f)):
                 t_ns = start_ns + f * schema.FRAME_PERIOD_NS
-                for topic, t, arrays, extra in frame_messages(seq_dir, frame, t_ns,
-                                                              None if joints is None else joints[frame],
-                                                              wifi_burst):
+                gt = None if joints is None else joints[frame]
+                for topic, t, arrays, extra in frame_messages(seq_dir, frame, t_ns, gt, wifi_burst,
+                                                              mmwave_columns):
                     sender.schedule(topic, t, arrays, extra)
                 # Nothing scheduled later can be sent before the next frame's first capture time.
                 sender.flush(before_ns=t_ns + schema.FRAME_PERIOD_NS - (schema.WIFI_PACKETS - 1) * PACKET_NS)
@@ -300,6 +308,9 @@ def add_arguments(p) -> None:
     p.add_argument("--src", default=DEFAULT_SRC, help="sensor id on the wire")
     p.add_argument("--station", default=None)
     p.add_argument("--wifi-burst", type=int, default=1, help="CSI packets per wifi message (1..10)")
+    p.add_argument("--mmwave-columns", default=",".join(schema.MMWAVE_COLUMNS),
+                   help="column order of the radar .bin files on disk (the wire carries "
+                        f"{','.join(schema.MMWAVE_COLUMNS)})")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for a subscriber")
     p.add_argument("--stats-json", default=None, help="also write the statistics to this JSON file")
     p.add_argument("--no-progress", action="store_true")
@@ -320,7 +331,8 @@ def run(args) -> int:
                        faults=faults, send_gt=not args.no_gt, seed=args.seed, max_frames=args.max_frames,
                        sequences=sequences, start_ns=args.start_ns, progress=not args.no_progress,
                        src=args.src, station=args.station, wifi_burst=args.wifi_burst,
-                       connect_timeout_s=args.connect_timeout)
+                       connect_timeout_s=args.connect_timeout,
+                       mmwave_columns=tuple(c.strip() for c in args.mmwave_columns.split(",")))
     except (ReplayError, mmfi.MMFiFormatError) as err:
         log.error("%s", err)
         return 1

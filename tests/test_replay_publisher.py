@@ -359,3 +359,16 @@ def test_replayed_streams_sync_into_complete_ticks(ctx, small_root):
         assert tick.samples["mmwave"].arrays["points"].shape == ((0, 5) if f % 5 == 0 else (8, 5))
         amp = tick.samples["wifi"].arrays["amp"]
         np.testing.assert_allclose(amp.mean(axis=(1, 2)) - 100 * np.arange(10), 40, atol=0.5)
+
+
+def test_frame_messages_put_radar_columns_in_wire_order(small_root):
+    from sensors.replay import frame_messages
+
+    seq_dir = small_root / _seq_name()
+    disk = ("x", "y", "z", "doppler_mps", "snr_db")  # a dataset that stores velocity before SNR
+    as_is = {t: a for t, _, a, _ in frame_messages(seq_dir, 1, T0, None)}
+    swapped = {t: a for t, _, a, _ in frame_messages(seq_dir, 1, T0, None, mmwave_columns=disk)}
+    np.testing.assert_array_equal(swapped["mmwave"]["points"][:, [3, 4]], as_is["mmwave"]["points"][:, [4, 3]])
+    assert "gt" not in as_is and as_is["wifi"]["amp"].shape == (1, 3, 114)
+    with pytest.raises(ValueError, match="mmwave_columns"):
+        replay(small_root, "tcp://127.0.0.1:0", bind=True, mmwave_columns=("x", "y"))
