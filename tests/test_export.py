@@ -121,7 +121,8 @@ def test_baseline_shares_are_finite_nonnegative_and_sum_to_one(exported):
     for fusion, (_, _, path) in exported.items():
         b = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata.baseline
         assert b is not None, fusion
-        assert b.window == export.CALIBRATION_WINDOW and b.n_windows == 4 and b.n_frames == 256
+        # 2 sequences of 130 frames -> 4 whole 30-frame windows each.
+        assert b.window == export.CALIBRATION_WINDOW == 30 and b.n_windows == 8 and b.n_frames == 240
         for part in (b.label_free, b.labelled):
             shares = np.asarray(part["shares"])
             assert np.isfinite(shares).all() and (shares >= 0).all()
@@ -130,7 +131,7 @@ def test_baseline_shares_are_finite_nonnegative_and_sum_to_one(exported):
 
 
 def test_baseline_equals_shapley_of_torch_predictions(exported):
-    """The metadata's label-free Shapley values are the mean over 64-frame windows of the exact
+    """The metadata's label-free Shapley values are the mean over 30-frame windows of the exact
     Shapley values with the Pearson profit against the full prediction."""
     model, cfg, path = exported["concat"]
     cal = random_calibration(export.ModelDims.from_config(cfg))
@@ -142,6 +143,12 @@ def test_baseline_equals_shapley_of_torch_predictions(exported):
     np.testing.assert_allclose(b.label_free["shapley"], np.mean(phis, axis=0), atol=1e-3)
     # Label-free efficiency: the values sum to v(full) - v(empty) = the 51 coordinates agreeing.
     assert sum(b.label_free["shapley"]) == pytest.approx(51.0, abs=1e-3)
+
+
+def test_calibration_window_is_the_runtime_contribution_window():
+    from runtime.contributions import ContributionConfig
+
+    assert export.CALIBRATION_WINDOW == ContributionConfig().window_ticks
 
 
 def test_calibration_windows_stay_inside_sequences():
@@ -225,7 +232,7 @@ def test_training_export_measures_the_baseline_on_dataset_frames(tmp_path, tiny_
             "--calibration-frames", "256"]
     assert training_cli.main(argv) == 0
     b = PoseModel.load(out, provider="cpu", intra_op_threads=1).metadata.baseline
-    assert b is not None and b.n_frames == 256 and b.window == 64
+    assert b is not None and b.window == 30 and b.n_frames == 240  # 256 frames hold 8 whole windows
     assert b.source["protocol"] == cfg.data.protocol and b.source["subset"] == "test"
     for part in (b.label_free, b.labelled):
         assert np.isfinite(part["shares"]).all() and sum(part["shares"]) == pytest.approx(1.0)

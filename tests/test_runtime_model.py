@@ -195,7 +195,7 @@ def test_runtime_info_prints_metadata_baseline_and_provider(model_path, capsys):
     assert runtime_cli.main(["info", "--model", str(model_path), "--provider", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "fusion           concat" in out and "schema version   1" in out
-    assert "baseline         4 windows of 64 frames" in out
+    assert "baseline         8 windows of 30 frames (240 frames)" in out
     for m in schema.MODALITIES:
         assert f"\n                 {m} " in out
     assert "used CPUExecutionProvider" in out

@@ -44,7 +44,9 @@ OPSET = 17
 IR_VERSION = 10  # onnxruntime 1.20 reads IR <= 10; onnx 1.23 would write 11 by default
 OPSETS = range(14, 22)  # what IR 10 and onnxruntime 1.20 both cover (opset 21 is onnxruntime 1.20's newest)
 META_PREFIX = "awc."
-CALIBRATION_WINDOW = 64  # frames per window, as the runtime's sliding window
+# Frames per window: the runtime's sliding window (runtime.contributions.ContributionConfig.window_ticks,
+# 30 ticks = 3 s at 10 Hz; a test keeps the two equal), so baseline and live shares compare like for like.
+CALIBRATION_WINDOW = 30
 CALIBRATION_MAX_FRAMES = 4096
 BATCH_AXIS = "batch"
 
@@ -201,12 +203,14 @@ def trace_to_onnx(module: nn.Module, dims: ModelDims, output_names: tuple[str, .
 
 def export_onnx(model: nn.Module, cfg: Config, out_path: str | Path, calibration: CalibrationSet | None = None,
                 metrics: Mapping[str, Any] | None = None, opset: int = OPSET,
-                no_calibration_reason: str = "exported without calibration data") -> Path:
+                no_calibration_reason: str = "exported without calibration data",
+                calibration_window: int = CALIBRATION_WINDOW) -> Path:
     """Export ``model`` (the training API: encode / fuse / fuse_coalitions) with full metadata.
 
     cfg: the resolved training config (training.config.Config). calibration: validation frames for the contribution baseline
     (None -> the metadata records the baseline as missing, with ``no_calibration_reason``).
-    metrics: validation metrics to record. Returns the written path.
+    metrics: validation metrics to record. calibration_window: frames per baseline window.
+    Returns the written path.
     """
     out_path = Path(out_path)
     dims = ModelDims.from_config(cfg)
@@ -215,7 +219,7 @@ def export_onnx(model: nn.Module, cfg: Config, out_path: str | Path, calibration
     if calibration is None:
         baseline: dict[str, Any] = {"available": False, "reason": no_calibration_reason}
     else:
-        baseline = measure_baseline(proto.SerializeToString(), calibration)
+        baseline = measure_baseline(proto.SerializeToString(), calibration, window=calibration_window)
     props["contribution_baseline"] = json.dumps(baseline)
     set_metadata(proto, props)
     onnx.checker.check_model(proto, full_check=True)
@@ -410,7 +414,8 @@ def load_calibration(cfg: Config, data_root: str | Path | None = None, subset: s
 # ----------------------------------------------------------------------------------------------
 def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: str | Path | None = None,
                       calibrate: bool = True, opset: int = OPSET,
-                      max_calibration_frames: int = CALIBRATION_MAX_FRAMES) -> Path:
+                      max_calibration_frames: int = CALIBRATION_MAX_FRAMES,
+                      calibration_window: int = CALIBRATION_WINDOW) -> Path:
     """``training export``: checkpoint -> ONNX with metadata and (unless told not to) the baseline."""
     from training.checkpoint import load_checkpoint
 
@@ -418,10 +423,12 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: s
     model.eval()
     calibration = None
     if calibrate:
-        calibration = load_calibration(cfg, data_root, max_frames=max_calibration_frames)
+        calibration = load_calibration(cfg, data_root, max_frames=max_calibration_frames,
+                                       window=calibration_window)
     metrics = checkpoint_metrics(info)
     return export_onnx(model, cfg, out_path, calibration=calibration, metrics=metrics, opset=opset,
-                       no_calibration_reason="exported with --no-calibration")
+                       no_calibration_reason="exported with --no-calibration",
+                       calibration_window=calibration_window)
 
 
 def checkpoint_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -463,12 +470,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--calibration-frames", type=int, default=CALIBRATION_MAX_FRAMES,
                         help="at most this many validation frames for the baseline")
+    parser.add_argument("--calibration-window", type=int, default=CALIBRATION_WINDOW,
+                        help="consecutive frames per baseline window (match the runtime's contributions window)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         path = export_checkpoint(args.checkpoint, args.out, data_root=args.data, calibrate=not args.no_calibration,
-                                 opset=args.opset, max_calibration_frames=args.calibration_frames)
+                                 opset=args.opset, max_calibration_frames=args.calibration_frames,
+                                 calibration_window=args.calibration_window)
     except ExportError as err:
         log.error("%s", err)
         return 2
