@@ -297,3 +297,75 @@ def test_systemd_analyze_verify(tmp_path):
     r = subprocess.run([tool, "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "Unknown" not in r.stderr and "ignoring" not in r.stderr, r.stderr
+
+
+# --- the shipped command lines parse with the real CLIs ---------------------------------------
+
+def parse_cli(module_name: str, argv: list[str]):
+    import argparse
+    import importlib
+
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def shell_words(command: list[str] | str, env: dict[str, str]) -> list[str]:
+    """A compose command or systemd ExecStart as argv, with $VAR / ${VAR} / $$VAR filled from env."""
+    import shlex
+
+    text = command[-1] if isinstance(command, list) and command[:2] == ["sh", "-c"] else command
+    if isinstance(text, list):
+        return text
+    text = re.sub(r"\$\$?\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), text)
+    words = shlex.split(text)
+    return words[1:] if words[0] == "exec" else words
+
+
+def test_compose_commands_parse_with_the_real_clis():
+    from runtime.serve import config_from_args
+
+    services = compose()["services"]
+    argv = shell_words(services["runtime"]["command"], {})
+    assert argv[:2] == ["runtime", "serve"]
+    args = parse_cli("runtime.serve", argv[2:])
+    args.config = str(DEPLOY / "compose" / "runtime.yaml")  # where the compose file mounts it from
+    assert config_from_args(args).metrics.host == "0.0.0.0"
+    argv = shell_words(services["replay"]["command"], {"AWC_REPLAY_ARGS": "--fault lidar:stop@30"})
+    assert argv[:2] == ["sensors", "replay"]
+    args = parse_cli("sensors.replay", argv[2:])
+    assert args.connect == "tcp://runtime:5555" and args.fault == ["lidar:stop@30"]
+    data_cmd = services["data"]["command"][-1]
+    args = parse_cli("sensors.simulate.cli", shlex_after(data_cmd, "sensors simulate"))
+    assert args.preset == "tiny" and str(args.out) == "/data/mmfi"
+
+
+def shlex_after(text: str, prefix: str) -> list[str]:
+    import shlex
+
+    return shlex.split(text[text.index(prefix) + len(prefix):])
+
+
+def test_compose_model_export_call_matches_export_untrained():
+    import ast
+
+    code = compose()["services"]["model"]["command"][-1]
+    call = ast.parse(re.search(r'python -c "(.*)"', code, re.S).group(1).replace("\n", " "))
+    kwargs = {k.arg for node in ast.walk(call) if isinstance(node, ast.Call) for k in node.keywords}
+    tree = ast.parse((REPO / "training" / "export.py").read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "export_untrained")
+    params = {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+    assert kwargs and kwargs <= params, f"export_untrained takes {sorted(params)}, compose passes {sorted(kwargs)}"
+
+
+@pytest.mark.parametrize("name,env,module", [("awc-runtime.service", "runtime.env", "runtime.serve"),
+                                             ("awc-replay.service", "replay.env", "sensors.replay")])
+def test_unit_exec_start_parses_with_the_real_cli(name, env, module):
+    argv = shell_words(unit(name)["Service"]["ExecStart"], env_file(env))
+    assert Path(argv[0]).name in ("runtime", "sensors") and argv[1] in ("serve", "replay")
+    args = parse_cli(module, argv[2:])
+    if module == "runtime.serve":
+        assert args.config == "/etc/awc-pose/runtime.yaml" and args.model.endswith(".onnx")
+    else:
+        assert args.connect == "tcp://127.0.0.1:5555" and args.rate == 1.0
