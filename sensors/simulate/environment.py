@@ -22,8 +22,8 @@ class Environment:
 
     name: str
     camera_height_m: float = 0.86          # floor at y = +camera_height_m in the camera frame
-    subject_depth_m: tuple[float, float] = (3.05, 3.35)  # pelvis z range of the subjects
-    subject_x_m: tuple[float, float] = (-0.25, 0.2)      # pelvis x range
+    subject_depth_m: tuple[float, float] = (3.2, 3.35)  # pelvis z range of the subjects
+    subject_x_m: tuple[float, float] = (-0.08, 0.04)    # pelvis x range
     lidar_offset_m: tuple[float, float, float] = (0.0, -0.2, 0.1)  # LiDAR origin in the camera frame
     radar_offset_m: tuple[float, float, float] = (0.25, -0.05, 0.05)  # radar origin in the camera frame
     back_wall_m: float | None = 5.0        # depth of the wall behind the subject (None = open room)
@@ -65,7 +65,7 @@ ENVIRONMENTS: dict[str, Environment] = {
                        wifi_tx_m=(-1.2, 0.1, 3.4), wifi_rx_m=(1.3, -0.1, 3.1)),
     "E04": Environment("E04", camera_height_m=0.92, back_wall_m=4.6, side_walls_m=1.8,
                        wifi_level_db=40.1, wifi_edge_drop_db=(5.7, 2.3), wifi_paths=12, wifi_seed=404,
-                       subject_depth_m=(3.1, 3.4)),
+                       subject_depth_m=(3.22, 3.38)),
 }
 
 

@@ -85,61 +85,53 @@ def _background(d: np.ndarray, height: float, wall_x: float | None, side_y: floa
     return t
 
 
-def _near_body(d: np.ndarray, joints_s: np.ndarray, margin: float) -> np.ndarray:
-    """Rays [R] inside the body's angular bounding box widened by ``margin`` metres (a cheap cull)."""
-    rng_ = np.linalg.norm(joints_s, axis=-1)
-    az = np.arctan2(joints_s[:, 1], joints_s[:, 0])
-    el = np.arcsin(joints_s[:, 2] / rng_)
-    pad = margin / rng_.min()
-    ray_az = np.arctan2(d[:, 1], d[:, 0])
-    ray_el = np.arcsin(np.clip(d[:, 2], -1, 1))
-    return ((ray_az > az.min() - pad) & (ray_az < az.max() + pad)
-            & (ray_el > el.min() - pad) & (ray_el < el.max() + pad))
-
-
 def _body_hits(d: np.ndarray, a: np.ndarray, b: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest capsule hit range [R] (inf = miss) and the rays' smallest clearance [R] outside a capsule."""
-    e = b - a                                   # [C,3]
-    bb = d @ e.T                                # [R,C] d.e
-    da = d @ a.T                                # [R,C] d.A
-    ea = np.sum(e * a, -1)[None]                # [1,C]
-    cc = np.sum(e * e, -1)[None]
+    """Rays d [K,R,3] (unit, from the origin) against capsules A, B [K,C,3], radii [C].
+
+    Returns the nearest hit range [K,R] (inf = miss) and each ray's smallest clearance outside a
+    capsule [K,R]."""
+    d, a, b, r = (np.asarray(v, dtype=np.float32) for v in (d, a, b, r))  # float32: 3 m ranges need no more
+    e = b - a                                                   # [K,C,3]
+    bb = d @ e.transpose(0, 2, 1)                               # [K,R,C] d.e
+    da = d @ a.transpose(0, 2, 1)                               # d.A
+    ea = np.sum(e * a, -1)[:, None]                             # [K,1,C]
+    cc = np.sum(e * e, -1)[:, None]
     s = np.clip((bb * da - ea) / np.maximum(cc - bb * bb, 1e-9), 0.0, 1.0)
     t = np.maximum(da + s * bb, 0.0)
-    closest = t[..., None] * d[:, None, :] - a[None] - s[..., None] * e[None]
-    dist2 = np.sum(closest * closest, -1)
-    inside = dist2 < r[None] ** 2
-    t_hit = np.where(inside, t - np.sqrt(np.maximum(r[None] ** 2 - dist2, 0.0)), np.inf)
-    clearance = np.min(np.sqrt(dist2) - r[None], axis=1)
-    return t_hit.min(axis=1), clearance
+    # |t d - A - s e|^2 expanded (d unit): avoids a [K,R,C,3] temporary
+    aa = np.sum(a * a, -1)[:, None]
+    dist2 = np.maximum(t * t + aa + s * s * cc - 2 * t * da - 2 * t * s * bb + 2 * s * ea, 0.0)
+    r2 = (r * r)[None, None]
+    t_hit = np.where(dist2 < r2, t - np.sqrt(np.maximum(r2 - dist2, 0.0)), np.float32(np.inf))
+    clearance = np.min(np.sqrt(dist2) - r[None, None], axis=2)
+    return t_hit.min(axis=2).astype(np.float64), clearance.astype(np.float64)
 
 
-def scan(joints_cam: np.ndarray, env, rng: np.random.Generator, cfg: LidarConfig = LidarConfig(),
-         bone_radius: dict[str, float] | None = None) -> np.ndarray:
-    """One frame: ground-truth joints [17,3] (camera frame, m) -> points float64 [N,3] sensor frame."""
-    js = camera_to_sensor(joints_cam, env.lidar_offset_m)
+def scan_frames(joints_cam: np.ndarray, env, rng: np.random.Generator, cfg: LidarConfig = LidarConfig(),
+                bone_radius: dict[str, float] | None = None) -> list[np.ndarray]:
+    """Frames: ground-truth joints [K,17,3] (camera frame, m) -> K float64 [N,3] clouds, sensor frame."""
+    js = camera_to_sensor(joints_cam, env.lidar_offset_m)                           # [K,17,3]
     height = env.camera_height_m - env.lidar_offset_m[1]  # floor is at z = -height
     wall_x = None if env.back_wall_m is None else env.back_wall_m - env.lidar_offset_m[2]
-    side_y = env.side_walls_m
-    grid, _ = ray_grid(cfg, float(np.arctan2(js[0, 1], js[0, 0])))
-    d = grid.reshape(-1, 3)
-    a, b, r = _capsules(js, bone_radius or BONE_RADIUS_M)
-    near = _near_body(d, js, margin=0.3)
-    t_body = np.full(d.shape[0], np.inf)
-    clearance = np.full(d.shape[0], np.inf)
-    t_body[near], clearance[near] = _body_hits(d[near], a, b, r)
-    t_bg = _background(d, height, wall_x, side_y)
+    d = np.stack([ray_grid(cfg, float(np.arctan2(j[0, 1], j[0, 0])))[0].reshape(-1, 3) for j in js])  # [K,R,3]
+    caps = [_capsules(j, bone_radius or BONE_RADIUS_M) for j in js]
+    a, b = np.stack([c[0] for c in caps]), np.stack([c[1] for c in caps])          # [K,C,3]
+    t_body, clearance = _body_hits(d, a, b, caps[0][2])
+    t_bg = _background(d.reshape(-1, 3), height, wall_x, env.side_walls_m).reshape(t_body.shape)
     t = np.minimum(t_body, t_bg)
     edge = (clearance >= 0) & (clearance < cfg.edge_margin_m) & (rng.random(t.shape) < cfg.edge_mix_rate)
     mix = rng.uniform(0.2, 0.8, t.shape)
-    depth_body = d @ js[0]                      # ~range of the body along the ray
+    depth_body = np.einsum("krd,kd->kr", d, js[:, 0])                               # ~range of the body
     t = np.where(edge & np.isfinite(t_bg), mix * depth_body + (1 - mix) * t_bg, t)
     t = t + cfg.range_sigma_m * rng.standard_normal(t.shape)
     keep = np.isfinite(t) & (t > cfg.min_range_m) & (t < cfg.max_range_m) & (rng.random(t.shape) >= cfg.dropout_rate)
-    pts = d[keep] * t[keep, None]               # ring by ring (top beam first), column order
-    if rng.random() < cfg.stray_burst_rate:
-        pts = np.concatenate([pts, _stray_burst(rng, js[0], cfg)])
-    return pts.astype(np.float64)
+    clouds = []
+    for k in range(js.shape[0]):
+        pts = d[k][keep[k]] * t[k, keep[k], None]   # ring by ring (top beam first), column order
+        if rng.random() < cfg.stray_burst_rate:
+            pts = np.concatenate([pts, _stray_burst(rng, js[k, 0], cfg)])
+        clouds.append(pts.astype(np.float64))
+    return clouds
 
 
 def _stray_burst(rng: np.random.Generator, centre: np.ndarray, cfg: LidarConfig) -> np.ndarray:
@@ -149,7 +141,16 @@ def _stray_burst(rng: np.random.Generator, centre: np.ndarray, cfg: LidarConfig)
     return where + rng.normal(0, rng.uniform(0.05, 0.3), (n, 3))
 
 
+def scan(joints_cam: np.ndarray, env, rng: np.random.Generator, cfg: LidarConfig = LidarConfig(),
+         bone_radius: dict[str, float] | None = None) -> np.ndarray:
+    """One frame: joints [17,3] (camera frame, m) -> points float64 [N,3] in the sensor frame."""
+    return scan_frames(joints_cam[None], env, rng, cfg, bone_radius)[0]
+
+
 def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: LidarConfig = LidarConfig(),
-             bone_radius: dict[str, float] | None = None) -> list[np.ndarray]:
+             bone_radius: dict[str, float] | None = None, chunk: int = 50) -> list[np.ndarray]:
     """All frames: [T,17,3] camera-frame joints -> list of T float64 [N,3] clouds."""
-    return [scan(j, env, rng, cfg, bone_radius) for j in joints]
+    out: list[np.ndarray] = []
+    for i in range(0, joints.shape[0], chunk):
+        out += scan_frames(joints[i:i + chunk], env, rng, cfg, bone_radius)
+    return out

@@ -34,7 +34,7 @@ J = schema.JOINT_INDEX
 class WifiConfig:
     centre_hz: float = 5.32e9
     spacing_hz: float = 312.5e3
-    los_k_db: float = 9.0                 # direct path power over the scattered static paths
+    los_k_db: float = 11.0                # direct path power over the scattered static paths
     path_decay_ns: float = 25.0           # exponential power-delay decay of the static paths
     body_rel_db: float = -15.0            # total body reflection power relative to the direct path
     sequence_path_sigma: float = 0.3      # per-sequence relative perturbation of the static paths
@@ -43,6 +43,8 @@ class WifiConfig:
     packet_gain_sigma_db: float = 1.3     # per (antenna, packet) gain jitter (real frame: ~1.3 dB)
     residual_sigma_db: float = 0.25       # per value scatter (real frame: ~0.25 dB)
     edge_width_sc: float = 8.0            # e-folding width (subcarriers) of the band-edge roll-off
+    shadow_db: float = 7.0                # attenuation of a path leg running through the torso
+    shadow_width_m: float = 0.12          # ~ first Fresnel zone radius (5 GHz, ~1.5 m legs)
     phase_slope_sigma: float = 0.02       # rad per subcarrier, per packet
     phase_noise_sigma: float = 0.03       # rad, per (antenna, packet)
     nonfinite_frame_rate: float = 0.01    # frames with a corrupted packet
@@ -68,25 +70,66 @@ def rx_antennas(env, cfg: WifiConfig) -> np.ndarray:
     return np.asarray(env.wifi_rx_m) + np.arange(schema.WIFI_ANTENNAS)[:, None] * np.array([0, 0, half_lambda])
 
 
-def static_paths(env, cfg: WifiConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The room's static paths: complex gains [P], delays [P] (s), arrival angles [P] (rad)."""
+def static_paths(env, cfg: WifiConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The room's static paths: complex gains [P], delays [P] (s), arrival angles [P] (rad) and
+    bounce points [P,3] (camera frame, m; the direct path's is the midpoint of Tx and Rx)."""
     rng = np.random.default_rng(env.wifi_seed)
-    direct = np.linalg.norm(np.subtract(env.wifi_tx_m, env.wifi_rx_m)) / SPEED_OF_LIGHT
+    tx, rx = np.asarray(env.wifi_tx_m), np.asarray(env.wifi_rx_m)
+    direct = np.linalg.norm(tx - rx) / SPEED_OF_LIGHT
     lo, hi = env.wifi_delay_ns
     tau = np.concatenate([[direct], np.sort(rng.uniform(max(lo * 1e-9, direct), hi * 1e-9, env.wifi_paths - 1))])
     power = np.exp(-(tau - direct) / (cfg.path_decay_ns * 1e-9))
     power[1:] *= 10 ** (-cfg.los_k_db / 10) / power[1:].sum()
     gain = np.sqrt(power) * np.exp(1j * rng.uniform(0, 2 * np.pi, tau.size))
     theta = rng.uniform(-np.pi / 2, np.pi / 2, tau.size)
-    return gain, tau, theta
+    return gain, tau, theta, _bounce_points(tx, rx, tau * SPEED_OF_LIGHT, rng)
+
+
+def _bounce_points(tx: np.ndarray, rx: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A point on the ellipsoid {|tx-p| + |p-rx| = L} in a random direction, per path length L."""
+    centre, half = (tx + rx) / 2, np.linalg.norm(rx - tx) / 2
+    axis = (rx - tx) / (2 * half)
+    u = rng.normal(size=(lengths.size, 3))
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    a = np.maximum(lengths / 2, half * (1 + 1e-6))
+    b2 = a * a - half * half
+    cos2 = (u @ axis) ** 2
+    r = 1.0 / np.sqrt(cos2 / (a * a) + (1 - cos2) / np.maximum(b2, 1e-9))
+    points = centre + r[:, None] * u
+    points[0] = centre
+    return points
+
+
+def shadowing_db(points: np.ndarray, weights: np.ndarray, tx: np.ndarray, rx: np.ndarray,
+                 bounces: np.ndarray, cfg: WifiConfig) -> np.ndarray:
+    """Attenuation (dB, >= 0) [K,P] of each path by the body: scatterer points [K,S,3] near the
+    legs Tx -> bounce -> Rx (a Gaussian of the distance, width ~ the Fresnel zone), weight [S]."""
+    legs = [(np.broadcast_to(tx, bounces.shape), bounces), (bounces, np.broadcast_to(rx, bounces.shape))]
+    total = 0.0
+    for a, b in legs:                                       # [P,3] each
+        ab = b - a
+        rel = points[:, None] - a[None, :, None]            # [K,P,S,3]
+        s = np.clip(np.einsum("kpsd,pd->kps", rel, ab) / np.sum(ab * ab, -1)[None, :, None], 0, 1)
+        dist = np.linalg.norm(rel - s[..., None] * ab[None, :, None], axis=-1)
+        total = total + np.einsum("kps,s->kp", np.exp(-(dist / cfg.shadow_width_m) ** 2), weights)
+    return cfg.shadow_db * total
+
+
+def path_phasors(tau, theta, freqs: np.ndarray) -> np.ndarray:
+    """[P,3,114] unit phasors of each path at each antenna and subcarrier."""
+    ant = np.arange(schema.WIFI_ANTENNAS)[None, :, None]
+    return np.exp(-2j * np.pi * freqs[None, None, :] * tau[:, None, None]) \
+        * np.exp(-1j * np.pi * ant * np.sin(theta)[:, None, None])
 
 
 def static_channel(gain, tau, theta, freqs: np.ndarray) -> np.ndarray:
-    """[3,114] complex channel of the static paths."""
-    ant = np.arange(schema.WIFI_ANTENNAS)[:, None, None]
-    terms = gain[None, None] * np.exp(-2j * np.pi * freqs[None, :, None] * tau[None, None]) \
-        * np.exp(-1j * np.pi * ant * np.sin(theta)[None, None])
-    return terms.sum(-1)
+    """[3,114] complex channel of the static paths (no body)."""
+    return np.einsum("p,pas->as", gain, path_phasors(tau, theta, freqs))
+
+
+# Shadowing weight of each scatterer (joints, then bone midpoints), relative to the torso (1.0).
+SHADOW_WEIGHT = np.array([0.6, 0.3, 0.25, 0.15, 0.3, 0.25, 0.15, 0.7, 0.7, 0.3, 0.4, 0.3, 0.2, 0.12, 0.3, 0.2, 0.12]
+                         + [0.3, 0.25, 0.2, 0.3, 0.25, 0.2, 1.0, 1.0, 0.35, 0.35, 0.3, 0.25, 0.15, 0.3, 0.25, 0.15])
 
 
 def scatterers(joints: np.ndarray) -> np.ndarray:
@@ -136,20 +179,27 @@ def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig 
     """[T,17,3] camera-frame joints -> (CSIamp, CSIphase), each float64 [T,3,114,10]."""
     n = joints.shape[0]
     freqs = subcarrier_hz(cfg)
-    gain, tau, theta = static_paths(env, cfg)
+    gain, tau, theta, bounces = static_paths(env, cfg)
     nominal_db = 20 * np.log10(np.abs(static_channel(gain, tau, theta, freqs)))
     rolloff = edge_rolloff_db(env, cfg)
     level = env.wifi_level_db - nominal_db.mean() - rolloff.mean()
     gain = gain * (1 + cfg.sequence_path_sigma * (rng.standard_normal(gain.size)
                                                   + 1j * rng.standard_normal(gain.size)) / np.sqrt(2))
     gain[0] = abs(gain[0])
-    h_static = static_channel(gain, tau, theta, freqs)                           # [3,114]
+    phasors = path_phasors(tau, theta, freqs)                                    # [P,3,114]
     scale = body_scale(env, cfg, joints[0], freqs)
     pts = scatterers(packet_poses(joints)).reshape(n * schema.WIFI_PACKETS, -1, 3)
-    h_body = np.concatenate([body_channel(pts[i:i + 500], env, cfg, freqs, scale)
-                             for i in range(0, pts.shape[0], 500)])             # [T*10,3,114]
-    h = (h_static[None] + h_body).reshape(n, schema.WIFI_PACKETS, schema.WIFI_ANTENNAS, -1)
-    h = h.transpose(0, 2, 3, 1)                                                   # [T,3,114,10]
+    tx, rx = np.asarray(env.wifi_tx_m), np.asarray(env.wifi_rx_m)
+    h = np.empty((pts.shape[0], schema.WIFI_ANTENNAS, schema.WIFI_SUBCARRIERS), dtype=np.complex128)
+    # shadowing is smooth in time: evaluate it per frame and interpolate to the packets
+    frame_shadow = shadowing_db(scatterers(joints), SHADOW_WEIGHT, tx, rx, bounces, cfg)      # [T,P]
+    nxt = np.concatenate([frame_shadow[1:], frame_shadow[-1:]])
+    w = (np.arange(schema.WIFI_PACKETS) / schema.WIFI_PACKETS)[None, :, None]
+    shadow = 10 ** (-(frame_shadow[:, None] * (1 - w) + nxt[:, None] * w).reshape(pts.shape[0], -1) / 20)
+    for i in range(0, pts.shape[0], 500):
+        h[i:i + 500] = np.einsum("kp,pas->kas", shadow[i:i + 500] * gain[None], phasors) \
+            + body_channel(pts[i:i + 500], env, cfg, freqs, scale)
+    h = h.reshape(n, schema.WIFI_PACKETS, schema.WIFI_ANTENNAS, -1).transpose(0, 2, 3, 1)  # [T,3,114,10]
     amp = 20 * np.log10(np.abs(h)) + level + rolloff[None, None, :, None]
     amp = amp + rng.normal(0, cfg.sequence_gain_sigma_db) \
         + rng.normal(0, cfg.antenna_gain_sigma_db, (1, schema.WIFI_ANTENNAS, 1, 1)) \

@@ -1,0 +1,271 @@
+"""``sensors realism``: realism figures of an MM-Fi-format dataset (generated or real).
+
+Reads the dataset back from disk and reports: bone lengths and their per-subject constancy, the
+ground-truth camera-frame ranges, LiDAR and mmWave point counts (mmWave empty frames overall and
+for still vs moving frames), CSI amplitude statistics and NaN/inf rates, RGB keypoints inside the
+image and person height, and a *linear probe* of how much pose each modality carries.
+
+The probe is not the project's model: it is a ridge regression from simple per-frame features of
+one modality (flattened keypoints; LiDAR / mmWave voxel occupancy; packet-averaged CSI amplitude
+profile) to the 51 ground-truth coordinates, fitted on some subjects and scored (MPJPE, mm) on
+the others, beside a mean-pose predictor. It checks the ordering of the modalities cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from sklearn.linear_model import RidgeCV
+from sklearn.neighbors import KNeighborsRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sensors import posemath, preprocess, schema
+from sensors.simulate.body import bone_lengths
+
+STILL_SPEED_MPS = 0.05   # max joint speed below which a frame counts as still
+MOVING_SPEED_MPS = 0.3   # ... and above which it counts as moving
+LIDAR_BOX = ((1.8, 4.2), (-1.2, 1.2), (-1.3, 1.0))   # x, y, z metres (sensor frame) of the body crop
+LIDAR_BINS = (4, 8, 12)
+LIDAR_SLICES = 16
+MMWAVE_BOX = ((1.5, 4.5), (-1.5, 1.5), (-1.5, 1.5))
+MMWAVE_BINS = (3, 6, 6)
+PROBE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+PROBE_NEIGHBOURS = 20
+
+
+# --------------------------------------------------------------------------------------------
+# Reading (the MM-Fi file formats)
+# --------------------------------------------------------------------------------------------
+def sequences(root: Path) -> list[Path]:
+    """All sequence folders ROOT/Exx/Syy/Azz that hold a ground_truth.npy, sorted."""
+    return sorted(p.parent for p in Path(root).glob(f"E*/S*/A*/{schema.MMFI_GT_FILE}"))
+
+
+def read_ground_truth(seq_dir: Path) -> np.ndarray:
+    return np.load(Path(seq_dir) / schema.MMFI_GT_FILE)
+
+
+def read_frame(seq_dir: Path, modality: str, frame: int):
+    """One frame of one modality in MM-Fi's format (wifi -> (amp, phase))."""
+    path = Path(seq_dir) / schema.MMFI_FOLDERS[modality] / schema.frame_file_name(modality, frame)
+    if modality == "rgb":
+        return np.load(path)
+    if modality in ("lidar", "mmwave"):
+        return np.fromfile(path, dtype=np.float64).reshape(-1, 3 if modality == "lidar" else 5)
+    mat = scipy.io.loadmat(path)
+    return mat["CSIamp"], mat["CSIphase"]
+
+
+# --------------------------------------------------------------------------------------------
+# Per-modality probe features (pure)
+# --------------------------------------------------------------------------------------------
+def _occupancy(points: np.ndarray, box, bins) -> np.ndarray:
+    if points.shape[0] == 0:
+        return np.zeros(int(np.prod(bins)))
+    h, _ = np.histogramdd(points[:, :3], bins=bins, range=box)
+    return (h / max(points.shape[0], 1)).reshape(-1)
+
+
+def _rgb_features(kpts: np.ndarray) -> np.ndarray:
+    """Keypoints relative to the image centre divided by the person's height in pixels (X ~ u Z / f),
+    the inverse height (~ depth) and the plain normalised keypoints."""
+    y = kpts[:, 1]
+    height = max(float(np.percentile(y, 90) - np.percentile(y, 10)), 20.0)
+    centred = (kpts - np.array([schema.IMAGE_WIDTH / 2, schema.IMAGE_HEIGHT / 2])) / height
+    return np.concatenate([centred.reshape(-1), [100.0 / height],
+                           preprocess.normalize_keypoints(kpts).reshape(-1)])
+
+
+def _lidar_features(points: np.ndarray) -> np.ndarray:
+    """Body points (above the floor, in front of the background) in height slices: share, mean and
+    extent across (y) and mean range (x) per slice, plus a coarse occupancy grid."""
+    (x0, x1), (y0, y1), (z0, z1) = LIDAR_BOX
+    floor = np.percentile(points[:, 2], 2) if points.shape[0] else z0
+    keep = ((points[:, 0] > x0) & (points[:, 0] < x1) & (np.abs(points[:, 1]) < y1)
+            & (points[:, 2] > floor + 0.1) & (points[:, 2] < z1))
+    body = points[keep]
+    edges = np.linspace(z0, z1, LIDAR_SLICES + 1)
+    slot = np.digitize(body[:, 2], edges) - 1
+    out = np.zeros((LIDAR_SLICES, 5))
+    for k in range(LIDAR_SLICES):
+        sl = body[slot == k]
+        if sl.shape[0]:
+            out[k] = (sl.shape[0] / max(body.shape[0], 1), sl[:, 1].mean(), sl[:, 1].min(), sl[:, 1].max(),
+                      sl[:, 0].mean())
+    return np.concatenate([out.reshape(-1), _occupancy(body, LIDAR_BOX, LIDAR_BINS)])
+
+
+def _mmwave_features(points: np.ndarray) -> np.ndarray:
+    """Occupancy weighted by the count, the count and the point statistics (0 when empty)."""
+    n = points.shape[0]
+    occ = _occupancy(points, MMWAVE_BOX, MMWAVE_BINS) * n
+    stats = (np.concatenate([points[:, :3].mean(0), points[:, :3].min(0), points[:, :3].max(0)])
+             if n else np.zeros(9))
+    return np.concatenate([occ, [n], stats])
+
+
+def _wifi_features(amp_phase) -> np.ndarray:
+    """Packet-averaged amplitude profile (19 subcarrier groups per antenna), per-antenna level and
+    the packet-to-packet spread (motion)."""
+    amp = preprocess.clean_csi(amp_phase[0]).astype(np.float64)    # [3,114,10]
+    prof = amp.mean(-1).reshape(3, 19, 6).mean(-1)
+    motion = amp.std(-1).reshape(3, 19, 6).mean(-1)
+    return np.concatenate([prof.reshape(-1), amp.mean((1, 2)), motion.reshape(-1)])
+
+
+FEATURES = {"rgb": _rgb_features, "lidar": _lidar_features, "mmwave": _mmwave_features, "wifi": _wifi_features}
+
+
+def features(modality: str, value) -> np.ndarray:
+    """Probe feature vector of one frame (wifi: value = (amp, phase))."""
+    return FEATURES[modality](value)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+def _stats(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"min": float(v.min()), "median": float(np.median(v)), "max": float(v.max()), "mean": float(v.mean())}
+
+
+def _speed(gt: np.ndarray) -> np.ndarray:
+    """Max joint speed per frame (m/s) of a [T,17,3] sequence."""
+    return np.linalg.norm(np.gradient(gt, 1.0 / schema.FRAME_RATE_HZ, axis=0), axis=-1).max(-1)
+
+
+def collect(root: Path, frame_step: int = 1) -> dict:
+    """Read every ``frame_step``-th frame of every sequence: features and raw statistics."""
+    out = {k: [] for k in ("subject", "gt", "speed", "lidar_n", "mmwave_n", "kpts", "csi", "csi_bad",
+                           "f_rgb", "f_lidar", "f_mmwave", "f_wifi", "bones", "seq_subject")}
+    for seq in sequences(root):
+        subject = seq.parent.name
+        gt = read_ground_truth(seq)
+        out["bones"].append(bone_lengths(gt.astype(np.float64)))
+        out["seq_subject"].append(subject)
+        speed = _speed(gt.astype(np.float64))
+        for t in range(0, gt.shape[0], frame_step):
+            kp, cloud, radar, (amp, phase) = (read_frame(seq, m, t) for m in schema.MODALITIES)
+            out["subject"].append(subject)
+            out["gt"].append(gt[t].reshape(-1))
+            out["speed"].append(speed[t])
+            out["lidar_n"].append(cloud.shape[0])
+            out["mmwave_n"].append(radar.shape[0])
+            out["kpts"].append(kp)
+            finite = amp[np.isfinite(amp)]
+            out["csi"].append((finite.min(), finite.max(), finite.mean()) if finite.size else (np.nan,) * 3)
+            out["csi_bad"].append((int((~np.isfinite(amp)).sum() + (~np.isfinite(phase)).sum()), amp.size * 2))
+            for m, v in zip(schema.MODALITIES, (kp, cloud, radar, (amp, phase)), strict=True):
+                out[f"f_{m}"].append(features(m, v))
+    if not out["gt"]:
+        raise FileNotFoundError(f"no sequences (E*/S*/A*/{schema.MMFI_GT_FILE}) under {root}: expected an "
+                                "MM-Fi-format dataset, e.g. one written by `sensors simulate --out DIR`")
+    return out
+
+
+def _probes() -> dict:
+    return {"ridge": make_pipeline(StandardScaler(), RidgeCV(alphas=PROBE_ALPHAS)),
+            "knn": make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=PROBE_NEIGHBOURS))}
+
+
+def _mpjpe_mm(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(posemath.mpjpe(pred.reshape(-1, schema.N_JOINTS, 3), gt.reshape(-1, schema.N_JOINTS, 3)).mean())
+
+
+def _fit_best(x: np.ndarray, y: np.ndarray, subjects: np.ndarray):
+    """Ridge or k-NN, whichever scores better on the last training subject held out (the test
+    subjects play no part in the choice); refitted on all training subjects."""
+    val = subjects == sorted(set(subjects))[-1]
+    if val.all() or not val.any():
+        val = np.arange(len(y)) >= int(0.75 * len(y))
+    scores = {name: _mpjpe_mm(p.fit(x[~val], y[~val]).predict(x[val]), y[val]) for name, p in _probes().items()}
+    best = min(scores, key=scores.get)
+    return _probes()[best].fit(x, y), best
+
+
+def probe(data: dict, test_subjects: set[str] | None = None) -> dict:
+    """Per-modality probe MPJPE (mm) on held-out subjects, beside the mean pose.
+
+    Test subjects: S05, S10, ... (split S2) when present, else the last subject."""
+    subjects = np.array(data["subject"])
+    names = sorted(set(subjects))
+    if len(names) < 3:
+        return {"error": "the probe needs at least three subjects (fit, choose, score on different ones)"}
+    if test_subjects is None:
+        test_subjects = {s for s in names if int(s[1:]) % 5 == 0}
+        if not test_subjects or len(set(names) - test_subjects) < 2:
+            test_subjects = {names[-1]}
+    test = np.isin(subjects, sorted(test_subjects))
+    y = np.asarray(data["gt"], dtype=np.float64)
+    result = {"test_subjects": sorted(test_subjects), "train_frames": int((~test).sum()),
+              "test_frames": int(test.sum()),
+              "mean_pose_mm": _mpjpe_mm(np.broadcast_to(y[~test].mean(0), y[test].shape), y[test])}
+    for m in schema.MODALITIES:
+        x = np.asarray(data[f"f_{m}"], dtype=np.float64)
+        model, kind = _fit_best(x[~test], y[~test], subjects[~test])
+        result[f"{m}_mm"] = _mpjpe_mm(model.predict(x[test]), y[test])
+        result[f"{m}_probe"] = kind
+    return result
+
+
+def realism_report(root, frame_step: int = 1, with_probe: bool = True) -> dict:
+    """Realism figures of the dataset under ``root`` (see the module docstring)."""
+    d = collect(Path(root), frame_step)
+    gt = np.asarray(d["gt"]).reshape(-1, schema.N_JOINTS, 3)
+    bones = np.concatenate(d["bones"])                                      # [frames,16]
+    seq_subject = np.repeat(d["seq_subject"], [b.shape[0] for b in d["bones"]])
+    names = [schema.EDGE_BONE[e] for e in schema.SKELETON_EDGES]
+    per_subject_sd = max(float(bones[seq_subject == s].std(0).max()) for s in set(d["seq_subject"]))
+    mean_bone = {n: float(bones[:, [i for i, m in enumerate(names) if m == n]].mean()) for n in dict.fromkeys(names)}
+    speed, mm_n = np.asarray(d["speed"]), np.asarray(d["mmwave_n"])
+    kp = np.asarray(d["kpts"])
+    inside = (kp[..., 0] >= 0) & (kp[..., 0] < schema.IMAGE_WIDTH) & (kp[..., 1] >= 0) & (kp[..., 1] < schema.IMAGE_HEIGHT)
+    csi = np.asarray(d["csi"], dtype=np.float64)
+    bad = np.asarray(d["csi_bad"])
+    still, moving = speed < STILL_SPEED_MPS, speed > MOVING_SPEED_MPS
+    report = {
+        "root": str(root), "sequences": len(d["bones"]), "frames_read": int(gt.shape[0]), "frame_step": frame_step,
+        "bones_m": {n: round(v, 4) for n, v in mean_bone.items()},
+        "bones_reference_m": dict(schema.REFERENCE_BONE_LENGTHS),
+        "bone_max_rel_error": round(max(abs(v / schema.REFERENCE_BONE_LENGTHS[n] - 1) for n, v in mean_bone.items()), 4),
+        "bone_max_sd_within_subject_m": round(per_subject_sd, 6),
+        "gt_depth_z_m": _stats(gt[:, 0, 2]), "gt_x_m": _stats(gt[:, 0, 0]),
+        "gt_y_m": {"min": float(gt[..., 1].min()), "max": float(gt[..., 1].max())},
+        "lidar_points": _stats(d["lidar_n"]),
+        "mmwave_points": _stats(mm_n),
+        "mmwave_empty_rate": float((mm_n == 0).mean()),
+        "mmwave_empty_rate_still": float((mm_n[still] == 0).mean()) if still.any() else None,
+        "mmwave_empty_rate_moving": float((mm_n[moving] == 0).mean()) if moving.any() else None,
+        "csi_amp_min": float(np.nanmin(csi[:, 0])), "csi_amp_max": float(np.nanmax(csi[:, 1])),
+        "csi_amp_mean": float(np.nanmean(csi[:, 2])),
+        "csi_nonfinite_value_rate": float(bad[:, 0].sum() / bad[:, 1].sum()),
+        "csi_nonfinite_frame_rate": float((bad[:, 0] > 0).mean()),
+        "rgb_inside_image_rate": float(inside.mean()),
+        "rgb_person_height_px": _stats(np.percentile(kp[..., 1], 95, axis=-1) - np.percentile(kp[..., 1], 5, axis=-1)),
+    }
+    if with_probe:
+        report["probe_mpjpe_mm"] = probe(d)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="root of an MM-Fi-format dataset")
+    parser.add_argument("--frame-step", type=int, default=1, help="read every n-th frame (faster on big sets)")
+    parser.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    parser.add_argument("--json", type=Path, help="also write the report to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.frame_step < 1:
+        raise SystemExit(f"--frame-step must be >= 1, got {args.frame_step}")
+    report = realism_report(args.data, args.frame_step, not args.no_probe)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
