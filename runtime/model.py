@@ -128,27 +128,27 @@ class ModelMetadata:
                 f"{source} was exported with schema version {version}; this runtime serves schema "
                 f"version(s) {list(SUPPORTED_SCHEMA_VERSIONS)}. Install the awc-pose release that "
                 f"matches the model, or re-export the checkpoint with this release's `training export`.")
-        baseline_json = reader.json("contribution_baseline")
+        baseline_json = reader.json("contribution_baseline", dict)
         baseline, missing = _parse_baseline(baseline_json, source)
         meta = cls(
             schema_version=version,
-            modalities=tuple(reader.json("modalities")),
-            inputs=_parse_specs(reader.json("inputs"), "inputs", source),
-            outputs=_parse_specs(reader.json("outputs"), "outputs", source),
+            modalities=tuple(reader.json("modalities", list)),
+            inputs=_parse_specs(reader.json("inputs", dict), "inputs", source),
+            outputs=_parse_specs(reader.json("outputs", dict), "outputs", source),
             rgb_window=reader.integer("rgb_window"),
             lidar_cap=reader.integer("lidar_cap"),
             mmwave_cap=reader.integer("mmwave_cap"),
-            mmwave_columns=tuple(reader.json("mmwave_columns")),
-            units=dict(reader.json("units")),
-            preprocessing=dict(reader.json("preprocessing")),
+            mmwave_columns=tuple(reader.json("mmwave_columns", list)),
+            units=dict(reader.json("units", dict)),
+            preprocessing=dict(reader.json("preprocessing", dict)),
             fusion=reader.text("fusion"),
-            enabled_modalities=tuple(reader.json("enabled_modalities")),
+            enabled_modalities=tuple(reader.json("enabled_modalities", list)),
             config_hash=reader.text("config_hash"),
-            config=reader.json("config"),
-            validation_metrics=reader.json("validation_metrics"),
+            config=reader.json("config", dict),
+            validation_metrics=reader.json("validation_metrics", dict),
             baseline=baseline,
             baseline_missing_reason=missing,
-            producer=reader.json("producer"),
+            producer=reader.json("producer", dict),
         )
         meta.validate(source)
         return meta
@@ -235,13 +235,19 @@ class _PropReader:
         except ValueError:
             raise ModelError(f"{self.source}: metadata {META_PREFIX}{key} must be an integer, got {raw!r}") from None
 
-    def json(self, key: str) -> Any:
+    def json(self, key: str, kind: type | None = None) -> Any:
+        """The JSON value of ``key``; with ``kind`` (dict or list) it must be of that type."""
         raw = self.text(key)
         try:
-            return json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError as err:
             raise ModelError(f"{self.source}: metadata {META_PREFIX}{key} is not valid JSON ({err}); "
                              f"re-export the model") from None
+        if kind is not None and not isinstance(value, kind):
+            what = "a JSON object" if kind is dict else "a JSON list"
+            raise ModelError(f"{self.source}: metadata {META_PREFIX}{key} must be {what}, got {raw[:80]!r}; "
+                             f"re-export the model")
+        return value
 
 
 def _parse_specs(raw: Any, what: str, source: str) -> dict[str, TensorSpec]:
@@ -276,9 +282,12 @@ def _parse_baseline(raw: Any, source: str) -> tuple[ContributionBaseline | None,
         if (shares < 0).any() or abs(shares.sum() - 1.0) > 1e-4:
             raise ModelError(f"{source}: baseline {kind} shares must be >= 0 and sum to 1, got {shares.tolist()}; "
                              f"re-export the model")
-    baseline = ContributionBaseline(window=int(raw["window"]), n_windows=int(raw["n_windows"]),
-                                    n_frames=int(raw["n_frames"]), label_free=parts["label_free"],
-                                    labelled=parts["labelled"], source=raw.get("source", {}))
+    try:
+        counts = {k: int(raw[k]) for k in ("window", "n_windows", "n_frames")}
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"{source}: baseline needs integer window, n_windows and n_frames; re-export the model") from None
+    baseline = ContributionBaseline(**counts, label_free=parts["label_free"], labelled=parts["labelled"],
+                                    source=raw.get("source", {}))
     return baseline, ""
 
 

@@ -118,6 +118,9 @@ def test_bad_baseline_is_refused(model_path, tmp_path):
     broken = _edited(model_path, tmp_path / "j.onnx", units="{not json")
     with pytest.raises(ModelError, match=r"awc\.units is not valid JSON"):
         PoseModel.load(broken, provider="cpu")
+    wrong_type = _edited(model_path, tmp_path / "t.onnx", units="[1, 2]")
+    with pytest.raises(ModelError, match=r"awc\.units must be a JSON object"):
+        PoseModel.load(wrong_type, provider="cpu")
 
 
 # -- providers ------------------------------------------------------------------------------------
