@@ -88,7 +88,7 @@ class SyncSettings:
     buffer_len: int = 64
     clock: str = "wall"        # wall: real time; data: ticks follow capture times (fast replay)
     delay_s: float = 0.01      # a tick runs this long after its time (late messages); data clock: >= tolerance
-    phase_lock: bool = True    # wall clock: put the tick grid on the capture phase of the first sensor message
+    phase_lock: bool = True    # wall clock: tick grid on the capture phase of the first camera/LiDAR/radar message
     data_flush_s: float = 0.5  # data clock: with no message for this long, run the last due tick
 
     def __post_init__(self):

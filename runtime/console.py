@@ -3,11 +3,11 @@
 Printed at most once per ``interval_s`` (default 1 s), for example::
 
     tick 1234  fused    latency   4.2 ms  ticks/s 10.0  dropped 0
-                   rgb    lidar  mmwave    wifi
-    present          ●        ●       ●       ○
-    share         0.41     0.35    0.15    0.00
-    degradation   0.00     0.02    0.10    1.00
-    status          ok       ok      ok  DEGRADED (missing)
+                          rgb        lidar       mmwave         wifi
+    present                 ●            ●            ●            ○
+    share                0.41         0.44         0.15         0.00
+    degradation          0.00         0.02         0.10         1.00
+    status                 ok           ok           ok DEGR:missing
     pelvis  x +0.05  y +0.21  z 3.21 m   head y -1.32   wrists L( -0.31 -0.22) R( +0.33 -0.19)
 """
 
@@ -29,18 +29,19 @@ def render(result, ticks_per_s: float = 0.0, dropped: int = 0) -> str:
     lat_ms = result.latency_ns / 1e6
     lines = [f"tick {result.tick:>6}  {result.outcome:<8} latency {lat_ms:6.1f} ms  "
              f"ticks/s {ticks_per_s:5.1f}  dropped {dropped}"]
-    head = "".join(f"{m:>9}" for m in schema.MODALITIES)
+    head = "".join(f"{m:>13}" for m in schema.MODALITIES)
     lines.append(f"{'':12}{head}")
-    lines.append(f"{'present':12}" + "".join(f"{'●' if p else '○':>9}" for p in result.presence))
+    lines.append(f"{'present':12}" + "".join(f"{'●' if p else '○':>13}" for p in result.presence))
     c = result.contributions
     shares = c.shares if c is not None else np.zeros(schema.N_MODALITIES)
-    lines.append(f"{'share':12}" + "".join(f"{s:9.2f}" for s in shares))
+    lines.append(f"{'share':12}" + "".join(f"{s:13.2f}" for s in shares))
     if c is not None and c.shares_gt is not None:
-        lines.append(f"{'share (gt)':12}" + "".join(f"{s:9.2f}" for s in c.shares_gt))
+        lines.append(f"{'share (gt)':12}" + "".join(f"{s:13.2f}" for s in c.shares_gt))
     d = result.degradation
-    lines.append(f"{'degradation':12}" + "".join(f"{s:9.2f}" for s in d.score))
-    status = [f"DEGR:{h.worst()}" if flag else "ok" for flag, h in zip(d.degraded, result.health)]
-    lines.append(f"{'status':12}" + "".join(f"{s:>9}" for s in status))
+    lines.append(f"{'degradation':12}" + "".join(f"{s:13.2f}" for s in d.score))
+    status = [("DEGR:" + (h.worst() if h.score >= 0.5 else "model")) if flag else "ok"
+              for flag, h in zip(d.degraded, result.health)]
+    lines.append(f"{'status':12}" + "".join(f"{s:>13}" for s in status))
     if result.pose is not None:
         p = result.pose
         pel, head_j = p[_J["pelvis"]], p[_J["head"]]

@@ -41,6 +41,7 @@ from sensors import schema
 log = logging.getLogger(__name__)
 
 Output = Callable[["TickResult"], None]
+PHASE_TOPICS = ("rgb", "lidar", "mmwave")   # frame-based sensors whose capture phase the wall clock follows
 
 
 @dataclass
@@ -289,7 +290,8 @@ class Pipeline:
         if msg is not None:
             for m in [msg, *source.drain()]:
                 self.feed(m)
-                if not self._phase_locked and m.topic in self._received and self.config.sync.phase_lock:
+                # WiFi messages are CSI packets at any phase: lock to a frame-based sensor.
+                if not self._phase_locked and m.topic in PHASE_TOPICS and self.config.sync.phase_lock:
                     # Ticks on the sensors' capture phase: a tick runs delay_s after its samples.
                     clock.origin_ns = m.t_ns % clock.period_ns
                     self._phase_locked = True

@@ -226,3 +226,19 @@ def test_recorder_output_writes_npz_and_jsonl(tiny_model, tmp_path):
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(lines) == 6
     assert set(record_of(results[0])) >= {"joints", "presence", "shapley", "degradation", "degraded"}
+
+
+def test_console_view_shows_presence_shares_degradation_and_pose(tiny_model):
+    import io
+
+    from runtime.console import ConsoleView
+
+    rng = np.random.default_rng(8)
+    messages = [m for k in range(12) for m in frame_messages(k, rng, skip=("wifi",))]
+    cfg = RuntimeConfig.from_dict({"sync": {"clock": "data"}, "health": {"startup_grace_ticks": 0}})
+    out = io.StringIO()
+    _, results = _run_data_clock(tiny_model, messages, outputs=[ConsoleView(out, interval_s=0.0)], cfg=cfg)
+    text = out.getvalue().strip().split("\n\n")[-1]
+    assert f"tick {results[-1].tick:>6}" in text
+    assert all(m in text for m in schema.MODALITIES)
+    assert "DEGR:missing" in text and "pelvis" in text and "share (gt)" in text
