@@ -145,9 +145,10 @@ def frame_messages(seq_dir: Path, frame: int, t_ns: int, joints: np.ndarray | No
 
 
 def default_start_ns() -> int:
-    """Now, rounded up to the 100 ms frame grid (ticks of a 10 Hz runtime land on frames)."""
+    """The first 100 ms grid point at least 100 ms from now (ticks of a 10 Hz runtime land on
+    frames, and frame 0's first CSI packet, 90 ms earlier, is still in the future)."""
     period = schema.FRAME_PERIOD_NS
-    return -(-time.time_ns() // period) * period
+    return -(-(time.time_ns() + period) // period) * period
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class _Sender:
         self.heap: list[_Event] = []
         self.last_send: dict[str, int] = {}
         self.order = 0
-        self.mono0: float | None = None
+        self.mono0: float | None = None  # monotonic time at which capture time start_ns is "now"
 
     def schedule(self, topic: str, t_ns: int, arrays: dict, extra: dict) -> None:
         if topic != schema.GT_TOPIC:
@@ -226,10 +227,8 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
     keys = select_sequences(root, protocol, split, subset, sequences)
     fault_list = [f if isinstance(f, Fault) else parse_fault(f) for f in (faults or [])]
     rng = np.random.default_rng(seed)
-    start_ns = default_start_ns() if start_ns is None else int(start_ns)
     n_frames = len(keys) * schema.FRAMES_PER_SEQUENCE
     n_frames = n_frames if max_frames is None else min(n_frames, max_frames)
-    stats = ReplayStats(src=src, start_ns=start_ns)
     topics = [*schema.MODALITIES, *([schema.GT_TOPIC] if send_gt else [])]
     # nodrop: a receiver that falls behind slows the replay down (its own bounded queue then counts
     # queue_full) instead of ZeroMQ dropping messages silently at the sender.
@@ -239,8 +238,15 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
             raise ReplayError(f"no subscriber for {', '.join(topics)} at {pub.endpoint} after "
                               f"{connect_timeout_s:g} s: start the receiver first (`runtime serve` binds "
                               f"{DEFAULT_ENDPOINT}), or check --connect/--bind")
+        # Capture times are "now" by default (chosen once connected), and at rate 1 each message
+        # leaves at its capture time on the wall clock; a given start_ns is paced from the first send.
+        wall_anchored = start_ns is None
+        start_ns = default_start_ns() if start_ns is None else int(start_ns)
+        stats = ReplayStats(src=src, start_ns=start_ns)
         sender = _Sender(pub, stats, rate=rate, jitter_ms=jitter_ms, drop_prob=drop_prob,
                          injector=FaultInjector(fault_list, rng), rng=rng, start_ns=start_ns)
+        if wall_anchored and rate > 0:
+            sender.mono0 = time.monotonic() + (start_ns - time.time_ns()) / 1e9
         wall0 = time.monotonic()
         bar = tqdm(total=n_frames, desc="replay", unit="frame", disable=not progress)
         f = 0

@@ -236,6 +236,17 @@ def test_replay_real_time_pacing(ctx, small_root):
     assert "gt" not in valid and valid["rgb"] == 6
 
 
+def test_real_time_replay_sends_each_message_at_its_capture_time(ctx, small_root):
+    rx = Receiver(ctx)
+    stats = replay(small_root, rx.endpoint, sequences=[_seq_name()], rate=1.0, max_frames=4, context=ctx)
+    _, _, _, msgs = _tally(rx.close())
+    assert stats.start_ns % (100 * MS) == 0 and len(msgs) == 4 * 14
+    lateness_ms = np.array([(m.sent_ns - m.t_ns) / MS for m in msgs])
+    assert lateness_ms.min() > -1.0 and np.median(lateness_ms) < 20.0, lateness_ms
+    rgb = sorted(m.t_ns for m in msgs if m.topic == "rgb")
+    assert rgb == [stats.start_ns + f * 100 * MS for f in range(4)]
+
+
 def test_replay_refuses_without_subscriber_and_with_bad_arguments(ctx, small_root):
     with pytest.raises(ReplayError, match="no subscriber"):
         replay(small_root, "tcp://127.0.0.1:0", bind=True, sequences=[_seq_name()], connect_timeout_s=0.2,
