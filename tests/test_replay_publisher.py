@@ -242,7 +242,7 @@ def test_real_time_replay_sends_each_message_at_its_capture_time(ctx, small_root
     _, _, _, msgs = _tally(rx.close())
     assert stats.start_ns % (100 * MS) == 0 and len(msgs) == 4 * 14
     lateness_ms = np.array([(m.sent_ns - m.t_ns) / MS for m in msgs])
-    assert lateness_ms.min() > -1.0 and np.median(lateness_ms) < 20.0, lateness_ms
+    assert lateness_ms.min() > -1.0 and np.median(lateness_ms) < 50.0, lateness_ms
     rgb = sorted(m.t_ns for m in msgs if m.topic == "rgb")
     assert rgb == [stats.start_ns + f * 100 * MS for f in range(4)]
 
