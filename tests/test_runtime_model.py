@@ -269,7 +269,9 @@ def test_dataset_item_equals_runtime_inputs_from_the_same_raw_frames(model, mmfi
         samples = {
             "rgb": None if raw["rgb"] is None else _wire_sample({"kpts": raw["rgb"].astype("<f4")}),
             "lidar": None if raw["lidar"] is None else _wire_sample({"points": raw["lidar"].astype("<f4")}),
-            "mmwave": None if raw["mmwave"] is None else _wire_sample({"points": raw["mmwave"].astype("<f4")}),
+            # A radar with no detections may send an empty cloud: the same as the 0-byte file.
+            "mmwave": _wire_sample({"points": (np.zeros((0, 5)) if raw["mmwave"] is None
+                                               else raw["mmwave"]).astype("<f4")}),
             "wifi": None if raw["wifi"] is None else _wire_sample(
                 {"amp": np.moveaxis(raw["wifi"].amp, -1, 0).astype("<f4"),
                  "phase": np.moveaxis(raw["wifi"].phase, -1, 0).astype("<f4")}),
