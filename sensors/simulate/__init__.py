@@ -24,7 +24,7 @@ from tqdm import tqdm
 from sensors import schema
 from sensors.simulate import kinematics, lidar, mmwave, rgb, wifi
 from sensors.simulate.body import BodyConfig, make_subject
-from sensors.simulate.environment import environment
+from sensors.simulate.environment import get_environment
 from sensors.simulate.presets import PRESETS, resolve
 from sensors.simulate.writer import SequenceData, sequence_dir, write_sequence
 
@@ -56,7 +56,7 @@ def generate_sequence(subject: str, action: str, seed: int = 0,
     """One sequence in memory (pure: no I/O)."""
     if action not in schema.ACTIONS:
         raise ValueError(f"unknown action {action!r}: expected A01..A27")
-    env = environment(schema.environment_of(subject))
+    env = get_environment(schema.environment_of(subject))
     body_ss = np.random.SeedSequence([seed, _number(env.name), _number(subject), 0])
     person = make_subject(subject, np.random.default_rng(body_ss), env, config.body)
     kin, r_rgb, r_lidar, r_mmwave, r_wifi = (np.random.default_rng(s)

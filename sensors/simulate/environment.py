@@ -69,7 +69,8 @@ ENVIRONMENTS: dict[str, Environment] = {
 }
 
 
-def environment(name: str) -> Environment:
+def get_environment(name: str) -> Environment:
+    """The settings of environment ``name`` (E01..E04)."""
     if name not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {name!r}: expected one of {', '.join(ENVIRONMENTS)}")
     return ENVIRONMENTS[name]

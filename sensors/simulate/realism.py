@@ -18,13 +18,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from sklearn.linear_model import RidgeCV
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sensors import posemath, preprocess, schema
+from sensors import mmfi, posemath, preprocess, schema
 from sensors.simulate.body import bone_lengths
 
 STILL_SPEED_MPS = 0.05   # max joint speed below which a frame counts as still
@@ -39,26 +38,22 @@ PROBE_NEIGHBOURS = 20
 
 
 # --------------------------------------------------------------------------------------------
-# Reading (the MM-Fi file formats)
+# Reading (through the MM-Fi reader, sensors.mmfi)
 # --------------------------------------------------------------------------------------------
 def sequences(root: Path) -> list[Path]:
-    """All sequence folders ROOT/Exx/Syy/Azz that hold a ground_truth.npy, sorted."""
-    return sorted(p.parent for p in Path(root).glob(f"E*/S*/A*/{schema.MMFI_GT_FILE}"))
-
-
-def read_ground_truth(seq_dir: Path) -> np.ndarray:
-    return np.load(Path(seq_dir) / schema.MMFI_GT_FILE)
+    """All sequence folders ROOT/Exx/Syy/Azz, sorted."""
+    return [key.path(root) for key in mmfi.discover_sequences(root)]
 
 
 def read_frame(seq_dir: Path, modality: str, frame: int):
-    """One frame of one modality in MM-Fi's format (wifi -> (amp, phase))."""
-    path = Path(seq_dir) / schema.MMFI_FOLDERS[modality] / schema.frame_file_name(modality, frame)
-    if modality == "rgb":
-        return np.load(path)
-    if modality in ("lidar", "mmwave"):
-        return np.fromfile(path, dtype=np.float64).reshape(-1, 3 if modality == "lidar" else 5)
-    mat = scipy.io.loadmat(path)
-    return mat["CSIamp"], mat["CSIphase"]
+    """One frame as stored; a 0-byte point cloud (no detections) -> an empty [0, columns] array,
+    wifi -> (amp, phase). A missing file is an error here: the report is about complete data."""
+    value = mmfi.read_frame(seq_dir, modality, frame, missing="error")
+    if value is None:
+        return np.zeros((0, len(schema.MODALITY_SPECS[modality].columns)))
+    if modality == "wifi":
+        return value.amp, value.phase
+    return np.asarray(value, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +140,7 @@ def collect(root: Path, frame_step: int = 1) -> dict:
                            "f_rgb", "f_lidar", "f_mmwave", "f_wifi", "bones", "seq_subject")}
     for seq in sequences(root):
         subject = seq.parent.name
-        gt = read_ground_truth(seq)
+        gt = mmfi.read_ground_truth(seq)
         out["bones"].append(bone_lengths(gt.astype(np.float64)))
         out["seq_subject"].append(subject)
         speed = _speed(gt.astype(np.float64))

@@ -34,7 +34,7 @@ J = schema.JOINT_INDEX
 class WifiConfig:
     centre_hz: float = 5.32e9
     spacing_hz: float = 312.5e3
-    los_k_db: float = 11.0                # direct path power over the scattered static paths
+    los_k_db: float = 14.0                # direct path power over the scattered static paths
     path_decay_ns: float = 25.0           # exponential power-delay decay of the static paths
     body_rel_db: float = -15.0            # total body reflection power relative to the direct path
     sequence_path_sigma: float = 0.3      # per-sequence relative perturbation of the static paths
@@ -43,7 +43,7 @@ class WifiConfig:
     packet_gain_sigma_db: float = 1.3     # per (antenna, packet) gain jitter (real frame: ~1.3 dB)
     residual_sigma_db: float = 0.25       # per value scatter (real frame: ~0.25 dB)
     edge_width_sc: float = 8.0            # e-folding width (subcarriers) of the band-edge roll-off
-    shadow_db: float = 7.0                # attenuation of a path leg running through the torso
+    shadow_db: float = 8.0                # attenuation of a fully blocked path (saturating)
     shadow_width_m: float = 0.12          # ~ first Fresnel zone radius (5 GHz, ~1.5 m legs)
     phase_slope_sigma: float = 0.02       # rad per subcarrier, per packet
     phase_noise_sigma: float = 0.03       # rad, per (antenna, packet)
@@ -103,7 +103,8 @@ def _bounce_points(tx: np.ndarray, rx: np.ndarray, lengths: np.ndarray, rng: np.
 def shadowing_db(points: np.ndarray, weights: np.ndarray, tx: np.ndarray, rx: np.ndarray,
                  bounces: np.ndarray, cfg: WifiConfig) -> np.ndarray:
     """Attenuation (dB, >= 0) [K,P] of each path by the body: scatterer points [K,S,3] near the
-    legs Tx -> bounce -> Rx (a Gaussian of the distance, width ~ the Fresnel zone), weight [S]."""
+    legs Tx -> bounce -> Rx (a Gaussian of the distance, width ~ the Fresnel zone, times the
+    point's weight [S]) add up to a blockage b, and the loss is shadow_db * (1 - exp(-b))."""
     legs = [(np.broadcast_to(tx, bounces.shape), bounces), (bounces, np.broadcast_to(rx, bounces.shape))]
     total = 0.0
     for a, b in legs:                                       # [P,3] each
@@ -112,7 +113,7 @@ def shadowing_db(points: np.ndarray, weights: np.ndarray, tx: np.ndarray, rx: np
         s = np.clip(np.einsum("kpsd,pd->kps", rel, ab) / np.sum(ab * ab, -1)[None, :, None], 0, 1)
         dist = np.linalg.norm(rel - s[..., None] * ab[None, :, None], axis=-1)
         total = total + np.einsum("kps,s->kp", np.exp(-(dist / cfg.shadow_width_m) ** 2), weights)
-    return cfg.shadow_db * total
+    return cfg.shadow_db * (1.0 - np.exp(-total))          # saturates at shadow_db (fully blocked)
 
 
 def path_phasors(tau, theta, freqs: np.ndarray) -> np.ndarray:
@@ -180,16 +181,14 @@ def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig 
     n = joints.shape[0]
     freqs = subcarrier_hz(cfg)
     gain, tau, theta, bounces = static_paths(env, cfg)
-    nominal_db = 20 * np.log10(np.abs(static_channel(gain, tau, theta, freqs)))
     rolloff = edge_rolloff_db(env, cfg)
-    level = env.wifi_level_db - nominal_db.mean() - rolloff.mean()
+    tx, rx = np.asarray(env.wifi_tx_m), np.asarray(env.wifi_rx_m)
     gain = gain * (1 + cfg.sequence_path_sigma * (rng.standard_normal(gain.size)
                                                   + 1j * rng.standard_normal(gain.size)) / np.sqrt(2))
     gain[0] = abs(gain[0])
     phasors = path_phasors(tau, theta, freqs)                                    # [P,3,114]
     scale = body_scale(env, cfg, joints[0], freqs)
     pts = scatterers(packet_poses(joints)).reshape(n * schema.WIFI_PACKETS, -1, 3)
-    tx, rx = np.asarray(env.wifi_tx_m), np.asarray(env.wifi_rx_m)
     h = np.empty((pts.shape[0], schema.WIFI_ANTENNAS, schema.WIFI_SUBCARRIERS), dtype=np.complex128)
     # shadowing is smooth in time: evaluate it per frame and interpolate to the packets
     frame_shadow = shadowing_db(scatterers(joints), SHADOW_WEIGHT, tx, rx, bounces, cfg)      # [T,P]
@@ -200,6 +199,8 @@ def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig 
         h[i:i + 500] = np.einsum("kp,pas->kas", shadow[i:i + 500] * gain[None], phasors) \
             + body_channel(pts[i:i + 500], env, cfg, freqs, scale)
     h = h.reshape(n, schema.WIFI_PACKETS, schema.WIFI_ANTENNAS, -1).transpose(0, 2, 3, 1)  # [T,3,114,10]
+    # receiver gain set at the start of the capture (subject standing still): the room's mean level
+    level = env.wifi_level_db - np.mean(20 * np.log10(np.abs(h[0]))) - rolloff.mean()
     amp = 20 * np.log10(np.abs(h)) + level + rolloff[None, None, :, None]
     amp = amp + rng.normal(0, cfg.sequence_gain_sigma_db) \
         + rng.normal(0, cfg.antenna_gain_sigma_db, (1, schema.WIFI_ANTENNAS, 1, 1)) \
