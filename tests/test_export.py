@@ -248,3 +248,15 @@ def test_export_untrained_is_deterministic_with_a_dataset_baseline(tmp_path, tin
     x = ma.empty_inputs(2)
     x["presence"][:] = 1.0
     np.testing.assert_array_equal(ma.run(x)[1], mb.run(x)[1])
+
+
+def test_bench_export_reports_every_variant_side_by_side():
+    """Smoke run of `training bench-export` (figures only, nothing about speed is asserted)."""
+    from training.bench_export import BenchConfig, bench
+
+    text = bench(BenchConfig(presets=("tiny",), threads=1, warmup=1, iters=5))
+    for row in ("| torch eager |", "| ort pose |", "| ort 16 coal |", "| ort 16 runs |"):
+        assert row in text
+    assert "threads 1" in text and "ort 16 coal / ort pose" in text and "ort pose / torch eager" in text
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        BenchConfig(fusion="sum")
