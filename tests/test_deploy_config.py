@@ -131,6 +131,13 @@ def test_every_alert_is_unit_tested_firing_and_quiet():
     assert (firing | quiet) - alerts == set(), "tests name alerts that do not exist"
 
 
+def test_every_recording_rule_is_unit_tested():
+    tested = {case["expr"].strip() for path in RULE_TESTS for test in yaml.safe_load(path.read_text())["tests"]
+              for case in test.get("promql_expr_test", []) if case.get("exp_samples")}
+    missing = set(checks.recorded_labels()) - tested
+    assert not missing, f"recording rules without a promql_expr_test: {sorted(missing)}"
+
+
 # --- names against the runtime --------------------------------------------------------------
 
 def test_rule_queries_use_exported_metrics_and_labels():
