@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 
 import zmq
@@ -184,6 +185,7 @@ class Ingest:
 
     def handle(self, frames: list) -> wire.Message | None:
         """Decode, account and queue one multipart message (called by the receive thread)."""
+        start = time.perf_counter()
         try:
             msg = wire.decode(frames, self.limits)
         except wire.WireError as err:
@@ -192,6 +194,8 @@ class Ingest:
                 self._track(err.modality, err.src, err.seq)
             log.debug("dropped %s message: %s", err.modality, err)
             return None
+        if self.metrics is not None:
+            self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - start)
         if msg.topic not in self.topics:
             self._count_drop(msg.topic if msg.topic in schema.MODALITIES else schema.UNKNOWN_MODALITY,
                              "unknown_topic")
