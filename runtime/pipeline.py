@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ from sensors import schema
 log = logging.getLogger(__name__)
 
 Output = Callable[["TickResult"], None]
+MAX_SOURCES = 1024   # (topic, src) pairs tracked for sequence gaps
 PHASE_TOPICS = ("rgb", "lidar", "mmwave")   # frame-based sensors whose capture phase the wall clock follows
 
 
@@ -103,7 +105,7 @@ class Pipeline:
         baseline = model.metadata.baseline
         self.baseline_shares = None if baseline is None else baseline.shares
         self.record_inputs = config.recorder.record_inputs
-        self._last_seq: dict[tuple[str, str], int] = {}
+        self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()   # bounded, like the ingest's
         self._received = dict.fromkeys(schema.MODALITIES, 0)
         self._lost = dict.fromkeys(schema.MODALITIES, 0)
         self._ewma: dict[str, np.ndarray] = {}
@@ -126,8 +128,10 @@ class Pipeline:
         last = self._last_seq.get(key)
         if last is not None and msg.seq > last + 1:
             self._lost[msg.topic] += msg.seq - last - 1
-        if last is None or msg.seq > last:
-            self._last_seq[key] = msg.seq
+        self._last_seq.pop(key, None)
+        self._last_seq[key] = msg.seq   # a jump back is a sensor restart: follow it, count nothing
+        if len(self._last_seq) > MAX_SOURCES:
+            self._last_seq.popitem(last=False)
         self._received[msg.topic] += 1
 
     # ------------------------------------------------------------------ one tick
