@@ -1,6 +1,6 @@
 """``runtime bench``: latency, throughput and memory figures of the real pipeline (not a test).
 
-    runtime bench --model awc.onnx [--duration 20] [--stage-ticks 500] [--throughput-s 5] [--json F]
+    runtime bench [--model awc.onnx] [--duration 20] [--stage-ticks 500] [--throughput-s 5] [--json F]
 
 Three measurements on synthetic sensor data of realistic size (LiDAR 1,200 points, mmWave 20,
 10 CSI packets per 100 ms):
@@ -41,6 +41,7 @@ from sensors import schema, wire
 log = logging.getLogger(__name__)
 
 PERIOD_NS = schema.FRAME_PERIOD_NS
+DEFAULT_MODEL = "runs/demo/awc.onnx"
 TARGETS = {"p99_end_to_end_ms": 30.0, "ticks_per_s": 100.0, "rss_mb": 500.0}
 
 
@@ -220,7 +221,8 @@ def format_report(r: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="exported ONNX model")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"exported ONNX model (default {DEFAULT_MODEL}, the one `make demo` exports)")
     p.add_argument("--duration", type=float, default=20.0, help="end-to-end run at 10 Hz, seconds (soak: 600)")
     p.add_argument("--stage-ticks", type=int, default=500, help="ticks for the per-stage latency figures")
     p.add_argument("--throughput-s", type=float, default=5.0, help="seconds of back-to-back ticks")
@@ -230,6 +232,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.model).is_file():
+        log.error("model %s not found: pass --model awc.onnx (e.g. from `make demo`, or `training export "
+                  "--checkpoint RUN/best.pt --out awc.onnx`)", args.model)
+        return 2
     report = run_bench(args.model, args.duration, args.stage_ticks, args.throughput_s, args.threads, args.set)
     print(format_report(report))
     if args.json:
