@@ -242,3 +242,23 @@ def test_console_view_shows_presence_shares_degradation_and_pose(tiny_model):
     assert f"tick {results[-1].tick:>6}" in text
     assert all(m in text for m in schema.MODALITIES)
     assert "DEGR:missing" in text and "pelvis" in text and "share (gt)" in text
+
+
+def test_config_merges_file_and_overrides_and_says_what_is_wrong(tmp_path):
+    f = tmp_path / "station.yaml"
+    f.write_text("station: room-1\nsync:\n  rate_hz: 20\n")
+    cfg = RuntimeConfig.load(f, ["sync.max_age_s=0.5", "inputs.endpoints=[tcp://10.0.0.2:5555]"])
+    assert cfg.station == "room-1" and cfg.sync.rate_hz == 20 and cfg.sync.tolerance_s == 0.05
+    assert cfg.inputs.endpoints == ("tcp://10.0.0.2:5555",)
+    assert cfg.health.max_age_s == 0.5                      # staleness follows the sync
+    assert cfg.metrics.host == "127.0.0.1"                  # loopback by default
+    saved = RuntimeConfig.load(cfg.save(tmp_path / "resolved.yaml"))
+    assert saved == cfg
+    with pytest.raises(ValueError, match="unknown key"):
+        RuntimeConfig.load(None, ["sync.rate=20"])
+    with pytest.raises(ValueError, match="clock"):
+        RuntimeConfig.load(None, ["sync.clock=sometimes"])
+    with pytest.raises(ValueError, match="endpoint"):
+        RuntimeConfig.load(None, ["output.endpoint=5556"])
+    with pytest.raises(ValueError, match="record_inputs"):
+        RuntimeConfig.load(None, ["recorder.path=r.jsonl", "recorder.record_inputs=true"])
