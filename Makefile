@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m training.demo
+	$(PY) deploy/demo.py
 
 test: $(STAMP)
 	$(PY) -m ruff check .
