@@ -5,12 +5,14 @@
 * rgb ``.npy``: (17, 2) float64 pixels, COCO-17;
 * lidar ``.bin``: raw float64 (N, 3), sensor frame;
 * mmwave ``.bin``: raw float64 (N, 5); a 0-byte file when nothing was detected;
-* wifi-csi ``.mat``: MATLAB 5 file with ``CSIamp`` and ``CSIphase`` float64 (3, 114, 10);
+* wifi-csi ``.mat``: MATLAB 5 file (scipy ``savemat(..., format='5')``, fixed header date) with
+  ``CSIamp`` and ``CSIphase`` float64 (3, 114, 10);
 * ``ground_truth.npy``: (297, 17, 3) float32 metres, camera frame.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,21 @@ class SequenceData:
             raise ValueError(f"sequence arrays have the wrong shapes: {bad}")
 
 
+# scipy writes the wall-clock time into the 116-byte MAT header text; a fixed text keeps a dataset
+# byte-identical for a seed. Same layout as scipy's (and the real MM-Fi files'): NUL padded.
+MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file Platform: posix, Created on: Thu Jan  1 00:00:00 1970"
+MAT_HEADER_BYTES = 116
+
+
+def mat_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A MATLAB 5 file (``scipy.io.savemat(..., format='5')``) with a reproducible header."""
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, arrays, format="5")
+    data = bytearray(buf.getvalue())
+    data[:MAT_HEADER_BYTES] = MAT_HEADER_TEXT.ljust(MAT_HEADER_BYTES, b"\0")
+    return bytes(data)
+
+
 def sequence_dir(root: Path, subject: str, action: str) -> Path:
     return Path(root) / schema.environment_of(subject) / subject / action
 
@@ -59,8 +76,8 @@ def write_sequence(seq_dir: Path, data: SequenceData) -> int:
         np.save(folders["rgb"] / schema.frame_file_name("rgb", t), np.ascontiguousarray(data.rgb[t], np.float64))
         np.ascontiguousarray(data.lidar[t], np.float64).tofile(folders["lidar"] / schema.frame_file_name("lidar", t))
         np.ascontiguousarray(data.mmwave[t], np.float64).tofile(folders["mmwave"] / schema.frame_file_name("mmwave", t))
-        scipy.io.savemat(folders["wifi"] / schema.frame_file_name("wifi", t),
-                         {"CSIamp": np.ascontiguousarray(data.csi_amp[t], np.float64),
-                          "CSIphase": np.ascontiguousarray(data.csi_phase[t], np.float64)}, format="5")
+        (folders["wifi"] / schema.frame_file_name("wifi", t)).write_bytes(mat_bytes(
+            {"CSIamp": np.ascontiguousarray(data.csi_amp[t], np.float64),
+             "CSIphase": np.ascontiguousarray(data.csi_phase[t], np.float64)}))
     np.save(Path(seq_dir) / schema.MMFI_GT_FILE, data.ground_truth.astype(np.float32))
     return sum(f.stat().st_size for f in Path(seq_dir).rglob("*") if f.is_file())
