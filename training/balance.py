@@ -129,7 +129,8 @@ def modulate_gradients(model: PoseModel, coeffs: np.ndarray, noise: bool, genera
             p.grad.mul_(k)
             if noise and p.grad.dim() >= 2:
                 std = float(p.grad.std()) + 1e-8
-                p.grad.add_(torch.randn(p.grad.shape, generator=generator, dtype=p.grad.dtype) * std)
+                draw = torch.randn(p.grad.shape, generator=generator, dtype=p.grad.dtype)  # CPU generator
+                p.grad.add_(draw.to(p.grad.device) * std)
 
 
 def single_modality_values(v: np.ndarray) -> np.ndarray:

@@ -60,8 +60,8 @@ def all_gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate ``t`` [n_rank, ...] over ranks along dim 0 (shards may differ in length)."""
     if not info.enabled:
         return t
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(info.world)]
-    dist.all_gather(sizes, torch.tensor([t.shape[0]], dtype=torch.long))
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(info.world)]
+    dist.all_gather(sizes, torch.tensor([t.shape[0]], dtype=torch.long, device=t.device))
     n_max = int(max(s.item() for s in sizes))
     padded = torch.zeros((n_max, *t.shape[1:]), dtype=t.dtype, device=t.device)
     padded[:t.shape[0]] = t

@@ -30,12 +30,13 @@ def predict(model, data: Split, batch_size: int = 256, coalitions: bool = False
     was_training = model.training
     model.eval()
     poses, coal = [], []
+    device = model.mean_pose.device
     for idx in torch.split(torch.arange(len(data)), batch_size):
-        b = data.batch(idx)
+        b = {k: v.to(device) for k, v in data.batch(idx).items()}
         feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
-        poses.append(model.fuse(feats, b["presence"]))
+        poses.append(model.fuse(feats, b["presence"]).cpu())
         if coalitions:
-            coal.append(model.fuse_coalitions(feats, coalition_masks(b["presence"])))
+            coal.append(model.fuse_coalitions(feats, coalition_masks(b["presence"])).cpu())
     model.train(was_training)
     return torch.cat(poses).numpy(), (torch.cat(coal).numpy() if coalitions else None)
 

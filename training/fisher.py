@@ -94,8 +94,9 @@ def fisher_and_coalitions(model: PoseModel, data: Split, indices: torch.Tensor, 
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if n in set(names)}
     coals = []
     terms = 0
+    device = model.mean_pose.device
     for chunk_idx in torch.split(indices, chunk):
-        batch = data.batch(chunk_idx)
+        batch = {k: v.to(device) for k, v in data.batch(chunk_idx).items()}
         if mode == "per_sample":
             part, coal = _per_sample_sum(model, batch, names)
             terms += len(chunk_idx)
@@ -106,7 +107,7 @@ def fisher_and_coalitions(model: PoseModel, data: Split, indices: torch.Tensor, 
         for n in names:
             total[n] += part[n]
     model.train(was_training)
-    count = torch.tensor([float(terms)])
+    count = torch.tensor([float(terms)], device=device)
     if all_reduce is not None:
         flat = all_reduce(torch.cat([t.reshape(-1) for t in total.values()] + [count]))
         count = flat[-1:]

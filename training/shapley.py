@@ -45,7 +45,7 @@ def pearson_profit(pred: torch.Tensor, target: torch.Tensor, eps: float = posema
 
 def coalition_masks(presence: torch.Tensor) -> torch.Tensor:
     """presence [B, 4] -> effective coalition masks [B, 16, 4] = COALITION_MASKS * presence."""
-    return COALITION_MASKS.to(presence.dtype).unsqueeze(0) * presence.unsqueeze(1)
+    return COALITION_MASKS.to(presence.device, presence.dtype).unsqueeze(0) * presence.unsqueeze(1)
 
 
 def coalition_values(coalition_poses: torch.Tensor, target: torch.Tensor) -> np.ndarray:

@@ -76,14 +76,17 @@ class Trainer:
         self.val = test.take(evenly_spaced(len(test), cfg.data.max_val))
         self.train_probe = train.take(evenly_spaced(len(train), min(len(train), max(len(self.val), 256))))
         self.out = Path(cfg.out)
+        self.device = torch.device(dist.device)
         self.model = build_model(cfg.model)
         self.model.set_mean_pose(train.tensors["joints"].mean(dim=0))
+        self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.train.lr_step, cfg.train.lr_gamma)
         self.step_module: nn.Module = StepModule(self.model)
         if dist.enabled:
-            self.step_module = nn.parallel.DistributedDataParallel(self.step_module)
+            ids = [dist.local_rank] if self.device.type == "cuda" else None
+            self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
         self.fisher_idx = torch.from_numpy(evenly_spaced(len(train), cfg.balance.fisher_samples))
         self.history: list[dict[str, Any]] = []
         self.best = math.inf
@@ -132,7 +135,7 @@ class Trainer:
         anchors = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in weights}
         t1 = time.perf_counter()
         times["fisher"] += t1 - t0
-        v = coalition_values(self._gather(coal), self._gather(self.train.tensors["joints"][shard]))
+        v = coalition_values(self._gather(coal), self._gather(self.train.tensors["joints"][shard].to(self.device)))
         phi0 = posemath.shapley_values(v)
         groups = balance.kmeans_groups(phi0, self.cfg.model.modalities, bc.kmeans_seed, bc.kmeans_n_init)
         times["shapley"] += time.perf_counter() - t1
@@ -162,8 +165,8 @@ class Trainer:
         n_steps = max(1, math.ceil(len(self.train) / cfg.train.batch_size))
         for step, idx in enumerate(tqdm(steps, total=n_steps, desc=f"epoch {epoch}", leave=False,
                                         disable=not self.progress)):
-            b = self.train.batch(idx)
             t0 = time.perf_counter()
+            b = {k: v.to(self.device, non_blocking=True) for k, v in self.train.batch(idx).items()}
             pose, feats = self.step_module(b)
             task = mpjpe_loss(pose, b["joints"])
             loss = task
@@ -191,7 +194,8 @@ class Trainer:
             sums["task"] += float(task.detach())
             sums["steps"] += 1
         self.scheduler.step()
-        totals = self._reduce(torch.tensor([sums["task"], sums["awc"], sums["steps"]], dtype=torch.float64))
+        totals = self._reduce(torch.tensor([sums["task"], sums["awc"], sums["steps"]], dtype=torch.float64,
+                                           device=self.device)).cpu()
         steps_done = max(float(totals[2]) / self.dist.world, 1.0)
         times["train"] = time.perf_counter() - t_start
         rec.update(steps=int(steps_done), loss_task=float(totals[0]) / self.dist.world / steps_done,
