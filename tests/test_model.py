@@ -123,3 +123,36 @@ def test_onnx_export_matches_torch(fusion):
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     out = sess.run(None, {k: v.numpy() for k, v in zip(INPUT_NAMES, args, strict=True)})[0]
     np.testing.assert_allclose(out, _run(model, b).numpy(), atol=1e-5)
+
+
+class _Coalitions(torch.nn.Module):
+    """pose and the 16 coalition poses, coalition c's mask = COALITION_MASKS[c] * presence."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("masks", COALITION_MASKS.clone())
+
+    def forward(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence):
+        feats = self.model.encode(rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi)
+        masks = self.masks.unsqueeze(0) * presence.unsqueeze(1)  # [B, 16, 4]
+        return self.model.fuse(feats, presence), self.model.fuse_coalitions(feats, masks)
+
+
+@pytest.mark.parametrize("fusion", config.FUSIONS)
+def test_onnx_export_of_coalition_head_matches_torch(fusion):
+    ort = pytest.importorskip("onnxruntime")
+    model, cfg = _model(fusion)
+    wrapper = _Coalitions(model).eval()
+    b = _inputs(cfg, n=3)
+    args = tuple(b[k] for k in INPUT_NAMES)
+    buf = io.BytesIO()
+    torch.onnx.export(wrapper, args, buf, input_names=list(INPUT_NAMES), output_names=["pose", "coalition_poses"],
+                      dynamo=False, dynamic_axes={k: {0: "batch"} for k in INPUT_NAMES})
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    pose, coal = sess.run(None, {k: v.numpy() for k, v in zip(INPUT_NAMES, args, strict=True)})
+    with torch.no_grad():
+        ref_pose, ref_coal = wrapper(*args)
+    np.testing.assert_allclose(pose, ref_pose.numpy(), atol=1e-5)
+    np.testing.assert_allclose(coal, ref_coal.numpy(), atol=1e-5)
+    np.testing.assert_allclose(coal[:, 15], pose, atol=1e-5)
