@@ -8,8 +8,9 @@ contributions -> degradation -> outputs (metrics, pose PUB, recorder, console).
   behind, only the latest due tick runs (latest wins) and the skipped ones are counted as
   ``awc_ticks_total{outcome="dropped"}``;
 * clock ``data``: ticks follow the capture times of the messages (replay as fast as possible): after
-  each message, the tick that the newest capture time makes due runs; falling behind shows up as
-  ingest drops (``queue_full``), still counted.
+  each message, the tick that the data clock makes due runs (``data_now_ns``: the second-newest
+  capture time over the modalities, so one sensor whose clock runs ahead cannot drag the ticks);
+  falling behind shows up as ingest drops (``queue_full``), still counted.
 
 Whatever modalities are present are served (absent ones zero-filled, presence 0); a tick with no
 modality at all is counted ``empty`` and publishes nothing. A tick whose inputs the model refuses
@@ -108,6 +109,7 @@ class Pipeline:
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()   # bounded, like the ingest's
         self._received = dict.fromkeys(schema.MODALITIES, 0)
         self._lost = dict.fromkeys(schema.MODALITIES, 0)
+        self._newest_ns: dict[str, int] = {}   # newest capture time fed, per modality
         self._ewma: dict[str, np.ndarray] = {}
         self.last_tick_wall: float | None = None
         self._trigger_sent_ns: int | None = None   # data clock: send time of the message that made the tick due
@@ -133,6 +135,15 @@ class Pipeline:
         if len(self._last_seq) > MAX_SOURCES:
             self._last_seq.popitem(last=False)
         self._received[msg.topic] += 1
+        self._newest_ns[msg.topic] = max(self._newest_ns.get(msg.topic, 0), msg.t_ns)
+
+    def data_now_ns(self) -> int | None:
+        """The data clock's "now": the second-newest capture time over the modalities (the newest
+        when only one streams), so one sensor with a clock running ahead cannot drag the ticks."""
+        times = sorted(self._newest_ns.values())
+        if not times:
+            return None
+        return times[-2] if len(times) >= 2 else times[-1]
 
     # ------------------------------------------------------------------ one tick
     def step(self, tick_ns: int) -> TickResult:
@@ -187,10 +198,13 @@ class Pipeline:
 
     def _observe_health(self, tick: TickInputs) -> list[InputHealth]:
         out = []
+        now = time.time_ns() if self.config.sync.clock == "wall" else self.data_now_ns()
         for m in schema.MODALITIES:
             s = tick.samples.get(m)
+            newest = self._newest_ns.get(m)
+            lead_s = 0.0 if newest is None or now is None else (newest - now) / 1e9
             out.append(self.health.observe(
-                m, None if s is None else s.arrays, age_s=0.0 if s is None else -s.skew_s,
+                m, None if s is None else s.arrays, age_s=0.0 if s is None else -s.skew_s, lead_s=lead_s,
                 message_id=None if s is None else (s.src, s.seq),
                 received=self._received[m], lost=self._lost[m]))
             self._received[m] = self._lost[m] = 0
@@ -318,7 +332,7 @@ class Pipeline:
             self.feed(m)
             if m.topic in self._received:
                 self._trigger_sent_ns = m.sent_ns
-                self._run_due(clock.due(self.sync.newest_t_ns()))
+                self._run_due(clock.due(self.data_now_ns()))
 
     def _run_due(self, due) -> None:
         if due is None:

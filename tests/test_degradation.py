@@ -4,6 +4,8 @@ Detection bounds checked here (docs/runtime.md states them, defaults k_on=3, fro
 * stopped (absent at the tick): flagged at the k_on-th absent tick;
 * frozen (identical new messages): flagged within frozen_ticks + k_on ticks of the first repeat;
 * corrupted (NaN/inf or out-of-range values): flagged at the k_on-th corrupted tick;
+* in-range noise on RGB, LiDAR or CSI (the sensors.faults defaults): flagged at the k_on-th noisy tick
+  (mmWave clouds are too sparse and ghost-ridden for the roughness test: not claimed);
 * a dominant modality corrupted in range (only the model notices): flagged k_on ticks after its
   leave-one-out disagreement jumps.
 """
@@ -23,15 +25,27 @@ FROZEN_BOUND = HCFG.frozen_ticks + CFG.k_on
 FAULT_AT = 40
 
 
-def _sample(modality: str, rng) -> dict[str, np.ndarray]:
-    if modality == "rgb":
-        return {"kpts": (rng.uniform([200, 100], [440, 400], size=(17, 2))).astype(np.float32)}
-    if modality == "lidar":
-        return {"points": rng.normal([3.0, 0.0, 0.0], 0.4, size=(1100, 3)).astype(np.float32)}
+BASE_KPTS = np.random.default_rng(99).uniform([200, 100], [440, 400], size=(17, 2))
+SUBCARRIER_PROFILE = 40 + 5 * np.sin(np.linspace(0, 3 * np.pi, 114))
+
+
+def _sample(modality: str, rng, t: int = 0) -> dict[str, np.ndarray]:
+    """Healthy, temporally and spatially smooth samples like the sensors give (t = tick)."""
+    if modality == "rgb":   # a person swaying, detector jitter of a few pixels
+        sway = 20 * np.sin(0.2 * t)
+        return {"kpts": (BASE_KPTS + [sway, 0] + rng.normal(0, 3, size=(17, 2))).astype(np.float32)}
+    if modality == "lidar":   # ring-ordered scan: neighbours a few centimetres apart
+        az = np.linspace(-0.4, 0.4, 1100)
+        pts = np.stack([3.0 + 0.1 * np.cos(8 * az), 3.0 * az, np.repeat(np.linspace(1, -1, 11), 100)], axis=1)
+        return {"points": (pts + rng.normal(0, 0.01, pts.shape)).astype(np.float32)}
     if modality == "mmwave":
         return {"points": rng.normal([3.0, 0, 0, 20, 0], [0.3, 0.3, 0.3, 5, 0.5], size=(12, 5)).astype(np.float32)}
-    return {"amp": rng.normal(40, 3, size=(10, 3, 114)).astype(np.float32),
+    amp = SUBCARRIER_PROFILE + rng.normal(0, 1.3, size=(10, 3, 1)) + rng.normal(0, 0.25, size=(10, 3, 114))
+    return {"amp": amp.astype(np.float32),
             "phase": rng.uniform(-np.pi, np.pi, size=(10, 3, 114)).astype(np.float32)}
+
+
+NOISE = {"rgb": ("kpts", 60.0), "lidar": ("points", 0.3), "wifi": ("amp", 8.0)}   # sensors.faults defaults
 
 
 def _run(fault: str | None, target: str, n_ticks: int = 80, seed: int = 0):
@@ -44,7 +58,7 @@ def _run(fault: str | None, target: str, n_ticks: int = 80, seed: int = 0):
     for t in range(n_ticks):
         inputs, presence = [], np.ones(4)
         for m in schema.MODALITIES:
-            arrays = _sample(m, rng)
+            arrays = _sample(m, rng, t)
             if m == target and t >= FAULT_AT:
                 if fault == "stop":
                     arrays = None
@@ -56,6 +70,9 @@ def _run(fault: str | None, target: str, n_ticks: int = 80, seed: int = 0):
                     key = next(iter(arrays))
                     arrays[key] = arrays[key].copy()
                     arrays[key].ravel()[::3] = np.nan
+                elif fault == "noise":
+                    key, sigma = NOISE[m]
+                    arrays[key] = (arrays[key] + rng.normal(0, sigma, arrays[key].shape)).astype(np.float32)
                 elif fault == "corrupt_range":
                     key = next(iter(arrays))
                     arrays[key] = arrays[key] * 1e4
@@ -84,6 +101,15 @@ def test_fault_flags_that_modality_only_within_the_stated_ticks(fault, bound, ta
     assert first - FAULT_AT + 1 <= bound, f"{fault} {target} flagged after {first - FAULT_AT + 1} ticks > {bound}"
     others = [i for i in range(4) if i != m]
     assert not flags[:, others].any(), f"{fault} on {target} also flagged {np.flatnonzero(flags.any(0))}"
+
+
+@pytest.mark.parametrize("target", sorted(NOISE))
+def test_in_range_noise_flags_that_modality_only_within_k_on_ticks(target):
+    flags, scores = _run("noise", target)
+    m = schema.MODALITY_INDEX[target]
+    first = _first_flag(flags, m)
+    assert FAULT_AT <= first and first - FAULT_AT + 1 <= CFG.k_on, first
+    assert not flags[:, [i for i in range(4) if i != m]].any()
 
 
 def test_healthy_streams_are_never_flagged():

@@ -252,29 +252,35 @@ def test_replay_into_serve_poses_match_offline_inference_and_counters_add_up(tin
 
 
 # Detection bounds stated in docs/runtime.md (ticks from the first faulted tick, counted as 1).
-FAULT_BOUNDS = {"stop": 4, "freeze": 5, "nan": 4}
+FAULT_BOUNDS = {"stop": 4, "freeze": 5, "nan": 4, "noise": 4, "skew": 3}
 
 
 @pytest.mark.slow
 def test_runtime_replay_flags_the_faulted_modality_only_and_keeps_serving(tiny_dataset, replay_model, tmp_path):
     from runtime.cli import main
 
-    faults = ["lidar:stop@4+3", "rgb:freeze@9+3", "wifi:nan@14+3", "mmwave:nan@19+3"]
+    faults = ["lidar:stop@3+2", "rgb:freeze@6+2", "wifi:nan@9+2", "mmwave:nan@12+2", "rgb:noise@15+2",
+              "lidar:noise@18+2", "wifi:noise@21+2", "rgb:skew@24+2"]
     out = tmp_path / "replay.json"
     code = main(["replay", "--model", str(replay_model), "--data", str(tiny_dataset), "--protocol", "P1",
-                 "--split", "S1", "--subset", "all", "--rate", "0", "--max-frames", "240", "--threads", "1",
+                 "--split", "S1", "--subset", "all", "--rate", "0", "--max-frames", "280", "--threads", "1",
                  *[a for f in faults for a in ("--fault", f)], "--report", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["throughput"]["poses"] == 240          # poses keep coming through every fault
-    assert report["accuracy"]["frames"] == 240 and report["accuracy"]["mpjpe_mm"] > 0
+    assert report["throughput"]["poses"] == 280          # poses keep coming through every fault
+    assert report["accuracy"]["frames"] == 280 and report["accuracy"]["mpjpe_mm"] > 0
     assert set(report["accuracy"]["per_action"]) <= set(schema.PROTOCOLS["P1"])
     for f in report["faults"]:
         assert f["flagged"], f"{f['spec']} was not flagged"
         assert f["ticks_to_flag"] <= FAULT_BOUNDS[f["kind"]], f
         assert f["others_flagged"] == [], f
+    # Every flag raised lies inside a fault of that modality (an empty radar frame "corrupted" with
+    # NaN is still an empty frame, so a flag may drop and come back inside one fault).
     events = [e for e in report["degradation_events"] if e["event"] == "degraded"]
-    assert sorted(e["modality"] for e in events) == sorted(f.split(":")[0] for f in faults)
-    assert report["messages"]["suppressed_by_faults"]["lidar"] == 30
+    assert {e["modality"] for e in events} == {f.split(":")[0] for f in faults}
+    for e in events:
+        assert any(f["modality"] == e["modality"] and f["start_ns"] <= e["t_ns"] <= f["end_ns"] + 5 * PERIOD
+                   for f in report["faults"]), e
+    assert report["messages"]["suppressed_by_faults"]["lidar"] == 20
     shares = report["contribution_shares"]
     assert abs(sum(shares["label_free"].values()) - 1) < 1e-3 and shares["labelled"] is not None
