@@ -31,10 +31,11 @@ import numpy as np
 import zmq
 
 from runtime.config import RuntimeConfig
+from runtime.model import ModelError
 from runtime.serve import Runtime, add_config_arguments, config_from_args, load_model
 from sensors import mmfi, posemath, schema, wire
 from sensors.faults import parse_fault
-from sensors.replay import replay
+from sensors.replay import ReplayError, replay
 
 log = logging.getLogger(__name__)
 
@@ -320,10 +321,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,
-                        cfg, clock=args.clock, max_frames=args.max_frames, sequences=args.sequences,
-                        seed=args.seed)
+    try:
+        cfg = config_from_args(args)
+        report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,
+                            cfg, clock=args.clock, max_frames=args.max_frames, sequences=args.sequences,
+                            seed=args.seed)
+    except (ValueError, FileNotFoundError, ModelError, ReplayError) as err:   # MMFiFormatError is a ValueError
+        log.error("%s", err)
+        return 2
     print(format_report(report))
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ import signal
 import threading
 from pathlib import Path
 
+import zmq
+
 from exporters.http import HttpExporter
 from exporters.metrics import RuntimeMetrics
 from exporters.pose_publisher import PosePublisher
@@ -83,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ModelError) as err:
         log.error("%s", err)
         return 2
-    stats = serve(cfg, model, console=args.console, duration_s=args.duration)
+    try:
+        stats = serve(cfg, model, console=args.console, duration_s=args.duration)
+    except (OSError, zmq.ZMQError, ValueError) as err:   # ports in use, endpoints that do not parse
+        log.error("cannot serve: %s. Is another runtime using these ports? Choose others with "
+                  "--input, --output and --metrics-port (or --set metrics.enabled=false)", err)
+        return 2
     log.info("stopped: %d ticks, %d dropped, %d failed, %d messages", stats.ticks, stats.dropped, stats.errors,
              stats.messages)
     return 0
