@@ -5,8 +5,8 @@ A record is a flat dict of one tick: scalars and numpy arrays (``joints`` [17,3]
 
 * ``.jsonl``: one JSON object per tick, arrays as nested lists, flushed after every line, so a
   killed process loses at most the line being written.
-* ``.npz``: ticks are held in memory (bounded by ``max_ticks``; later ticks are counted as
-  ``skipped`` and not stored) and written at ``close()`` to a temporary file renamed into place,
+* ``.npz``: ticks are held in memory (bounded by ``max_ticks`` and ``max_mb``; later ticks are
+  counted as ``skipped`` and not stored) and written at ``close()`` to a temporary file renamed into place,
   one array per key stacked over ticks ([T, ...]). Records may carry different keys (e.g. ``gt``
   only on some ticks): a key missing at a tick is stored as NaN (float) or 0 and a boolean
   ``has_<key>`` [T] says where it was set. The runtime closes the recorder on SIGINT/SIGTERM.
@@ -56,23 +56,29 @@ class JsonlRecorder:
 
 
 class NpzRecorder:
-    def __init__(self, path: str | Path, max_ticks: int = 100_000, **_):
+    def __init__(self, path: str | Path, max_ticks: int = 100_000, max_mb: float = 512.0, **_):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_ticks = max_ticks
+        self.max_bytes = int(max_mb * 1e6)
+        self._bytes = 0
         self._records: list[dict] = []
         self.skipped = 0
         self.written = 0
         self._closed = False
 
     def write(self, record: dict) -> None:
-        if len(self._records) >= self.max_ticks:
+        arrays = {k: np.asarray(v) for k, v in record.items()}
+        size = sum(a.nbytes for a in arrays.values())
+        if len(self._records) >= self.max_ticks or self._bytes + size > self.max_bytes:
             if self.skipped == 0:
-                log.warning("NPZ recorder %s holds %d ticks (its bound): later ticks are not recorded",
-                            self.path, self.max_ticks)
+                log.warning("NPZ recorder %s is full (%d ticks, %.0f MB; bounds %d ticks, %.0f MB): later ticks "
+                            "are not recorded", self.path, len(self._records), self._bytes / 1e6, self.max_ticks,
+                            self.max_bytes / 1e6)
             self.skipped += 1
             return
-        self._records.append({k: np.asarray(v) for k, v in record.items()})
+        self._records.append(arrays)
+        self._bytes += size
 
     def close(self) -> None:
         if self._closed:
@@ -111,9 +117,9 @@ def stack_records(records: list[dict]) -> dict[str, np.ndarray]:
 RECORDERS = {".jsonl": JsonlRecorder, ".npz": NpzRecorder}
 
 
-def open_recorder(path: str | Path, max_ticks: int = 100_000):
+def open_recorder(path: str | Path, max_ticks: int = 100_000, max_mb: float = 512.0):
     """The recorder for ``path``'s suffix (``.jsonl`` or ``.npz``)."""
     suffix = Path(path).suffix
     if suffix not in RECORDERS:
         raise ValueError(f"recorder path {path}: expected a suffix in {sorted(RECORDERS)}, got {suffix!r}")
-    return RECORDERS[suffix](path, max_ticks=max_ticks)
+    return RECORDERS[suffix](path, max_ticks=max_ticks, max_mb=max_mb)

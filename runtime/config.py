@@ -126,7 +126,8 @@ class RecorderConfig:
 
     path: str = ""
     record_inputs: bool = False
-    npz_max_ticks: int = 100_000   # NPZ keeps ticks in memory until close: bounded
+    npz_max_ticks: int = 100_000   # NPZ keeps ticks in memory until close: bounded in ticks ...
+    npz_max_mb: float = 512.0      # ... and in memory (record_inputs costs ~35 kB per tick)
 
     def __post_init__(self):
         if self.path and Path(self.path).suffix not in (".jsonl", ".npz"):
@@ -134,8 +135,9 @@ class RecorderConfig:
         if self.record_inputs and self.path and not self.path.endswith(".npz"):
             raise ValueError("recorder.record_inputs needs an .npz recorder.path (arrays), got "
                              f"{self.path!r}")
-        if self.npz_max_ticks < 1:
-            raise ValueError(f"recorder.npz_max_ticks must be >= 1, got {self.npz_max_ticks}")
+        if self.npz_max_ticks < 1 or self.npz_max_mb <= 0:
+            raise ValueError(f"recorder.npz_max_ticks must be >= 1 and npz_max_mb > 0, got {self.npz_max_ticks}, "
+                             f"{self.npz_max_mb}")
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def build_outputs(cfg: RuntimeConfig, console: bool = False, stats: RunStats | N
                                      cfg.station)]
     if cfg.recorder.path:
         path = Path(cfg.recorder.path)
-        outputs.append(RecorderOutput(open_recorder(path, cfg.recorder.npz_max_ticks)))
+        outputs.append(RecorderOutput(open_recorder(path, cfg.recorder.npz_max_ticks, cfg.recorder.npz_max_mb)))
         saved = cfg.save(path.with_name(path.name + ".config.yaml"))
         log.info("recording ticks to %s (resolved config in %s)", path, saved)
     if console:

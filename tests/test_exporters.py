@@ -112,6 +112,15 @@ def test_npz_recorder_stacks_fills_missing_keys_and_is_bounded(tmp_path):
     assert not list(tmp_path.glob("*.tmp.npz"))
 
 
+def test_npz_recorder_is_bounded_in_memory(tmp_path):
+    rec = open_recorder(tmp_path / "r.npz", max_mb=0.0005)   # 500 bytes: room for two of these records
+    for r in _records(5):
+        rec.write(r)
+    rec.close()
+    data = np.load(tmp_path / "r.npz")
+    assert len(data["tick"]) == 2 and int(data["skipped_ticks"]) == 3
+
+
 def test_recorder_suffix_is_checked(tmp_path):
     with pytest.raises(ValueError, match="suffix"):
         open_recorder(tmp_path / "r.csv")
