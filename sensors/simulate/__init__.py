@@ -5,8 +5,9 @@
 
 Each sequence (subject x action) is generated from its own seed,
 ``np.random.SeedSequence([seed, env, subject, action])`` (numbers, e.g. 1, 5, 2 for E01/S05/A02),
-so a dataset is the same for a seed whatever the number of workers. A subject's body comes from
-``[seed, env, subject, 0]`` and stays the same across its actions.
+so a dataset is the same for a seed whatever the number of workers. A subject's body and recording
+session (the WiFi static channel) come from ``[seed, env, subject, 0]`` and stay the same across its
+actions.
 
 Stages: kinematics (ground truth) -> rgb / lidar / mmwave / wifi sensor models -> writer.
 """
@@ -58,11 +59,13 @@ def generate_sequence(subject: str, action: str, seed: int = 0,
         raise ValueError(f"unknown action {action!r}: expected A01..A27")
     env = get_environment(schema.environment_of(subject))
     body_ss = np.random.SeedSequence([seed, _number(env.name), _number(subject), 0])
-    person = make_subject(subject, np.random.default_rng(body_ss), env, config.body)
+    body_rng = np.random.default_rng(body_ss)
+    person = make_subject(subject, body_rng, env, config.body)
+    wifi_session = wifi.session(body_rng, env, config.wifi)      # shared by the subject's actions
     kin, r_rgb, r_lidar, r_mmwave, r_wifi = (np.random.default_rng(s)
                                               for s in sequence_seed(seed, subject, action).spawn(5))
     joints = kinematics.sequence_pose(action, person, env.camera_height_m, kin)
-    amp, phase = wifi.sequence(joints, env, r_wifi, config.wifi)
+    amp, phase = wifi.sequence(joints, env, r_wifi, config.wifi, wifi_session)
     return SequenceData(
         ground_truth=joints.astype(np.float32),
         rgb=rgb.keypoints(joints, r_rgb, config.rgb),

@@ -19,8 +19,8 @@ from sensors import schema
 from sensors.simulate.body import BONE_RADIUS_M
 from sensors.simulate.lidar import camera_to_sensor
 
-POINTS_PER_BONE = 10
-AROUND_RAD = (-0.9, 0.0, 0.9)  # surface samples around each bone, radians from facing the radar
+POINTS_PER_BONE = 16
+AROUND_RAD = (-1.2, -0.6, 0.0, 0.6, 1.2) # surface samples around each bone, radians from facing the radar
 KNOWN_COLUMNS = {"x", "y", "z", "snr_db", "doppler_mps"}
 
 
@@ -31,6 +31,7 @@ class MmwaveConfig:
     range_bin_m: float = 0.04
     doppler_bin_mps: float = 0.6
     azimuth_bin_deg: float = 15.0
+    elevation_bin_deg: float = 20.0      # coarse elevation resolution of the 3D antenna array
     detect_prob: float = 0.85            # per occupied cell
     max_points: int = 30
     range_sigma_m: float = 0.03
@@ -95,7 +96,8 @@ def detect(joints: np.ndarray, vel: np.ndarray, env, extrinsic: tuple[np.ndarray
         return np.zeros((0, len(cfg.columns)))
     r, az, el, vr, w = r[moving], az[moving], el[moving], vr[moving], w[moving]
     cells = np.stack([np.floor(r / cfg.range_bin_m), np.floor(vr / cfg.doppler_bin_mps),
-                      np.floor(np.rad2deg(az) / cfg.azimuth_bin_deg)], -1)
+                      np.floor(np.rad2deg(az) / cfg.azimuth_bin_deg),
+                      np.floor(np.rad2deg(el) / cfg.elevation_bin_deg)], -1)
     _, cell, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
     cell = cell.reshape(-1)
     n = counts.size

@@ -25,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sensors import mmfi, posemath, preprocess, schema
 from sensors.simulate.body import bone_lengths
+from sensors.simulate.presets import s1_test_subjects
 
 STILL_SPEED_MPS = 0.05   # max joint speed below which a frame counts as still
 MOVING_SPEED_MPS = 0.3   # ... and above which it counts as moving
@@ -136,7 +137,7 @@ def _speed(gt: np.ndarray) -> np.ndarray:
 
 def collect(root: Path, frame_step: int = 1) -> dict:
     """Read every ``frame_step``-th frame of every sequence: features and raw statistics."""
-    out = {k: [] for k in ("subject", "gt", "speed", "lidar_n", "mmwave_n", "kpts", "csi", "csi_bad",
+    out = {k: [] for k in ("subject", "action", "gt", "speed", "lidar_n", "mmwave_n", "kpts", "csi", "csi_bad",
                            "f_rgb", "f_lidar", "f_mmwave", "f_wifi", "bones", "seq_subject")}
     for seq in sequences(root):
         subject = seq.parent.name
@@ -147,6 +148,7 @@ def collect(root: Path, frame_step: int = 1) -> dict:
         for t in range(0, gt.shape[0], frame_step):
             kp, cloud, radar, (amp, phase) = (read_frame(seq, m, t) for m in schema.MODALITIES)
             out["subject"].append(subject)
+            out["action"].append(seq.name)
             out["gt"].append(gt[t].reshape(-1))
             out["speed"].append(speed[t])
             out["lidar_n"].append(cloud.shape[0])
@@ -172,43 +174,58 @@ def _mpjpe_mm(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(posemath.mpjpe(pred.reshape(-1, schema.N_JOINTS, 3), gt.reshape(-1, schema.N_JOINTS, 3)).mean())
 
 
-def _fit_best(x: np.ndarray, y: np.ndarray, subjects: np.ndarray):
-    """Ridge or k-NN, whichever scores better on the last training subject held out (the test
-    subjects play no part in the choice); refitted on all training subjects."""
-    val = subjects == sorted(set(subjects))[-1]
-    if val.all() or not val.any():
-        val = np.arange(len(y)) >= int(0.75 * len(y))
+def _fit_best(x: np.ndarray, y: np.ndarray, groups: np.ndarray):
+    """Ridge or k-NN, whichever scores better on every 4th training sequence held out (the test
+    frames play no part in the choice); refitted on all training frames."""
+    names = sorted(set(groups))
+    val = np.isin(groups, names[::4]) if len(names) >= 2 else np.arange(len(y)) >= int(0.75 * len(y))
     scores = {name: _mpjpe_mm(p.fit(x[~val], y[~val]).predict(x[val]), y[val]) for name, p in _probes().items()}
     best = min(scores, key=scores.get)
     return _probes()[best].fit(x, y), best
 
 
-def probe(data: dict, test_subjects: set[str] | None = None) -> dict:
-    """Per-modality probe MPJPE (mm) on held-out subjects, beside the mean pose.
+def s1_test_mask(subjects: np.ndarray, actions: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Test frames of split S1 (the paper's setting): for the k-th action of the protocol that holds
+    all the actions (P1, else P2, else P3), the official ``permutation(40)`` with seed ``seed + k``."""
+    present = set(actions)
+    protocol = next(p for p in ("P1", "P2", "P3") if present <= set(schema.PROTOCOLS[p]))
+    order = schema.PROTOCOLS[protocol]
+    test = {a: s1_test_subjects(order.index(a), seed) for a in present}
+    return np.array([s in test[a] for s, a in zip(subjects, actions, strict=True)]), protocol
 
-    Test subjects: S05, S10, ... (split S2) when present, else the last subject."""
-    subjects = np.array(data["subject"])
+
+def probe(data: dict, split: str = "S1") -> dict:
+    """Per-modality probe MPJPE (mm) on held-out frames, beside the mean pose.
+
+    split "S1": the paper's random split (per action, held-out subjects; their other actions may be
+    in training); "S2": cross-subject, test S05, S10, ... (else the last subject)."""
+    subjects, actions = np.array(data["subject"]), np.array(data["action"])
     names = sorted(set(subjects))
     if len(names) < 3:
         return {"error": "the probe needs at least three subjects (fit, choose, score on different ones)"}
-    if test_subjects is None:
-        test_subjects = {s for s in names if int(s[1:]) % 5 == 0}
-        if not test_subjects or len(set(names) - test_subjects) < 2:
-            test_subjects = {names[-1]}
-    test = np.isin(subjects, sorted(test_subjects))
+    if split == "S1":
+        test, protocol = s1_test_mask(subjects, actions)
+        where = f"{protocol}/S1"
+    else:
+        held = {s for s in names if int(s[1:]) % 5 == 0}
+        if not held or len(set(names) - held) < 2:
+            held = {names[-1]}
+        test, where = np.isin(subjects, sorted(held)), f"S2 ({', '.join(sorted(held))})"
+    if test.all() or not test.any():
+        return {"error": f"split {where} leaves no train or no test frames in this dataset"}
     y = np.asarray(data["gt"], dtype=np.float64)
-    result = {"test_subjects": sorted(test_subjects), "train_frames": int((~test).sum()),
-              "test_frames": int(test.sum()),
+    groups = np.char.add(subjects, actions)
+    result = {"split": where, "train_frames": int((~test).sum()), "test_frames": int(test.sum()),
               "mean_pose_mm": _mpjpe_mm(np.broadcast_to(y[~test].mean(0), y[test].shape), y[test])}
     for m in schema.MODALITIES:
         x = np.asarray(data[f"f_{m}"], dtype=np.float64)
-        model, kind = _fit_best(x[~test], y[~test], subjects[~test])
+        model, kind = _fit_best(x[~test], y[~test], groups[~test])
         result[f"{m}_mm"] = _mpjpe_mm(model.predict(x[test]), y[test])
         result[f"{m}_probe"] = kind
     return result
 
 
-def realism_report(root, frame_step: int = 1, with_probe: bool = True) -> dict:
+def realism_report(root, frame_step: int = 1, with_probe: bool = True, split: str = "S1") -> dict:
     """Realism figures of the dataset under ``root`` (see the module docstring)."""
     d = collect(Path(root), frame_step)
     gt = np.asarray(d["gt"]).reshape(-1, schema.N_JOINTS, 3)
@@ -244,21 +261,23 @@ def realism_report(root, frame_step: int = 1, with_probe: bool = True) -> dict:
         "rgb_person_height_px": _stats(np.percentile(kp[..., 1], 95, axis=-1) - np.percentile(kp[..., 1], 5, axis=-1)),
     }
     if with_probe:
-        report["probe_mpjpe_mm"] = probe(d)
+        report["probe_mpjpe_mm"] = probe(d, split)
     return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="root of an MM-Fi-format dataset")
     parser.add_argument("--frame-step", type=int, default=1, help="read every n-th frame (faster on big sets)")
-    parser.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    parser.add_argument("--no-probe", action="store_true", help="skip the probe")
+    parser.add_argument("--split", default="S1", choices=("S1", "S2"),
+                        help="probe split: S1 random per action (the paper's), S2 cross-subject")
     parser.add_argument("--json", type=Path, help="also write the report to this file")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.frame_step < 1:
         raise SystemExit(f"--frame-step must be >= 1, got {args.frame_step}")
-    report = realism_report(args.data, args.frame_step, not args.no_probe)
+    report = realism_report(args.data, args.frame_step, not args.no_probe, args.split)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

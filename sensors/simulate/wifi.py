@@ -37,9 +37,10 @@ class WifiConfig:
     los_k_db: float = 14.0                # direct path power over the scattered static paths
     path_decay_ns: float = 25.0           # exponential power-delay decay of the static paths
     body_rel_db: float = -15.0            # total body reflection power relative to the direct path
-    sequence_path_sigma: float = 0.3      # per-sequence relative perturbation of the static paths
-    sequence_gain_sigma_db: float = 3.0   # per-sequence AGC level
-    antenna_gain_sigma_db: float = 1.0    # per-sequence, per-antenna gain
+    session_path_sigma: float = 0.2       # per-subject (recording session) perturbation of the static paths
+    sequence_path_sigma: float = 0.35     # further per-sequence perturbation
+    sequence_gain_sigma_db: float = 3.0   # per-sequence receiver gain
+    antenna_gain_sigma_db: float = 1.0    # per-session, per-antenna gain
     packet_gain_sigma_db: float = 1.3     # per (antenna, packet) gain jitter (real frame: ~1.3 dB)
     residual_sigma_db: float = 0.25       # per value scatter (real frame: ~0.25 dB)
     edge_width_sc: float = 8.0            # e-folding width (subcarriers) of the band-edge roll-off
@@ -175,16 +176,28 @@ def packet_poses(joints: np.ndarray) -> np.ndarray:
     return joints[:, None] * (1 - w) + nxt[:, None] * w
 
 
-def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig = WifiConfig()
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """[T,17,3] camera-frame joints -> (CSIamp, CSIphase), each float64 [T,3,114,10]."""
+def session(rng: np.random.Generator, env, cfg: WifiConfig = WifiConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """A subject's recording session: relative perturbation of the room's static paths [P] (complex)
+    and per-antenna gains [3] (dB), shared by all the subject's sequences."""
+    perturb = cfg.session_path_sigma * (rng.standard_normal(env.wifi_paths)
+                                        + 1j * rng.standard_normal(env.wifi_paths)) / np.sqrt(2)
+    return perturb, rng.normal(0, cfg.antenna_gain_sigma_db, schema.WIFI_ANTENNAS)
+
+
+def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig = WifiConfig(),
+             session_state: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """[T,17,3] camera-frame joints -> (CSIamp, CSIphase), each float64 [T,3,114,10].
+
+    session_state: from ``session`` (the same for all sequences of a subject); None = no session
+    perturbation."""
     n = joints.shape[0]
     freqs = subcarrier_hz(cfg)
     gain, tau, theta, bounces = static_paths(env, cfg)
     rolloff = edge_rolloff_db(env, cfg)
     tx, rx = np.asarray(env.wifi_tx_m), np.asarray(env.wifi_rx_m)
-    gain = gain * (1 + cfg.sequence_path_sigma * (rng.standard_normal(gain.size)
-                                                  + 1j * rng.standard_normal(gain.size)) / np.sqrt(2))
+    perturb, antenna_db = session_state if session_state is not None else (0.0, np.zeros(schema.WIFI_ANTENNAS))
+    gain = gain * (1 + perturb + cfg.sequence_path_sigma * (rng.standard_normal(gain.size)
+                                                            + 1j * rng.standard_normal(gain.size)) / np.sqrt(2))
     gain[0] = abs(gain[0])
     phasors = path_phasors(tau, theta, freqs)                                    # [P,3,114]
     scale = body_scale(env, cfg, joints[0], freqs)
@@ -203,7 +216,7 @@ def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig 
     level = env.wifi_level_db - np.mean(20 * np.log10(np.abs(h[0]))) - rolloff.mean()
     amp = 20 * np.log10(np.abs(h)) + level + rolloff[None, None, :, None]
     amp = amp + rng.normal(0, cfg.sequence_gain_sigma_db) \
-        + rng.normal(0, cfg.antenna_gain_sigma_db, (1, schema.WIFI_ANTENNAS, 1, 1)) \
+        + antenna_db[None, :, None, None] \
         + rng.normal(0, cfg.packet_gain_sigma_db, (n, schema.WIFI_ANTENNAS, 1, schema.WIFI_PACKETS)) \
         + rng.normal(0, cfg.residual_sigma_db, amp.shape)
     phase = _measured_phase(np.angle(h), rng, cfg)
