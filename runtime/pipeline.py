@@ -109,7 +109,7 @@ class Pipeline:
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()   # bounded, like the ingest's
         self._received = dict.fromkeys(schema.MODALITIES, 0)
         self._lost = dict.fromkeys(schema.MODALITIES, 0)
-        self._newest_ns: dict[str, int] = {}   # newest capture time fed, per modality
+        self._newest_ns: dict[str, int] = {}   # capture time of the latest message, per modality
         self._ewma: dict[str, np.ndarray] = {}
         self.last_tick_wall: float | None = None
         self._trigger_sent_ns: int | None = None   # data clock: send time of the message that made the tick due
@@ -135,7 +135,9 @@ class Pipeline:
         if len(self._last_seq) > MAX_SOURCES:
             self._last_seq.popitem(last=False)
         self._received[msg.topic] += 1
-        self._newest_ns[msg.topic] = max(self._newest_ns.get(msg.topic, 0), msg.t_ns)
+        # Capture time of the latest arrival (not the maximum ever seen: a sensor whose clock jumped
+        # ahead and came back is judged on what it sends now).
+        self._newest_ns[msg.topic] = msg.t_ns
 
     def data_now_ns(self) -> int | None:
         """The data clock's "now": the second-newest capture time over the modalities (the newest
@@ -322,9 +324,9 @@ class Pipeline:
         if msg is None:
             # Nothing new: after a pause, run the tick the newest data would make due next, so the
             # end of a replay is not left waiting for data that never comes.
-            newest = self.sync.newest_t_ns()
-            if newest is not None and time.monotonic() - idle[0] > self.config.sync.data_flush_s:
-                self._run_due(clock.due(newest + clock.delay_ns))
+            now = self.data_now_ns()
+            if now is not None and time.monotonic() - idle[0] > self.config.sync.data_flush_s:
+                self._run_due(clock.due(now + clock.delay_ns))
                 idle[0] = time.monotonic()
             return
         idle[0] = time.monotonic()

@@ -262,3 +262,17 @@ def test_config_merges_file_and_overrides_and_says_what_is_wrong(tmp_path):
         RuntimeConfig.load(None, ["output.endpoint=5556"])
     with pytest.raises(ValueError, match="record_inputs"):
         RuntimeConfig.load(None, ["recorder.path=r.jsonl", "recorder.record_inputs=true"])
+
+
+def test_one_sensor_stamping_the_far_future_does_not_drag_the_data_clock(tiny_model):
+    rng = np.random.default_rng(9)
+    messages = [m for k in range(15) for m in frame_messages(k, rng)]
+    bad = next(m for m in messages if m.topic == "lidar" and m.t_ns == T0 + 5 * PERIOD)
+    bad.t_ns += 3600 * 10**9                              # one message an hour ahead
+    pipe, results = _run_data_clock(tiny_model, messages)
+    assert [r.tick_ns for r in results] == [T0 + k * PERIOD for k in range(15)]
+    assert pipe.stats.dropped == 0
+    lidar = schema.MODALITY_INDEX["lidar"]
+    assert results[5].health[lidar].clock == 1.0          # seen as a wrong sensor clock ...
+    assert results[-1].health[lidar].clock == 0.0         # ... and forgiven once it sends sane times
+    assert not any(r.degradation.degraded[[0, 2, 3]].any() for r in results)
