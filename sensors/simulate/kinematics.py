@@ -9,8 +9,9 @@ Local body axes match the camera frame of a subject facing the camera: x = the s
 spherical: ``elev`` from straight down (0 hanging, pi/2 horizontal, pi up) and ``azim`` of the
 swing plane (0 outward to the side, pi/2 forward, negative = backward).
 
-Motions are smooth: repetitions use a smoothstep of a raised cosine (period >= 1.5 s) and waving
-runs at <= 1.5 Hz, so the ground truth stays below 2-3 Hz as in MM-Fi.
+Motions are smooth: repetitions follow a raised cosine (period >= 2 s before the subject's tempo)
+after a smooth start, and waving runs at 1.2 Hz, so the ground truth stays below 2-3 Hz as in
+MM-Fi (a test checks the spectrum of every action).
 """
 
 from __future__ import annotations

@@ -101,7 +101,9 @@ def detect(joints: np.ndarray, vel: np.ndarray, env, extrinsic: tuple[np.ndarray
     _, cell, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
     cell = cell.reshape(-1)
     n = counts.size
-    mean = lambda x: np.bincount(cell, weights=x, minlength=n) / counts  # noqa: E731
+    def mean(x):
+        return np.bincount(cell, weights=x, minlength=n) / counts
+
     cr, caz, cel, cvr, cw = mean(r), mean(az), mean(el), mean(vr), np.bincount(cell, weights=w, minlength=n)
     snr = 12.0 + 10 * np.log10(cw / 0.05) + 8 * np.log10(np.abs(cvr) / 0.3 + 1) \
         - 20 * np.log10(cr / 3.0) + rng.normal(0, 3.0, n)
