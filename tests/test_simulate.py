@@ -327,3 +327,19 @@ def test_cli_arguments():
     assert cli._names(args.subjects, schema.SUBJECTS, "subjects") == ["S01", "S05"]
     with pytest.raises(SystemExit, match="S01..S40"):
         cli._names("S01,S99", schema.SUBJECTS, "subjects")
+
+
+def test_lidar_back_wall_is_optional():
+    from dataclasses import replace
+
+    from sensors.simulate import lidar
+
+    env = get_environment("E01")
+    subject = make_subject("S01", np.random.default_rng(0), env)
+    joints = kinematics.sequence_pose("A02", subject, env.camera_height_m, np.random.default_rng(0))[:5]
+    walled = lidar.sequence(joints, env, np.random.default_rng(1))
+    open_room = lidar.sequence(joints, replace(env, back_wall_m=None), np.random.default_rng(1))
+    wall_x = env.back_wall_m - env.lidar_offset_m[2]
+    assert all(np.sum(np.abs(c[:, 0] - wall_x) < 0.05) > 100 for c in walled)
+    assert all(len(o) < len(w) for o, w in zip(open_room, walled, strict=True))  # no returns above the horizon
+    assert all(np.all(o[:, 2] < 1.0) for o in open_room)
