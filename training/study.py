@@ -190,6 +190,13 @@ def awc_epoch_ratio(found: dict[str, list[dict[str, Any]]], prefix: str = "all")
     if none:
         plain = np.mean([np.mean([e["time"]["train"] for e in r["log"]]) for r in none])
         parts.append(f"{inside / plain:.2f}x the plain (`none`) run's epochs")
+    # Wall-clock ratios move with whatever else runs on the machine; the phase timings of the
+    # window epochs themselves do not: share of the epoch spent in the Fisher and Shapley phases.
+    extra = [(e["time"].get("fisher", 0.0) + e["time"]["shapley"]) / e["time"]["train"]
+             for r in awc for e in r["log"] if e["in_window"]]
+    share = float(np.mean(extra)) if extra else 0.0
+    parts.append(f"inside the window the Fisher + Shapley phases take {share:.1%} of the epoch, i.e. the epoch is "
+                 f"{1.0 / (1.0 - share):.2f}x the same steps without them")
     return f"an AWC epoch inside the window (Fisher and Shapley included) takes {inside:.1f} s: " + "; ".join(parts)
 
 
