@@ -96,12 +96,18 @@ def main() -> int:
     try:
         wait_ready(f"{metrics_url}/healthz", 60, serve)
         frames = int(REPLAY_S * 10)
-        run("sensors", "replay", "--data", str(DATA), "--protocol", "P1", "--split", "S1",
-            "--subset", "test", "--connect", INPUT, "--rate", "1.0", "--max-frames", str(frames),
-            "--fault", f"lidar:stop@{REPLAY_S / 2:.0f}", "--no-progress")
-        time.sleep(1.5)
-        banner(f"4. Prometheus metrics at {metrics_url}/metrics (excerpt)")
+        replay_args = ["sensors", "replay", "--data", str(DATA), "--protocol", "P1", "--split", "S1",
+                       "--subset", "test", "--connect", INPUT, "--rate", "1.0", "--max-frames", str(frames),
+                       "--fault", f"lidar:stop@{REPLAY_S / 2:.0f}", "--no-progress"]
+        print("$ python -m " + " ".join(map(shlex.quote, replay_args)), flush=True)
+        replay = subprocess.Popen([PY, "-m", *replay_args])
+        # Read the metrics while the sensors still stream (after the LiDAR stopped): once the
+        # replay ends, every modality is rightly reported missing.
+        time.sleep(REPLAY_S * 0.85)
+        banner(f"4. Prometheus metrics at {metrics_url}/metrics (excerpt, LiDAR stopped)")
         show_metrics(f"{metrics_url}/metrics")
+        if replay.wait(timeout=REPLAY_S + 60) != 0:
+            raise SystemExit(f"sensors replay failed with code {replay.returncode}")
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=30)
