@@ -73,8 +73,19 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
     return np.linspace(0, n - 1, k).round().astype(np.int64)
 
 
+def _data_fingerprint(root: Path) -> str:
+    """Size and modification time of every sequence's ground truth: a dataset regenerated or
+    replaced at the same root gets a new cache key (a cheap stat per sequence, no reading)."""
+    h = hashlib.sha256()
+    for p in sorted(root.glob(f"E*/S*/A*/{schema.MMFI_GT_FILE}")):
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 def _cache_key(cfg: Config, subset: str) -> str:
-    d = {"root": str(Path(cfg.data.root).resolve()), "protocol": cfg.data.protocol, "split": cfg.data.split,
+    d = {"root": str(Path(cfg.data.root).resolve()), "data": _data_fingerprint(Path(cfg.data.root)),
+         "protocol": cfg.data.protocol, "split": cfg.data.split,
          "seed": cfg.data.split_seed, "subset": subset, "window": cfg.model.rgb_window,
          "lidar_cap": cfg.model.lidar_cap, "mmwave_cap": cfg.model.mmwave_cap, "schema": schema.SCHEMA_VERSION}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
