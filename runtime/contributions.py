@@ -72,27 +72,6 @@ def effective_coalitions(coalition_poses: np.ndarray, presence) -> np.ndarray:
     return np.asarray(coalition_poses)[_EFFECTIVE[p]]
 
 
-def coalition_values(preds: np.ndarray, target: np.ndarray, eps: float = posemath.PEARSON_EPS) -> np.ndarray:
-    """``posemath.coalition_values`` for all 16 coalitions in one vectorised pass (same definition:
-    per-coordinate Pearson correlation across the window, 0 where either side barely varies,
-    clipped to [-1, 1], summed; v(empty) = 0). preds [N, 16, 17, 3], target [N, 17, 3] -> [16]."""
-    n = preds.shape[0]
-    if n < 2:
-        return np.zeros(schema.N_COALITIONS)
-    p = np.asarray(preds, np.float64).reshape(n, schema.N_COALITIONS, -1)
-    t = np.asarray(target, np.float64).reshape(n, 1, -1)
-    p = p - p.mean(axis=0)
-    t = t - t.mean(axis=0)
-    sp = np.sqrt((p ** 2).mean(axis=0))
-    st = np.sqrt((t ** 2).mean(axis=0))
-    ok = (sp > eps) & (st > eps)
-    cov = (p * t).mean(axis=0)
-    r = np.where(ok, cov / np.where(ok, sp * st, 1.0), 0.0)
-    values = np.clip(r, -1.0, 1.0).sum(axis=-1)
-    values[0] = 0.0
-    return values
-
-
 def window_values(preds: np.ndarray, target: np.ndarray, seen: int = schema.FULL_COALITION
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """preds [N, 16, 17, 3] (effective coalitions), target [N, 17, 3], seen: bitmask of the
@@ -101,7 +80,7 @@ def window_values(preds: np.ndarray, target: np.ndarray, seen: int = schema.FULL
     A coalition made only of modalities never seen in the window evaluates the empty coalition at
     every tick, so its value is v(empty) = 0.
     """
-    values = coalition_values(preds, target)
+    values = posemath.coalition_values(preds, target)
     values[[c for c in range(schema.N_COALITIONS) if c & seen == 0]] = 0.0
     phi = posemath.shapley_values(values)
     phi[[m for m in range(schema.N_MODALITIES) if not seen >> m & 1]] = 0.0   # exact 0, not 1e-17

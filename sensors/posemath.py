@@ -68,18 +68,22 @@ def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Pearson profit and Shapley values
 # ----------------------------------------------------------------------------------------------
-def pearson_profit(pred: np.ndarray, target: np.ndarray, eps: float = PEARSON_EPS) -> float:
-    """Sum over coordinates of the Pearson correlation of that coordinate across the batch.
+def pearson_profits(preds: np.ndarray, target: np.ndarray, eps: float = PEARSON_EPS) -> np.ndarray:
+    """Pearson profit of C candidate predictions against one target, in one vectorised pass.
 
-    pred, target: [B, ...] (e.g. [B, 17, 3]: 51 coordinates). A coordinate where either side
-    barely varies (std < eps) contributes 0. B < 2 gives 0.
+    preds: [B, C, ...] (e.g. [B, 16, 17, 3] coalition poses); target: [B, ...]. For each candidate,
+    the sum over coordinates of the Pearson correlation of that coordinate across the batch; a
+    coordinate where either side barely varies (std < eps) contributes 0. B < 2 gives 0. -> [C]
     """
-    p = np.asarray(pred, np.float64).reshape(len(pred), -1)
-    t = np.asarray(target, np.float64).reshape(len(target), -1)
-    if p.shape != t.shape:
-        raise ValueError(f"pred and target shapes differ: {p.shape} vs {t.shape}")
-    if p.shape[0] < 2:
-        return 0.0
+    preds, target = np.asarray(preds, np.float64), np.asarray(target, np.float64)
+    b, c = preds.shape[:2]
+    p = preds.reshape(b, c, -1)
+    t = target.reshape(len(target), 1, -1)
+    if p.shape[0] != t.shape[0] or p.shape[2] != t.shape[2]:
+        raise ValueError(f"predictions {preds.shape} do not match the target {target.shape}: "
+                         "expected [B, C, ...] against [B, ...]")
+    if b < 2:
+        return np.zeros(c)
     p = p - p.mean(axis=0)
     t = t - t.mean(axis=0)
     sp = np.sqrt((p ** 2).mean(axis=0))
@@ -87,7 +91,19 @@ def pearson_profit(pred: np.ndarray, target: np.ndarray, eps: float = PEARSON_EP
     ok = (sp > eps) & (st > eps)
     cov = (p * t).mean(axis=0)
     r = np.where(ok, cov / np.where(ok, sp * st, 1.0), 0.0)
-    return float(np.clip(r, -1.0, 1.0).sum())
+    return np.clip(r, -1.0, 1.0).sum(axis=-1)
+
+
+def pearson_profit(pred: np.ndarray, target: np.ndarray, eps: float = PEARSON_EPS) -> float:
+    """Sum over coordinates of the Pearson correlation of that coordinate across the batch.
+
+    pred, target: [B, ...] (e.g. [B, 17, 3]: 51 coordinates). A coordinate where either side
+    barely varies (std < eps) contributes 0. B < 2 gives 0.
+    """
+    pred = np.asarray(pred)
+    if pred.shape != np.shape(target):
+        raise ValueError(f"pred and target shapes differ: {pred.shape} vs {np.shape(target)}")
+    return float(pearson_profits(pred[:, None], target, eps)[0])
 
 
 def _shapley_matrix() -> np.ndarray:
@@ -124,8 +140,9 @@ def coalition_values(coalition_preds: np.ndarray, target: np.ndarray) -> np.ndar
 
     v(empty) is 0 by definition, whatever the empty coalition predicts.
     """
-    coalition_preds = np.asarray(coalition_preds)
-    v = np.array([pearson_profit(coalition_preds[:, c], target) for c in range(schema.N_COALITIONS)])
+    v = pearson_profits(coalition_preds, target)
+    if v.shape != (schema.N_COALITIONS,):
+        raise ValueError(f"need {schema.N_COALITIONS} coalitions, got {v.shape[0]}")
     v[0] = 0.0
     return v
 

@@ -103,15 +103,3 @@ def test_gauge_values_are_smoothed_not_exact():
 def test_config_rejects_a_window_too_short_for_pearson():
     with pytest.raises(ValueError, match="window_ticks"):
         ContributionConfig(window_ticks=1)
-
-
-def test_vectorised_coalition_values_equal_posemath():
-    from runtime.contributions import coalition_values
-
-    rng = np.random.default_rng(7)
-    preds = _random_coalitions(rng, 9)
-    preds[:, 3] = 1.0                      # a constant coalition: correlation 0, not NaN
-    target = rng.normal(size=(9, schema.N_JOINTS, 3))
-    np.testing.assert_allclose(coalition_values(preds, target), posemath.coalition_values(preds, target),
-                               rtol=1e-12, atol=1e-12)
-    assert coalition_values(preds[:1], target[:1]).tolist() == [0.0] * 16

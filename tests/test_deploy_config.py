@@ -5,8 +5,6 @@ these tests skip, except under CI (CI=true) where they fail."""
 from __future__ import annotations
 
 import configparser
-import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -15,31 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures.deploy_tools import load_module, require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 PROM = DEPLOY / "prometheus"
 RULE_TESTS = sorted((PROM / "tests").glob("*.yml"))
 SEVERITIES = {"critical", "warning"}
-
-
-def require_tool(name: str) -> str:
-    """Path of ``name``; skip without it, fail under CI where it must be installed."""
-    path = shutil.which(name)
-    if path:
-        return path
-    msg = f"{name} not found: install Debian's prometheus package (apt-get install -y prometheus)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg + " - CI must have it")
-    pytest.skip(msg)
-
-
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 checks = load_module(DEPLOY / "check_queries.py", "deploy_check_queries")

@@ -78,6 +78,23 @@ def test_shapley_of_additive_game_is_each_players_own_value():
     assert row[15] == pytest.approx(1 / 4)
 
 
+def test_vectorised_profits_equal_a_corrcoef_reference():
+    rng = np.random.default_rng(7)
+    target = rng.normal(size=(9, 17, 3))
+    preds = rng.normal(size=(9, 16, 17, 3)) + target[:, None]
+    preds[:, 3] = 1.0  # a constant coalition: correlation 0, not NaN
+    expected = []
+    for c in range(16):
+        p, t = preds[:, c].reshape(9, -1), target.reshape(9, -1)
+        r = [0.0 if p[:, k].std() < 1e-8 else np.corrcoef(p[:, k], t[:, k])[0, 1] for k in range(51)]
+        expected.append(sum(r))
+    np.testing.assert_allclose(posemath.pearson_profits(preds, target), expected, rtol=1e-10, atol=1e-10)
+    v = posemath.coalition_values(preds, target)
+    assert v[0] == 0.0 and v[3] == 0.0
+    np.testing.assert_allclose(v[1:], np.array(expected)[1:], rtol=1e-10, atol=1e-10)
+    assert posemath.pearson_profits(preds[:1], target[:1]).tolist() == [0.0] * 16
+
+
 def test_coalition_values_force_empty_to_zero():
     rng = np.random.default_rng(1)
     t = rng.normal(size=(16, 17, 3))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures.deploy_tools import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 PROM = REPO / "deploy" / "prometheus"
@@ -40,16 +40,6 @@ FAULT_AFTER_S = 4
 ALERT_FOR = "2s"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    msg = f"{name} not found: install Debian's prometheus package (apt-get install -y prometheus)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg + " - CI must have it")
-    pytest.skip(msg)
 
 
 def free_port() -> int:
