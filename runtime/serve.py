@@ -142,9 +142,10 @@ class Runtime:
         self.ingest = Ingest(list(i.endpoints), bind=i.bind, metrics=self.metrics, queue_size=i.queue_size)
         self.ingest.start()
         self.pipeline.source_running = self._ingest_running
-        log.info("ingest on %s (%s), pose stream on %s, %s clock at %.1f Hz", ", ".join(i.endpoints),
-                 "bind" if i.bind else "connect", self.cfg.output.endpoint, self.cfg.sync.clock,
-                 self.cfg.sync.rate_hz)
+        pose_endpoint = next((o.publisher.endpoint for o in self.pipeline.outputs if isinstance(o, PublisherOutput)),
+                             self.cfg.output.endpoint)
+        log.info("ingest on %s (%s), pose stream on %s, %s clock at %.1f Hz", ", ".join(self.ingest.endpoints),
+                 "bind" if i.bind else "connect", pose_endpoint, self.cfg.sync.clock, self.cfg.sync.rate_hz)
         return self
 
     def _ingest_running(self) -> bool:
