@@ -1,7 +1,9 @@
 """ZeroMQ SUB ingest: a thread that receives, validates and queues sensor messages.
 
 One SUB socket binds (the default: sensors connect) or connects to one or more endpoints and
-subscribes to the input topics and ``gt``. Every message is decoded with ``sensors.wire.decode``;
+subscribes to everything, so that a message of any other topic is counted as ``unknown_topic``
+instead of vanishing inside ZeroMQ's prefix filter; the input topics and ``gt`` are accepted.
+Every message is decoded with ``sensors.wire.decode``;
 valid ones go, in arrival order, into a bounded queue the pipeline reads with ``get``/``drain``.
 
 Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reasons, where
@@ -84,8 +86,9 @@ class Ingest:
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.setsockopt(zmq.LINGER, 0)
-        for topic in self.topics:
-            sock.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        # Subscribe to everything: a prefix filter would discard messages with other topics
+        # silently inside ZeroMQ; here they are decoded, counted (unknown_topic) and dropped.
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
         resolved = []
         for ep in self.endpoints:
             try:

@@ -82,6 +82,7 @@ def test_gaps_invalid_messages_and_the_accounting_invariant(ctx):
         next_header = msgpack.packb({**msgpack.unpackb(good[1]), "seq": 1})
         crafted = [
             [b"rgbx", good[1], good[2]],                         # unknown topic (matches the prefix)
+            [b"\x00\xff", b"\x01", b"\x02"],                         # garbage topic: counted, not filtered
             [b"mmwave", msgpack.packb(header), good[2]],         # bad dtype
             [b"mmwave", b"\xc1\xc1garbage"],                      # malformed header
             [b"mmwave", next_header],                            # buffer missing (seq 1: no restart)
@@ -97,12 +98,12 @@ def test_gaps_invalid_messages_and_the_accounting_invariant(ctx):
         assert counts["dropped"]["rgb"] == {"sequence_gap": 3}
         assert counts["dropped"]["lidar"] == {"non_finite": 1}
         assert counts["dropped"]["mmwave"] == {"bad_dtype": 1, "malformed": 2}
-        assert counts["dropped"][schema.UNKNOWN_MODALITY] == {"unknown_topic": 1, "malformed": 1}
+        assert counts["dropped"][schema.UNKNOWN_MODALITY] == {"unknown_topic": 2, "malformed": 1}
         assert counts["restarts"] == 1
         assert _accounted(ing) == sent  # sent = received + all drops
         assert _metric(metrics, "awc_messages_received_total", modality="rgb") == 10
         assert _metric(metrics, "awc_messages_dropped_total", modality="rgb", reason="sequence_gap") == 3
-        assert _metric(metrics, "awc_messages_dropped_total", modality="unknown", reason="unknown_topic") == 1
+        assert _metric(metrics, "awc_messages_dropped_total", modality="unknown", reason="unknown_topic") == 2
         msgs = ing.drain()
         assert [m.topic for m in msgs] == ["rgb"] * 10 + ["lidar", "gt"]  # arrival order
         assert [m.seq for m in msgs[:7]] == [0, 1, 3, 4, 7, 8, 9]
