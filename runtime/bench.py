@@ -33,7 +33,7 @@ import zmq
 from tqdm import tqdm
 
 from exporters.metrics import RuntimeMetrics
-from runtime.config import RuntimeConfig
+from runtime.config import RuntimeConfig, free_loopback_port
 from runtime.model import PoseModel
 from runtime.pipeline import Pipeline
 from sensors import schema, wire
@@ -173,17 +173,9 @@ def bench_end_to_end(model: PoseModel, cfg: RuntimeConfig, duration_s: float = 2
                        "samples": rss}}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_config(overrides: list[str] | None = None) -> RuntimeConfig:
     """Default config on free loopback ports, metrics port chosen by the OS."""
-    base = [f"inputs.endpoints=[tcp://127.0.0.1:{_free_port()}]", f"output.endpoint=tcp://127.0.0.1:{_free_port()}",
+    base = [f"inputs.endpoints=[tcp://127.0.0.1:{free_loopback_port()}]", f"output.endpoint=tcp://127.0.0.1:{free_loopback_port()}",
             "metrics.port=0"]
     return RuntimeConfig.load(None, base + list(overrides or []))
 

@@ -10,6 +10,7 @@ applies overrides such as ``sync.rate_hz=20`` or ``inputs.endpoints=[tcp://10.0.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,13 @@ from runtime.health import HealthConfig
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 CLOCK_MODES = ("wall", "data")
 PROVIDERS = ("auto", "cpu", "cuda")
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for in-process runtimes of replay, bench, tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _check_endpoint(name: str, endpoint: str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from runtime.config import RuntimeConfig
+from runtime.config import RuntimeConfig, free_loopback_port
 from runtime.model import ModelError
 from runtime.serve import Runtime, add_config_arguments, config_from_args, load_model
 from sensors import mmfi, posemath, schema, wire
@@ -40,12 +39,6 @@ from sensors.replay import ReplayError, replay
 log = logging.getLogger(__name__)
 
 REPLAY_QUEUE_SIZE = 200_000   # messages the ingest may hold when replaying as fast as possible
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PoseCollector(threading.Thread):
@@ -195,8 +188,8 @@ def latency_summary(poses: list[wire.Message], wall_s: float) -> dict:
 def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None) -> RuntimeConfig:
     """The runtime config on free loopback ports; data clock for as-fast-as-possible replay."""
     data = cfg.to_dict()
-    data["inputs"].update(endpoints=[f"tcp://127.0.0.1:{free_port()}"], bind=True)
-    data["output"].update(endpoint=f"tcp://127.0.0.1:{free_port()}", bind=True)
+    data["inputs"].update(endpoints=[f"tcp://127.0.0.1:{free_loopback_port()}"], bind=True)
+    data["output"].update(endpoint=f"tcp://127.0.0.1:{free_loopback_port()}", bind=True)
     data["metrics"].update(host="127.0.0.1", port=0)
     data["sync"]["clock"] = clock or ("data" if rate == 0 else "wall")
     if data["sync"]["clock"] == "data":

@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from runtime.config import free_loopback_port
 from training.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _log(out: Path) -> list[dict]:
@@ -37,7 +31,7 @@ def test_torchrun_two_processes_match_single_process(tiny_dataset, tmp_path):
     assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0  # also fills the array cache
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "training", "fit", *common, "--out", str(tmp_path / "ddp")]
+           str(free_loopback_port()), "-m", "training", "fit", *common, "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     single, ddp = _log(tmp_path / "single"), _log(tmp_path / "ddp")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ import pytest
 import yaml
 from fixtures.deploy_tools import require_tool
 
+from runtime.config import free_loopback_port
+
 REPO = Path(__file__).resolve().parents[1]
 PROM = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "awc-pose.json"
@@ -40,12 +41,6 @@ FAULT_AFTER_S = 4
 ALERT_FOR = "2s"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -139,7 +134,7 @@ def model_path(tiny_dataset, tmp_path_factory) -> Path:
 def stack(tiny_dataset, model_path, tmp_path_factory):
     prometheus = require_tool("prometheus")
     folder = tmp_path_factory.mktemp("prometheus")
-    in_port, out_port, metrics_port, prom_port = (free_port() for _ in range(4))
+    in_port, out_port, metrics_port, prom_port = (free_loopback_port() for _ in range(4))
     config = write_prometheus_config(folder, metrics_port, prom_port)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     logs = {name: folder / f"{name}.log" for name in ("prometheus", "runtime", "replay")}

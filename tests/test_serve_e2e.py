@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
+from runtime.config import free_loopback_port
 from sensors import schema, wire
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,12 +28,6 @@ PERIOD = schema.FRAME_PERIOD_NS
 # ---------------------------------------------------------------------------------------------
 # Helpers (also used by test_hostile_input.py)
 # ---------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def export_tiny_model(tmp_path: Path, data_root: Path | None = None) -> Path:
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
@@ -76,9 +70,9 @@ class ServeProcess:
     """`python -m runtime serve` on free loopback ports; terminated (SIGTERM) on exit."""
 
     def __init__(self, model: Path, workdir: Path, *extra: str, clock: str = "wall"):
-        self.input = f"tcp://127.0.0.1:{free_port()}"
-        self.output = f"tcp://127.0.0.1:{free_port()}"
-        self.port = free_port()
+        self.input = f"tcp://127.0.0.1:{free_loopback_port()}"
+        self.output = f"tcp://127.0.0.1:{free_loopback_port()}"
+        self.port = free_loopback_port()
         self.log = workdir / "serve.log"
         self.cmd = [sys.executable, "-m", "runtime", "serve", "--model", str(model), "--clock", clock,
                     "--input", self.input, "--output", self.output, "--metrics-port", str(self.port),
