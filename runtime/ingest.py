@@ -13,6 +13,10 @@ Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reason
   full), and ``sequence_gap``: per (topic, src), a jump from seq a to b > a+1 counts b−a−1 lost
   messages; a jump back (b ≤ a) is a sensor restart, which resets the tracking without counting.
 
+This is the one place sequence gaps are counted. Each queued message carries in ``Message.lost``
+how many messages of its (topic, src) did not reach the queue since the previous queued one (gaps
+upstream plus the ones dropped here), which the input health of the pipeline sums per tick.
+
 Counts are kept in ``counts`` and mirrored to the ``awc_messages_received_total`` /
 ``awc_messages_dropped_total`` counters for the input modalities and ``unknown`` (``gt`` is
 counted in ``counts`` only: the metric label set is closed). Memory is bounded whatever arrives:
@@ -74,6 +78,7 @@ class Ingest:
         self._received: dict[str, int] = {}
         self._dropped: dict[str, dict[str, int]] = {}
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._pending_lost: OrderedDict[tuple[str, str], int] = OrderedDict()   # dropped here since the last queued
         self.restarts = 0
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -194,20 +199,27 @@ class Ingest:
         except wire.WireError as err:
             self._count_drop(err.modality, err.reason)
             if err.src is not None and err.seq is not None and err.modality in INGEST_TOPICS:
-                self._track(err.modality, err.src, err.seq)
+                gap = self._track(err.modality, err.src, err.seq)
+                self._lose((err.modality, err.src), gap + 1)
             log.debug("dropped %s message: %s", err.modality, err)
             return None
         if self.metrics is not None:
             self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - start)
+        return self.accept(msg)
+
+    def accept(self, msg: wire.Message) -> wire.Message | None:
+        """Account and queue one decoded message (``handle`` after decoding; tests feed it directly)."""
         if msg.topic not in self.topics:
             self._count_drop(msg.topic if msg.topic in schema.MODALITIES else schema.UNKNOWN_MODALITY,
                              "unknown_topic")
             return None
-        self._track(msg.topic, msg.src, msg.seq)
+        gap = self._track(msg.topic, msg.src, msg.seq)
+        msg.lost = gap + self._pending_lost.pop((msg.topic, msg.src), 0)
         try:
             self.queue.put_nowait(msg)
         except queue.Full:
             self._count_drop(msg.topic, "queue_full")
+            self._lose((msg.topic, msg.src), msg.lost + 1)
             return None
         with self._lock:
             self._received[msg.topic] = self._received.get(msg.topic, 0) + 1
@@ -215,20 +227,30 @@ class Ingest:
             self.metrics.messages_received.labels(modality=msg.topic).inc()
         return msg
 
-    def _track(self, topic: str, src: str, seq: int) -> None:
+    def _track(self, topic: str, src: str, seq: int) -> int:
+        """Follow the sequence of (topic, src); returns the messages lost upstream just before ``seq``."""
         key = (topic, src)
         last = self._last_seq.pop(key, None)
         self._last_seq[key] = seq  # most recently seen last
         if len(self._last_seq) > MAX_SOURCES:
             self._last_seq.popitem(last=False)
         if last is None:
-            return
+            return 0
         if seq > last + 1:
             self._count_drop(topic, "sequence_gap", seq - last - 1)
-        elif seq <= last:
+            return seq - last - 1
+        if seq <= last:
             with self._lock:
                 self.restarts += 1
+            self._pending_lost.pop(key, None)
             log.info("%s source %r restarted its sequence (%d after %d): tracking reset", topic, src, seq, last)
+        return 0
+
+    def _lose(self, key: tuple[str, str], n: int = 1) -> None:
+        """Messages of ``key`` dropped here: carried by its next queued message (``Message.lost``)."""
+        self._pending_lost[key] = self._pending_lost.pop(key, 0) + n
+        if len(self._pending_lost) > MAX_SOURCES:
+            self._pending_lost.popitem(last=False)
 
     def _count_drop(self, topic: str, reason: str, n: int = 1) -> None:
         with self._lock:
