@@ -6,6 +6,12 @@ Starts, in order: the model (the provider really used is logged), the outputs (p
 recorder), the HTTP exporter (/metrics /healthz /readyz; its URL is logged), the ZeroMQ ingest,
 then the tick loop. SIGINT/SIGTERM stop the loop; the recorder is flushed and closed, the pose
 socket closed and the metrics left at their last values before the process exits.
+
+Ready (``/readyz`` 200, ``awc_ready`` 1) means poses are flowing: the ingest and the loop run and a
+tick produced a pose within ``metrics.ready_max_tick_age_s``. With every sensor stopped, silent or
+sending only empty frames, the runtime is alive (``/healthz``) but not ready. Under systemd
+(``Type=notify``) it sends READY=1 once the loop starts and WATCHDOG=1 from the loop
+(``runtime.sdnotify``), so a hung loop is restarted.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from runtime.loop import Loop, RunStats
 from runtime.model import ModelError, PoseModel
 from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, RecorderOutput
 from runtime.pipeline import Pipeline
+from runtime.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +144,12 @@ class Runtime:
         self.loop = Loop(cfg, Pipeline(cfg, model), self.outputs, self.stats)
         self.http: HttpExporter | None = None
         self.ingest: Ingest | None = None
+        self.notifier = Notifier()
+        self.loop.on_iteration = self.notifier.watchdog
+        # Scraped values, computed when Prometheus asks (not left at whatever the loop last set).
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
+        self.metrics.ingest_queue_depth.set_function(
+            lambda: 0.0 if self.ingest is None else float(self.ingest.queue.qsize()))
 
     def start(self) -> Runtime:
         log.info("resolved config: %s", json.dumps(self.cfg.to_dict(), sort_keys=True))
@@ -154,21 +167,27 @@ class Runtime:
         return self
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason) for /readyz: model loaded (we exist), ingest running, a recent tick."""
+        """(ready, reason) for /readyz: poses are flowing (model loaded, ingest and loop running,
+        a pose within ``metrics.ready_max_tick_age_s``)."""
         if self.ingest is None or not self.ingest.running:
             return False, "ingest not running"
-        if self.loop.last_tick_wall is None:
-            return False, "no tick has run yet"
-        age = time.monotonic() - self.loop.last_tick_wall
+        if not self.loop.running:
+            return False, "tick loop not running"
         limit = self.cfg.metrics.ready_max_tick_age_s
+        if self.loop.last_pose_wall is None:
+            return False, "no pose yet: no sensor has sent data the model can use"
+        age = time.monotonic() - self.loop.last_pose_wall
         if age > limit:
-            return False, f"last tick {age:.1f} s ago (> {limit} s)"
+            return False, (f"no pose for {age:.1f} s (> {limit} s): every sensor is silent or sends "
+                           "only empty frames")
         return True, "ready"
 
     def run(self, duration_s: float | None = None) -> RunStats:
+        self.notifier.ready(f"serving station {self.cfg.station}")
         return self.loop.run(self.ingest, self.stop_event, duration_s)
 
     def close(self) -> None:
+        self.notifier.stopping()
         if self.ingest is not None:
             self.ingest.stop()
         self.loop.close()

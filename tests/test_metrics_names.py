@@ -53,3 +53,15 @@ def test_build_info_carries_version_and_model_provenance():
         assert part in line, line
     assert build_labels(training_data="made-up")["training_data"] == "unknown"
     assert set(TRAINING_DATA) == {"synthetic", "real", "unknown"}
+
+
+def test_dataset_kind_tells_generated_from_real(tmp_path):
+    from sensors.simulate import simulate
+    from sensors.simulate.writer import dataset_kind
+
+    assert dataset_kind(tmp_path / "nothing") == "unknown"
+    real = tmp_path / "real" / "E01" / "S01" / "A02"
+    real.mkdir(parents=True)
+    assert dataset_kind(tmp_path / "real") == "real"
+    simulate(tmp_path / "gen", preset="tiny", subjects=["S01"], actions=["A02"], progress=False)
+    assert dataset_kind(tmp_path / "gen") == "synthetic"

@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from sensors import posemath, schema
 from sensors.mmfi import MMFiDataset, MMFiFormatError
+from sensors.simulate.writer import dataset_kind
 from training.config import Config, config_hash, resolve
 
 log = logging.getLogger(__name__)
@@ -263,6 +265,8 @@ def base_metadata(cfg: Config, dims: ModelDims, metrics: Mapping[str, Any], opse
         "config": json.dumps(cfg.to_dict(), default=str),
         "validation_metrics": json.dumps(dict(metrics), default=_json_default),
         "producer": json.dumps({"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset,
+                                "training_data": dataset_kind(cfg.data.root),
+                                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                 "ir_version": IR_VERSION, "exporter": "torch.onnx.export(dynamo=False)"}),
     }
 
