@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned: the small CPU build (a looser pin pulls a multi-GB CUDA build)
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[cpu,train,dev]'
+	$(PIP) install --quiet -e '.[cpu,view,train,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
