@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from runtime.view.hub import SubscriberConfig
 from runtime.view.server import ViewConfig, serve_view
+from sensors import keys
 
 log = logging.getLogger(__name__)
-CURVE_ENV = {"curve_server_key": "AWC_VIEW_CURVE_SERVER_KEY", "curve_public_key": "AWC_VIEW_CURVE_PUBLIC_KEY",
-             "curve_secret_key": "AWC_VIEW_CURVE_SECRET_KEY"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,19 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rcv-hwm", type=int, default=20, help="pose messages ZeroMQ may queue for the viewer")
     p.add_argument("--max-frames", type=int, default=36_000,
                    help="recording: frames sent to the page (longer recordings are thinned evenly)")
-    p.add_argument("--curve-server-key", default=None, metavar="Z85",
-                   help=f"CurveZMQ: the runtime pose socket's public key (or ${CURVE_ENV['curve_server_key']})")
-    p.add_argument("--curve-public-key", default=None, metavar="Z85",
-                   help=f"CurveZMQ: this viewer's public key (or ${CURVE_ENV['curve_public_key']})")
-    p.add_argument("--curve-secret-key", default=None, metavar="Z85",
-                   help=f"CurveZMQ: this viewer's secret key (or ${CURVE_ENV['curve_secret_key']})")
+    p.add_argument("--client-key", default=None, metavar="FILE",
+                   help="CurveZMQ: this viewer's key pair (DIR/clients/NAME.key_secret from `runtime keys add`, "
+                        "its public key allow-listed in the runtime's viewers/)")
+    p.add_argument("--server-key", default=None, metavar="FILE",
+                   help="CurveZMQ: the runtime's public key (DIR/server.key)")
 
 
 def config_from_args(args: argparse.Namespace) -> ViewConfig:
     sub = None
     if args.connect:
-        keys = {k: getattr(args, k) or os.environ.get(env) for k, env in CURVE_ENV.items()}
-        sub = SubscriberConfig(args.connect, rcv_hwm=args.rcv_hwm, **keys)
+        if bool(args.client_key) != bool(args.server_key):
+            raise ValueError("CurveZMQ needs both --client-key (this viewer's key pair) and --server-key "
+                             "(the runtime's public key)")
+        curve = keys.CurveClient.load(args.client_key, args.server_key) if args.client_key else None
+        sub = SubscriberConfig(args.connect, rcv_hwm=args.rcv_hwm, curve=curve)
     return ViewConfig(subscriber=sub, recording=args.recording, host=args.host, port=args.port,
                       max_frames=args.max_frames)
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         serve_view(cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, OSError) as err:
         log.error("%s", err)
         return 2
     return 0

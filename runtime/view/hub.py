@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from runtime.view.frames import frame_from_message
-from sensors import schema, wire
+from sensors import keys, schema, wire
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,7 @@ class SubscriberConfig:
 
     endpoint: str
     rcv_hwm: int = 20                  # messages ZeroMQ holds for the viewer before dropping
-    curve_server_key: str | None = None   # Z85 public key of the runtime's pose socket (CurveZMQ)
-    curve_public_key: str | None = None   # this viewer's Z85 key pair
-    curve_secret_key: str | None = None
+    curve: keys.CurveClient | None = None   # CurveZMQ: this viewer's key pair and the runtime's public key
 
     def __post_init__(self):
         if "://" not in self.endpoint:
@@ -40,10 +38,8 @@ class SubscriberConfig:
                              f"{self.endpoint!r}")
         if self.rcv_hwm < 1:
             raise ValueError(f"receive high-water mark must be >= 1, got {self.rcv_hwm}")
-        keys = (self.curve_server_key, self.curve_public_key, self.curve_secret_key)
-        if any(keys) and not all(keys):
-            raise ValueError("CurveZMQ needs the server's public key and this client's public and secret keys "
-                             "(all three), got only some of them")
+        if self.curve is None:
+            keys.check_plaintext([self.endpoint], False, "viewer subscription to the pose stream")
 
 
 @dataclass(eq=False)
@@ -126,10 +122,8 @@ def open_subscriber(cfg: SubscriberConfig, ctx: zmq.asyncio.Context) -> zmq.asyn
     sock.setsockopt(zmq.RCVHWM, cfg.rcv_hwm)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, 4 * 1024 * 1024)
-    if cfg.curve_server_key:
-        sock.curve_serverkey = cfg.curve_server_key.encode()
-        sock.curve_publickey = cfg.curve_public_key.encode()
-        sock.curve_secretkey = cfg.curve_secret_key.encode()
+    if cfg.curve is not None:
+        cfg.curve.apply(sock)
     sock.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
     sock.connect(cfg.endpoint)
     return sock
