@@ -158,6 +158,7 @@ def pose_extra(result: TickResult) -> dict:
     return {
         "shares": None if c is None else c.shares,
         "degraded": [int(x) for x in result.degradation.degraded],
+        "reasons": list(result.degradation.reasons),
         "coalition_values": None if c is None else c.values,
         "shapley_gt": None if c is None or c.shapley_gt is None else c.shapley_gt,
         "shares_gt": None if c is None or c.shares_gt is None else c.shares_gt,
@@ -173,7 +174,7 @@ def record_of(result: TickResult) -> dict:
     rec = {"tick": result.tick, "tick_ns": result.tick_ns, "outcome": result.outcome,
            "latency_ns": result.latency_ns, "presence": result.presence.astype(np.uint8),
            "joints": result.pose, "degradation": d.score.astype(np.float32),
-           "degraded": d.degraded.astype(np.uint8), "input_t_ns": result.input_t_ns}
+           "degraded": d.degraded.astype(np.uint8), "reasons": list(d.reasons), "input_t_ns": result.input_t_ns}
     if c is not None:
         rec.update(shapley=c.shapley, shares=c.shares, coalition_values=c.values)
         if c.shapley_gt is not None:

@@ -137,7 +137,7 @@ class Pipeline:
                 shares = result.contributions.smoothed_shares
             t2 = t4
         result.degradation = self.degradation.update([h.score for h in health], loo, shares,
-                                                     self.baseline_shares, presence)
+                                                     self.baseline_shares, presence, [h.worst() for h in health])
         durations["degradation"] = time.perf_counter() - t2
         return result
 

@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-host", default=None, help="metrics.host (default loopback)")
     p.add_argument("--console", action="store_true", help="print a live view every second")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--view", type=int, nargs="?", const=8080, default=None, metavar="PORT",
+                   help="also start the station viewer (`runtime view`) in its own process on "
+                        "http://127.0.0.1:PORT/ (default 8080)")
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     try:
-        stats = serve(cfg, model, console=args.console, duration_s=args.duration)
+        stats = serve(cfg, model, console=args.console, duration_s=args.duration, view_port=args.view)
     except (OSError, zmq.ZMQError, ValueError) as err:   # ports in use, endpoints that do not parse
         log.error("cannot serve: %s. Is another runtime using these ports? Choose others with "
                   "--input, --output and --metrics-port (or --set metrics.enabled=false)", err)
@@ -160,11 +163,15 @@ class Runtime:
         i = self.cfg.inputs
         self.ingest = Ingest(list(i.endpoints), bind=i.bind, metrics=self.metrics, queue_size=i.queue_size)
         self.ingest.start()
-        pose_endpoint = next((o.endpoint for o in self.outputs.items if isinstance(o, PublisherOutput)),
-                             self.cfg.output.endpoint)
         log.info("ingest on %s (%s), pose stream on %s, %s clock at %.1f Hz", ", ".join(self.ingest.endpoints),
-                 "bind" if i.bind else "connect", pose_endpoint, self.cfg.sync.clock, self.cfg.sync.rate_hz)
+                 "bind" if i.bind else "connect", self.pose_endpoint, self.cfg.sync.clock, self.cfg.sync.rate_hz)
         return self
+
+    @property
+    def pose_endpoint(self) -> str:
+        """The endpoint of the pose stream really bound (port 0 resolved)."""
+        return next((o.endpoint for o in self.outputs.items if isinstance(o, PublisherOutput)),
+                    self.cfg.output.endpoint)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for /readyz: poses are flowing (model loaded, ingest and loop running,
@@ -195,17 +202,26 @@ class Runtime:
             self.http.stop()
 
 
-def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_s: float | None = None) -> RunStats:
-    """Serve until SIGINT/SIGTERM or ``duration_s``; outputs are flushed on the way out."""
+def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_s: float | None = None,
+          view_port: int | None = None) -> RunStats:
+    """Serve until SIGINT/SIGTERM or ``duration_s``; outputs are flushed on the way out. With
+    ``view_port``, the station viewer runs beside it in its own process (stopped on the way out)."""
     rt = Runtime(cfg, model, console)
+    viewer = None
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda signum, _frame: _on_signal(rt, signum))
     try:
         rt.start()
+        if view_port is not None:
+            from runtime.view.launch import start_viewer_process
+            viewer = start_viewer_process(rt.pose_endpoint, view_port)
         return rt.run(duration_s)
     finally:
+        if viewer is not None:
+            viewer.terminate()
+            viewer.wait(timeout=10)
         rt.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
