@@ -78,7 +78,7 @@ class DataConfig:
     split_seed: int = 0  # seed of the S1 random split (MM-Fi's np.random.seed(seed + k))
     max_train: int = 0  # 0 = all training frames; else an evenly spaced subset
     max_val: int = 0  # 0 = all test frames for the per-epoch validation
-    cache_dir: str = ""  # "" = no cache; else preprocessed arrays are kept here as .npz
+    cache_dir: str = ""  # "" = read into memory; else memory-mapped arrays kept here (bounded memory)
 
     def validate(self) -> None:
         _check(self.protocol in schema.PROTOCOLS, f"data.protocol must be one of {list(schema.PROTOCOLS)}, "
@@ -126,6 +126,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     seed: int = 0
     threads: int = 1  # torch intra-op threads per process
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (training.device; under torchrun: each rank's GPU)
+    tensorboard: bool = False  # also write TensorBoard event files into <out>/tensorboard
     plots: bool = True
     plot_frames: int = 3  # test frames drawn as 3D skeletons
 
@@ -135,6 +137,12 @@ class TrainConfig:
         _check(self.lr > 0 and self.weight_decay >= 0, "train.lr must be > 0 and train.weight_decay >= 0")
         _check(self.lr_step >= 1 and 0 < self.lr_gamma <= 1, "train.lr_step >= 1 and 0 < train.lr_gamma <= 1")
         _check(self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
+        from training.device import DeviceError, parse
+
+        try:
+            parse(self.device)
+        except DeviceError as err:
+            raise ValueError(f"train.device: {err}") from None
 
 
 @dataclass
@@ -254,9 +262,12 @@ def from_dict(values: dict[str, Any]) -> Config:
 
 
 def config_hash(cfg: Config) -> str:
-    """Stable 12-hex digest of everything but the output directory."""
+    """Stable 12-hex digest of everything but the output directory and where the run executes
+    (device, TensorBoard logging): the same training on CPU or GPU has the same hash."""
     d = cfg.to_dict()
     d.pop("out", None)
+    for key in ("device", "tensorboard"):
+        d.get("train", {}).pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
