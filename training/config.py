@@ -42,8 +42,7 @@ class ModelConfig:
 
     modalities: tuple[str, ...] = schema.MODALITIES  # enabled encoders; others are always absent
     dim: int = 64  # feature width of every encoder output [B, dim]
-    rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R
-    tcn_blocks: int = 2  # dilated residual blocks (dilations 3, 9, ...)
+    rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R = the TCN's receptive field
     lidar_cap: int = schema.DEFAULT_LIDAR_CAP
     mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP
     knn: int = 16  # neighbours per point in the point-transformer layer
@@ -63,8 +62,8 @@ class ModelConfig:
         _check(self.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
         for name in ("dim", "rgb_window", "lidar_cap", "mmwave_cap", "knn", "hidden", "heads", "wifi_channels"):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
-        _check(self.tcn_blocks >= 0 and self.point_layers >= 0 and self.fusion_layers >= 1,
-               "model.tcn_blocks and model.point_layers must be >= 0, model.fusion_layers >= 1")
+        _check(self.point_layers >= 0 and self.fusion_layers >= 1,
+               "model.point_layers must be >= 0, model.fusion_layers >= 1")
         _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
 
 
