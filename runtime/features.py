@@ -4,7 +4,7 @@ Per modality (absent -> zero-filled input and presence 0, the same mask as a Sha
 
 * rgb: the causal window of the last R ticks' keypoints (``preprocess.rgb_window``; ticks without
   keypoints are edge-padded from their neighbours) -> [1, R, 17, 2];
-* lidar / mmwave: ``preprocess.sample_points`` to the model's caps -> [1, C, k] + mask [1, C];
+* lidar / mmwave: ``preprocess.point_input`` (LiDAR cropped to the body, then ``sample_points``) to the model's caps -> [1, C, k] + mask [1, C];
   mmWave columns are reordered to the model's ``mmwave_columns`` when they differ from the wire's;
   an empty cloud (no detections, a normal radar frame) is present as a message but, as in
   training, absent to the model (presence 0);
@@ -77,7 +77,7 @@ class FeatureBuilder:
             pts = np.zeros((0, cols), np.float32) if sample is None else np.asarray(sample.arrays["points"])
             if m == "mmwave" and pts.size:
                 pts = pts[:, self._mmwave_order]
-            points, mask = preprocess.sample_points(pts, cap, cols)
+            points, mask = preprocess.point_input(m, pts, cap)
             inputs[m], inputs[f"{m}_mask"] = points[None], mask[None]
             # As in training (sensors.mmfi.model_inputs): a cloud without any finite point is absent.
             presence[schema.MODALITY_INDEX[m]] = float(mask.any())

@@ -322,7 +322,7 @@ def model_inputs(rgb_frames: Sequence[np.ndarray | None], lidar: np.ndarray | No
     for name, points, cap in (("lidar", lidar, lidar_cap), ("mmwave", mmwave, mmwave_cap)):
         columns = len(schema.MODALITY_SPECS[name].columns)
         pts = np.zeros((0, columns)) if points is None else points
-        out[name], out[f"{name}_mask"] = preprocess.sample_points(pts, cap, columns)
+        out[name], out[f"{name}_mask"] = preprocess.point_input(name, pts, cap)
         presence[schema.MODALITY_INDEX[name]] = float(out[f"{name}_mask"].any())
     if csi is not None:
         out["wifi"] = preprocess.wifi_input(csi.amp, csi.phase)

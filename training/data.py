@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sensors import schema
+from sensors import preprocess, schema
 from training.config import Config
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def _cache_key(cfg: Config, subset: str) -> str:
     d = {"root": str(Path(cfg.data.root).resolve()), "data": _data_fingerprint(Path(cfg.data.root)),
          "protocol": cfg.data.protocol, "split": cfg.data.split,
          "seed": cfg.data.split_seed, "subset": subset, "window": cfg.model.rgb_window,
-         "lidar_cap": cfg.model.lidar_cap, "mmwave_cap": cfg.model.mmwave_cap, "schema": schema.SCHEMA_VERSION}
+         "lidar_cap": cfg.model.lidar_cap, "mmwave_cap": cfg.model.mmwave_cap, "schema": schema.SCHEMA_VERSION,
+         "preprocess": hashlib.sha256(Path(preprocess.__file__).read_bytes()).hexdigest()[:16]}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
