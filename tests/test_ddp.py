@@ -39,7 +39,7 @@ def test_torchrun_two_processes_match_single_process(tiny_dataset, tmp_path):
     for a, b in zip(single, ddp, strict=True):
         assert b["steps"] == a["steps"]
         assert b["loss_task"] == pytest.approx(a["loss_task"], rel=1e-4)
-        assert b["loss_awc"] == pytest.approx(a["loss_awc"], rel=1e-3, abs=1e-9)
+        assert b["loss_balance"] == pytest.approx(a["loss_balance"], rel=1e-3, abs=1e-9)
         assert b["val_mpjpe"] == pytest.approx(a["val_mpjpe"], rel=1e-3)
         for m, v in a["shapley"].items():
             assert b["shapley"][m] == pytest.approx(v, rel=1e-3, abs=1e-4)

@@ -17,7 +17,8 @@ from training.trainer import fit
 torch.set_num_threads(1)
 
 CASES = [("concat", "none"), ("mlp", "none"), ("attention", "none"), ("concat", "ogm-ge"),
-         ("concat", "uniform"), ("concat", "awc"), ("attention", "awc")]
+         ("concat", "uniform"), ("concat", "awc"), ("attention", "awc"), ("concat", "agm"),
+         ("concat", "g-blending"), ("concat", "modality-level")]
 OUTPUTS = ("config.yaml", "log.jsonl", "checkpoint.pt", "best.pt", "metrics.json", "plots/curves.png",
            "plots/contributions.png", "plots/skeletons.png")
 
@@ -50,16 +51,24 @@ def test_fit_each_fusion_and_balance_on_tiny_dataset(tiny_dataset, array_cache, 
         assert all(math.isfinite(r[k]) for k in ("val_mpjpe", "val_pa_mpjpe", "train_mpjpe", "train_pa_mpjpe"))
         assert set(r["time"]) >= {"forward", "backward", "shapley", "train", "eval"}
         assert all(math.isfinite(v) for v in r["shapley"].values())
-    # tiny preset: learning window K = 1
-    assert log[0]["in_window"] == (balance != "none") and not log[1]["in_window"]
+    # tiny preset: learning window K = 1 (AWC, uniform, modality-level); the others act every epoch
+    every_epoch = balance in ("ogm-ge", "agm", "g-blending")
+    assert log[0]["in_window"] == (balance != "none") and log[1]["in_window"] == every_epoch
     if balance in ("awc", "uniform"):
-        assert log[0]["loss_awc"] > 0 and log[1]["loss_awc"] == 0
+        assert log[0]["loss_balance"] > 0 and log[1]["loss_balance"] == 0
         assert set(log[0]["groups"].values()) <= {"S", "I"} and "S" in log[0]["groups"].values()
         assert log[0]["fisher"]["rgb"]["sum"] > 0 and log[0]["time"]["fisher"] > 0
-    else:
-        assert all(r["loss_awc"] == 0 for r in log)
+        assert sum(log[0]["superior_fraction"].values()) >= 1.0 and "groups_theta0" in log[0]
+    elif balance in ("none", "ogm-ge", "agm"):
+        assert all(r["loss_balance"] == 0 for r in log)
     if balance == "ogm-ge":
         assert all(0 < k <= 1 for k in log[0]["ogm_coefficients"].values())
+    if balance == "agm":
+        assert all(k > 0 for k in log[0]["agm_coefficients"].values())
+    if balance == "g-blending":
+        assert math.isclose(sum(log[1]["gblend_weights"].values()), 1.0, rel_tol=1e-6)
+    if balance == "modality-level":
+        assert log[0]["resample"]["modality"] in config.ModelConfig().modalities
     metrics = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(metrics["mpjpe"]) and metrics["per_action"]
     model, cfg, info = load_checkpoint(out / "best.pt")
@@ -97,7 +106,7 @@ def test_same_seed_gives_identical_runs(tmp_path):
     b = _fake_fit(tmp_path / "b", 2)
     la, lb = _log(tmp_path / "a"), _log(tmp_path / "b")
     assert [r["loss_task"] for r in la] == [r["loss_task"] for r in lb]
-    assert [r["loss_awc"] for r in la] == [r["loss_awc"] for r in lb]
+    assert [r["loss_balance"] for r in la] == [r["loss_balance"] for r in lb]
     assert a["mpjpe"] == b["mpjpe"]
 
 

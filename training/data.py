@@ -132,6 +132,15 @@ def load_splits(cfg: Config, progress: bool = True) -> tuple[Split, Split]:
     return train, test
 
 
+def complete_frames(split: Split, modalities: tuple[str, ...]) -> Split:
+    """The frames of ``split`` where every modality of ``modalities`` is present (``data.frames=complete``)."""
+    idx = [schema.MODALITY_INDEX[m] for m in modalities]
+    keep = (split.tensors["presence"][:, idx] > 0).all(dim=1)
+    if not bool(keep.any()):
+        raise ValueError(f"no frame has all of {list(modalities)} present; use data.frames=all")
+    return split.take(torch.nonzero(keep).flatten())
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool,
             rank: int = 0, world: int = 1, min_last: int = 2) -> Iterator[torch.Tensor]:
     """Global batches of ``batch_size`` indices (shuffled by ``generator``), this rank's shard of each.
