@@ -146,18 +146,54 @@ def test_config_validation_and_overrides(tmp_path):
 
 
 def test_study_runs_arms_and_writes_report(tiny_dataset, array_cache, tmp_path):
-    report = tmp_path / "results.md"
-    argv = ["study", "--data", str(tiny_dataset), "--out", str(tmp_path / "study"), "--preset", "tiny",
-            "--seeds", "0", "--epochs", "1", "--arms", "wifi", "all-awc", "--test-frames", "100",
-            "--report", str(report), "--no-progress", f"data.cache_dir={array_cache}", "train.plots=false"]
+    report, out = tmp_path / "results.md", tmp_path / "study"
+    argv = ["study", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--protocols", "P1",
+            "--seeds", "0", "1", "--epochs", "2", "--arms", "all-none", "all-awc",
+            "--test-frames", "100", "--report", str(report), "--figure", str(tmp_path / "fig" / "s.png"),
+            "--no-progress", f"data.cache_dir={array_cache}", "train.plots=false"]
     assert main(argv) == 0
+    cfg = config.from_dict(json.loads(json.dumps(__import__("yaml").safe_load(
+        (out / "P1" / "all-awc-s1" / "config.yaml").read_text()))))
+    assert (cfg.train.epochs, cfg.balance.window, cfg.train.lr_step, cfg.train.seed) == (2, 1, 1, 1)
     text = report.read_text()
-    assert "| wifi | wifi | none | 1 |" in text and "| all-awc | rgb+lidar+mmwave+wifi | awc | 1 |" in text
-    assert "166.9" in text and "51.16 / 34.46" in text  # the paper's numbers beside ours
-    assert "an AWC epoch inside the window" in text
+    assert "| all-awc | rgb+lidar+mmwave+wifi | awc | 2 |" in text
+    assert "51.16 / 34.46" in text  # the paper's numbers beside ours
+    assert "| awc | 2 | s0: " in text and "s1: " in text  # paired differences per seed
+    assert "An AWC epoch inside the window" in text
+    assert (tmp_path / "fig" / "s.png").stat().st_size > 0 and "](fig/s.png)" in text
     # notes below the marker survive a rewrite; finished runs are not retrained
     report.write_text(text + "\nhand-written notes\n")
-    mtime = (tmp_path / "study" / "all-awc-s0" / "metrics.json").stat().st_mtime
-    assert main(argv) == 0
+    mtime = (out / "P1" / "all-awc-s0" / "metrics.json").stat().st_mtime
+    assert main([*argv, "--report-only"]) == 0 and main(argv) == 0
     assert "hand-written notes" in report.read_text()
-    assert (tmp_path / "study" / "all-awc-s0" / "metrics.json").stat().st_mtime == mtime
+    assert (out / "P1" / "all-awc-s0" / "metrics.json").stat().st_mtime == mtime
+
+
+def test_study_plan_schedule_and_claims(tmp_path):
+    import argparse
+    import os
+
+    from training import study
+
+    p = argparse.ArgumentParser()
+    study.add_arguments(p)
+    args = p.parse_args(["--out", str(tmp_path), "--seeds", "0", "1", "2"])
+    sched = study.Schedule(30)
+    assert (sched.window, sched.lr_step, sched.ogm_window) == (12, 18, 15)
+    jobs = study.planned(args)
+    main = [(pr, a.name, s) for pr, a, s in jobs if a.group == "main"]
+    assert len(main) == 2 * 3 * (len(study.METHODS) + 1 + 4)  # P1 + P2, 3 seeds, 12 arms
+    sweeps = [(pr, a, s) for pr, a, s in jobs if a.group != "main"]
+    assert all(pr == "P1" and s == 0 for pr, _, s in sweeps)
+    names = {a.name for _, a, _ in sweeps}
+    assert {"awc-aS0-aI10000", "awc-aS20000-aI0", "awc-aS2000-aI1000", "awc-aS200000-aI100000"} <= names
+    assert {"awc-K3", "awc-K6", "awc-K18", "awc-K30", "all-attention-awc", "all-awc-S2", "all-ogm-ge-sgd"} <= names
+    cfg = study.run_config(args, next(a for _, a, _ in sweeps if a.name == "all-awc-S2"), "P1", 0)
+    assert cfg.data.split == "S2" and cfg.balance.window == 12 and cfg.train.lr_step == 18
+    # claims: a run held by a live process is skipped, a dead claim is taken over
+    run = tmp_path / "P1" / "x-s0"
+    run.mkdir(parents=True)
+    (run / "claim.json").write_text(json.dumps({"pid": os.getppid()}))
+    assert not study._claim(run)
+    (run / "claim.json").write_text(json.dumps({"pid": 2 ** 22 + 12345}))  # beyond pid_max: not alive
+    assert study._claim(run) and json.loads((run / "claim.json").read_text())["pid"] == os.getpid()

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from sensors import posemath, schema
+from sensors import schema
 from training import balance, balancers, distributed
 from training import config as config_mod
 from training.checkpoint import read_checkpoint, save_checkpoint
