@@ -10,6 +10,9 @@ station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msg
 ``station``        station name
 ``shares``         [4] label-free contribution shares of the window (sum 1)
 ``degraded``       [4] 0/1 degraded flags (with hysteresis)
+``reasons``        [4] what drives each degradation score: an input-health component (``missing``,
+                   ``stale``, ``loss``, ``non_finite``, ``points``, ``frozen``, ``range``, ``noise``,
+                   ``clock``), ``disagreement`` or ``drift``; "" when the score is near 0
 ``coalition_values``  [16] label-free coalition profits of the window (bitmask order)
 ``shapley_gt``     [4] Shapley values with ground-truth profit, or nil without ground truth
 ``shares_gt``      [4] the matching shares, or nil

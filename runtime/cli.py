@@ -10,6 +10,7 @@ COMMANDS = {
     "bench": ("runtime.bench", "latency and throughput figures of the pipeline"),
     "info": ("runtime.model", "check an ONNX model and print its metadata and provider"),
     "keys": ("sensors.keys", "CurveZMQ keys: init a key directory, add/revoke/list client keys"),
+    "view": ("runtime.view.command", "live station viewer: a web page of the pose stream or of a recording"),
 }
 
 

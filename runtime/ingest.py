@@ -12,12 +12,15 @@ Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reason
 * dropped = decode failures (reason from ``WireError``), ``queue_full`` (valid, but the queue was
   full), and ``sequence_gap``: per (topic, src), a jump from seq a to b > a+1 counts b−a−1 lost
   messages; a jump back (b ≤ a) is a sensor restart, which resets the tracking without counting.
-
   A jump forward by more than ``MAX_SEQ_GAP`` is not believed (one spoofed seq of 2**64-1 would
   count 1.8e19 losses): it is taken as a restart too.
 * ``clock`` (with ``max_clock_offset_s``, wall clock only): a capture time further than that from
   the station clock, ahead or behind, is a sensor clock fault; such messages are dropped, so they
   can never evict good samples from the sync buffers.
+
+This is the one place sequence gaps are counted. Each queued message carries in ``Message.lost``
+how many messages of its (topic, src) did not reach the queue since the previous queued one (gaps
+upstream plus the ones dropped here), which the input health of the pipeline sums per tick.
 
 Counts are kept in ``counts`` and mirrored to the ``awc_messages_received_total`` /
 ``awc_messages_dropped_total`` counters; the ``modality`` label is the input modality, or
@@ -120,6 +123,7 @@ class Ingest:
         self._received: dict[str, int] = {}
         self._dropped: dict[str, dict[str, int]] = {}
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._pending_lost: OrderedDict[tuple[str, str], int] = OrderedDict()   # dropped here since the last queued
         self.restarts = 0
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -280,17 +284,24 @@ class Ingest:
         except wire.WireError as err:
             self._count_drop(err.modality, err.reason)
             if err.src is not None and err.seq is not None and err.modality in INGEST_TOPICS:
-                self._track(err.modality, err.src, err.seq)
+                gap = self._track(err.modality, err.src, err.seq)
+                self._lose((err.modality, err.src), gap + 1)
             log.debug("dropped %s message: %s", err.modality, err)
             return None
         if self.metrics is not None:
             self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - start)
+        return self.accept(msg)
+
+    def accept(self, msg: wire.Message) -> wire.Message | None:
+        """Account and queue one decoded message (``handle`` after decoding; tests feed it directly)."""
         if msg.topic not in self.topics:
             self._count_drop(msg.topic, "unknown_topic")
             return None
-        self._track(msg.topic, msg.src, msg.seq)
+        gap = self._track(msg.topic, msg.src, msg.seq)
+        msg.lost = gap + self._pending_lost.pop((msg.topic, msg.src), 0)
         if self.max_clock_offset_ns is not None and abs(msg.t_ns - time.time_ns()) > self.max_clock_offset_ns:
             self._count_drop(msg.topic, "clock")
+            self._lose((msg.topic, msg.src), msg.lost + 1)
             log.debug("dropped %s message from %r: capture time %+.1f s from the station clock", msg.topic,
                       msg.src, (msg.t_ns - time.time_ns()) / 1e9)
             return None
@@ -298,6 +309,7 @@ class Ingest:
             self.queue.put_nowait(msg)
         except queue.Full:
             self._count_drop(msg.topic, "queue_full")
+            self._lose((msg.topic, msg.src), msg.lost + 1)
             return None
         with self._lock:
             self._received[msg.topic] = self._received.get(msg.topic, 0) + 1
@@ -305,7 +317,8 @@ class Ingest:
             self.metrics.messages_received.labels(modality=msg.topic).inc()
         return msg
 
-    def _track(self, topic: str, src: str, seq: int) -> None:
+    def _track(self, topic: str, src: str, seq: int) -> int:
+        """Follow the sequence of (topic, src); returns the messages lost upstream just before ``seq``."""
         key = (topic, src)
         last = self._last_seq.pop(key, None)
         self._last_seq[key] = seq  # most recently seen last
@@ -317,7 +330,15 @@ class Ingest:
         elif gap is None:
             with self._lock:
                 self.restarts += 1
+            self._pending_lost.pop(key, None)
             log.info("%s source %r restarted its sequence (%d after %d): tracking reset", topic, src, seq, last)
+        return gap or 0
+
+    def _lose(self, key: tuple[str, str], n: int = 1) -> None:
+        """Messages of ``key`` dropped here: carried by its next queued message (``Message.lost``)."""
+        self._pending_lost[key] = self._pending_lost.pop(key, 0) + n
+        if len(self._pending_lost) > MAX_SOURCES:
+            self._pending_lost.popitem(last=False)
 
     def _count_drop(self, topic: str, reason: str, n: int = 1) -> None:
         with self._lock:

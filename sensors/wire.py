@@ -131,6 +131,8 @@ class Message:
     sent_ns: int
     arrays: dict[str, np.ndarray]  # name -> array, in frame order
     extra: dict = field(default_factory=dict)  # station, period_ns (wifi), tick, latency_ns (pose), ...
+    lost: int = 0               # receiver side, never on the wire: messages of this (topic, src) that
+                                # did not reach the receiver's queue just before this one (runtime.ingest)
 
     @property
     def station(self) -> str | None:
