@@ -112,6 +112,7 @@ class Ingest:
         self._monitor: zmq.Socket | None = None
         self.handshake_failed = 0
         self.failure: BaseException | None = None
+        self._clock_faults: dict[str, tuple[float, float]] = {}   # topic -> (offset s, monotonic time)
         self.on_exit: Callable[[Ingest], None] | None = None
         self.queue: queue.Queue[wire.Message] = queue.Queue(maxsize=queue_size)
         self._own_context = context is None
@@ -224,6 +225,13 @@ class Ingest:
                     "dropped": {t: dict(r) for t, r in self._dropped.items()},
                     "restarts": self.restarts, "handshake_failed": self.handshake_failed}
 
+    def recent_clock_faults(self, within_s: float = 1.0) -> dict[str, float]:
+        """topic -> capture time minus station clock (s) of its latest message dropped as ``clock``
+        in the last ``within_s`` seconds: the input health reports these as clock faults."""
+        now = time.monotonic()
+        with self._lock:
+            return {t: off for t, (off, at) in self._clock_faults.items() if now - at <= within_s}
+
     def received_total(self, topic: str | None = None) -> int:
         with self._lock:
             return sum(n for t, n in self._received.items() if topic in (None, t))
@@ -299,8 +307,11 @@ class Ingest:
             return None
         gap = self._track(msg.topic, msg.src, msg.seq)
         msg.lost = gap + self._pending_lost.pop((msg.topic, msg.src), 0)
-        if self.max_clock_offset_ns is not None and abs(msg.t_ns - time.time_ns()) > self.max_clock_offset_ns:
+        offset_ns = msg.t_ns - time.time_ns()
+        if self.max_clock_offset_ns is not None and abs(offset_ns) > self.max_clock_offset_ns:
             self._count_drop(msg.topic, "clock")
+            with self._lock:
+                self._clock_faults[msg.topic] = (offset_ns / 1e9, time.monotonic())
             self._lose((msg.topic, msg.src), msg.lost + 1)
             log.debug("dropped %s message from %r: capture time %+.1f s from the station clock", msg.topic,
                       msg.src, (msg.t_ns - time.time_ns()) / 1e9)
