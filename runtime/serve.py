@@ -57,10 +57,6 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="metrics.port (0 = any free port)")
     p.add_argument("--record", default=None, metavar="PATH", help="recorder.path (.jsonl or .npz)")
     p.add_argument("--record-inputs", action="store_true", help="also record model inputs (.npz only)")
-    p.add_argument("--keys", default=None, metavar="DIR",
-                   help="security.keys_dir: CurveZMQ key directory (runtime keys init DIR)")
-    p.add_argument("--plaintext", action="store_true",
-                   help="security.plaintext: no CurveZMQ (loopback endpoints only unless forced)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", action="store_true", help="connect to the input endpoints instead of binding")
     p.add_argument("--output", default=None, metavar="ENDPOINT", help="output.endpoint (pose PUB)")
     p.add_argument("--metrics-host", default=None, help="metrics.host (default loopback)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="security.keys_dir: CurveZMQ key directory (runtime keys init DIR)")
+    p.add_argument("--plaintext", action="store_true",
+                   help="security.plaintext: no CurveZMQ (loopback endpoints only unless forced)")
     p.add_argument("--console", action="store_true", help="print a live view every second")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--view", type=int, nargs="?", const=8080, default=None, metavar="PORT",
