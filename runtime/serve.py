@@ -255,7 +255,7 @@ def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_
         rt.start()
         if view_port is not None:
             from runtime.view.launch import start_viewer_process
-            viewer = start_viewer_process(rt.pose_endpoint, view_port)
+            viewer = start_viewer_process(rt.pose_endpoint, view_port, viewer_key_args(cfg))
         return rt.run(duration_s)
     finally:
         if viewer is not None:
@@ -264,6 +264,19 @@ def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_
         rt.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def viewer_key_args(cfg: RuntimeConfig) -> list[str]:
+    """CurveZMQ arguments of the local viewer: the key pair named ``viewer`` of the key directory
+    (``runtime keys add DIR viewer --role viewer``), when the runtime is secured."""
+    if not cfg.security.keys_dir:
+        return []
+    root = Path(cfg.security.keys_dir)
+    secret = root / keys.CLIENTS_DIR / "viewer.key_secret"
+    if not secret.exists():
+        log.warning("no %s: the viewer cannot read the secured pose stream (runtime keys add %s viewer --role "
+                    "viewer)", secret, root)
+    return ["--client-key", str(secret), "--server-key", str(root / f"{keys.SERVER_NAME}.key")]
 
 
 def _on_signal(rt: Runtime, signum: int) -> None:
