@@ -11,7 +11,6 @@ from training_fakes import fake_split
 
 from sensors import schema
 from training import balance, balancers, config
-from training.fisher import INPUT_NAMES
 from training.losses import mpjpe_loss
 from training.model import build_model
 
@@ -32,7 +31,7 @@ def _setup(method: str, **balance_overrides):
 def _grads(model, ctx, bal, batch, phi=None, v=None):
     """Encoder gradients {modality: flat tensor} of one step with the balancer's hooks."""
     model.zero_grad(set_to_none=True)
-    feats = model.encode(*[batch[k] for k in INPUT_NAMES[:-1]])
+    feats = model.encode(*[batch[k] for k in schema.MODEL_INPUTS[:-1]])
     task = mpjpe_loss(model.fuse(feats, batch["presence"]), batch["joints"])
     if phi is not None:
         bal.observe(phi, v if v is not None else np.zeros(schema.N_COALITIONS))
@@ -79,7 +78,7 @@ def test_awc_groups_follow_the_running_mean_of_step_scores():
     assert end["superior_fraction"]["lidar"] == pytest.approx(0.5) and end["superior_fraction"]["rgb"] == 0.75
     assert not bal.epoch_start(2) and not bal.active  # outside the window: no constraint
     b = train.batch(torch.arange(8))
-    feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+    feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
     task = mpjpe_loss(model.fuse(feats, b["presence"]), b["joints"])
     assert bal.loss(task, feats, b) is task
 
@@ -176,7 +175,7 @@ def test_gblending_unimodal_branch_trains_its_encoder():
     wifi_params = [p for _, p in model.encoder_parameters()["wifi"]]
 
     def wifi_loss():
-        feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
         pose = model.mean_pose + bal.heads["wifi"](feats["wifi"]).reshape(-1, schema.N_JOINTS, 3)
         return float(mpjpe_loss(pose, b["joints"]).detach())
 

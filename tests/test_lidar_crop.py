@@ -63,18 +63,22 @@ def onnx_model(tmp_path_factory):
     return torch_model, cfg, PoseModel.load(path, provider="cpu", intra_op_threads=1)
 
 
-def test_training_inputs_and_onnx_runtime_inputs_agree_on_a_raw_scan(onnx_model):
-    """The training reader (sensors.mmfi.model_inputs) and the runtime (runtime.features) crop and
-    sample the same raw scan identically, and the exported model served on the runtime's inputs
-    gives the torch model's pose on the training inputs."""
+def test_training_inputs_and_onnx_runtime_inputs_agree_on_a_raw_scan(onnx_model, tmp_path):
+    """The training reader (an MM-Fi .bin file, float64) and the runtime (runtime.features, the
+    float32 wire array) crop and sample the same raw scan identically, and the exported model
+    served on the runtime's inputs gives the torch model's pose on the training inputs."""
     from runtime.features import FeatureBuilder
     from runtime.sync import SyncedSample, TickInputs
 
     torch_model, cfg, served_model = onnx_model
     meta = served_model.metadata
     cloud, _ = _scene(1)
-    train = mmfi.model_inputs([None], cloud.astype(np.float64), None, None, rgb_window=meta.rgb_window,
-                              lidar_cap=meta.lidar_cap, mmwave_cap=meta.mmwave_cap)
+    seq = tmp_path / "E01" / "S01" / "A02"
+    (seq / schema.MMFI_FOLDERS["lidar"]).mkdir(parents=True)
+    cloud.astype("<f8").tofile(mmfi.frame_path(seq, "lidar", 0))
+    raw = mmfi.read_frame(seq, "lidar", 0)
+    train = preprocess.frame_inputs([None], raw, None, None, rgb_window=meta.rgb_window,
+                                    lidar_cap=meta.lidar_cap, mmwave_cap=meta.mmwave_cap)
     sample = SyncedSample(arrays={"points": cloud.astype("<f4")}, t_ns=0, skew_s=0.0, src="t", seq=0)
     tick = TickInputs(tick_ns=0, index=0, samples={"lidar": sample}, wifi_packets=schema.WIFI_PACKETS)
     served = FeatureBuilder.from_metadata(meta).build(tick).inputs

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from sensors import schema
+from sensors.cli_util import add_set_argument
 from training import config as config_mod
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def sweep_arms(alpha_s: float, alpha_i: float, window: int, epochs: int) -> list
 
 
 def _base_config(args: argparse.Namespace) -> config_mod.Config:
-    return config_mod.resolve(args.preset, args.config, Schedule(args.epochs).overrides(), args.overrides)
+    return config_mod.resolve(args.preset, args.config, Schedule(args.epochs).overrides(), args.set)
 
 
 def all_arms(args: argparse.Namespace) -> list[Arm]:
@@ -132,11 +133,11 @@ def run_config(args: argparse.Namespace, arm: Arm, protocol: str, seed: int) -> 
     flags = Schedule(args.epochs).overrides()
     flags["data"] = {"root": args.data, "protocol": protocol, "split": arm.split,
                      "cache_dir": str(Path(args.out) / "cache")}
-    flags["model"] = {"modalities": ",".join(arm.modalities), "fusion": arm.fusion}
+    flags["model"] = {"modalities": list(arm.modalities), "fusion": arm.fusion}
     flags["balance"]["method"] = arm.balance
     flags["train"]["seed"] = seed
     flags["out"] = str(run_dir(Path(args.out), protocol, arm, seed))
-    return config_mod.resolve(args.preset, args.config, flags, [*args.overrides, *arm.overrides])
+    return config_mod.resolve(args.preset, args.config, flags, [*args.set, *arm.overrides])
 
 
 def planned(args: argparse.Namespace) -> list[tuple[str, Arm, int]]:
@@ -231,7 +232,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figure", default="docs/figures/study_shapley.png")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_set_argument(p, "train.lr=3e-4")
 
 
 def run(args: argparse.Namespace) -> int:
