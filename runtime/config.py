@@ -44,8 +44,11 @@ class InputConfig:
     endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5555",)
     bind: bool = True
     queue_size: int = 1024   # decoded messages waiting for the tick loop
+    max_clock_offset_s: float = 2.0   # wall clock: capture times further off are dropped (reason clock)
 
     def __post_init__(self):
+        if not self.max_clock_offset_s > 0:
+            raise ValueError(f"inputs.max_clock_offset_s must be > 0 s, got {self.max_clock_offset_s}")
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
         if not self.endpoints:
             raise ValueError("inputs.endpoints: need at least one endpoint")
@@ -77,8 +80,12 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9108          # 0 = any free port
     ready_max_tick_age_s: float = 2.0   # /readyz fails when no tick ran for this long
+    workers: int = 4          # HTTP worker threads (bounded; more connections wait, then are refused)
+    web_config: str = ""      # Prometheus-style web config: TLS and basic auth (docs/security.md)
 
     def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"metrics.workers must be >= 1, got {self.workers}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"metrics.port must be in 0..65535, got {self.port}")
         if self.ready_max_tick_age_s <= 0:
@@ -136,8 +143,12 @@ class RecorderConfig:
     record_inputs: bool = False
     npz_max_ticks: int = 100_000   # NPZ keeps ticks in memory until close: bounded in ticks ...
     npz_max_mb: float = 512.0      # ... and in memory (record_inputs costs ~35 kB per tick)
+    flush_s: float = 1.0           # a crash loses at most this much (JSONL fsync, NPZ part files)
+    rotate_mb: float = 0.0         # JSONL: start a new file beyond this size (0 = never)
 
     def __post_init__(self):
+        if not (self.flush_s >= 0 and self.rotate_mb >= 0):
+            raise ValueError(f"recorder.flush_s and rotate_mb must be >= 0, got {self.flush_s}, {self.rotate_mb}")
         if self.path and Path(self.path).suffix not in (".jsonl", ".npz"):
             raise ValueError(f"recorder.path must end in .jsonl or .npz, got {self.path!r}")
         if self.record_inputs and self.path and not self.path.endswith(".npz"):
@@ -146,6 +157,21 @@ class RecorderConfig:
         if self.npz_max_ticks < 1 or self.npz_max_mb <= 0:
             raise ValueError(f"recorder.npz_max_ticks must be >= 1 and npz_max_mb > 0, got {self.npz_max_ticks}, "
                              f"{self.npz_max_mb}")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """CurveZMQ on the sensor ingest and the pose stream (docs/security.md). One of the two must be
+    chosen: ``keys_dir`` (``runtime keys init DIR``), or ``plaintext`` explicitly, which is then
+    refused on non-loopback endpoints unless ``force_plaintext``."""
+
+    keys_dir: str = ""
+    plaintext: bool = False
+    force_plaintext: bool = False
+
+    def __post_init__(self):
+        if self.keys_dir and self.plaintext:
+            raise ValueError("security: keys_dir and plaintext exclude each other; choose one")
 
 
 @dataclass(frozen=True)
@@ -159,6 +185,7 @@ class RuntimeConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     station: str = "station0"
 
     def __post_init__(self):

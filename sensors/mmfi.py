@@ -301,39 +301,6 @@ def mmwave_permutation(columns: Sequence[str]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Model inputs of one frame (only through sensors.preprocess)
-# ----------------------------------------------------------------------------------------------
-def model_inputs(rgb_frames: Sequence[np.ndarray | None], lidar: np.ndarray | None,
-                 mmwave: np.ndarray | None, csi: CSIFrame | None, *, rgb_window: int,
-                 lidar_cap: int, mmwave_cap: int) -> dict[str, np.ndarray]:
-    """Raw frames -> the model inputs of one frame (schema.MODEL_INPUTS, no batch axis).
-
-    rgb_frames: the last <= ``rgb_window`` keypoint frames [17, 2] px, oldest first, last = now
-    (None = absent); mmwave in schema column order. A modality is present when its current frame
-    is (for points: at least one finite point); absent inputs are all zero.
-    """
-    presence = np.zeros(schema.N_MODALITIES, dtype=np.float32)
-    out: dict[str, np.ndarray] = {}
-    if rgb_frames and rgb_frames[-1] is not None:
-        out["rgb"] = preprocess.rgb_window(list(rgb_frames), rgb_window)
-        presence[schema.MODALITY_INDEX["rgb"]] = 1.0
-    else:
-        out["rgb"] = np.zeros((rgb_window, schema.N_KEYPOINTS, 2), dtype=np.float32)
-    for name, points, cap in (("lidar", lidar, lidar_cap), ("mmwave", mmwave, mmwave_cap)):
-        columns = len(schema.MODALITY_SPECS[name].columns)
-        pts = np.zeros((0, columns)) if points is None else points
-        out[name], out[f"{name}_mask"] = preprocess.sample_points(pts, cap, columns)
-        presence[schema.MODALITY_INDEX[name]] = float(out[f"{name}_mask"].any())
-    if csi is not None:
-        out["wifi"] = preprocess.wifi_input(csi.amp, csi.phase)
-        presence[schema.MODALITY_INDEX["wifi"]] = 1.0
-    else:
-        out["wifi"] = np.zeros(schema.WIFI_INPUT_SHAPE, dtype=np.float32)
-    out["presence"] = presence
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # Dataset
 # ----------------------------------------------------------------------------------------------
 class MMFiDataset:
@@ -437,8 +404,8 @@ class MMFiDataset:
         return self._gt[1]
 
     def _inputs(self, rgb_frames, lidar, mmwave, csi) -> dict[str, np.ndarray]:
-        return model_inputs(rgb_frames, lidar, mmwave, csi, rgb_window=self.rgb_window,
-                            lidar_cap=self.lidar_cap, mmwave_cap=self.mmwave_cap)
+        return preprocess.frame_inputs(rgb_frames, lidar, mmwave, csi, rgb_window=self.rgb_window,
+                                       lidar_cap=self.lidar_cap, mmwave_cap=self.mmwave_cap)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         key, t = self.locate(index)

@@ -1,8 +1,7 @@
-"""The tick loop with an in-memory source (no sockets) and a real exported tiny model."""
+"""The tick loop with the ingest's queue as source (no sockets) and a real exported tiny model."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
@@ -12,8 +11,11 @@ import pytest
 from exporters.metrics import RuntimeMetrics
 from exporters.recorder import open_recorder
 from runtime.config import RuntimeConfig
+from runtime.ingest import Ingest
+from runtime.loop import Loop
 from runtime.model import PoseModel
-from runtime.pipeline import Pipeline, RecorderOutput, record_of
+from runtime.outputs import MetricsOutput, Outputs, RecorderOutput, record_of
+from runtime.pipeline import Pipeline
 from sensors import schema
 from sensors.wire import Message
 
@@ -48,27 +50,16 @@ def frame_messages(k: int, rng, skip=(), seq=None) -> list[Message]:
             if topic not in skip]
 
 
-class ListSource:
-    """In-memory stand-in for runtime.ingest.Ingest."""
+def queue_source(messages=()) -> Ingest:
+    """The real ingest, not started (no socket): messages go through its accounting into its queue."""
+    src = Ingest(["tcp://127.0.0.1:0"], bind=True, queue_size=100_000)
+    for m in messages:
+        src.accept(m)
+    return src
 
-    def __init__(self, messages=()):
-        self.q: queue.Queue = queue.Queue()
-        for m in messages:
-            self.q.put(m)
 
-    def get(self, timeout_s=None):
-        try:
-            return self.q.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-
-    def drain(self):
-        out = []
-        while True:
-            try:
-                out.append(self.q.get_nowait())
-            except queue.Empty:
-                return out
+def make_loop(cfg, model, outputs=()) -> Loop:
+    return Loop(cfg, Pipeline(cfg, model), Outputs(list(outputs), MetricsOutput(RuntimeMetrics(), cfg, model)))
 
 
 def _cfg(**sync):
@@ -76,16 +67,16 @@ def _cfg(**sync):
 
 
 def _run_data_clock(model, messages, outputs=(), cfg=None):
-    pipe = Pipeline(cfg or _cfg(), model, RuntimeMetrics(), list(outputs))
+    pipe = make_loop(cfg or _cfg(), model, outputs)
     results = []
-    pipe.outputs.append(results.append)
+    pipe.outputs.items.append(results.append)
     stop = threading.Event()
-    src = ListSource(messages)
+    src = queue_source(messages)
     # stop as soon as the queue is empty and the final flush ran
     t = threading.Thread(target=pipe.run, args=(src, stop))
     t.start()
     deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline and not (src.q.empty() and results and
+    while time.monotonic() < deadline and not (src.queue.empty() and results and
                                                results[-1].tick_ns >= messages[-1].t_ns - PERIOD):
         time.sleep(0.05)
     time.sleep(pipe.config.sync.data_flush_s + 0.2)
@@ -111,7 +102,7 @@ def test_every_frame_gives_a_pose_that_matches_offline_inference(tiny_model):
         assert r.gt is not None
     last = results[-1].contributions
     assert last.shares.sum() == pytest.approx(1.0) and last.shares_gt is not None
-    reg = pipe.metrics.registry
+    reg = pipe.outputs.metrics.registry
     assert reg.get_sample_value("awc_ticks_total", {"outcome": "fused"}) == 25
     assert reg.get_sample_value("awc_stage_duration_seconds_count", {"stage": "inference"}) == 25
 
@@ -153,16 +144,76 @@ def test_a_sensor_never_seen_is_not_flagged_during_the_startup_grace(tiny_model)
     assert not any(flags[:10]) and all(flags[12:])
 
 
-def test_a_bad_tick_is_counted_and_the_loop_goes_on(tiny_model, caplog):
+def test_non_finite_inputs_are_masked_flagged_and_never_published(tiny_model):
     rng = np.random.default_rng(3)
     messages = [m for k in range(8) for m in frame_messages(k, rng)]
     bad = next(m for m in messages if m.topic == "rgb" and m.t_ns == T0 + 3 * PERIOD)
     bad.arrays["kpts"] = np.full((17, 2), np.nan, np.float32)   # the wire would refuse this
     pipe, results = _run_data_clock(tiny_model, messages)
-    assert pipe.stats.errors >= 1
-    assert pipe.metrics.registry.get_sample_value("awc_tick_errors_total", {"stage": "inference"}) >= 1
-    assert len(results) >= 8 - pipe.stats.errors
-    assert results[-1].tick_ns == T0 + 7 * PERIOD
+    assert pipe.stats.errors == 0 and len(results) == 8
+    hit = next(r for r in results if r.tick_ns == T0 + 3 * PERIOD)
+    i = schema.MODALITY_INDEX["rgb"]
+    assert hit.presence[i] == 0 and hit.health[i].non_finite == 1.0 and hit.health[i].worst() == "non_finite"
+    assert all(np.isfinite(r.pose).all() for r in results if r.pose is not None)
+    score = pipe.outputs.metrics.registry.get_sample_value("awc_degradation_score_ratio", {"modality": "rgb"})
+    assert np.isfinite(score)
+
+
+def test_a_non_finite_pose_is_an_invalid_tick_and_the_gauges_recover(tiny_model):
+    class Overflowing:
+        metadata, provider, requested_provider = tiny_model.metadata, tiny_model.provider, "cpu"
+        calls = 0
+
+        def run(self, inputs):
+            pose, coalitions = tiny_model.run(inputs)
+            Overflowing.calls += 1
+            if Overflowing.calls in (3, 4):
+                pose = np.full_like(pose, np.nan)
+                coalitions = np.full_like(coalitions, np.inf)
+            return pose, coalitions
+
+    class EveryTick(list):
+        every_tick = True
+
+        def __call__(self, result):
+            self.append(result)
+
+    rng = np.random.default_rng(5)
+    messages = [m for k in range(8) for m in frame_messages(k, rng)]
+    results = EveryTick()
+    pipe, _ = _run_data_clock(Overflowing(), messages, [results])
+    outcomes = [r.outcome for r in results]
+    assert outcomes.count("invalid") == 2 and all(r.pose is None for r in results if r.outcome == "invalid")
+    reg = pipe.outputs.metrics.registry
+    assert reg.get_sample_value("awc_ticks_total", {"outcome": "invalid"}) == 2
+    for m in schema.MODALITIES:
+        assert np.isfinite(reg.get_sample_value("awc_degradation_score_ratio", {"modality": m}))
+        assert np.isfinite(reg.get_sample_value("awc_contribution_share_ratio", {"modality": m}))
+
+
+def test_a_bad_tick_is_counted_and_the_loop_goes_on(tiny_model, caplog):
+    from runtime.model import ModelError
+
+    class Flaky:
+        metadata, provider, requested_provider = tiny_model.metadata, tiny_model.provider, "cpu"
+        calls = 0
+
+        def run(self, inputs):
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise OverflowError("int too large to convert")   # what a hostile value once caused
+            if Flaky.calls == 4:
+                raise ModelError("input refused")
+            return tiny_model.run(inputs)
+
+    rng = np.random.default_rng(3)
+    messages = [m for k in range(8) for m in frame_messages(k, rng)]
+    pipe, results = _run_data_clock(Flaky(), messages)
+    assert pipe.stats.errors == 2
+    reg = pipe.outputs.metrics.registry
+    assert reg.get_sample_value("awc_tick_errors_total", {"stage": "inference"}) == 1
+    assert reg.get_sample_value("awc_tick_errors_total", {"stage": "preprocess"}) == 1
+    assert len(results) == 6 and results[-1].tick_ns == T0 + 7 * PERIOD
     assert "failed" in caplog.text
 
 
@@ -177,22 +228,22 @@ def test_wall_clock_drops_ticks_latest_wins_when_inference_is_slow(tiny_model):
     now = time.time_ns()
     rng = np.random.default_rng(4)
     start = now // PERIOD * PERIOD
-    src = ListSource()
+    src = queue_source()
     cfg = RuntimeConfig.from_dict({"sync": {"clock": "wall", "max_age_s": 5.0}})
-    pipe = Pipeline(cfg, Slow(), RuntimeMetrics())
+    pipe = make_loop(cfg, Slow())
     results = []
-    pipe.outputs.append(results.append)
+    pipe.outputs.items.append(results.append)
 
     def feeder():
         for k in range(15):
             for m in frame_messages(k, rng):
                 m.t_ns = m.sent_ns = start + k * PERIOD
-                src.q.put(m)
+                src.accept(m)
             time.sleep(0.1)
 
     threading.Thread(target=feeder, daemon=True).start()
     stats = pipe.run(src, threading.Event(), duration_s=1.5)
-    dropped = pipe.metrics.registry.get_sample_value("awc_ticks_total", {"outcome": "dropped"})
+    dropped = pipe.outputs.metrics.registry.get_sample_value("awc_ticks_total", {"outcome": "dropped"})
     assert stats.dropped == dropped >= 3
     assert 3 <= stats.ticks <= 8
     assert stats.ticks + stats.dropped >= 13        # every period either ran or was counted dropped

@@ -16,6 +16,7 @@ from sensors.simulate.body import bone_lengths, make_subject
 from sensors.simulate.cli import check_output
 from sensors.simulate.environment import ENVIRONMENTS, get_environment
 from sensors.simulate.presets import PRESETS, check_preset
+from sensors.simulate.truth import TRUTH_FILE
 
 TINY = PRESETS["tiny"]
 FRAMES = schema.FRAMES_PER_SEQUENCE
@@ -49,7 +50,7 @@ def test_layout_is_exactly_mmfi(tiny_dataset):
     names = {m: [schema.frame_file_name(m, t) for t in range(FRAMES)] for m in schema.MODALITIES}
     for seq in expected:
         assert sorted(p.name for p in seq.iterdir()) == sorted(
-            [schema.MMFI_GT_FILE] + [schema.MMFI_FOLDERS[m] for m in schema.MODALITIES])
+            [schema.MMFI_GT_FILE, TRUTH_FILE] + [schema.MMFI_FOLDERS[m] for m in schema.MODALITIES])
         for m in schema.MODALITIES:
             assert sorted(p.name for p in (seq / schema.MMFI_FOLDERS[m]).iterdir()) == names[m]
     assert names["rgb"][0] == "frame001.npy" and names["wifi"][-1] == "frame297.mat"
@@ -94,7 +95,7 @@ def test_byte_identical_for_a_seed_with_any_number_of_workers(tiny_dataset, tmp_
         ours = tmp_path / schema.environment_of(subject) / subject / "A03"
         ref = tiny_dataset / schema.environment_of(subject) / subject / "A03"
         files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
-        assert len(files) == 4 * FRAMES + 1
+        assert len(files) == 4 * FRAMES + 2   # + ground truth and the rehab truth side file
         for rel in files:
             assert (ours / rel).read_bytes() == (ref / rel).read_bytes(), rel
 

@@ -17,7 +17,6 @@ import torch
 
 from sensors import posemath, schema
 from training.data import Split, evenly_spaced
-from training.fisher import INPUT_NAMES
 from training.shapley import coalition_masks, coalition_values
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def predict(model, data: Split, batch_size: int = 256, coalitions: bool = False
     device = model.mean_pose.device
     for idx in torch.split(torch.arange(len(data)), batch_size):
         b = {k: v.to(device) for k, v in data.batch(idx).items()}
-        feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
         poses.append(model.fuse(feats, b["presence"]).cpu())
         if coalitions:
             coal.append(model.fuse_coalitions(feats, coalition_masks(b["presence"])).cpu())

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sensors import schema
-from sensors.simulate import kinematics, lidar, mmwave, rgb, wifi
+from sensors.simulate import kinematics, lidar, mmwave, rgb, truth, wifi
 from sensors.simulate.body import BodyConfig, make_subject, place
 from sensors.simulate.environment import get_environment
 from sensors.simulate.presets import PRESETS, resolve
@@ -65,14 +65,15 @@ def generate_sequence(subject: str, action: str, seed: int = 0,
         np.random.default_rng(s) for s in sequence_seed(seed, subject, action).spawn(7))
     person = place(body, r_place, env, config.body)                   # per sequence
     wifi_session = wifi.session(r_session, env, config.wifi)          # per sequence
-    joints = kinematics.sequence_pose(action, person, env.camera_height_m, kin)
+    channels = kinematics.action_channels(action, schema.FRAMES_PER_SEQUENCE, person, kin)
+    joints = kinematics.forward_kinematics(channels, person, env.camera_height_m)
     amp, phase = wifi.sequence(joints, env, r_wifi, config.wifi, wifi_session)
     return SequenceData(
         ground_truth=joints.astype(np.float32),
         rgb=rgb.keypoints(joints, r_rgb, config.rgb),
         lidar=lidar.sequence(joints, env, r_lidar, config.lidar),
         mmwave=mmwave.sequence(joints, env, r_mmwave, config.mmwave),
-        csi_amp=amp, csi_phase=phase,
+        csi_amp=amp, csi_phase=phase, rehab_truth=truth.truth_of(action, channels),
     )
 
 

@@ -285,6 +285,7 @@ def action_channels(action: str, n: int, subject: Subject, rng: np.random.Genera
     c = {k: rest[k] + amp * (v - rest[k]) for k, v in c.items()}  # range of motion around rest
     c["dx"] = c["dx"] + 0.012 * np.sin(2 * np.pi * t / rng.uniform(6, 12) + rng.uniform(0, 6.3))
     c["dz"] = c["dz"] + 0.008 * np.sin(2 * np.pi * t / rng.uniform(6, 12) + rng.uniform(0, 6.3))
+    c["cycle"] = np.clip(t - start, 0, None) / period   # repetitions elapsed (truth.py writes them down)
     return c
 
 

@@ -7,7 +7,9 @@
 * mmwave ``.bin``: raw float64 (N, 5); a 0-byte file when nothing was detected;
 * wifi-csi ``.mat``: MATLAB 5 file (scipy ``savemat(..., format='5')``, fixed header date) with
   ``CSIamp`` and ``CSIphase`` float64 (3, 114, 10);
-* ``ground_truth.npy``: (297, 17, 3) float32 metres, camera frame.
+* ``ground_truth.npy``: (297, 17, 3) float32 metres, camera frame;
+* ``rehab_truth.json``: the true repetitions and joint-angle channels (``truth.py``), a side file
+  MM-Fi's reader ignores.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import scipy.io
 
 from sensors import schema
+from sensors.simulate.truth import write_truth
 
 
 @dataclass
@@ -32,6 +35,7 @@ class SequenceData:
     mmwave: list[np.ndarray]          # T x float64 [N,5]
     csi_amp: np.ndarray               # float64 [T,3,114,10]
     csi_phase: np.ndarray             # float64 [T,3,114,10]
+    rehab_truth: dict | None = None   # true repetitions and angle channels (sensors.simulate.truth)
 
     def check(self) -> None:
         t = schema.FRAMES_PER_SEQUENCE
@@ -80,4 +84,5 @@ def write_sequence(seq_dir: Path, data: SequenceData) -> int:
             {"CSIamp": np.ascontiguousarray(data.csi_amp[t], np.float64),
              "CSIphase": np.ascontiguousarray(data.csi_phase[t], np.float64)}))
     np.save(Path(seq_dir) / schema.MMFI_GT_FILE, data.ground_truth.astype(np.float32))
+    write_truth(seq_dir, data.rehab_truth)
     return sum(f.stat().st_size for f in Path(seq_dir).rglob("*") if f.is_file())
