@@ -31,7 +31,7 @@ from runtime.config import RuntimeConfig
 from runtime.model import ModelError
 from runtime.outputs import Outputs
 from runtime.pipeline import Pipeline, StepInputs, TickResult
-from runtime.sync import Due, SyncConfig, Synchronizer, TickClock
+from runtime.sync import Due, Synchronizer, TickClock
 from sensors import schema
 from sensors.wire import Message
 
@@ -50,12 +50,6 @@ class RunStats:
     messages: int = 0
 
 
-def sync_config(cfg: RuntimeConfig) -> SyncConfig:
-    s = cfg.sync
-    return SyncConfig(rate_hz=s.rate_hz, tolerance_s=s.tolerance_s, max_age_s=s.max_age_s,
-                      wifi_window_s=s.wifi_window_s, buffer_len=s.buffer_len)
-
-
 def tick_clock(cfg: RuntimeConfig) -> TickClock:
     """Wall clock: ``sync.delay_s`` after the tick; data clock: at least the tolerance after it,
     so the sample nearest the tick (possibly just after it) has been seen."""
@@ -72,7 +66,7 @@ class Loop:
         self.config = config
         self.pipeline = pipeline
         self.outputs = outputs or Outputs()
-        self.sync = Synchronizer(sync_config(config))
+        self.sync = Synchronizer(config.sync)   # SyncSettings is a SyncConfig
         self.stats = stats or RunStats()
         self.last_tick_wall: float | None = None   # monotonic time of the last tick (readiness)
         self._received = np.zeros(schema.N_MODALITIES, np.int64)

@@ -13,6 +13,26 @@ import logging
 import sys
 
 
+def comma_list(text: str) -> list[str]:
+    """argparse type of every list option: comma-separated values (the option may also repeat)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated values, e.g. a,b; got {text!r}")
+    return items
+
+
+def add_list_argument(p: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
+    """A list option: ``--x a,b`` and ``--x a --x b`` give the same list (``action="extend"``)."""
+    p.add_argument(*flags, type=comma_list, action="extend", **kwargs)
+
+
+def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
+    """``--set section.key=value`` (repeatable), the one override syntax of every command."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
+                   help=f"override any config key (value parsed as YAML; lists as [a,b]), e.g. --set {example}; "
+                        "repeatable. `config show` lists every key")
+
+
 def run_subcommands(prog: str, description: str, commands: dict[str, tuple[str, str]],
                     argv: list[str] | None = None) -> int:
     """commands: name -> (module path, one-line help). Returns the process exit code."""

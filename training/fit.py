@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sensors.cli_util import add_list_argument, add_set_argument
 from training import config as config_mod
 from training.config import BALANCES, FUSIONS
 
@@ -22,12 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("S1", "S2", "S3"))
     p.add_argument("--fusion", choices=FUSIONS)
     p.add_argument("--balance", choices=BALANCES)
-    p.add_argument("--modalities", help="comma-separated subset of rgb,lidar,mmwave,wifi (others always absent)")
+    add_list_argument(p, "--modalities", metavar="M,M", help="subset of rgb,lidar,mmwave,wifi (others always absent)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=3e-4 balance.window=5")
+    add_set_argument(p, "train.lr=3e-4")
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from training.trainer import fit
 
-    cfg = config_mod.resolve(args.preset, args.config, flags_from_args(args), args.overrides)
+    cfg = config_mod.resolve(args.preset, args.config, flags_from_args(args), args.set)
     result = fit(cfg, resume=args.resume, progress=not args.no_progress)
     if result:
         print(f"{cfg.out}: test MPJPE {result['mpjpe']:.2f} mm, PA-MPJPE {result['pa_mpjpe']:.2f} mm "

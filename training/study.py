@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from sensors import schema
+from sensors.cli_util import add_set_argument
 from training import config as config_mod
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,12 @@ def arms(fusions: tuple[str, ...] = ("concat",)) -> list[Arm]:
 
 def _run_config(args: argparse.Namespace, arm: Arm, seed: int) -> config_mod.Config:
     flags = {"data": {"root": args.data, "protocol": "P1", "split": "S1", "cache_dir": str(Path(args.out) / "cache")},
-             "model": {"modalities": ",".join(arm.modalities), "fusion": arm.fusion},
+             "model": {"modalities": list(arm.modalities), "fusion": arm.fusion},
              "balance": {"method": arm.balance}, "train": {"seed": seed},
              "out": str(Path(args.out) / f"{arm.name}-s{seed}")}
     if args.epochs:
         flags["train"]["epochs"] = args.epochs
-    return config_mod.resolve(args.preset, args.config, flags, args.overrides)
+    return config_mod.resolve(args.preset, args.config, flags, args.set)
 
 
 def ensure_dataset(root: Path) -> None:
@@ -266,7 +267,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default="docs/results.md")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_set_argument(p, "train.lr=3e-4")
 
 
 def run(args: argparse.Namespace) -> int:
