@@ -19,7 +19,6 @@ Prints a table and writes JSON (``--report``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import threading
@@ -35,6 +34,7 @@ from runtime.model import ModelError
 from runtime.serve import Runtime, add_config_arguments, config_from_args, load_model
 from sensors import keys as keyfiles
 from sensors import mmfi, posemath, schema, wire
+from sensors.cli_util import add_list_argument, add_report_arguments, emit_report
 from sensors.faults import parse_fault
 from sensors.replay import ReplayError, replay
 
@@ -333,11 +333,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="S1", choices=schema.SPLITS)
     p.add_argument("--subset", default="test", choices=("train", "test", "all"))
     p.add_argument("--rate", type=float, default=0.0, help="replay speed (1 = real time, 0 = as fast as possible)")
-    p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. lidar:stop@5 (see sensors replay)")
+    add_list_argument(p, "--fault", default=[], metavar="SPEC[,SPEC]",
+                      help="inject faults, e.g. lidar:stop@5 (see sensors replay)")
     p.add_argument("--max-frames", type=int, default=None, help="replay at most this many frames")
-    p.add_argument("--sequences", nargs="*", default=None, metavar="E01/S01/A02", help="replay these sequences")
+    add_list_argument(p, "--sequences", default=None, metavar="E01/S01/A02[,...]", help="replay these sequences")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
-    p.add_argument("--report", default=None, metavar="FILE", help="write the report as JSON")
+    add_report_arguments(p)
     p.add_argument("--secure", action="store_true",
                    help="CurveZMQ on the sensor and pose sockets (a key directory made for this run)")
     add_config_arguments(p)
@@ -352,9 +353,5 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ModelError, ReplayError) as err:   # MMFiFormatError is a ValueError
         log.error("%s", err)
         return 2
-    print(format_report(report))
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=2))
-        log.info("wrote %s", args.report)
+    emit_report(args, report, format_report(report))
     return 0

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from sensors import schema
-from sensors.cli_util import add_set_argument
+from sensors.cli_util import add_list_argument, add_set_argument
 from training import config as config_mod
 
 log = logging.getLogger(__name__)
@@ -221,15 +221,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--config", help="YAML applied on top of the preset")
     p.add_argument("--epochs", type=int, default=30, help="epochs per run; K = 0.4x, lr step = 0.6x this")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--protocols", nargs="+", default=["P1", "P2"], choices=sorted(schema.PROTOCOLS),
-                   help="main table protocols; the sweeps use the first")
+    add_list_argument(p, "--seeds", item_type=int, default=[0, 1, 2], metavar="N", help="seeds (default 0,1,2)")
+    add_list_argument(p, "--protocols", default=["P1", "P2"], metavar="P",
+                      help="main table protocols (default P1,P2); the sweeps use the first")
     p.add_argument("--group", default="all", choices=("main", "sweeps", "all"))
-    p.add_argument("--arms", nargs="*", help="only these arms (names as in the report)")
+    add_list_argument(p, "--arms", default=None, metavar="ARM", help="only these arms (names as in the report)")
     p.add_argument("--test-frames", type=int, default=4000,
                    help="evaluate on this many evenly spaced test frames (0 = all)")
-    p.add_argument("--report", default="docs/results.md")
-    p.add_argument("--figure", default="docs/figures/study_shapley.png")
+    p.add_argument("--report", default=None, metavar="FILE", help="results report (default OUT/results.md)")
+    p.add_argument("--figure", default=None, metavar="FILE",
+                   help="Shapley-over-epochs plot (default beside the report, figures/study_shapley.png)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
     p.add_argument("--no-progress", action="store_true")
     add_set_argument(p, "train.lr=3e-4")
@@ -238,6 +239,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from training import study_report
 
+    unknown = sorted(set(args.protocols) - set(schema.PROTOCOLS))
+    if unknown:
+        log.error("--protocols: %s not among %s", ", ".join(unknown), ", ".join(schema.PROTOCOLS))
+        return 2
+    args.report = args.report or str(Path(args.out) / "results.md")
+    args.figure = args.figure or str(Path(args.report).parent / "figures" / "study_shapley.png")
     args.command = "training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.report_only:
         run_all(args)
