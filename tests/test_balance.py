@@ -95,7 +95,7 @@ def test_shapley_efficiency_on_real_model():
 # Fisher
 # ----------------------------------------------------------------------------------------------
 def _tiny_model_and_data(n: int = 6):
-    cfg = config.resolve("tiny", flags={"model": {"modalities": "rgb,wifi"}})
+    cfg = config.resolve("tiny", flags={"model": {"modalities": ["rgb", "wifi"]}})
     torch.manual_seed(0)
     return build_model(cfg.model), fake_split(n, cfg.model)
 

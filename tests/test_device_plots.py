@@ -77,7 +77,7 @@ def test_config_and_cli_carry_the_device():
 # --- plots ---------------------------------------------------------------------------------------
 
 def _history(n_epochs: int):
-    return [{"epoch": e, "loss_task": 0.1 / (e + 1), "loss_awc": 0.02 if e < 1 else 0.0, "train_mpjpe": 90.0 - e,
+    return [{"epoch": e, "loss_task": 0.1 / (e + 1), "loss_balance": 0.02 if e < 1 else 0.0, "train_mpjpe": 90.0 - e,
              "val_mpjpe": 95.0 - e, "train_pa_mpjpe": 60.0, "val_pa_mpjpe": 62.0, "in_window": e < 1,
              "shapley": {"rgb": 0.5, "lidar": 0.3, "mmwave": 0.1, "wifi": 0.05}} for e in range(n_epochs)]
 
@@ -167,4 +167,4 @@ def test_tensorboard_log_holds_the_epoch_scalars(tmp_path):
     val = [(e.step, round(e.value, 3)) for e in acc.Scalars("mm/val_mpjpe")]
     assert val == [(0, 95.0), (1, 94.0)]
     assert [round(e.value, 3) for e in acc.Scalars("shapley/rgb")] == [0.5, 0.5]
-    assert {"loss/loss_task", "loss/loss_awc", "seconds/train"} <= set(acc.Tags()["scalars"])
+    assert {"loss/loss_task", "loss/loss_balance", "seconds/train"} <= set(acc.Tags()["scalars"])

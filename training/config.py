@@ -1,4 +1,5 @@
-"""Typed training configuration: dataclasses that validate themselves, YAML presets, overrides.
+"""Typed training configuration: dataclasses that validate themselves (their defaults are THE
+defaults), loaded by the shared config layer ``sensors.settings`` (the runtime's too).
 
 A run's configuration is resolved in this order, later wins:
 
@@ -6,7 +7,11 @@ A run's configuration is resolved in this order, later wins:
 2. a preset (``training/configs/<name>.yaml``: ``small``, ``paper``, ``tiny``),
 3. a YAML file (``--config FILE``),
 4. command-line flags (``--fusion``, ``--balance``, ``--epochs`` ...),
-5. ``section.key=value`` overrides (``train.lr=3e-4``, ``balance.alpha_s=50``).
+5. ``AWC_TRAINING_SECTION__KEY=value`` environment variables,
+6. ``--set section.key=value`` overrides (``train.lr=3e-4``, ``model.modalities=[rgb,lidar]``).
+
+Unknown keys and values of the wrong type are refused with the key named; ``training config
+show`` lists every key with its type and default.
 
 The resolved config is saved as ``config.yaml`` next to the run's outputs; ``config_hash`` is a
 stable digest of it (ignoring where the outputs go).
@@ -14,6 +19,7 @@ stable digest of it (ignoring where the outputs go).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -23,11 +29,14 @@ from typing import Any
 
 import yaml
 
-from sensors import schema
+from sensors import schema, settings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FUSIONS = ("concat", "mlp", "attention")
-BALANCES = ("none", "ogm-ge", "uniform", "awc")
+BALANCES = ("none", "awc", "ogm-ge", "g-blending", "agm", "modality-level", "uniform")
+GROUPINGS = ("step", "theta0")
+OPTIMIZERS = ("adam", "sgd")
+FRAME_SELECTIONS = ("all", "complete")
 FISHER_MODES = ("per_sample", "per_batch")
 
 
@@ -42,8 +51,7 @@ class ModelConfig:
 
     modalities: tuple[str, ...] = schema.MODALITIES  # enabled encoders; others are always absent
     dim: int = 64  # feature width of every encoder output [B, dim]
-    rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R
-    tcn_blocks: int = 2  # dilated residual blocks (dilations 3, 9, ...)
+    rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R = the TCN's receptive field
     lidar_cap: int = schema.DEFAULT_LIDAR_CAP
     mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP
     knn: int = 16  # neighbours per point in the point-transformer layer
@@ -63,8 +71,8 @@ class ModelConfig:
         _check(self.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
         for name in ("dim", "rgb_window", "lidar_cap", "mmwave_cap", "knn", "hidden", "heads", "wifi_channels"):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
-        _check(self.tcn_blocks >= 0 and self.point_layers >= 0 and self.fusion_layers >= 1,
-               "model.tcn_blocks and model.point_layers must be >= 0, model.fusion_layers >= 1")
+        _check(self.point_layers >= 0 and self.fusion_layers >= 1,
+               "model.point_layers must be >= 0, model.fusion_layers >= 1")
         _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
 
 
@@ -78,37 +86,57 @@ class DataConfig:
     split_seed: int = 0  # seed of the S1 random split (MM-Fi's np.random.seed(seed + k))
     max_train: int = 0  # 0 = all training frames; else an evenly spaced subset
     max_val: int = 0  # 0 = all test frames for the per-epoch validation
+<<<<<<< HEAD
     cache_dir: str = ""  # "" = read into memory; else memory-mapped arrays kept here (bounded memory)
+=======
+    cache_dir: str = ""  # "" = no cache; else preprocessed arrays are kept here as .npz
+    # all = every frame (absent modalities are presence 0); complete = drop frames where any enabled
+    # modality is absent, as the MM-Fi toolbox drops frames with an empty modality
+    frames: str = "all"
+>>>>>>> main
 
     def validate(self) -> None:
         _check(self.protocol in schema.PROTOCOLS, f"data.protocol must be one of {list(schema.PROTOCOLS)}, "
                f"got {self.protocol!r}")
         _check(self.split in schema.SPLITS, f"data.split must be one of {list(schema.SPLITS)}, got {self.split!r}")
         _check(self.max_train >= 0 and self.max_val >= 0, "data.max_train and data.max_val must be >= 0")
+        _check(self.frames in FRAME_SELECTIONS, f"data.frames must be one of {FRAME_SELECTIONS}, got {self.frames!r}")
 
 
 @dataclass
 class BalanceConfig:
-    """Modality balancing: none, OGM-GE, uniform proximal term, or AWC (DESIGN §4)."""
+    """Modality balancing: AWC (DESIGN §4), its baselines and ablations (docs/training.md)."""
 
     method: str = "none"
-    window: int = 20  # learning window K: balancing is active in epochs 0..K-1
+    window: int = 20  # learning window K: AWC / uniform / modality-level act in epochs 0..K-1
+    # alpha multiplies sum_i F_ii (theta_i - theta0_i)^2 / 2 with F the Fisher of L_MPJPE in metres:
+    # the penalty is in metres, like the task loss (docs/training.md: what 20k means here)
     alpha_s: float = 20000.0  # weight of the superior group's constraint
     alpha_i: float = 10000.0  # weight of the inferior group's constraint
+    group_by: str = "step"  # step: K-Means on the running mean of the mini-batch Shapley scores,
+    #                         refreshed every step (Algorithm 1); theta0: once per epoch at theta0
     fisher_samples: int = 256  # fixed training subset for the Fisher (evenly spaced indices)
     fisher_mode: str = "per_sample"  # per_sample (torch.func) or per_batch (mini-batch squared grads)
     fisher_chunk: int = 32  # samples per vmap chunk / per mini-batch
     shapley_every: int = 1  # compute the training Shapley scores every N steps
-    kmeans_seed: int = 0
-    kmeans_n_init: int = 10
     ogm_alpha: float = 0.5  # OGM-GE modulation strength
     ogm_noise: bool = True  # OGM-GE's Gaussian gradient noise (the GE part)
+    ogm_window: int = -1  # OGM-GE modulates in epochs 0..ogm_window-1 (-1 = every epoch)
+    agm_alpha: float = 1.0  # AGM strength (per relative deviation of a modality's Shapley score)
+    agm_momentum: float = 0.9  # AGM running average of the step scores
+    gb_holdout: int = 256  # G-Blending: training frames held out to measure generalisation/overfitting
+    rs_gamma: float = 1.0  # modality-level resampling: fraction re-fed = gamma * relative contribution gap
 
     def validate(self) -> None:
         _check(self.method in BALANCES, f"balance.method must be one of {BALANCES}, got {self.method!r}")
         _check(self.fisher_mode in FISHER_MODES,
                f"balance.fisher_mode must be one of {FISHER_MODES}, got {self.fisher_mode!r}")
         _check(self.window >= 0, f"balance.window must be >= 0, got {self.window}")
+        _check(self.group_by in GROUPINGS, f"balance.group_by must be one of {GROUPINGS}, got {self.group_by!r}")
+        _check(self.ogm_window >= -1, f"balance.ogm_window must be >= -1, got {self.ogm_window}")
+        _check(0.0 <= self.agm_momentum < 1.0 and self.agm_alpha >= 0 and self.ogm_alpha >= 0 and self.rs_gamma >= 0,
+               "balance.agm_momentum must be in [0, 1); agm_alpha, ogm_alpha, rs_gamma >= 0")
+        _check(self.gb_holdout >= 2, f"balance.gb_holdout must be >= 2, got {self.gb_holdout}")
         _check(self.alpha_s >= 0 and self.alpha_i >= 0, "balance.alpha_s and balance.alpha_i must be >= 0")
         _check(self.fisher_samples >= 1 and self.fisher_chunk >= 1 and self.shapley_every >= 1,
                "balance.fisher_samples, fisher_chunk and shapley_every must be >= 1")
@@ -124,6 +152,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_step: int = 30
     lr_gamma: float = 0.1
+    optimizer: str = "adam"  # adam (the paper) or sgd (with momentum, as OGM-GE's paper trains)
+    momentum: float = 0.9  # sgd only
     seed: int = 0
     threads: int = 1  # torch intra-op threads per process
     device: str = "auto"  # auto | cpu | cuda | cuda:N (training.device; under torchrun: each rank's GPU)
@@ -137,12 +167,17 @@ class TrainConfig:
         _check(self.lr > 0 and self.weight_decay >= 0, "train.lr must be > 0 and train.weight_decay >= 0")
         _check(self.lr_step >= 1 and 0 < self.lr_gamma <= 1, "train.lr_step >= 1 and 0 < train.lr_gamma <= 1")
         _check(self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
+<<<<<<< HEAD
         from training.device import DeviceError, parse
 
         try:
             parse(self.device)
         except DeviceError as err:
             raise ValueError(f"train.device: {err}") from None
+=======
+        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
+>>>>>>> main
 
 
 @dataclass
@@ -165,64 +200,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "balance": BalanceConfig, "train": TrainConfig}
-
-
-def _coerce(cls, key: str, value: Any) -> Any:
-    """Value of ``key`` converted to the type of that dataclass field's default."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if key not in fields:
-        raise ValueError(f"unknown config key {cls.__name__}.{key}; known: {sorted(fields)}")
-    f = fields[key]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if isinstance(default, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(v).strip() for v in items if str(v).strip())
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{cls.__name__}.{key} needs a boolean, got {value!r}")
-            return value.lower() in ("true", "1", "yes")
-        return bool(value)
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        try:
-            number = float(value)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{cls.__name__}.{key} needs a number, got {value!r}") from err
-        if isinstance(default, int):
-            if number != int(number):
-                raise ValueError(f"{cls.__name__}.{key} needs an integer, got {value!r}")
-            return int(number)
-        return number
-    return str(value)
-
-
-def update(cfg: Config, values: dict[str, Any]) -> Config:
-    """Apply a nested dict ``{section: {key: value}, out: ...}`` onto ``cfg`` (in place)."""
-    for section, body in (values or {}).items():
-        if section == "out":
-            cfg.out = str(body)
-            continue
-        if section not in SECTIONS:
-            raise ValueError(f"unknown config section {section!r}; known: {sorted(SECTIONS)} and 'out'")
-        if not isinstance(body, dict):
-            raise ValueError(f"config section {section!r} must be a mapping, got {type(body).__name__}")
-        target = getattr(cfg, section)
-        for key, value in body.items():
-            setattr(target, key, _coerce(SECTIONS[section], key, value))
-    return cfg
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["train.lr=3e-4", "model.modalities=rgb,lidar"]`` -> nested dict (values parsed as YAML)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.lr=3e-4")
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        parsed = yaml.safe_load(value) if value else ""
-        out.setdefault(section, {})[name] = value if isinstance(parsed, (list, dict)) or parsed is None else parsed
-    return out
+ENV_PREFIX = "AWC_TRAINING_"
 
 
 def preset_path(name: str) -> Path:
@@ -233,32 +211,24 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} not found; pass an existing YAML file or a --preset")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
-
-
 def resolve(preset: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
-            overrides: list[str] | None = None) -> Config:
-    """Defaults <- preset <- YAML file <- flags (nested dict) <- ``section.key=value`` overrides."""
-    cfg = Config()
+            overrides: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Defaults <- preset <- YAML file <- flags (nested dict) <- environment <- ``section.key=value``."""
+    data: dict[str, Any] = {}
     if preset:
-        update(cfg, load_yaml(preset_path(preset)))
+        settings.deep_merge(data, settings.read_yaml(preset_path(preset), "preset"))
     if config_file:
-        update(cfg, load_yaml(config_file))
-    update(cfg, flags or {})
-    update(cfg, parse_overrides(overrides or []))
-    return cfg.validate()
+        settings.deep_merge(data, settings.read_yaml(config_file, "training config"))
+    settings.deep_merge(data, flags or {})
+    settings.apply_env(data, ENV_PREFIX, environ)
+    settings.apply_overrides(data, overrides)
+    where = ", ".join(x for x in (f"preset {preset}" if preset else "", config_file or "") if x) or "defaults"
+    return settings.build(Config, data, source=f"{where}, flags, {ENV_PREFIX}* environment or --set")
 
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a config from ``Config.to_dict()`` (e.g. out of a checkpoint)."""
-    return update(Config(), values).validate()
+    return settings.build(Config, values, source="saved config")
 
 
 def config_hash(cfg: Config) -> str:
@@ -273,3 +243,25 @@ def config_hash(cfg: Config) -> str:
 
 def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------- `training config show`
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sensors.cli_util import add_set_argument
+
+    p.add_argument("action", choices=("show",), help="show: every key, its type, default and resolved value")
+    p.add_argument("--preset", help="base preset from training/configs: small, paper, tiny")
+    p.add_argument("--config", help="YAML config file (sections model, data, balance, train)")
+    add_set_argument(p, "train.lr=3e-4")
+    p.add_argument("--yaml", action="store_true", help="print the resolved config as YAML instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = resolve(args.preset, args.config, overrides=args.set)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}")
+        return 2
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip() if args.yaml
+          else settings.format_keys(settings.describe(Config, cfg)))
+    return 0

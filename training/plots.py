@@ -7,8 +7,8 @@ Written into ``<run>/plots/``, each as PNG and SVG (vector, for papers), titled 
   skeletons      predicted vs ground-truth 3D poses of a few test frames with their error (paper Fig. 5)
 
 Readable from the first epoch: every series has markers (one epoch is one visible point), epochs
-are integers, and the loss axis is logarithmic only over positive values — L_AWC is 0 outside the
-learning window and is left out there instead of diving to the bottom of a log axis.
+are integers, and the loss axis is logarithmic only over positive values — the balancing term (L_AWC)
+is 0 outside the learning window and is left out there instead of diving to the bottom of a log axis.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def plot_curves(history: list[dict[str, Any]], stem: Path, run_id: str = "") -> 
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(ep, _positive([r["loss_task"] for r in history]), "o-", ms=4, label="L_MPJPE (m)")
-    awc = [r["loss_awc"] for r in history]
-    if any(x > 0 for x in awc):
-        a.plot(ep, _positive(awc), "s-", ms=4, label="L_AWC (drawn where > 0: the learning window)")
+    balance = [r["loss_balance"] for r in history]
+    if any(x > 0 for x in balance):
+        a.plot(ep, _positive(balance), "s-", ms=4, label="balancing term (drawn where > 0: the learning window)")
     a.set_ylabel("loss (log)")
     a.set_yscale("log")
     _epoch_axis(a, ep)
@@ -163,7 +163,7 @@ def tensorboard_writer(out: Path):
 def tensorboard_epoch(writer, rec: dict[str, Any]) -> None:
     """One epoch record as scalars: losses, MPJPE/PA-MPJPE, Shapley per modality, seconds per phase."""
     step = int(rec["epoch"])
-    for key in ("loss_task", "loss_awc"):
+    for key in ("loss_task", "loss_balance"):
         writer.add_scalar(f"loss/{key}", rec[key], step)
     for key in ("train_mpjpe", "val_mpjpe", "train_pa_mpjpe", "val_pa_mpjpe"):
         if key in rec:
