@@ -7,13 +7,12 @@ recorder), the HTTP exporter (/metrics /healthz /readyz; its URL is logged), the
 then the tick loop. SIGINT/SIGTERM stop the loop; the recorder is flushed and closed, the pose
 socket closed and the metrics left at their last values before the process exits.
 
-<<<<<<< HEAD
 Ready (``/readyz`` 200, ``awc_ready`` 1) means poses are flowing: the ingest and the loop run and a
 tick produced a pose within ``metrics.ready_max_tick_age_s``. With every sensor stopped, silent or
 sending only empty frames, the runtime is alive (``/healthz``) but not ready. Under systemd
 (``Type=notify``) it sends READY=1 once the loop starts and WATCHDOG=1 from the loop
 (``runtime.sdnotify``), so a hung loop is restarted.
-=======
+
 Security (docs/security.md): ``--keys DIR`` (``security.keys_dir``) puts CurveZMQ on the sensor
 ingest (allow-list DIR/sensors) and the pose stream (allow-list DIR/viewers); without keys,
 ``--plaintext`` must be given, and plaintext is then refused on non-loopback endpoints unless
@@ -22,7 +21,6 @@ ingest (allow-list DIR/sensors) and the pose stream (allow-list DIR/viewers); wi
 Exit codes: 0 after a stop by signal or ``--duration``; 2 when the configuration, model or ports
 are unusable; 3 when a worker thread (the ingest) died: the process is no longer ready and exits so
 that its supervisor (systemd ``Restart=on-failure``) restarts it.
->>>>>>> main
 """
 
 from __future__ import annotations
@@ -48,12 +46,9 @@ from runtime.loop import Loop, RunStats
 from runtime.model import ModelError, PoseModel
 from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, RecorderOutput
 from runtime.pipeline import Pipeline
-<<<<<<< HEAD
 from runtime.sdnotify import Notifier
-=======
 from sensors import keys
 from sensors.cli_util import add_list_argument, add_set_argument
->>>>>>> main
 
 log = logging.getLogger(__name__)
 
@@ -200,16 +195,13 @@ class Runtime:
         self.loop = Loop(cfg, Pipeline(cfg, model), self.outputs, self.stats)
         self.http: HttpExporter | None = None
         self.ingest: Ingest | None = None
-<<<<<<< HEAD
+        self.worker_died: str | None = None
         self.notifier = Notifier()
         self.loop.on_iteration = self.notifier.watchdog
         # Scraped values, computed when Prometheus asks (not left at whatever the loop last set).
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self.metrics.ingest_queue_depth.set_function(
             lambda: 0.0 if self.ingest is None else float(self.ingest.queue.qsize()))
-=======
-        self.worker_died: str | None = None
->>>>>>> main
 
     def start(self) -> Runtime:
         log.info("resolved config: %s", json.dumps(self.cfg.to_dict(), sort_keys=True))
@@ -259,15 +251,11 @@ class Runtime:
         return True, "ready"
 
     def run(self, duration_s: float | None = None) -> RunStats:
-<<<<<<< HEAD
         self.notifier.ready(f"serving station {self.cfg.station}")
-        return self.loop.run(self.ingest, self.stop_event, duration_s)
-=======
         stats = self.loop.run(self.ingest, self.stop_event, duration_s)
         if self.worker_died:
             raise WorkerDied(f"{self.worker_died}; exiting non-zero so the supervisor restarts the runtime")
         return stats
->>>>>>> main
 
     def close(self) -> None:
         self.notifier.stopping()

@@ -184,7 +184,7 @@ def write_alertmanager_config(folder: Path, webhook_url: str) -> Path:
 def runtime_command(model_path: Path, station: str, in_port: int, out_port: int, metrics_port: int) -> list[str]:
     return [sys.executable, "-m", "runtime", "serve", "--model", str(model_path),
             "--input", f"tcp://127.0.0.1:{in_port}", "--output", f"tcp://127.0.0.1:{out_port}",
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--threads", "1",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--threads", "1", "--plaintext",
             "--set", f"station={station}"]
 
 
@@ -203,18 +203,11 @@ def stack(tiny_dataset, model_path, tmp_path_factory):
     commands = {
         "prometheus": [prometheus, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
                        f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-<<<<<<< HEAD
         "alertmanager": [alertmanager, f"--config.file={am_config}", f"--storage.path={folder / 'am-data'}",
                          f"--web.listen-address=127.0.0.1:{am_port}",
                          f"--cluster.listen-address=127.0.0.1:{am_cluster}", "--log.level=warn"],
         "runtime": runtime_command(model_path, STATION, in_port, out_port, metrics_port),
         "runtime2": runtime_command(model_path, STATION_2, in_2, out_2, metrics_2),
-=======
-        "runtime": [sys.executable, "-m", "runtime", "serve", "--model", str(model_path),
-                    "--input", f"tcp://127.0.0.1:{in_port}", "--output", f"tcp://127.0.0.1:{out_port}",
-                    "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--threads", "1", "--plaintext",
-                    "--set", f"station={STATION}"],
->>>>>>> main
         "replay": [sys.executable, "-m", "sensors", "replay", "--data", str(tiny_dataset), "--protocol", "P1",
                    "--split", "S1", "--subset", "test", "--connect", f"tcp://127.0.0.1:{in_port}",
                    "--rate", "1.0", "--fault", f"lidar:stop@{FAULT_AFTER_S}", "--no-progress"],

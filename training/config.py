@@ -86,14 +86,10 @@ class DataConfig:
     split_seed: int = 0  # seed of the S1 random split (MM-Fi's np.random.seed(seed + k))
     max_train: int = 0  # 0 = all training frames; else an evenly spaced subset
     max_val: int = 0  # 0 = all test frames for the per-epoch validation
-<<<<<<< HEAD
     cache_dir: str = ""  # "" = read into memory; else memory-mapped arrays kept here (bounded memory)
-=======
-    cache_dir: str = ""  # "" = no cache; else preprocessed arrays are kept here as .npz
     # all = every frame (absent modalities are presence 0); complete = drop frames where any enabled
     # modality is absent, as the MM-Fi toolbox drops frames with an empty modality
     frames: str = "all"
->>>>>>> main
 
     def validate(self) -> None:
         _check(self.protocol in schema.PROTOCOLS, f"data.protocol must be one of {list(schema.PROTOCOLS)}, "
@@ -167,17 +163,14 @@ class TrainConfig:
         _check(self.lr > 0 and self.weight_decay >= 0, "train.lr must be > 0 and train.weight_decay >= 0")
         _check(self.lr_step >= 1 and 0 < self.lr_gamma <= 1, "train.lr_step >= 1 and 0 < train.lr_gamma <= 1")
         _check(self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
-<<<<<<< HEAD
+        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
         from training.device import DeviceError, parse
 
         try:
             parse(self.device)
         except DeviceError as err:
             raise ValueError(f"train.device: {err}") from None
-=======
-        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
->>>>>>> main
 
 
 @dataclass
