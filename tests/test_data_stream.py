@@ -13,7 +13,7 @@ from training.config import resolve
 
 def _cfg(root, cache_dir="", **model):
     return resolve("tiny", flags={"data": {"root": str(root), "cache_dir": str(cache_dir)},
-                                  "model": {"modalities": "rgb,lidar,wifi", **model}})
+                                  "model": {"modalities": ["rgb", "lidar", "wifi"], **model}})
 
 
 @pytest.fixture(scope="module")

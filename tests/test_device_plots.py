@@ -67,7 +67,7 @@ def test_config_and_cli_carry_the_device():
     p = argparse.ArgumentParser()
     fit.add_arguments(p)
     args = p.parse_args(["--preset", "tiny", "--device", "cuda:1", "--tensorboard"])
-    cfg = resolve(args.preset, None, fit.flags_from_args(args), args.overrides)
+    cfg = resolve(args.preset, None, fit.flags_from_args(args), args.set)
     assert cfg.train.device == "cuda:1" and cfg.train.tensorboard
     assert config_hash(cfg) == config_hash(resolve("tiny")), "where a run executes is not part of its hash"
     with pytest.raises(ValueError, match="train.device: --device must be"):

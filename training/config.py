@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from sensors import schema, settings
+from sensors.settings import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FUSIONS = ("concat", "mlp", "attention")
@@ -42,7 +43,7 @@ FISHER_MODES = ("per_sample", "per_batch")
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
-        raise ValueError(msg)
+        raise ConfigError(msg)
 
 
 @dataclass
@@ -170,7 +171,7 @@ class TrainConfig:
         try:
             parse(self.device)
         except DeviceError as err:
-            raise ValueError(f"train.device: {err}") from None
+            raise ConfigError(f"train.device: {err}") from None
 
 
 @dataclass
@@ -200,7 +201,7 @@ def preset_path(name: str) -> Path:
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown preset {name!r}; known presets: {known}")
+        raise ConfigError(f"unknown preset {name!r}; known presets: {known} (or --config FILE.yaml)")
     return path
 
 
