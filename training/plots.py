@@ -48,7 +48,10 @@ def _save(fig, stem: Path) -> list[Path]:
 
 def _epoch_axis(ax, epochs: list[int]) -> None:
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if 0 < len(set(epochs)) <= 12:
+        ax.set_xticks(sorted(set(epochs)))       # few epochs: exactly them
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if epochs:
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
 
@@ -132,7 +135,7 @@ def plot_skeletons(pred: np.ndarray, gt: np.ndarray, titles: list[str], stem: Pa
                plt.Line2D([], [], color="0.3", ls="--", lw=1.2, label="ground truth")]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
     fig.suptitle(f"{run_id}: test frames" if run_id else "test frames")
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.1, top=0.85, wspace=0.05)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.14, top=0.85, wspace=0.05)
     return _save(fig, stem)
 
 
