@@ -107,16 +107,21 @@ def main() -> int:
         print("$ python -m " + " ".join(map(shlex.quote, replay_args)), flush=True)
         replay = subprocess.Popen([PY, "-m", *replay_args])
         started = time.monotonic()
+        shot = None
         if VIEW_PORT:
             print(f"station viewer: http://127.0.0.1:{VIEW_PORT}/", flush=True)
-        if VIEW_PORT and SCREENSHOT:
-            time.sleep(REPLAY_S * 0.7)
-            run("runtime.view.snapshot", f"http://127.0.0.1:{VIEW_PORT}/", SCREENSHOT)
+        if VIEW_PORT and SCREENSHOT:   # the browser opens now; the shot is taken while the LiDAR is out
+            shot_args = ["runtime.view.snapshot", f"http://127.0.0.1:{VIEW_PORT}/", SCREENSHOT,
+                         "--settle", f"{REPLAY_S * 0.75:.0f}"]
+            print("$ python -m " + " ".join(map(shlex.quote, shot_args)), flush=True)
+            shot = subprocess.Popen([PY, "-m", *shot_args])
         # Read the metrics while the sensors still stream (after the LiDAR stopped): once the
         # replay ends, every modality is rightly reported missing.
         time.sleep(max(0.0, REPLAY_S * 0.85 - (time.monotonic() - started)))
         banner(f"4. Prometheus metrics at {metrics_url}/metrics (excerpt, LiDAR stopped)")
         show_metrics(f"{metrics_url}/metrics")
+        if shot is not None and shot.wait(timeout=60) != 0:
+            print(f"viewer screenshot failed with code {shot.returncode}", flush=True)
         if replay.wait(timeout=REPLAY_S + 60) != 0:
             raise SystemExit(f"sensors replay failed with code {replay.returncode}")
     finally:

@@ -16,7 +16,7 @@ from runtime.view.browser import headless_chromium
 
 
 def snapshot(url: str, out: str | Path, settle_s: float = 2.0, timeout_s: float = 20.0,
-             width: int = 1400, height: int = 640) -> Path:
+             width: int = 1400, height: int = 780) -> Path:
     """Load ``url``, wait for a station with a tick, let the view settle, save a PNG."""
     from selenium.webdriver.common.by import By
 
