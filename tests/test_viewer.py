@@ -198,3 +198,58 @@ def test_runtime_view_needs_exactly_one_source(capsys):
     with pytest.raises(SystemExit):
         main(["view"])
     assert main(["view", "--recording", "nope.csv"]) == 2
+
+
+def _stats(base: str) -> dict | None:
+    try:
+        return json.loads(_get(base + "/api/stats"))
+    except OSError:
+        return None
+
+
+STALLED_SENDS = 20_000
+
+
+def test_a_stalled_viewer_never_blocks_the_pose_publisher_and_its_losses_are_counted():
+    """The viewer process frozen (SIGSTOP): the runtime's PUB keeps publishing at full speed, ZeroMQ
+    drops for this subscriber only at its small receive HWM, and the viewer counts the gap."""
+    import signal
+
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    port = free_loopback_port()
+    pub = PosePublisher(endpoint, bind=True, send_hwm=50)
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "view", "--connect", endpoint, "--port", str(port),
+                             "--rcv-hwm", "5"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    tick, deadline = 0, time.monotonic() + 30
+
+    def send():
+        nonlocal tick
+        pub.publish(synthetic_pose("st", tick, JOINTS))
+        tick += 1
+
+    try:
+        while not ((s := _stats(base)) and s["received"] > 0):          # connected and reading
+            assert proc.poll() is None and time.monotonic() < deadline, "runtime view received nothing"
+            send()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)
+        t0 = time.perf_counter()
+        for _ in range(STALLED_SENDS):
+            send()
+        elapsed = time.perf_counter() - t0
+        proc.send_signal(signal.SIGCONT)
+        assert elapsed < 30.0, f"publishing {STALLED_SENDS} poses took {elapsed:.1f} s with the viewer stalled"
+        # Resumed, it reads what its buffers held, then the newest; every tick is received or counted lost.
+        while not ((s := _stats(base)) and s["tick_span"]["st"][1] == tick - 1):
+            assert time.monotonic() < deadline + 30, f"the viewer did not catch up: {s}"
+            send()
+            time.sleep(0.05)
+        first, last = s["tick_span"]["st"]
+        assert s["received"] + s["tick_gaps"] == last - first + 1
+        assert s["tick_gaps"] > STALLED_SENDS // 2, s            # most were dropped for this viewer only
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=10)
+        pub.close()
