@@ -8,6 +8,7 @@ COMMANDS = {
     "serve": ("runtime.serve", "ingest the four sensor streams over ZeroMQ and serve fused poses"),
     "replay": ("runtime.replay_eval", "offline validation: replay a dataset through the real pipeline"),
     "bench": ("runtime.bench", "latency and throughput figures of the pipeline"),
+    "config": ("runtime.config", "show every config key with its type, default and resolved value"),
     "info": ("runtime.model", "check an ONNX model and print its metadata and provider"),
     "keys": ("sensors.keys", "CurveZMQ keys: init a key directory, add/revoke/list client keys"),
     "view": ("runtime.view.command", "live station viewer: a web page of the pose stream or of a recording"),
