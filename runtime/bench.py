@@ -115,7 +115,7 @@ def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0,
     """Fused ticks per second, decode + feed + tick back to back on one thread."""
     rng = np.random.default_rng(seed)
     pipe = bench_loop(model, cfg)
-    frames = [[wire.encode(m) for m in synthetic_messages(k, 0, rng)] for k in range(50)]
+    frames = [[wire.encode(m) for m in synthetic_messages(k, (k + 1) * PERIOD_NS, rng)] for k in range(50)]
     t0 = 1_700_000_000 * 10**9
     k, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
