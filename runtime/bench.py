@@ -201,7 +201,7 @@ def _transport_latencies(kd: Path | None, frames: list[list[bytes]], n: int, gap
     """One-way latency (s) of ``n`` multipart messages PUB -> SUB over loopback TCP, as the runtime's
     ingest receives them (SUB = CurveZMQ server with the ZAP allow-list when ``kd`` is given)."""
     ctx = zmq.Context()
-    sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
+    sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.XPUB)   # XPUB: sees the subscription arrive
     auth = None
     if kd is not None:
         server = keyfiles.CurveServer.from_dir(kd, "sensor")
@@ -211,8 +211,13 @@ def _transport_latencies(kd: Path | None, frames: list[list[bytes]], n: int, gap
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     port = sub.bind_to_random_port("tcp://127.0.0.1")
     pub.connect(f"tcp://127.0.0.1:{port}")
-    time.sleep(0.3)   # handshake and subscription
     out = []
+    deadline = time.monotonic() + 5.0
+    while not pub.poll(10):   # handshake done and subscription arrived (the SUB attaches when polled)
+        sub.poll(10)
+        if time.monotonic() > deadline:
+            raise RuntimeError("transport bench: no subscription within 5 s")
+    pub.recv()
     for i in range(n):
         f = frames[i % len(frames)]
         t0 = time.perf_counter()
@@ -241,14 +246,17 @@ def bench_curve_cost(model: PoseModel, cfg: RuntimeConfig, duration_s: float) ->
         keyfiles.add(kd, "bench", "sensor")
         keyfiles.add(kd, "viewer", "viewer")
         rng = np.random.default_rng(5)
-        frames = [wire.encode(m) for k in range(4) for m in synthetic_messages(k, 1_700_000_000 * 10**9, rng)]
-        lat: dict[str, list[float]] = {"plaintext": [], "curve": []}
-        for _ in range(5):
-            lat["plaintext"] += _transport_latencies(None, frames, 400, 0.001)
-            lat["curve"] += _transport_latencies(kd, frames, 400, 0.001)
-        out["transport"] = {k: {**_summary_ms(v), "messages": len(v)} for k, v in lat.items()}
-        out["transport"]["p50_cost_ms"] = round(out["transport"]["curve"]["p50_ms"]
-                                                - out["transport"]["plaintext"]["p50_ms"], 3)
+        transport = {}
+        for m in synthetic_messages(0, 1_700_000_000 * 10**9, rng):
+            frames = [wire.encode(m)]
+            lat: dict[str, list[float]] = {"plaintext": [], "curve": []}
+            for _ in range(3):
+                lat["plaintext"] += _transport_latencies(None, frames, 300, 0.0005)
+                lat["curve"] += _transport_latencies(kd, frames, 300, 0.0005)
+            row = {k: _summary_ms(v) for k, v in lat.items()}
+            transport[m.topic] = {"bytes": sum(len(f) for f in frames[0]), **row,
+                                  "p50_cost_ms": round(row["curve"]["p50_ms"] - row["plaintext"]["p50_ms"], 3)}
+        out["transport"] = transport
         for name, overrides, kdir in (("plaintext", ["security.plaintext=true"], None),
                                       ("curve", [f"security.keys_dir={kd}"], str(kd))):
             c = bench_config([*_plain_overrides(cfg), *overrides])
@@ -296,13 +304,13 @@ def format_report(r: dict) -> str:
               f"(target <= {TARGETS['rss_mb']:.0f} MB, flat)"]
     if "curve_cost" in r:
         c = r["curve_cost"]
-        t = c["transport"]
-        lines += ["", "CurveZMQ cost, transport alone (one sensor message PUB -> SUB over loopback TCP, rounds alternated):",
-                  f"  plaintext  p50 {t['plaintext']['p50_ms']:.3f} ms  p99 {t['plaintext']['p99_ms']:.3f} ms"
-                  f"  ({t['plaintext']['messages']} messages)",
-                  f"  CurveZMQ   p50 {t['curve']['p50_ms']:.3f} ms  p99 {t['curve']['p99_ms']:.3f} ms"
-                  f"  ({t['curve']['messages']} messages)",
-                  f"  cost       p50 {t['p50_cost_ms']:+.3f} ms per message",
+        lines += ["", "CurveZMQ cost, transport alone (one message PUB -> SUB over loopback TCP, 900 each, rounds "
+                  "alternated):", f"  {'topic':<8}{'bytes':>7}{'plain p50':>11}{'curve p50':>11}{'cost':>9}"
+                  f"{'plain p99':>11}{'curve p99':>11}"]
+        for topic, t in c["transport"].items():
+            lines.append(f"  {topic:<8}{t['bytes']:>7}{t['plaintext']['p50_ms']:>9.3f}ms{t['curve']['p50_ms']:>9.3f}ms"
+                         f"{t['p50_cost_ms']:>+7.3f}ms{t['plaintext']['p99_ms']:>9.3f}ms{t['curve']['p99_ms']:>9.3f}ms")
+        lines += [
                   "CurveZMQ cost, end to end at 10 Hz (sensor PUB -> runtime -> pose SUB, both sockets secured):",
                   f"  plaintext  p50 {c['plaintext']['p50_ms']:.2f} ms  p99 {c['plaintext']['p99_ms']:.2f} ms",
                   f"  CurveZMQ   p50 {c['curve']['p50_ms']:.2f} ms  p99 {c['curve']['p99_ms']:.2f} ms",
