@@ -4,15 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	# torch first, pinned: the small CPU build (a looser pin pulls a multi-GB CUDA build)
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[cpu,train,dev]'
+	# torch first, pinned to the small CPU build from PyTorch's CPU index (on Linux, PyPI's torch is
+	# the multi-GB CUDA build; 2.13.0+cpu sorts above 2.13.0, so pip takes the CPU wheel)
+	$(PIP) install --quiet --extra-index-url $(TORCH_CPU_INDEX) torch==2.13.0
+	$(PIP) install --quiet -e '.[cpu,view,train,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,19 +4,39 @@ Conventions (DESIGN §5): prefix ``awc_``, base units in the name (``_seconds``,
 counters end in ``_total``, label values only from closed sets (below). Gauges carry smoothed
 (EWMA) per-tick values; the exact per-tick values go on the pose output stream.
 
+Besides the runtime's own series the registry carries the process collector (``process_*``:
+resident memory, CPU seconds, open files) and ``awc_build_info`` (package version and the served
+model's config hash, training data and export date). The ``_created`` series prometheus_client adds
+beside each counter and histogram are switched off: they double the series count and nothing in
+deploy/ reads them.
+
+Two per-modality ratios keep "sensor silent" apart from "sensor saw nothing":
+``awc_modality_received_ratio`` counts ticks that found a message of the modality at all (an
+empty radar frame included), ``awc_modality_presence_ratio`` ticks whose input reached the model
+(an empty cloud is absent to the model, as in training), and ``awc_modality_empty_ratio`` ticks
+whose message was an empty cloud. A still subject in front of the radar lowers presence and
+raises the empty ratio; a stopped sensor lowers the received ratio.
+
 The deploy/ dashboard and alert rules query these names; a test checks they match.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from importlib import metadata
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from sensors import schema
+
+# Counters and histograms without their ``<name>_created`` gauges (see the module docstring).
+prometheus_client.disable_created_metrics()
 
 # Closed label sets.
 MODALITY_LABELS: tuple[str, ...] = schema.MODALITIES
 DROP_REASONS: tuple[str, ...] = schema.DROP_REASONS
 TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "dropped")
+TRAINING_DATA: tuple[str, ...] = ("synthetic", "real", "unknown")
 STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
                            "publish")
 
@@ -37,8 +57,17 @@ class RuntimeMetrics:
             "awc_messages_dropped_total", "Sensor messages dropped or lost, by reason",
             ["modality", "reason"], registry=r)
         self.ticks = Counter("awc_ticks_total", "Sync ticks by outcome", ["outcome"], registry=r)
+        self.received = Gauge(
+            "awc_modality_received_ratio",
+            "Fraction of recent ticks that found a message of the modality, empty or not (EWMA)",
+            ["modality"], registry=r)
         self.presence = Gauge(
-            "awc_modality_presence_ratio", "Fraction of recent ticks with the modality present (EWMA)",
+            "awc_modality_presence_ratio",
+            "Fraction of recent ticks with the modality's input present to the model (EWMA)",
+            ["modality"], registry=r)
+        self.empty = Gauge(
+            "awc_modality_empty_ratio",
+            "Fraction of recent ticks whose message of the modality was an empty point cloud (EWMA)",
             ["modality"], registry=r)
         self.staleness = Gauge(
             "awc_modality_staleness_seconds", "Age of the newest sample of the modality at the tick",
@@ -74,8 +103,16 @@ class RuntimeMetrics:
         self.end_to_end_latency = Histogram(
             "awc_end_to_end_latency_seconds",
             "Newest used capture time to pose published", buckets=LATENCY_BUCKETS, registry=r)
-        self.tick_rate = Gauge("awc_tick_rate_hz", "Configured sync tick rate", registry=r)
-        self.ready = Gauge("awc_ready", "1 when the model is loaded and ingest is running", registry=r)
+        self.tick_rate = Gauge("awc_tick_rate_hertz", "Configured sync tick rate", registry=r)
+        self.ready = Gauge(
+            "awc_ready", "1 while poses are flowing: ingest running and a recent tick produced a pose",
+            registry=r)
+        self.ingest_queue_depth = Gauge(
+            "awc_ingest_queue_depth", "Decoded sensor messages waiting in the ingest queue", registry=r)
+        self.build_info = Info(
+            "awc_build", "Package version; served model's config hash, training data and export date",
+            registry=r)
+        self.build_info.info(build_labels())
         self.model_info = Info(
             "awc_model", "Served model: schema version, fusion, config hash, window and caps", registry=r)
         self.provider_info = Info(
@@ -83,7 +120,12 @@ class RuntimeMetrics:
         self.gpu_fallback = Gauge(
             "awc_inference_gpu_fallback", "1 when a GPU was requested but the CPU provider runs",
             registry=r)
+        ProcessCollector(registry=r)
         self._init_label_sets()
+
+    def set_model_build(self, config_hash: str, training_data: str, export_date: str) -> None:
+        """Fill ``awc_build_info`` with the served model's provenance (from its metadata)."""
+        self.build_info.info(build_labels(config_hash, training_data, export_date))
 
     def _init_label_sets(self) -> None:
         """Create every labelled child at 0 so series exist before the first event."""
@@ -93,7 +135,7 @@ class RuntimeMetrics:
         for m in MODALITY_LABELS:
             self.messages_received.labels(modality=m)
             self.degradation_events.labels(modality=m)
-            for g in (self.presence, self.staleness, self.sync_skew, self.contribution_share,
+            for g in (self.received, self.presence, self.empty, self.staleness, self.sync_skew, self.contribution_share,
                       self.baseline_share, self.shapley_value, self.degradation_score, self.degraded):
                 g.labels(modality=m)
         for outcome in TICK_OUTCOMES:
@@ -101,6 +143,21 @@ class RuntimeMetrics:
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
             self.tick_errors.labels(stage=stage)
+
+
+def package_version() -> str:
+    """Installed version of the awc-pose distribution ("unknown" when run from a bare checkout)."""
+    try:
+        return metadata.version("awc-pose")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_labels(config_hash: str = "", training_data: str = "unknown", export_date: str = "") -> dict[str, str]:
+    """Labels of ``awc_build_info``; ``training_data`` outside the closed set becomes "unknown"."""
+    return {"version": package_version(), "model_config_hash": config_hash,
+            "training_data": training_data if training_data in TRAINING_DATA else "unknown",
+            "export_date": export_date}
 
 
 def exported_metric_names(metrics: RuntimeMetrics) -> dict[str, set[str]]:

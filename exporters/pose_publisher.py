@@ -10,6 +10,9 @@ station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msg
 ``station``        station name
 ``shares``         [4] label-free contribution shares of the window (sum 1)
 ``degraded``       [4] 0/1 degraded flags (with hysteresis)
+``reasons``        [4] what drives each degradation score: an input-health component (``missing``,
+                   ``stale``, ``loss``, ``non_finite``, ``points``, ``frozen``, ``range``, ``noise``,
+                   ``clock``), ``disagreement`` or ``drift``; "" when the score is near 0
 ``coalition_values``  [16] label-free coalition profits of the window (bitmask order)
 ``shapley_gt``     [4] Shapley values with ground-truth profit, or nil without ground truth
 ``shares_gt``      [4] the matching shares, or nil
@@ -18,6 +21,11 @@ station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msg
 ``gt``             [17][3] ground-truth joints the tick used (replay with ``gt`` only), else nil
 =================  ==================================================================================
 All arrays are in ``sensors.schema.MODALITIES`` order (rgb, lidar, mmwave, wifi).
+
+Security (docs/security.md): with ``curve`` (``sensors.keys.CurveServer`` of the ``viewer`` role)
+the socket is a CurveZMQ server and only allow-listed viewer keys can subscribe; the stream is
+encrypted. Readers use ``sensors.keys.CurveClient`` on their SUB socket. Without keys the socket is
+plaintext, refused on a non-loopback endpoint unless ``force_plaintext``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import time
 import numpy as np
 import zmq
 
-from sensors import schema, wire
+from sensors import keys, schema, wire
 
 
 def _floats(x) -> list[float] | None:
@@ -53,15 +61,27 @@ def pose_message(station: str, tick: int, tick_ns: int, joints, presence, shaple
 class PosePublisher:
     """PUB socket (bind or connect) sending ``pose`` messages; never blocks the tick loop."""
 
-    def __init__(self, endpoint: str, bind: bool = True, send_hwm: int = 1000, context: zmq.Context | None = None):
-        self._ctx = context or zmq.Context.instance()
+    def __init__(self, endpoint: str, bind: bool = True, send_hwm: int = 1000, context: zmq.Context | None = None,
+                 curve: keys.CurveServer | None = None, force_plaintext: bool = False):
+        if curve is None:
+            keys.check_plaintext([endpoint], force_plaintext, "pose stream")
+        # A ZAP authenticator is one per context: a secured publisher gets a context of its own.
+        self._own_context = context is None and curve is not None
+        self._ctx = context or (zmq.Context() if curve is not None else zmq.Context.instance())
+        self._auth = curve.start_authenticator(self._ctx) if curve is not None else None
         self.socket = self._ctx.socket(zmq.PUB)
+        if curve is not None:
+            curve.apply(self.socket)
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
         self.socket.setsockopt(zmq.LINGER, 1000)
-        if bind:
-            self.socket.bind(endpoint)
-        else:
-            self.socket.connect(endpoint)
+        try:
+            if bind:
+                self.socket.bind(endpoint)
+            else:
+                self.socket.connect(endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
         self.sent = 0
         self.dropped = 0
@@ -78,3 +98,8 @@ class PosePublisher:
 
     def close(self) -> None:
         self.socket.close(linger=1000)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context and not self._ctx.closed:
+            self._ctx.term()

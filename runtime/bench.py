@@ -34,7 +34,9 @@ from tqdm import tqdm
 
 from exporters.metrics import RuntimeMetrics
 from runtime.config import RuntimeConfig, free_loopback_port
+from runtime.loop import Loop
 from runtime.model import PoseModel
+from runtime.outputs import MetricsOutput, Outputs
 from runtime.pipeline import Pipeline
 from sensors import schema, wire
 
@@ -78,10 +80,15 @@ def _summary_ms(seconds) -> dict[str, float]:
     return {"p50_ms": round(_pct(ms, 50), 3), "p99_ms": round(_pct(ms, 99), 3), "mean_ms": round(float(ms.mean()), 3)}
 
 
+def bench_loop(model: PoseModel, cfg: RuntimeConfig) -> Loop:
+    """The loop as ``runtime serve`` builds it, with the metrics as its only output (no sockets)."""
+    return Loop(cfg, Pipeline(cfg, model), Outputs([], MetricsOutput(RuntimeMetrics(), cfg, model)))
+
+
 def bench_stages(model: PoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed: int = 0) -> dict:
     """Per-stage latency over ``n_ticks`` ticks driven directly (no sockets, no waiting)."""
     rng = np.random.default_rng(seed)
-    pipe = Pipeline(cfg, model, RuntimeMetrics(), outputs=[])
+    pipe = bench_loop(model, cfg)
     frames = [[wire.encode(m) for m in synthetic_messages(k, (k + 1) * PERIOD_NS, rng)] for k in range(50)]
     stages: dict[str, list[float]] = {"decode": []}
     t0 = 1_700_000_000 * 10**9
@@ -93,7 +100,7 @@ def bench_stages(model: PoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed:
         for m in msgs:
             m.seq, m.t_ns = k, t_ns
             pipe.feed(m)
-        result = pipe.step(t_ns)
+        result = pipe.tick(t_ns)
         for name, seconds in result.durations.items():
             stages.setdefault(name, []).append(seconds)
     total = [sum(v[i] for v in stages.values()) for i in range(n_ticks)]
@@ -105,7 +112,7 @@ def bench_stages(model: PoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed:
 def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0, seed: int = 1) -> dict:
     """Fused ticks per second, decode + feed + tick back to back on one thread."""
     rng = np.random.default_rng(seed)
-    pipe = Pipeline(cfg, model, RuntimeMetrics(), outputs=[])
+    pipe = bench_loop(model, cfg)
     frames = [[wire.encode(m) for m in synthetic_messages(k, 0, rng)] for k in range(50)]
     t0 = 1_700_000_000 * 10**9
     k, start = 0, time.perf_counter()
@@ -115,10 +122,10 @@ def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0,
             m = wire.decode(f)
             m.seq, m.t_ns = k, t_ns
             pipe.feed(m)
-        pipe.step(t_ns)
+        pipe.tick(t_ns)
         k += 1
     elapsed = time.perf_counter() - start
-    fused = pipe.metrics.registry.get_sample_value("awc_ticks_total", {"outcome": "fused"})
+    fused = pipe.outputs.metrics.registry.get_sample_value("awc_ticks_total", {"outcome": "fused"})
     return {"ticks": k, "fused": int(fused), "seconds": round(elapsed, 2), "ticks_per_s": round(k / elapsed, 1)}
 
 

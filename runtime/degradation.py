@@ -73,6 +73,20 @@ class DegradationResult:
     loo: np.ndarray           # float [4] leave-one-out component
     drift: np.ndarray         # float [4] share-drift component
     loo_m: np.ndarray         # float [4] raw leave-one-out disagreement (metres)
+    reasons: tuple[str, ...] = ("",) * schema.N_MODALITIES   # largest component per modality, "" if none
+
+
+def dominant_reasons(input_score, input_reasons, loo_part, drift_part, floor: float = 0.05) -> tuple[str, ...]:
+    """Per modality, what drives its score (for an operator): the input-health component's name
+    (``missing``, ``stale``, ...), ``disagreement`` (leave-one-out) or ``drift`` (share drift),
+    whichever weighs most in the noisy-OR; "" when all are below ``floor``."""
+    out = []
+    for i in range(schema.N_MODALITIES):
+        parts = {input_reasons[i] if input_reasons is not None else "input": float(input_score[i]),
+                 "disagreement": float(loo_part[i]), "drift": float(drift_part[i])}
+        name, value = max(parts.items(), key=lambda kv: kv[1])
+        out.append(name if value >= floor else "")
+    return tuple(out)
 
 
 def leave_one_out_disagreement(coalition_poses: np.ndarray, presence) -> np.ndarray:
@@ -101,9 +115,11 @@ class DegradationMonitor:
         self._loo_seen = np.zeros(n, dtype=int)
         self.events = np.zeros(n, dtype=int)
 
-    def update(self, input_score, loo_m, shares=None, baseline=None, presence=None) -> DegradationResult:
+    def update(self, input_score, loo_m, shares=None, baseline=None, presence=None,
+               input_reasons=None) -> DegradationResult:
         """input_score [4] in [0, 1]; loo_m [4] metres (``leave_one_out_disagreement``); shares and
-        baseline [4] contribution shares or None (no drift term); presence [4] 0/1 or None."""
+        baseline [4] contribution shares or None (no drift term); presence [4] 0/1 or None;
+        input_reasons [4] names of the worst input-health component (``InputHealth.worst``) or None."""
         c = self.config
         input_score = np.clip(np.asarray(input_score, np.float64), 0.0, 1.0)
         loo_m = np.asarray(loo_m, np.float64)
@@ -115,7 +131,8 @@ class DegradationMonitor:
             drift = np.clip((gap - c.drift_tolerance) / c.drift_span, 0.0, 1.0)
         score = 1.0 - (1.0 - input_score) * (1.0 - c.w_loo * loo) * (1.0 - c.w_drift * drift)
         on, off = self._hysteresis(score)
-        return DegradationResult(score, self.degraded.copy(), on, off, input_score, loo, drift, loo_m)
+        reasons = dominant_reasons(input_score, input_reasons, c.w_loo * loo, c.w_drift * drift)
+        return DegradationResult(score, self.degraded.copy(), on, off, input_score, loo, drift, loo_m, reasons)
 
     def _loo_component(self, loo_m: np.ndarray, present: np.ndarray, input_score: np.ndarray) -> np.ndarray:
         c = self.config

@@ -12,12 +12,30 @@ Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reason
 * dropped = decode failures (reason from ``WireError``), ``queue_full`` (valid, but the queue was
   full), and ``sequence_gap``: per (topic, src), a jump from seq a to b > a+1 counts b−a−1 lost
   messages; a jump back (b ≤ a) is a sensor restart, which resets the tracking without counting.
+  A jump forward by more than ``MAX_SEQ_GAP`` is not believed (one spoofed seq of 2**64-1 would
+  count 1.8e19 losses): it is taken as a restart too.
+* ``clock`` (with ``max_clock_offset_s``, wall clock only): a capture time further than that from
+  the station clock, ahead or behind, is a sensor clock fault; such messages are dropped, so they
+  can never evict good samples from the sync buffers.
+
+This is the one place sequence gaps are counted. Each queued message carries in ``Message.lost``
+how many messages of its (topic, src) did not reach the queue since the previous queued one (gaps
+upstream plus the ones dropped here), which the input health of the pipeline sums per tick.
 
 Counts are kept in ``counts`` and mirrored to the ``awc_messages_received_total`` /
-``awc_messages_dropped_total`` counters for the input modalities and ``unknown`` (``gt`` is
-counted in ``counts`` only: the metric label set is closed). Memory is bounded whatever arrives:
-at most ``rcvhwm`` messages wait in ZeroMQ (each frame <= ``MAX_FRAME_BYTES``), ``queue_size``
-decoded ones in the queue, and ``MAX_SOURCES`` (topic, src) pairs in the sequence table.
+``awc_messages_dropped_total`` counters; the ``modality`` label is the input modality, or
+``unknown`` for anything else (``gt``, ``pose``, garbage: the metric label set is closed).
+Memory is bounded whatever arrives: at most ``rcvhwm`` messages wait in ZeroMQ (each frame <=
+``MAX_FRAME_BYTES``), ``queue_size`` decoded ones in the queue, and ``MAX_SOURCES`` (topic, src)
+pairs in the sequence table.
+
+Security (docs/security.md): with ``curve`` (``sensors.keys.CurveServer``) the socket is a CurveZMQ
+server whose ZAP authenticator admits only the allow-listed sensor keys; failed handshakes
+(plaintext peers, unknown keys) are counted in ``counts["handshake_failed"]``. Without it the
+socket is plaintext, refused on a non-loopback endpoint unless ``force_plaintext``.
+
+The receive thread never dies silently: if it ends without ``stop()``, ``failure`` says why and
+``on_exit`` (set by the runtime) is called, so the process stops and exits non-zero.
 """
 
 from __future__ import annotations
@@ -27,11 +45,13 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import zmq
+import zmq.utils.monitor
 
 from exporters.metrics import RuntimeMetrics
-from sensors import schema, wire
+from sensors import keys, schema, wire
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +61,23 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 # MAX_WIFI_PACKETS packets (1000 x 3 x 114 x 4 B = 1.4 MB); LiDAR at its cap is 0.8 MB.
 MAX_FRAME_BYTES = 2 * 1024 * 1024
 MAX_SOURCES = 1024                  # (topic, src) pairs tracked for sequence gaps
+MAX_SEQ_GAP = 100_000               # a larger forward jump is a restart, not 1e19 lost messages
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def seq_gap(last: int | None, seq: int) -> int | None:
+    """Messages lost between ``last`` and ``seq`` of one source: b-a-1 for a jump forward of at most
+    ``MAX_SEQ_GAP``; None for a restart (a jump back, or an implausible jump forward)."""
+    if last is None:
+        return 0
+    gap = seq - last - 1
+    return gap if 0 <= gap <= MAX_SEQ_GAP else None
+
+
+def metric_modality(topic: str) -> str:
+    """The ``modality`` label of a topic: the input modality, else ``unknown`` (closed label set)."""
+    return topic if topic in schema.MODALITIES else schema.UNKNOWN_MODALITY
 
 
 class Ingest:
@@ -53,7 +90,8 @@ class Ingest:
     def __init__(self, endpoints: list[str] | str, *, bind: bool, metrics: RuntimeMetrics | None = None,
                  queue_size: int = 4096, context: zmq.Context | None = None,
                  limits: wire.WireLimits = wire.DEFAULT_LIMITS, topics: tuple[str, ...] = INGEST_TOPICS,
-                 rcvhwm: int = 1000, poll_ms: int = 50):
+                 rcvhwm: int = 1000, poll_ms: int = 50, curve: keys.CurveServer | None = None,
+                 force_plaintext: bool = False, max_clock_offset_s: float | None = None):
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise ValueError(f"ingest needs at least one endpoint, e.g. {DEFAULT_ENDPOINT}")
@@ -64,6 +102,17 @@ class Ingest:
             raise ValueError(f"queue_size and rcvhwm must be >= 1, got {queue_size}, {rcvhwm}")
         self.bind, self.metrics, self.limits, self.topics = bind, metrics, limits, tuple(topics)
         self.rcvhwm, self.poll_ms = int(rcvhwm), int(poll_ms)
+        if max_clock_offset_s is not None and not max_clock_offset_s > 0:
+            raise ValueError(f"max_clock_offset_s must be > 0 s (or None), got {max_clock_offset_s}")
+        self.max_clock_offset_ns = None if max_clock_offset_s is None else int(max_clock_offset_s * 1e9)
+        self.curve, self.force_plaintext = curve, force_plaintext
+        if curve is None:
+            keys.check_plaintext(self.endpoints, force_plaintext, "sensor ingest")
+        self._auth = None
+        self._monitor: zmq.Socket | None = None
+        self.handshake_failed = 0
+        self.failure: BaseException | None = None
+        self.on_exit: Callable[[Ingest], None] | None = None
         self.queue: queue.Queue[wire.Message] = queue.Queue(maxsize=queue_size)
         self._own_context = context is None
         self._ctx = context
@@ -74,6 +123,7 @@ class Ingest:
         self._received: dict[str, int] = {}
         self._dropped: dict[str, dict[str, int]] = {}
         self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._pending_lost: OrderedDict[tuple[str, str], int] = OrderedDict()   # dropped here since the last queued
         self.restarts = 0
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -83,6 +133,10 @@ class Ingest:
             raise RuntimeError("ingest already started")
         self._ctx = self._ctx or zmq.Context()
         sock = self._ctx.socket(zmq.SUB)
+        if self.curve is not None:
+            self._auth = self.curve.start_authenticator(self._ctx)   # ZAP handler before any peer arrives
+            self.curve.apply(sock)
+        self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.setsockopt(zmq.LINGER, 0)
@@ -99,15 +153,16 @@ class Ingest:
                     sock.connect(ep)
                     resolved.append(ep)
             except zmq.ZMQError as err:
-                sock.close(linger=0)
+                self._close_sockets(sock)
                 raise ValueError(f"ingest cannot {'bind' if self.bind else 'connect'} {ep!r}: {err}. "
                                  "Is another runtime using it? Choose another endpoint or port") from err
         self.endpoints = resolved
         self._sock = sock
         self._thread = threading.Thread(target=self._run, name="awc-ingest", daemon=True)
         self._thread.start()
-        log.info("ingest %s %s, topics %s", "bound to" if self.bind else "connected to",
-                 ", ".join(resolved), ", ".join(self.topics))
+        log.info("ingest %s %s (%s), topics %s", "bound to" if self.bind else "connected to",
+                 ", ".join(resolved), "CurveZMQ, allow-list " + str(self.curve.allowed_dir) if self.curve
+                 else "PLAINTEXT", ", ".join(self.topics))
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -118,10 +173,20 @@ class Ingest:
             if self._thread.is_alive():
                 log.warning("ingest thread did not stop within %.1f s; socket left open", timeout_s)
                 return
-        if self._sock is not None and not self._sock.closed:
-            self._sock.close(linger=0)
+        if self._sock is not None:
+            self._close_sockets(self._sock)
         if self._own_context and self._ctx is not None and not self._ctx.closed:
             self._ctx.term()
+
+    def _close_sockets(self, sock: zmq.Socket) -> None:
+        if self._monitor is not None and not self._monitor.closed:
+            sock.disable_monitor()
+            self._monitor.close(linger=0)
+        if not sock.closed:
+            sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     @property
     def running(self) -> bool:
@@ -157,7 +222,7 @@ class Ingest:
         with self._lock:
             return {"received": dict(self._received),
                     "dropped": {t: dict(r) for t, r in self._dropped.items()},
-                    "restarts": self.restarts}
+                    "restarts": self.restarts, "handshake_failed": self.handshake_failed}
 
     def received_total(self, topic: str | None = None) -> int:
         with self._lock:
@@ -171,9 +236,15 @@ class Ingest:
     # -- receive thread -------------------------------------------------------------------------
     def _run(self) -> None:
         sock = self._sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if not sock.poll(self.poll_ms, zmq.POLLIN):
+                ready = dict(poller.poll(self.poll_ms))
+                if self._monitor in ready:
+                    self._read_monitor()
+                if sock not in ready:
                     continue
                 for _ in range(1000):  # a batch, then look at the stop flag again
                     try:
@@ -183,8 +254,27 @@ class Ingest:
                     self.handle(frames)
         except zmq.ContextTerminated:
             log.info("ingest context terminated")
+        except BaseException as exc:   # not swallowed: recorded, logged, re-raised, the runtime exits
+            self.failure = exc
+            log.critical("ingest thread died: %r; the runtime stops (exit non-zero)", exc, exc_info=True)
+            raise
         finally:
-            sock.close(linger=0)
+            self._close_sockets(sock)
+            if not self._stop.is_set() and self.on_exit is not None:
+                self.on_exit(self)
+
+    def _read_monitor(self) -> None:
+        """Count failed handshakes (plaintext peer on a CurveZMQ socket, key not allow-listed)."""
+        while True:
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] & _HANDSHAKE_FAILED:
+                with self._lock:
+                    self.handshake_failed += 1
+                log.warning("ingest: handshake refused from %s (%s)", event.get("endpoint", b"?"),
+                            zmq.Event(event["event"]).name)
 
     def handle(self, frames: list) -> wire.Message | None:
         """Decode, account and queue one multipart message (called by the receive thread)."""
@@ -194,20 +284,32 @@ class Ingest:
         except wire.WireError as err:
             self._count_drop(err.modality, err.reason)
             if err.src is not None and err.seq is not None and err.modality in INGEST_TOPICS:
-                self._track(err.modality, err.src, err.seq)
+                gap = self._track(err.modality, err.src, err.seq)
+                self._lose((err.modality, err.src), gap + 1)
             log.debug("dropped %s message: %s", err.modality, err)
             return None
         if self.metrics is not None:
             self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - start)
+        return self.accept(msg)
+
+    def accept(self, msg: wire.Message) -> wire.Message | None:
+        """Account and queue one decoded message (``handle`` after decoding; tests feed it directly)."""
         if msg.topic not in self.topics:
-            self._count_drop(msg.topic if msg.topic in schema.MODALITIES else schema.UNKNOWN_MODALITY,
-                             "unknown_topic")
+            self._count_drop(msg.topic, "unknown_topic")
             return None
-        self._track(msg.topic, msg.src, msg.seq)
+        gap = self._track(msg.topic, msg.src, msg.seq)
+        msg.lost = gap + self._pending_lost.pop((msg.topic, msg.src), 0)
+        if self.max_clock_offset_ns is not None and abs(msg.t_ns - time.time_ns()) > self.max_clock_offset_ns:
+            self._count_drop(msg.topic, "clock")
+            self._lose((msg.topic, msg.src), msg.lost + 1)
+            log.debug("dropped %s message from %r: capture time %+.1f s from the station clock", msg.topic,
+                      msg.src, (msg.t_ns - time.time_ns()) / 1e9)
+            return None
         try:
             self.queue.put_nowait(msg)
         except queue.Full:
             self._count_drop(msg.topic, "queue_full")
+            self._lose((msg.topic, msg.src), msg.lost + 1)
             return None
         with self._lock:
             self._received[msg.topic] = self._received.get(msg.topic, 0) + 1
@@ -215,24 +317,32 @@ class Ingest:
             self.metrics.messages_received.labels(modality=msg.topic).inc()
         return msg
 
-    def _track(self, topic: str, src: str, seq: int) -> None:
+    def _track(self, topic: str, src: str, seq: int) -> int:
+        """Follow the sequence of (topic, src); returns the messages lost upstream just before ``seq``."""
         key = (topic, src)
         last = self._last_seq.pop(key, None)
         self._last_seq[key] = seq  # most recently seen last
         if len(self._last_seq) > MAX_SOURCES:
             self._last_seq.popitem(last=False)
-        if last is None:
-            return
-        if seq > last + 1:
-            self._count_drop(topic, "sequence_gap", seq - last - 1)
-        elif seq <= last:
+        gap = seq_gap(last, seq)
+        if gap:
+            self._count_drop(topic, "sequence_gap", gap)
+        elif gap is None:
             with self._lock:
                 self.restarts += 1
+            self._pending_lost.pop(key, None)
             log.info("%s source %r restarted its sequence (%d after %d): tracking reset", topic, src, seq, last)
+        return gap or 0
+
+    def _lose(self, key: tuple[str, str], n: int = 1) -> None:
+        """Messages of ``key`` dropped here: carried by its next queued message (``Message.lost``)."""
+        self._pending_lost[key] = self._pending_lost.pop(key, 0) + n
+        if len(self._pending_lost) > MAX_SOURCES:
+            self._pending_lost.popitem(last=False)
 
     def _count_drop(self, topic: str, reason: str, n: int = 1) -> None:
         with self._lock:
             reasons = self._dropped.setdefault(topic, {})
             reasons[reason] = reasons.get(reason, 0) + n
-        if self.metrics is not None and topic in (*schema.MODALITIES, schema.UNKNOWN_MODALITY):
-            self.metrics.messages_dropped.labels(modality=topic, reason=reason).inc(n)
+        if self.metrics is not None:
+            self.metrics.messages_dropped.labels(modality=metric_modality(topic), reason=reason).inc(n)

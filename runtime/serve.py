@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 import zmq
@@ -26,8 +27,10 @@ from exporters.recorder import open_recorder
 from runtime.config import RuntimeConfig
 from runtime.console import ConsoleView
 from runtime.ingest import Ingest
+from runtime.loop import Loop, RunStats
 from runtime.model import ModelError, PoseModel
-from runtime.pipeline import Pipeline, PublisherOutput, RecorderOutput, RunStats
+from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, RecorderOutput
+from runtime.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-host", default=None, help="metrics.host (default loopback)")
     p.add_argument("--console", action="store_true", help="print a live view every second")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--view", type=int, nargs="?", const=8080, default=None, metavar="PORT",
+                   help="also start the station viewer (`runtime view`) in its own process on "
+                        "http://127.0.0.1:PORT/ (default 8080)")
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     try:
-        stats = serve(cfg, model, console=args.console, duration_s=args.duration)
+        stats = serve(cfg, model, console=args.console, duration_s=args.duration, view_port=args.view)
     except (OSError, zmq.ZMQError, ValueError) as err:   # ports in use, endpoints that do not parse
         log.error("cannot serve: %s. Is another runtime using these ports? Choose others with "
                   "--input, --output and --metrics-port (or --set metrics.enabled=false)", err)
@@ -104,10 +110,12 @@ def load_model(cfg: RuntimeConfig, path: str | Path) -> PoseModel:
     return model
 
 
-def build_outputs(cfg: RuntimeConfig, console: bool = False, stats: RunStats | None = None) -> list:
-    """Pose PUB, recorder (saving the resolved config beside it) and the optional console."""
+def build_outputs(cfg: RuntimeConfig, model: PoseModel, metrics: RuntimeMetrics, console: bool = False,
+                  stats: RunStats | None = None) -> Outputs:
+    """Pose PUB, recorder (saving the resolved config beside it), degradation log lines, the optional
+    console, and the Prometheus metrics. The one place that decides what the runtime outputs."""
     outputs: list = [PublisherOutput(PosePublisher(cfg.output.endpoint, cfg.output.bind, cfg.output.send_hwm),
-                                     cfg.station)]
+                                     cfg.station), EventLog()]
     if cfg.recorder.path:
         path = Path(cfg.recorder.path)
         outputs.append(RecorderOutput(open_recorder(path, cfg.recorder.npz_max_ticks, cfg.recorder.npz_max_mb)))
@@ -115,20 +123,21 @@ def build_outputs(cfg: RuntimeConfig, console: bool = False, stats: RunStats | N
         log.info("recording ticks to %s (resolved config in %s)", path, saved)
     if console:
         outputs.append(ConsoleView(stats=stats))
-    return outputs
+    return Outputs(outputs, MetricsOutput(metrics, cfg, model))
 
 
 class Runtime:
-    """The assembled runtime: pipeline, outputs, HTTP exporter and ingest. ``start`` brings up
-    everything but the loop; ``run`` ticks until ``stop`` is set; ``close`` tears it down in order
-    (ingest, outputs flushed, HTTP)."""
+    """The assembled runtime: pipeline, outputs, clock loop, HTTP exporter and ingest. ``start``
+    brings up everything but the loop; ``run`` ticks until ``stop`` is set; ``close`` tears it down
+    in order (ingest, outputs flushed, HTTP)."""
 
     def __init__(self, cfg: RuntimeConfig, model: PoseModel, console: bool = False):
         self.cfg = cfg
         self.metrics = RuntimeMetrics()
         self.stop_event = threading.Event()
-        self.pipeline = Pipeline(cfg, model, self.metrics)
-        self.pipeline.outputs = build_outputs(cfg, console, self.pipeline.stats)
+        self.stats = RunStats()
+        self.outputs = build_outputs(cfg, model, self.metrics, console, self.stats)
+        self.loop = Loop(cfg, Pipeline(cfg, model), self.outputs, self.stats)
         self.http: HttpExporter | None = None
         self.ingest: Ingest | None = None
 
@@ -136,43 +145,64 @@ class Runtime:
         log.info("resolved config: %s", json.dumps(self.cfg.to_dict(), sort_keys=True))
         if self.cfg.metrics.enabled:
             m = self.cfg.metrics
-            self.http = HttpExporter(self.metrics.registry, self.pipeline.readiness, m.host, m.port).start()
+            self.http = HttpExporter(self.metrics.registry, self.readiness, m.host, m.port).start()
             log.info("metrics at %s (also /healthz, /readyz)", self.http.url)
         i = self.cfg.inputs
         self.ingest = Ingest(list(i.endpoints), bind=i.bind, metrics=self.metrics, queue_size=i.queue_size)
         self.ingest.start()
-        self.pipeline.source_running = self._ingest_running
-        pose_endpoint = next((o.publisher.endpoint for o in self.pipeline.outputs if isinstance(o, PublisherOutput)),
-                             self.cfg.output.endpoint)
         log.info("ingest on %s (%s), pose stream on %s, %s clock at %.1f Hz", ", ".join(self.ingest.endpoints),
-                 "bind" if i.bind else "connect", pose_endpoint, self.cfg.sync.clock, self.cfg.sync.rate_hz)
+                 "bind" if i.bind else "connect", self.pose_endpoint, self.cfg.sync.clock, self.cfg.sync.rate_hz)
         return self
 
-    def _ingest_running(self) -> bool:
-        return self.ingest is not None and self.ingest.running
+    @property
+    def pose_endpoint(self) -> str:
+        """The endpoint of the pose stream really bound (port 0 resolved)."""
+        return next((o.endpoint for o in self.outputs.items if isinstance(o, PublisherOutput)),
+                    self.cfg.output.endpoint)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason) for /readyz: model loaded (we exist), ingest running, a recent tick."""
+        if self.ingest is None or not self.ingest.running:
+            return False, "ingest not running"
+        if self.loop.last_tick_wall is None:
+            return False, "no tick has run yet"
+        age = time.monotonic() - self.loop.last_tick_wall
+        limit = self.cfg.metrics.ready_max_tick_age_s
+        if age > limit:
+            return False, f"last tick {age:.1f} s ago (> {limit} s)"
+        return True, "ready"
 
     def run(self, duration_s: float | None = None) -> RunStats:
-        return self.pipeline.run(self.ingest, self.stop_event, duration_s)
+        return self.loop.run(self.ingest, self.stop_event, duration_s)
 
     def close(self) -> None:
         if self.ingest is not None:
             self.ingest.stop()
-        self.pipeline.close()
+        self.loop.close()
         if self.http is not None:
             self.http.stop()
 
 
-def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_s: float | None = None) -> RunStats:
-    """Serve until SIGINT/SIGTERM or ``duration_s``; outputs are flushed on the way out."""
+def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_s: float | None = None,
+          view_port: int | None = None) -> RunStats:
+    """Serve until SIGINT/SIGTERM or ``duration_s``; outputs are flushed on the way out. With
+    ``view_port``, the station viewer runs beside it in its own process (stopped on the way out)."""
     rt = Runtime(cfg, model, console)
+    viewer = None
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda signum, _frame: _on_signal(rt, signum))
     try:
         rt.start()
+        if view_port is not None:
+            from runtime.view.launch import start_viewer_process
+            viewer = start_viewer_process(rt.pose_endpoint, view_port)
         return rt.run(duration_s)
     finally:
+        if viewer is not None:
+            viewer.terminate()
+            viewer.wait(timeout=10)
         rt.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -9,6 +9,10 @@ The socket is an XPUB (a PUB that also reports subscriptions), so ``wait_connect
 when a subscriber's subscription has really arrived: messages sent before that are silently
 dropped by ZeroMQ (the "slow joiner"). ``seq`` counts per topic for this publisher's ``src``, so
 the receiver can count lost messages from the gaps. Never CONFLATE (it breaks multipart).
+
+A runtime with CurveZMQ (docs/security.md) only takes messages from allow-listed keys: pass
+``curve=keys.CurveClient.load(".../clients/NAME.key_secret", ".../server.key")``. Without it the
+socket is plaintext, refused on a non-loopback endpoint unless ``force_plaintext``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 import numpy as np
 import zmq
 
-from sensors import wire
+from sensors import keys, wire
 
 
 def default_src() -> str:
@@ -33,16 +37,21 @@ class SensorPublisher:
 
     def __init__(self, endpoint: str, *, bind: bool = False, src: str | None = None,
                  station: str | None = None, context: zmq.Context | None = None, sndhwm: int = 1000,
-                 nodrop: bool = False, send_timeout_s: float = 5.0):
+                 nodrop: bool = False, send_timeout_s: float = 5.0, curve: keys.CurveClient | None = None,
+                 force_plaintext: bool = False):
         self.endpoint = endpoint
         self.src = src or default_src()
         self.station = station
+        if curve is None:
+            keys.check_plaintext([endpoint], force_plaintext, "sensor publisher")
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, int(sndhwm))
         self._sock.setsockopt(zmq.LINGER, 1000)
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, also repeated ones
+        if curve is not None:
+            curve.apply(self._sock)
         if nodrop:  # block (up to send_timeout_s) at the high-water mark instead of dropping silently
             self._sock.setsockopt(zmq.XPUB_NODROP, 1)
             self._sock.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))

@@ -62,6 +62,8 @@ DROP_REASONS: tuple[str, ...] = (
     "bad_shape",       # shape wrong, or shape and buffer length disagree
     "oversized",       # more points/packets than the limit
     "non_finite",      # NaN/inf where values must be finite (timestamps, points)
+    "out_of_range",    # finite values beyond the wire's magnitude bound (e.g. a point at 3e38 m)
+    "clock",           # capture time far ahead of / behind the station clock (a sensor clock fault)
     "sequence_gap",    # messages lost upstream, counted from per-source sequence gaps
     "queue_full",      # decoded but the bounded ingest queue was full (inference fell behind)
 )

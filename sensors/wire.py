@@ -28,7 +28,10 @@ TOPICS: tuple[str, ...] = (*schema.MODALITIES, schema.GT_TOPIC, schema.POSE_TOPI
 CORE_KEYS: tuple[str, ...] = ("v", "mod", "src", "seq", "t_ns", "sent_ns", "arrays")
 WIFI_PERIOD_NS = int(round(1e9 / schema.WIFI_PACKET_RATE_HZ))  # default spacing of CSI packets
 MAX_SRC_LEN = 128
+MAX_PERIOD_NS = 1_000_000_000    # WiFi period_ns above 1 s is refused (no CSI rate is that low)
+MAX_ABS_VALUE = 1e6              # |value| bound of every float array (m, px, dB, m/s, rad); see below
 _U64_MAX = 2 ** 64 - 1
+_I64_MAX = 2 ** 63 - 1
 
 
 class WireError(ValueError):
@@ -93,6 +96,9 @@ class WireLimits:
     max_header_bytes: int = 64 * 1024
     min_t_ns: int = 0               # capture/send times must lie in [min_t_ns, max_t_ns]
     max_t_ns: int = 2 ** 63 - 1     # int64 nanoseconds (year 2262)
+    # Finite values beyond this magnitude are refused (reason out_of_range): physical values are
+    # far below it, and float32 arithmetic on values near 3e38 overflows to inf/NaN downstream.
+    max_abs_value: float = MAX_ABS_VALUE
 
     def __post_init__(self):
         unknown = set(self.max_points) - {"lidar", "mmwave"}
@@ -100,8 +106,11 @@ class WireLimits:
             raise ValueError(f"WireLimits.max_points takes 'lidar' and 'mmwave', got {sorted(unknown)}")
         if min(self.max_points.values(), default=1) < 0 or self.max_wifi_packets < 1:
             raise ValueError("WireLimits: point limits must be >= 0 and max_wifi_packets >= 1")
-        if not 0 <= self.min_t_ns < self.max_t_ns:
-            raise ValueError(f"WireLimits: need 0 <= min_t_ns < max_t_ns, got {self.min_t_ns}, {self.max_t_ns}")
+        if not 0 <= self.min_t_ns < self.max_t_ns <= _I64_MAX:
+            raise ValueError(f"WireLimits: need 0 <= min_t_ns < max_t_ns <= 2**63-1, got {self.min_t_ns}, "
+                             f"{self.max_t_ns}")
+        if not (math.isfinite(self.max_abs_value) and self.max_abs_value > 0):
+            raise ValueError(f"WireLimits: max_abs_value must be a positive finite number, got {self.max_abs_value}")
 
     def max_rows(self, topic: str) -> int:
         """Limit on the variable (first) dimension of the arrays of ``topic``."""
@@ -122,6 +131,8 @@ class Message:
     sent_ns: int
     arrays: dict[str, np.ndarray]  # name -> array, in frame order
     extra: dict = field(default_factory=dict)  # station, period_ns (wifi), tick, latency_ns (pose), ...
+    lost: int = 0               # receiver side, never on the wire: messages of this (topic, src) that
+                                # did not reach the receiver's queue just before this one (runtime.ingest)
 
     @property
     def station(self) -> str | None:
@@ -131,7 +142,9 @@ class Message:
         """WiFi: capture time of each of the P packets (int64 [P], oldest first)."""
         p = self.arrays["amp"].shape[0]
         period = int(self.extra.get("period_ns", WIFI_PERIOD_NS))
-        return self.t_ns - period * np.arange(p - 1, -1, -1, dtype=np.int64)
+        # decode bounds period_ns (<= MAX_PERIOD_NS) and P (<= max_wifi_packets), and checks that the
+        # oldest packet time is >= min_t_ns: this int64 arithmetic cannot overflow.
+        return np.int64(self.t_ns) - np.int64(period) * np.arange(p - 1, -1, -1, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,6 +229,8 @@ def _decode_body(frames, topic: str, header: dict, src: str, seq: int, limits: W
     if missing:
         raise WireError("malformed", topic, f"missing array(s) {missing}; {topic} carries {sorted(specs)}")
     _check_rows_agree(topic, arrays)
+    if topic == "wifi":
+        _check_packet_span(topic, t_ns, arrays["amp"].shape[0], extra, limits)
     return Message(topic=topic, src=src, seq=seq, t_ns=t_ns, sent_ns=sent_ns, arrays=arrays, extra=extra)
 
 
@@ -256,7 +271,7 @@ def _header(frame, topic: str, limits: WireLimits) -> dict:
     if missing:
         raise WireError("malformed", topic, f"header lacks {missing}; required keys are {list(CORE_KEYS)}")
     v = header["v"]
-    if v != WIRE_VERSION or isinstance(v, bool):
+    if type(v) is not int or v != WIRE_VERSION:   # 1.0 and True are not version 1
         raise WireError("bad_version", topic, f"wire version {v!r} not supported: this receiver speaks v{WIRE_VERSION}")
     return header
 
@@ -286,26 +301,39 @@ def _timestamp(header: dict, key: str, topic: str, limits: WireLimits) -> int:
 
 def _check_extras(topic: str, extra: dict) -> None:
     station = extra.get("station")
-    if station is not None and not isinstance(station, str):
-        raise WireError("malformed", topic, f"station must be a string, got {station!r}")
-    uints = [*REQUIRED_EXTRAS.get(topic, ()), *(("period_ns",) if "period_ns" in extra else ())]
-    for key in uints:
+    if station is not None and (not isinstance(station, str) or len(station) > MAX_SRC_LEN):
+        raise WireError("malformed", topic, f"station must be a string of <= {MAX_SRC_LEN} chars, got {station!r}")
+    for key in REQUIRED_EXTRAS.get(topic, ()):
         value = extra.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _U64_MAX:
-            raise WireError("malformed", topic, f"{topic} header needs {key} as an unsigned integer, got {value!r}")
-    if "period_ns" in extra and extra["period_ns"] == 0:
-        raise WireError("malformed", topic, "period_ns must be > 0 (ns between CSI packets)")
+        if type(value) is not int or not 0 <= value <= _I64_MAX:
+            raise WireError("malformed", topic, f"{topic} header needs {key} as an integer in [0, 2**63-1], "
+                                                f"got {value!r}")
+    if "period_ns" in extra:
+        period = extra["period_ns"]
+        if topic != "wifi":
+            raise WireError("malformed", topic, "period_ns belongs to wifi messages only")
+        if type(period) is not int or not 1 <= period <= MAX_PERIOD_NS:
+            raise WireError("out_of_range", topic, f"period_ns must be an integer in [1, {MAX_PERIOD_NS}] "
+                                                   f"(ns between CSI packets; 10,000,000 at 100 Hz), got {period!r}")
+
+
+def _check_packet_span(topic: str, t_ns: int, packets: int, extra: dict, limits: WireLimits) -> None:
+    """The oldest packet's time, t_ns - (P-1) * period_ns, must lie within the time limits too."""
+    first = t_ns - (packets - 1) * int(extra.get("period_ns", WIFI_PERIOD_NS))
+    if first < limits.min_t_ns:
+        raise WireError("non_finite", topic, f"the first of {packets} packets would be captured at {first} ns, "
+                                             f"before {limits.min_t_ns}: check t_ns and period_ns")
 
 
 def _entry(entry, topic: str, specs: dict[str, ArraySpec]) -> tuple[str, str, tuple[int, ...]]:
     if not isinstance(entry, dict) or not {"name", "dtype", "shape"} <= set(entry):
         raise WireError("malformed", topic, f"array entry must be a map with name, dtype, shape; got {entry!r}")
     name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
-    if name not in specs:
+    if not isinstance(name, str) or name not in specs:
         raise WireError("malformed", topic, f"unknown array {name!r}: {topic} carries {sorted(specs)}")
     if not isinstance(dtype, str):
         raise WireError("bad_dtype", topic, f"{name}: dtype must be a string like '<f4', got {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int for d in shape):
         raise WireError("bad_shape", topic, f"{name}: shape must be a list of integers, got {shape!r}")
     return name, dtype, tuple(shape)
 
@@ -334,6 +362,12 @@ def _array(frame, topic: str, spec: ArraySpec, dtype: str, shape: tuple[int, ...
     if spec.finite and not np.isfinite(arr).all():
         raise WireError("non_finite", topic, f"{spec.name}: NaN/inf values; send finite values or drop the "
                                              f"point/keypoint on the sensor side")
+    if arr.dtype.kind == "f" and arr.size:
+        mag = np.abs(arr)   # NaN compares False and inf is excluded: CSI may carry both (cleaned later)
+        too_big = (mag > limits.max_abs_value) & (mag < np.inf)
+        if too_big.any():
+            raise WireError("out_of_range", topic, f"{spec.name}: {int(too_big.sum())} finite value(s) beyond "
+                                                   f"+-{limits.max_abs_value:g} (the wire's magnitude bound)")
     return arr
 
 

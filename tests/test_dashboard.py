@@ -97,7 +97,9 @@ def test_dashboard_covers_what_an_operator_needs(board):
                    "awc_messages_received_total", "awc_messages_dropped_total", "awc_ticks_total",
                    "awc_end_to_end_latency_seconds_bucket", "awc_stage_duration_seconds_bucket",
                    "awc_model_info", "awc_inference_provider_info", "awc_inference_gpu_fallback", "awc_ready",
-                   "awc_tick_rate_hz"):
+                   "awc_tick_rate_hertz", "awc_modality_received_ratio", "awc_modality_empty_ratio",
+                   "awc_ingest_queue_depth", "awc_build_info", "process_resident_memory_bytes",
+                   "process_cpu_seconds_total"):
         assert metric in exprs, f"no panel shows {metric}"
     share = next(p for p in panels(board) if "awc_contribution_share_ratio" in p["targets"][0]["expr"])
     assert share["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal", "shares are stacked"
@@ -106,7 +108,7 @@ def test_dashboard_covers_what_an_operator_needs(board):
     drops = next(p for p in panels(board) if "awc_messages_dropped_total" in p["targets"][0]["expr"])
     assert "reason" in drops["targets"][0]["expr"]
     tables = {p["title"] for p in panels(board) if p["type"] == "table"}
-    assert {"Served model", "Inference provider"} <= tables
+    assert {"Served model", "Inference provider", "Build"} <= tables
 
 
 def test_provisioning_points_at_the_dashboard_folder():

@@ -54,3 +54,46 @@ def test_importing_runtime_modules_loads_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"torch-free packages pulled in: {out.stdout.strip()}"
+
+
+# What a station installs (pyproject's base dependencies + the cpu extra) must be enough for every
+# station module: import them all with the training-only packages made unimportable.
+TRAIN_ONLY = ("torch", "training", "onnx", "onnxscript", "sklearn", "matplotlib", "tensorboard")
+# `sensors realism` measures the generator with scikit-learn (the `sim` extra); nothing else imports it.
+NEEDS_SIM_EXTRA = ("sensors.simulate.realism",)
+
+
+def test_station_modules_import_without_training_only_packages():
+    code = (
+        "import importlib, importlib.abc, pkgutil, sys\n"
+        f"blocked = {TRAIN_ONLY!r}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in blocked:\n"
+        "            raise ModuleNotFoundError(f'blocked: {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "n = 0\n"
+        "for pkg in ('sensors', 'runtime', 'exporters'):\n"
+        "    mod = importlib.import_module(pkg)\n"
+        "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
+        f"        if info.name.endswith('__main__') or info.name in {NEEDS_SIM_EXTRA!r}:\n"
+        "            continue\n"
+        "        importlib.import_module(info.name)\n"
+        "        n += 1\n"
+        "print(n)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout) > 20, "walked too few modules to mean anything"
+
+
+def test_base_dependencies_hold_no_training_only_package():
+    tomllib = pytest.importorskip("tomllib")
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in project["dependencies"]}
+    assert not base & {"torch", "onnx", "onnxscript", "scikit-learn", "matplotlib"}, base
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("scikit-learn") for d in extras["train"]) and any(d.startswith("onnx>") for d in extras["train"])
+    assert not any("onnxscript" in d for group in extras.values() for d in group)
+    assert any(d.startswith("scikit-learn") for d in extras["sim"])

@@ -167,3 +167,22 @@ def test_bind_error_names_the_endpoint(ctx):
         first.stop()
     with pytest.raises(ValueError, match="topics"):
         Ingest("tcp://127.0.0.1:0", bind=True, topics=("pose",))
+
+
+def test_each_queued_message_carries_the_messages_lost_before_it():
+    """Gaps upstream, messages refused here and queue overflow all reach the next queued message of
+    the same source (``Message.lost``), the one count the pipeline's input health uses."""
+    ing = Ingest(["tcp://127.0.0.1:0"], bind=True, queue_size=3)   # not started: no socket
+
+    def rgb(seq, kpts=KPTS):
+        return wire.Message("rgb", "cam", seq, T0 + seq, T0 + seq, {"kpts": kpts})
+
+    assert ing.accept(rgb(0)).lost == 0
+    assert ing.accept(rgb(3)).lost == 2                             # 1, 2 lost upstream
+    ing.handle(wire.encode(rgb(4))[:2] + [b"\0" * 7])              # refused here (bad buffer size)
+    assert ing.accept(rgb(5)).lost == 1
+    assert ing.accept(rgb(6)) is None                               # queue full: dropped here ...
+    ing.drain()
+    assert ing.accept(rgb(7)).lost == 1                             # ... and carried by the next one
+    assert ing.accept(rgb(0)).lost == 0                             # a restart counts nothing
+    assert ing.dropped_total("rgb", "sequence_gap") == 2 and ing.dropped_total("rgb", "queue_full") == 1

@@ -1,8 +1,7 @@
-"""The tick loop with an in-memory source (no sockets) and a real exported tiny model."""
+"""The tick loop with the ingest's queue as source (no sockets) and a real exported tiny model."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
@@ -12,8 +11,11 @@ import pytest
 from exporters.metrics import RuntimeMetrics
 from exporters.recorder import open_recorder
 from runtime.config import RuntimeConfig
+from runtime.ingest import Ingest
+from runtime.loop import Loop
 from runtime.model import PoseModel
-from runtime.pipeline import Pipeline, RecorderOutput, record_of
+from runtime.outputs import MetricsOutput, Outputs, RecorderOutput, record_of
+from runtime.pipeline import Pipeline
 from sensors import schema
 from sensors.wire import Message
 
@@ -48,27 +50,16 @@ def frame_messages(k: int, rng, skip=(), seq=None) -> list[Message]:
             if topic not in skip]
 
 
-class ListSource:
-    """In-memory stand-in for runtime.ingest.Ingest."""
+def queue_source(messages=()) -> Ingest:
+    """The real ingest, not started (no socket): messages go through its accounting into its queue."""
+    src = Ingest(["tcp://127.0.0.1:0"], bind=True, queue_size=100_000)
+    for m in messages:
+        src.accept(m)
+    return src
 
-    def __init__(self, messages=()):
-        self.q: queue.Queue = queue.Queue()
-        for m in messages:
-            self.q.put(m)
 
-    def get(self, timeout_s=None):
-        try:
-            return self.q.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-
-    def drain(self):
-        out = []
-        while True:
-            try:
-                out.append(self.q.get_nowait())
-            except queue.Empty:
-                return out
+def make_loop(cfg, model, outputs=()) -> Loop:
+    return Loop(cfg, Pipeline(cfg, model), Outputs(list(outputs), MetricsOutput(RuntimeMetrics(), cfg, model)))
 
 
 def _cfg(**sync):
@@ -76,16 +67,16 @@ def _cfg(**sync):
 
 
 def _run_data_clock(model, messages, outputs=(), cfg=None):
-    pipe = Pipeline(cfg or _cfg(), model, RuntimeMetrics(), list(outputs))
+    pipe = make_loop(cfg or _cfg(), model, outputs)
     results = []
-    pipe.outputs.append(results.append)
+    pipe.outputs.items.append(results.append)
     stop = threading.Event()
-    src = ListSource(messages)
+    src = queue_source(messages)
     # stop as soon as the queue is empty and the final flush ran
     t = threading.Thread(target=pipe.run, args=(src, stop))
     t.start()
     deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline and not (src.q.empty() and results and
+    while time.monotonic() < deadline and not (src.queue.empty() and results and
                                                results[-1].tick_ns >= messages[-1].t_ns - PERIOD):
         time.sleep(0.05)
     time.sleep(pipe.config.sync.data_flush_s + 0.2)
@@ -111,7 +102,7 @@ def test_every_frame_gives_a_pose_that_matches_offline_inference(tiny_model):
         assert r.gt is not None
     last = results[-1].contributions
     assert last.shares.sum() == pytest.approx(1.0) and last.shares_gt is not None
-    reg = pipe.metrics.registry
+    reg = pipe.outputs.metrics.registry
     assert reg.get_sample_value("awc_ticks_total", {"outcome": "fused"}) == 25
     assert reg.get_sample_value("awc_stage_duration_seconds_count", {"stage": "inference"}) == 25
 
@@ -160,7 +151,7 @@ def test_a_bad_tick_is_counted_and_the_loop_goes_on(tiny_model, caplog):
     bad.arrays["kpts"] = np.full((17, 2), np.nan, np.float32)   # the wire would refuse this
     pipe, results = _run_data_clock(tiny_model, messages)
     assert pipe.stats.errors >= 1
-    assert pipe.metrics.registry.get_sample_value("awc_tick_errors_total", {"stage": "inference"}) >= 1
+    assert pipe.outputs.metrics.registry.get_sample_value("awc_tick_errors_total", {"stage": "inference"}) >= 1
     assert len(results) >= 8 - pipe.stats.errors
     assert results[-1].tick_ns == T0 + 7 * PERIOD
     assert "failed" in caplog.text
@@ -177,22 +168,22 @@ def test_wall_clock_drops_ticks_latest_wins_when_inference_is_slow(tiny_model):
     now = time.time_ns()
     rng = np.random.default_rng(4)
     start = now // PERIOD * PERIOD
-    src = ListSource()
+    src = queue_source()
     cfg = RuntimeConfig.from_dict({"sync": {"clock": "wall", "max_age_s": 5.0}})
-    pipe = Pipeline(cfg, Slow(), RuntimeMetrics())
+    pipe = make_loop(cfg, Slow())
     results = []
-    pipe.outputs.append(results.append)
+    pipe.outputs.items.append(results.append)
 
     def feeder():
         for k in range(15):
             for m in frame_messages(k, rng):
                 m.t_ns = m.sent_ns = start + k * PERIOD
-                src.q.put(m)
+                src.accept(m)
             time.sleep(0.1)
 
     threading.Thread(target=feeder, daemon=True).start()
     stats = pipe.run(src, threading.Event(), duration_s=1.5)
-    dropped = pipe.metrics.registry.get_sample_value("awc_ticks_total", {"outcome": "dropped"})
+    dropped = pipe.outputs.metrics.registry.get_sample_value("awc_ticks_total", {"outcome": "dropped"})
     assert stats.dropped == dropped >= 3
     assert 3 <= stats.ticks <= 8
     assert stats.ticks + stats.dropped >= 13        # every period either ran or was counted dropped

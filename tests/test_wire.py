@@ -117,7 +117,7 @@ def test_header_errors():
     assert _reason(_frames(header_update={"seq": -1})).reason == "malformed"
     assert _reason(_frames(header_update={"src": ""})).reason == "malformed"
     assert _reason(_frames("pose", drop_keys=("tick",))).reason == "malformed"
-    assert _reason(_frames("wifi", header_update={"period_ns": 0})).reason == "malformed"
+    assert _reason(_frames("wifi", header_update={"period_ns": 0})).reason == "out_of_range"
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -5, 2 ** 63])

@@ -27,7 +27,7 @@ OUT = Path(__file__).resolve().parent / "dashboards" / "awc-pose.json"
 SEL = 'station=~"$station"'
 RATE = "$__rate_interval"
 MODALITY_COLORS = {"rgb": "blue", "lidar": "green", "mmwave": "orange", "wifi": "purple"}
-LATENCY_BUDGET_S = 0.030
+LATENCY_BUDGET_S = 0.100  # one tick period at the default 10 Hz (the AwcLatencyHigh threshold)
 
 
 @dataclass
@@ -193,8 +193,17 @@ def degradation(lay: Layout) -> None:
 
 def inputs(lay: Layout) -> None:
     lay.row("Sensor inputs")
-    lay.add(timeseries("Presence", "Fraction of recent ticks with the modality present (EWMA).",
+    lay.add(timeseries("Received", "Fraction of recent ticks that found a message of the modality, "
+                       "empty frames included (EWMA). Low = the sensor is silent.",
+                       [target(f"awc_modality_received_ratio{{{SEL}}}", "{{station}} {{modality}}")],
+                       "percentunit", minimum=0, maximum=1), 8, 8)
+    lay.add(timeseries("Presence", "Fraction of recent ticks with the modality's input present to the model "
+                       "(EWMA); an empty point cloud is absent to the model.",
                        [target(f"awc_modality_presence_ratio{{{SEL}}}", "{{station}} {{modality}}")],
+                       "percentunit", minimum=0, maximum=1), 8, 8)
+    lay.add(timeseries("Empty frames", "Fraction of recent ticks whose message was an empty point cloud "
+                       "(EWMA): the sensor runs but saw nothing (a still subject gives the radar no detections).",
+                       [target(f"awc_modality_empty_ratio{{{SEL}}}", "{{station}} {{modality}}")],
                        "percentunit", minimum=0, maximum=1), 8, 8)
     lay.add(timeseries("Staleness", "Age of the newest sample of each modality at the tick.",
                        [target(f"awc_modality_staleness_seconds{{{SEL}}}", "{{station}} {{modality}}")],
@@ -217,7 +226,7 @@ def latency(lay: Layout) -> None:
     lay.row("Latency and throughput")
     e2e = f"sum by (station, le) (rate(awc_end_to_end_latency_seconds_bucket{{{SEL}}}[{RATE}]))"
     lay.add(timeseries(
-        "End-to-end latency", "Newest used capture time to pose published; dashed: the 30 ms p99 budget.",
+        "End-to-end latency", "Newest used capture time to pose published; dashed: the p99 budget, one tick period (100 ms at 10 Hz).",
         [target(f"histogram_quantile({q}, {e2e})", f"{{{{station}}}} p{round(q * 100)}", ref)
          for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))],
         "s", minimum=0, threshold=LATENCY_BUDGET_S, by_modality=False), 12, 8)
@@ -237,7 +246,10 @@ def latency(lay: Layout) -> None:
                                 ("dropped", "red"))]), 12, 8)
     lay.add(timeseries(
         "Configured tick rate", "Sync tick rate the runtime is configured for.",
-        [target(f"awc_tick_rate_hz{{{SEL}}}", "{{station}}")], "hertz", minimum=0, by_modality=False), 12, 8)
+        [target(f"awc_tick_rate_hertz{{{SEL}}}", "{{station}}")], "hertz", minimum=0, by_modality=False), 12, 8)
+    lay.add(timeseries(
+        "Ingest queue depth", "Decoded sensor messages waiting for the tick loop (full = queue_full drops).",
+        [target(f"awc_ingest_queue_depth{{{SEL}}}", "{{station}}")], "short", minimum=0, by_modality=False), 12, 8)
 
 
 def model(lay: Layout) -> None:
@@ -246,6 +258,16 @@ def model(lay: Layout) -> None:
                   f"awc_model_info{{{SEL}}}", ("Time", "Value", "__name__", "job")), 12, 5)
     lay.add(table("Inference provider", "Execution provider requested and really used by onnxruntime.",
                   f"awc_inference_provider_info{{{SEL}}}", ("Time", "Value", "__name__", "job")), 12, 5)
+    lay.add(table("Build", "Package version; the served model's config hash, training data (synthetic or "
+                  "real) and export date.", f"awc_build_info{{{SEL}}}", ("Time", "Value", "__name__", "job")), 12, 5)
+    lay.add(timeseries(
+        "Runtime process", "Resident memory (left) and CPU use in cores (right) of each runtime process.",
+        [target(f"process_resident_memory_bytes{{job=\"awc-runtime\", {SEL}}}", "{{station}} RSS", "A"),
+         target(f"rate(process_cpu_seconds_total{{job=\"awc-runtime\", {SEL}}}[{RATE}])", "{{station}} CPU", "B")],
+        "bytes", minimum=0, by_modality=False,
+        overrides=[{"matcher": {"id": "byRegexp", "options": ".*CPU$"},
+                    "properties": [{"id": "unit", "value": "percentunit"},
+                                   {"id": "custom.axisPlacement", "value": "right"}]}]), 12, 5)
 
 
 def templating() -> dict:

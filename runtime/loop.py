@@ -1,0 +1,194 @@
+"""The clock loop around the pure tick: messages in, ticks when due, results to the outputs.
+
+``Loop.run(source, stop)`` reads decoded messages from ``source`` (``runtime.ingest.Ingest``:
+``get(timeout_s)`` and ``drain()``), buffers them for sync, and runs a tick when one is due:
+
+* clock ``wall`` (default): ticks on the wall-clock grid of ``sync.rate_hz`` (optionally locked to
+  the capture phase of the first frame-based sensor); when a tick falls behind, only the latest
+  due tick runs (latest wins) and the skipped ones are counted as ``awc_ticks_total{outcome="dropped"}``;
+* clock ``data``: ticks follow the capture times of the messages (replay as fast as possible):
+  after each message, the tick that the data clock makes due runs (``data_now_ns``: the
+  second-newest capture time over the modalities, so one sensor whose clock runs ahead cannot
+  drag the ticks); falling behind shows up as ingest drops (``queue_full``), still counted.
+
+``Loop.tick(tick_ns)`` is one tick: sync -> ``Pipeline.step`` -> latency -> ``Outputs.emit``. A
+tick whose inputs the model refuses (``ModelError``) or the preprocessing cannot read
+(``ValueError``) is logged and counted in ``awc_tick_errors_total{stage}``; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.config import RuntimeConfig
+from runtime.model import ModelError
+from runtime.outputs import Outputs
+from runtime.pipeline import Pipeline, StepInputs, TickResult
+from runtime.sync import Due, SyncConfig, Synchronizer, TickClock
+from sensors import schema
+from sensors.wire import Message
+
+log = logging.getLogger(__name__)
+
+PHASE_TOPICS = ("rgb", "lidar", "mmwave")   # frame-based sensors whose capture phase the wall clock follows
+
+
+@dataclass
+class RunStats:
+    ticks: int = 0
+    dropped: int = 0
+    errors: int = 0
+    messages: int = 0
+
+
+def sync_config(cfg: RuntimeConfig) -> SyncConfig:
+    s = cfg.sync
+    return SyncConfig(rate_hz=s.rate_hz, tolerance_s=s.tolerance_s, max_age_s=s.max_age_s,
+                      wifi_window_s=s.wifi_window_s, buffer_len=s.buffer_len)
+
+
+def tick_clock(cfg: RuntimeConfig) -> TickClock:
+    """Wall clock: ``sync.delay_s`` after the tick; data clock: at least the tolerance after it,
+    so the sample nearest the tick (possibly just after it) has been seen."""
+    s = cfg.sync
+    delay = s.delay_s if s.clock == "wall" else max(s.delay_s, s.tolerance_s)
+    return TickClock(s.rate_hz, s.clock, delay_s=delay)
+
+
+class Loop:
+    """Buffers messages, decides which tick is due, runs it and hands the result to the outputs."""
+
+    def __init__(self, config: RuntimeConfig, pipeline: Pipeline, outputs: Outputs | None = None,
+                 stats: RunStats | None = None):
+        self.config = config
+        self.pipeline = pipeline
+        self.outputs = outputs or Outputs()
+        self.sync = Synchronizer(sync_config(config))
+        self.stats = stats or RunStats()
+        self.last_tick_wall: float | None = None   # monotonic time of the last tick (readiness)
+        self._received = np.zeros(schema.N_MODALITIES, np.int64)
+        self._lost = np.zeros(schema.N_MODALITIES, np.int64)
+        self._newest_ns: dict[str, int] = {}   # capture time of the latest message, per modality
+        self._trigger_sent_ns: int | None = None   # data clock: send time of the message that made the tick due
+        self._phase_locked = False
+
+    # ------------------------------------------------------------------ inputs
+    def feed(self, msg: Message) -> None:
+        """One decoded message (any topic): buffered for sync and counted for input health."""
+        self.stats.messages += 1
+        self.sync.add(msg)
+        i = schema.MODALITY_INDEX.get(msg.topic)
+        if i is None:
+            return
+        self._received[i] += 1
+        self._lost[i] += msg.lost
+        # Capture time of the latest arrival (not the maximum ever seen: a sensor whose clock jumped
+        # ahead and came back is judged on what it sends now).
+        self._newest_ns[msg.topic] = msg.t_ns
+
+    def data_now_ns(self) -> int | None:
+        """The data clock's "now": the second-newest capture time over the modalities (the newest
+        when only one streams), so one sensor with a clock running ahead cannot drag the ticks."""
+        times = sorted(self._newest_ns.values())
+        if not times:
+            return None
+        return times[-2] if len(times) >= 2 else times[-1]
+
+    # ------------------------------------------------------------------ one tick
+    def tick(self, tick_ns: int) -> TickResult:
+        """Sync, step and emit the tick at ``tick_ns`` (ns since the epoch)."""
+        t0 = time.perf_counter()
+        synced = self.sync.tick(tick_ns)
+        sync_s = time.perf_counter() - t0
+        now = time.time_ns() if self.config.sync.clock == "wall" else self.data_now_ns()
+        lead = np.array([0.0 if now is None or m not in self._newest_ns else (self._newest_ns[m] - now) / 1e9
+                         for m in schema.MODALITIES])
+        inputs = StepInputs(synced, self._received, self._lost, lead)
+        self._received = np.zeros(schema.N_MODALITIES, np.int64)
+        self._lost = np.zeros(schema.N_MODALITIES, np.int64)
+        result = self.pipeline.step(inputs)
+        result.durations = {"sync": sync_s, **result.durations}
+        if result.pose is not None:
+            result.latency_ns = self._latency_ns(result)
+        self.outputs.emit(result)
+        self.last_tick_wall = time.monotonic()
+        self.stats.ticks += 1
+        return result
+
+    def _latency_ns(self, result: TickResult) -> int:
+        if self.config.sync.clock == "data" and self._trigger_sent_ns is not None:
+            # Capture times of a replay are not wall-clock times: count from the send time of the
+            # message that made this tick due (transport + queueing + processing).
+            return max(0, time.time_ns() - self._trigger_sent_ns)
+        newest = int(result.input_t_ns.max())
+        return max(0, time.time_ns() - newest) if newest else 0
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, source, stop: threading.Event, duration_s: float | None = None) -> RunStats:
+        """Tick until ``stop`` is set (or ``duration_s`` passed)."""
+        clock = tick_clock(self.config)
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        run_once = self._wall_once if self.config.sync.clock == "wall" else self._data_once
+        idle = [time.monotonic()]
+        self.outputs.running(True)
+        try:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                run_once(source, clock, idle)
+        finally:
+            self.outputs.running(False)
+        return self.stats
+
+    def _wall_once(self, source, clock: TickClock, idle: list[float]) -> None:
+        now = time.time_ns()
+        wait_s = max(0.0, (clock.next_due_ns(now) - now) / 1e9)
+        msg = source.get(min(wait_s, 0.1))
+        if msg is not None:
+            for m in [msg, *source.drain()]:
+                self.feed(m)
+                # WiFi messages are CSI packets at any phase: lock to a frame-based sensor.
+                if not self._phase_locked and m.topic in PHASE_TOPICS and self.config.sync.phase_lock:
+                    # Ticks on the sensors' capture phase: a tick runs delay_s after its samples.
+                    clock.origin_ns = m.t_ns % clock.period_ns
+                    self._phase_locked = True
+                    log.info("tick grid locked to the capture phase of %s (%.1f ms)", m.topic,
+                             clock.origin_ns / 1e6)
+        self._run_due(clock.due(time.time_ns()))
+
+    def _data_once(self, source, clock: TickClock, idle: list[float]) -> None:
+        msg = source.get(0.05)
+        if msg is None:
+            # Nothing new: after a pause, run the tick the newest data would make due next, so the
+            # end of a replay is not left waiting for data that never comes.
+            now = self.data_now_ns()
+            if now is not None and time.monotonic() - idle[0] > self.config.sync.data_flush_s:
+                self._run_due(clock.due(now + clock.delay_ns))
+                idle[0] = time.monotonic()
+            return
+        idle[0] = time.monotonic()
+        for m in [msg, *source.drain()]:
+            self.feed(m)
+            if m.topic in schema.MODALITY_INDEX:
+                self._trigger_sent_ns = m.sent_ns
+                self._run_due(clock.due(self.data_now_ns()))
+
+    def _run_due(self, due: Due | None) -> None:
+        if due is None:
+            return
+        if due.skipped:
+            self.outputs.dropped(due.skipped)
+            self.stats.dropped += due.skipped
+        try:
+            self.tick(due.tick_ns)
+        except (ModelError, ValueError) as err:
+            self.stats.errors += 1
+            self.outputs.failed("inference" if isinstance(err, ModelError) else "preprocess")
+            log.error("tick at %d ns failed, skipped: %s", due.tick_ns, err)
+
+    def close(self) -> None:
+        """Flush and close the outputs."""
+        self.outputs.close()

@@ -1,0 +1,213 @@
+"""What is done with each ``TickResult``: the outputs of the runtime, behind one small interface.
+
+An output is any callable taking a ``TickResult``; it may have ``close()`` (called once on the way
+out: flush files, close sockets) and ``every_tick = True`` (called for every tick; otherwise only
+for ticks that produced a pose, i.e. not ``empty``). ``runtime.serve.build_outputs`` assembles them
+from the config; ``Outputs`` calls them in order after each tick, then updates the Prometheus
+metrics (``MetricsOutput``) with the stage durations including the outputs' own (``publish``).
+
+Shipped outputs: ``PublisherOutput`` (wire ``pose`` stream), ``RecorderOutput`` (JSONL/NPZ),
+``EventLog`` (a log line when a modality becomes degraded or recovers), ``runtime.console.ConsoleView``.
+Adding one: write the callable here (or in its own module), append it in ``build_outputs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from exporters.metrics import RuntimeMetrics
+from exporters.pose_publisher import pose_message
+from runtime.config import RuntimeConfig
+from runtime.pipeline import TickResult
+from sensors import schema
+
+log = logging.getLogger(__name__)
+
+Output = Callable[[TickResult], None]
+
+
+class Outputs:
+    """The outputs of one runtime, called in order after every tick, then the metrics."""
+
+    def __init__(self, outputs: list[Output] | None = None, metrics: MetricsOutput | None = None):
+        self.items: list[Output] = list(outputs or [])
+        self.metrics = metrics
+
+    def emit(self, result: TickResult) -> None:
+        t0 = time.perf_counter()
+        for output in self.items:
+            if result.pose is not None or getattr(output, "every_tick", False):
+                output(result)
+        t1 = time.perf_counter()
+        result.durations["publish"] = t1 - t0
+        if self.metrics is not None:
+            self.metrics(result)
+        result.durations["metrics"] = time.perf_counter() - t1   # not a histogram stage: for the bench
+
+    def dropped(self, n: int) -> None:
+        """``n`` due ticks skipped (latest wins)."""
+        if self.metrics is not None:
+            self.metrics.metrics.ticks.labels(outcome="dropped").inc(n)
+
+    def failed(self, stage: str) -> None:
+        """A tick failed in ``stage`` (inference or preprocess) and was skipped."""
+        if self.metrics is not None:
+            self.metrics.metrics.tick_errors.labels(stage=stage).inc()
+
+    def running(self, flag: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.metrics.ready.set(1.0 if flag else 0.0)
+
+    def close(self) -> None:
+        """Flush and close every output that can be closed (recorder, publisher)."""
+        self.running(False)
+        for output in self.items:
+            close = getattr(output, "close", None)
+            if close is not None:
+                close()
+
+
+class MetricsOutput:
+    """Prometheus metrics from each tick: counters, stage histograms and EWMA-smoothed gauges."""
+
+    every_tick = True
+
+    def __init__(self, metrics: RuntimeMetrics, config: RuntimeConfig, model):
+        self.metrics = metrics
+        self.alpha = config.contributions.ewma_alpha
+        self._ewma: dict[str, np.ndarray] = {}
+        m, meta = metrics, model.metadata
+        m.tick_rate.set(config.sync.rate_hz)
+        m.model_info.info({"schema_version": str(meta.schema_version), "fusion": meta.fusion,
+                           "config_hash": meta.config_hash, "rgb_window": str(meta.rgb_window),
+                           "lidar_cap": str(meta.lidar_cap), "mmwave_cap": str(meta.mmwave_cap)})
+        m.provider_info.info({"requested": str(getattr(model, "requested_provider", "")),
+                              "used": str(getattr(model, "provider", ""))})
+        m.gpu_fallback.set(1.0 if getattr(model, "gpu_fallback", False) else 0.0)
+        if meta.baseline is not None:
+            for i, mod in enumerate(schema.MODALITIES):
+                m.baseline_share.labels(modality=mod).set(float(meta.baseline.shares[i]))
+
+    @property
+    def registry(self):
+        return self.metrics.registry
+
+    def _smooth(self, key: str, value: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        value = np.asarray(value, np.float64)
+        prev = self._ewma.get(key)
+        new = value if prev is None else (1 - self.alpha) * prev + self.alpha * value
+        if mask is not None and prev is not None:
+            new = np.where(mask, new, prev)
+        self._ewma[key] = new
+        return new
+
+    def __call__(self, result: TickResult) -> None:
+        m = self.metrics
+        m.ticks.labels(outcome=result.outcome).inc()
+        for stage, seconds in result.durations.items():
+            if stage != "metrics":
+                m.stage_duration.labels(stage=stage).observe(seconds)
+        if result.pose is not None:
+            m.end_to_end_latency.observe(result.latency_ns / 1e9)
+        presence = self._smooth("presence", result.presence)
+        skew = self._smooth("skew", result.skew_s, mask=result.presence > 0)
+        score = self._smooth("score", result.degradation.score)
+        c = result.contributions
+        for i, mod in enumerate(schema.MODALITIES):
+            m.presence.labels(modality=mod).set(presence[i])
+            m.sync_skew.labels(modality=mod).set(skew[i])
+            m.staleness.labels(modality=mod).set(result.staleness_s[i])
+            m.degradation_score.labels(modality=mod).set(score[i])
+            m.degraded.labels(modality=mod).set(1.0 if result.degradation.degraded[i] else 0.0)
+            if c is not None:
+                m.contribution_share.labels(modality=mod).set(c.smoothed_shares[i])
+                m.shapley_value.labels(modality=mod).set(c.smoothed_shapley[i])
+        for mod in result.degradation.became_degraded:
+            m.degradation_events.labels(modality=mod).inc()
+
+
+class EventLog:
+    """A log line when a modality becomes degraded (warning) or recovers (info)."""
+
+    every_tick = True
+
+    def __call__(self, result: TickResult) -> None:
+        d = result.degradation
+        for m in d.became_degraded:
+            i = schema.MODALITY_INDEX[m]
+            log.warning("modality %s degraded at tick %d (score %.2f, input %s)", m, result.tick, d.score[i],
+                        result.health[i].worst())
+        for m in d.recovered:
+            log.info("modality %s recovered at tick %d", m, result.tick)
+
+
+def pose_extra(result: TickResult) -> dict:
+    """Header extras of the pose message (see exporters.pose_publisher)."""
+    c = result.contributions
+    return {
+        "shares": None if c is None else c.shares,
+        "degraded": [int(x) for x in result.degradation.degraded],
+        "reasons": list(result.degradation.reasons),
+        "coalition_values": None if c is None else c.values,
+        "shapley_gt": None if c is None or c.shapley_gt is None else c.shapley_gt,
+        "shares_gt": None if c is None or c.shares_gt is None else c.shares_gt,
+        "input_t_ns": [int(t) for t in result.input_t_ns],
+        "outcome": result.outcome,
+        "gt": None if result.gt is None else np.asarray(result.gt, np.float32).tolist(),
+    }
+
+
+def record_of(result: TickResult) -> dict:
+    """Flat per-tick record for the recorders (arrays in MODALITIES order)."""
+    c, d = result.contributions, result.degradation
+    rec = {"tick": result.tick, "tick_ns": result.tick_ns, "outcome": result.outcome,
+           "latency_ns": result.latency_ns, "presence": result.presence.astype(np.uint8),
+           "joints": result.pose, "degradation": d.score.astype(np.float32),
+           "degraded": d.degraded.astype(np.uint8), "reasons": list(d.reasons), "input_t_ns": result.input_t_ns}
+    if c is not None:
+        rec.update(shapley=c.shapley, shares=c.shares, coalition_values=c.values)
+        if c.shapley_gt is not None:
+            rec.update(shapley_gt=c.shapley_gt, shares_gt=c.shares_gt)
+    if result.gt is not None:
+        rec["gt"] = result.gt
+    if result.inputs is not None:
+        rec.update({f"input_{k}": v[0] for k, v in result.inputs.items()})
+        rec["coalition_poses"] = result.coalition_poses
+    return rec
+
+
+class PublisherOutput:
+    """Sends every tick with a pose as a wire ``pose`` message."""
+
+    def __init__(self, publisher, station: str):
+        self.publisher, self.station = publisher, station
+
+    @property
+    def endpoint(self) -> str:
+        return self.publisher.endpoint
+
+    def __call__(self, result: TickResult) -> None:
+        shapley = result.contributions.shapley if result.contributions is not None else np.zeros(4)
+        msg = pose_message(self.station, result.tick, result.tick_ns, result.pose, result.presence, shapley,
+                           result.degradation.score, result.latency_ns, pose_extra(result))
+        self.publisher.publish(msg)
+
+    def close(self) -> None:
+        self.publisher.close()
+
+
+class RecorderOutput:
+    """Writes every tick with a pose to a JSONL/NPZ recorder (``exporters.recorder``)."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def __call__(self, result: TickResult) -> None:
+        self.recorder.write(record_of(result))
+
+    def close(self) -> None:
+        self.recorder.close()

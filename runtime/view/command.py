@@ -1,0 +1,57 @@
+"""``runtime view``: the live station viewer (a web page) of a pose stream or a recording.
+
+    runtime view --connect tcp://127.0.0.1:5556 [--port 8080] [--host 127.0.0.1]
+    runtime view --recording runs/demo/poses.jsonl [--port 8080]
+
+Open http://127.0.0.1:8080/ in a browser. The page is served on loopback unless --host says
+otherwise. The viewer runs in its own process and never slows the runtime (see runtime.view.hub).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from runtime.view.hub import SubscriberConfig
+from runtime.view.server import ViewConfig, serve_view
+from sensors import keys
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--connect", metavar="ENDPOINT", help="pose stream to subscribe to, e.g. tcp://127.0.0.1:5556")
+    src.add_argument("--recording", metavar="FILE", help="play back a pose recording (.jsonl or .npz)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port of the page (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback)")
+    p.add_argument("--rcv-hwm", type=int, default=20, help="pose messages ZeroMQ may queue for the viewer")
+    p.add_argument("--max-frames", type=int, default=36_000,
+                   help="recording: frames sent to the page (longer recordings are thinned evenly)")
+    p.add_argument("--client-key", default=None, metavar="FILE",
+                   help="CurveZMQ: this viewer's key pair (DIR/clients/NAME.key_secret from `runtime keys add`, "
+                        "its public key allow-listed in the runtime's viewers/)")
+    p.add_argument("--server-key", default=None, metavar="FILE",
+                   help="CurveZMQ: the runtime's public key (DIR/server.key)")
+
+
+def config_from_args(args: argparse.Namespace) -> ViewConfig:
+    sub = None
+    if args.connect:
+        if bool(args.client_key) != bool(args.server_key):
+            raise ValueError("CurveZMQ needs both --client-key (this viewer's key pair) and --server-key "
+                             "(the runtime's public key)")
+        curve = keys.CurveClient.load(args.client_key, args.server_key) if args.client_key else None
+        sub = SubscriberConfig(args.connect, rcv_hwm=args.rcv_hwm, curve=curve)
+    return ViewConfig(subscriber=sub, recording=args.recording, host=args.host, port=args.port,
+                      max_frames=args.max_frames)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+        serve_view(cfg)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        log.error("%s", err)
+        return 2
+    return 0

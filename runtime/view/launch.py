@@ -1,0 +1,28 @@
+"""Start ``runtime view`` in its own process beside a runtime (``runtime serve --view``). Kept free
+of the web stack's imports so the runtime loads nothing of it."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def connect_endpoint(bound: str) -> str:
+    """The endpoint a local viewer connects to for a socket bound at ``bound`` (wildcards -> loopback)."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if bound.startswith(wildcard):
+            return "tcp://127.0.0.1:" + bound[len(wildcard):]
+    return bound.replace("tcp://[::]:", "tcp://[::1]:")
+
+
+def start_viewer_process(pose_endpoint: str, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
+    """``runtime view`` in its own process (what ``runtime serve --view`` starts), so the viewer can
+    never slow the tick loop."""
+    cmd = [sys.executable, "-m", "runtime", "view", "--connect", connect_endpoint(pose_endpoint),
+           "--port", str(port), "--host", host]
+    proc = subprocess.Popen(cmd)
+    log.info("viewer at http://%s:%d/ (process %d)", host, port, proc.pid)
+    return proc

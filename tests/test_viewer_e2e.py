@@ -1,0 +1,126 @@
+"""End to end in a real browser: `runtime serve --view` (the runtime and, in its own process, the
+viewer subscribed to its pose stream), the dataset replay streaming into it with the LiDAR stopped
+part way, and the page loaded in headless Chromium (the system browser, through selenium)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.config import free_loopback_port
+from runtime.view.browser import find_browser
+from sensors import schema
+from tests.test_serve_e2e import ServeProcess, export_tiny_model
+
+REPLAY_FRAMES = 140          # 14 s at rate 1
+LIDAR_STOP_S = 4
+
+
+def _need_browser():
+    if find_browser() is None:
+        msg = "headless Chromium test needs `chromium` and `chromedriver` (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(msg + "; .ci/run installs them")
+        pytest.skip(msg)
+    pytest.importorskip("selenium")
+
+
+def _wait(predicate, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def pixel_std(png: Path, box=None) -> float:
+    """Standard deviation of the grey levels of a PNG (0 for a blank image)."""
+    from PIL import Image
+
+    img = Image.open(png).convert("L")
+    if box is not None:
+        img = img.crop(box)
+    return float(np.asarray(img, np.float32).std())
+
+
+@pytest.mark.slow
+def test_serve_replay_view_in_headless_chromium(tiny_dataset, tmp_path):
+    _need_browser()
+    from selenium.webdriver.common.by import By
+
+    from runtime.view.browser import headless_chromium
+    from sensors.replay import replay
+
+    model = export_tiny_model(tmp_path)
+    view_port = free_loopback_port()
+    url = f"http://127.0.0.1:{view_port}"
+    with ServeProcess(model, tmp_path, "--view", str(view_port)) as srv:
+        _wait(lambda: _http_ok(url + "/healthz"), 30, f"the viewer at {url}\n{srv.log.read_text()}")
+        result = {}
+        sender = threading.Thread(target=lambda: result.update(stats=replay(
+            tiny_dataset, srv.input, protocol="P1", split="S1", subset="all", rate=1.0,
+            max_frames=REPLAY_FRAMES, faults=[f"lidar:stop@{LIDAR_STOP_S}"])), daemon=True)
+        sender.start()
+        driver = headless_chromium()
+        try:
+            driver.get(url + "/")
+            station = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "article.station"), 20,
+                            "a station card with live data")[0]
+            rows = station.find_elements(By.CSS_SELECTOR, "tr[data-modality]")
+            assert [r.get_attribute("data-modality") for r in rows] == list(schema.MODALITIES)
+
+            def tick() -> int:
+                text = station.find_element(By.CSS_SELECTOR, ".tick").get_attribute("data-tick")
+                return int(text) if text else -1
+
+            first = _wait(lambda: tick() >= 0 and tick(), 10, "a tick on the page")
+            later = _wait(lambda: tick() > first and tick(), 10, "the tick to change")
+            assert later > first
+            assert driver.find_element(By.ID, "connection").text == "live"
+            # Before the fault RGB, LiDAR and WiFi are lit (mmWave comes and goes: a radar frame with no
+            # detection is an absent modality), every row shows a contribution share and a score.
+            def lit() -> set[str]:
+                return {r.get_attribute("data-modality") for r in rows
+                        if "on" in r.find_element(By.CSS_SELECTOR, ".light").get_attribute("class")}
+            _wait(lambda: {"rgb", "lidar", "wifi"} <= lit(), LIDAR_STOP_S, "presence lights on", poll=0.05)
+            for r in rows:
+                assert r.find_element(By.CSS_SELECTOR, ".bar > span").text.endswith("%")
+                assert 0.0 <= float(r.find_element(By.CSS_SELECTOR, ".score").text) <= 1.0
+            # The LiDAR stops: its light goes out and its status says degraded, with the reason.
+            lidar = station.find_element(By.CSS_SELECTOR, 'tr[data-modality="lidar"]')
+            _wait(lambda: lidar.get_attribute("data-status") == "degraded", 15, "the LiDAR fault on the page")
+            _wait(lambda: "missing" in lidar.find_element(By.CSS_SELECTOR, ".status").text
+                  or "stale" in lidar.find_element(By.CSS_SELECTOR, ".status").text, 5, "the reason of the fault")
+            assert "on" not in lidar.find_element(By.CSS_SELECTOR, ".light").get_attribute("class")
+            rgb = station.find_element(By.CSS_SELECTOR, 'tr[data-modality="rgb"]')
+            assert "on" in rgb.find_element(By.CSS_SELECTOR, ".light").get_attribute("class")
+            stats = driver.execute_script("return window.viewerStats")
+            assert stats["frames"] >= 10
+            # The 3D view drew something, and the page is not blank.
+            shot = tmp_path / "viewer.png"
+            assert driver.save_screenshot(str(shot))
+            canvas = station.find_element(By.CSS_SELECTOR, ".scene canvas")
+            r = canvas.rect
+            box = (int(r["x"]), int(r["y"]), int(r["x"] + r["width"]), int(r["y"] + r["height"]))
+            assert pixel_std(shot) > 5.0
+            assert pixel_std(shot, box) > 1.0, "the 3D scene is blank"
+        finally:
+            driver.quit()
+        sender.join(timeout=30)
+    assert "stats" in result and result["stats"].sent["rgb"] == REPLAY_FRAMES
