@@ -52,16 +52,10 @@ from scipy import signal
 from sensors import schema
 
 J = schema.JOINT_INDEX
-ANGLE_NAMES: tuple[str, ...] = ("knee_flexion", "hip_flexion", "hip_abduction", "elbow_flexion",
-                                "shoulder_flexion", "shoulder_abduction", "trunk_lean_sagittal",
-                                "trunk_lean_frontal")
-LIMB_ANGLES = ANGLE_NAMES[:6]
-TRUNK_ANGLES = ANGLE_NAMES[6:]
-SIDES: tuple[str, ...] = ("left", "right")
-NO_SIDE = "none"
+ANGLE_NAMES, LIMB_ANGLES, TRUNK_ANGLES = schema.ANGLE_NAMES, schema.LIMB_ANGLES, schema.TRUNK_ANGLES
+SIDES, NO_SIDE = schema.ANGLE_SIDES, schema.NO_SIDE
 # (angle, side) of every channel, in the order of the arrays this module returns.
-CHANNELS: tuple[tuple[str, str], ...] = (tuple((a, s) for a in LIMB_ANGLES for s in SIDES)
-                                         + tuple((a, NO_SIDE) for a in TRUNK_ANGLES))
+CHANNELS: tuple[tuple[str, str], ...] = schema.ANGLE_CHANNELS
 CHANNEL_INDEX: dict[tuple[str, str], int] = {c: i for i, c in enumerate(CHANNELS)}
 N_CHANNELS = len(CHANNELS)
 WORLD_UP = np.array([0.0, -1.0, 0.0])   # camera y points down

@@ -19,6 +19,7 @@ import yaml
 from runtime.contributions import ContributionConfig
 from runtime.degradation import DegradationConfig
 from runtime.health import HealthConfig
+from runtime.rehab import RehabConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 CLOCK_MODES = ("wall", "data")
@@ -159,6 +160,7 @@ class RuntimeConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    rehab: RehabConfig = field(default_factory=RehabConfig)
     station: str = "station0"
 
     def __post_init__(self):

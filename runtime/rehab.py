@@ -114,19 +114,28 @@ class RehabMonitor:
         self._requests: deque[tuple[int, str, str | None]] = deque(maxlen=64)
         self.segments: deque[Segment] = deque(maxlen=MAX_SEGMENTS)
         self._wanted: tuple[str, str | None] = (config.exercise, None)
+        self._applied_ns = -(2 ** 63)
         self._counters: dict[str, RepetitionCounter] = {}
         self.last_rom: float | None = None
 
     # ------------------------------------------------------------------ exercise
     def request(self, t_ns: int, exercise: str | None, session: str | None = None) -> None:
-        """A client said: from capture time ``t_ns`` on, the exercise is ``exercise`` (session id optional)."""
-        code = str(exercise or "").strip().upper()
-        item = (int(t_ns), code, None if session is None else str(session)[:128])
-        if self._requests and self._requests[-1][1:] == item[1:]:
+        """A client said: from capture time ``t_ns`` on, the exercise is ``exercise`` (session id
+        optional). Repeats of the value in effect at ``t_ns`` and fields older than the last tick
+        (a late message) change nothing."""
+        code = str(exercise or "").strip().upper()[:16]
+        item = (code, None if session is None else str(session)[:128])
+        t_ns = int(t_ns)
+        if t_ns < self._applied_ns:
             return
-        self._requests.append(item)
+        earlier = [r for r in self._requests if r[0] <= t_ns]
+        if (earlier[-1][1:] if earlier else self._wanted) == item:
+            return
+        self._requests.append((t_ns, *item))
+        self._requests = deque(sorted(self._requests), maxlen=self._requests.maxlen)
 
     def _apply_requests(self, tick_ns: int) -> None:
+        self._applied_ns = max(self._applied_ns, tick_ns)
         while self._requests and self._requests[0][0] <= tick_ns:
             _, code, session = self._requests.popleft()
             self._wanted = (code, session)

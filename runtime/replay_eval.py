@@ -201,8 +201,10 @@ def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None) -> Runtime
 def run_replay(model_path: str, data_root: str, protocol: str, split: str, subset: str = "test",
                rate: float = 0.0, faults: list[str] | None = None, cfg: RuntimeConfig | None = None,
                clock: str | None = None, max_frames: int | None = None, sequences: list[str] | None = None,
-               seed: int = 0) -> dict:
-    """Serve ``model_path`` in-process, replay the dataset into it over ZeroMQ, return the report."""
+               seed: int = 0, rehab_report: str | None = None) -> dict:
+    """Serve ``model_path`` in-process, replay the dataset into it over ZeroMQ, return the report.
+
+    rehab_report: also write the rehabilitation report (runtime.report) of the pose stream there."""
     cfg = replay_config(cfg or RuntimeConfig(), rate, clock)
     parsed = [parse_fault(f) for f in faults or []]
     model = load_model(cfg, model_path)
@@ -231,6 +233,15 @@ def run_replay(model_path: str, data_root: str, protocol: str, split: str, subse
     report = build_report(collector.poses, stats, rt, cfg, wall, data_root, protocol, split, subset, rate, model_path,
                           fault_windows)
     report["pose_stream_invalid"] = collector.invalid
+    if rehab_report:
+        from runtime.report import records_from_poses, write_report  # matplotlib only when asked
+
+        data = write_report(records_from_poses(collector.poses), rehab_report,
+                            source=f"runtime replay of {data_root} ({protocol}/{split}/{subset})")
+        report["rehab"] = {"report": str(rehab_report), "total_repetitions": data["total_repetitions"],
+                           "low_confidence_repetitions": data["low_confidence_repetitions"],
+                           "segments": [{k: v for k, v in s.items() if k != "repetitions"} for s in data["segments"]],
+                           "mirror_symmetry": data["mirror_symmetry"]}
     return report
 
 
@@ -312,6 +323,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequences", nargs="*", default=None, metavar="E01/S01/A02", help="replay these sequences")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
     p.add_argument("--report", default=None, metavar="FILE", help="write the report as JSON")
+    p.add_argument("--rehab-report", default=None, metavar="FILE.html",
+                   help="also write the rehabilitation session report (angles, repetitions, trust) of the replay")
     add_config_arguments(p)
 
 
@@ -320,11 +333,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,
                             cfg, clock=args.clock, max_frames=args.max_frames, sequences=args.sequences,
-                            seed=args.seed)
-    except (ValueError, FileNotFoundError, ModelError, ReplayError) as err:   # MMFiFormatError is a ValueError
+                            seed=args.seed, rehab_report=args.rehab_report)
+    except (ValueError, FileNotFoundError, ModelError, ReplayError, RuntimeError) as err:   # MMFiFormatError is a ValueError
         log.error("%s", err)
         return 2
     print(format_report(report))
+    if "rehab" in report:
+        from runtime.report import format_summary
+
+        print("\n" + format_summary(report["rehab"]) + f"\nrehabilitation report: {report['rehab']['report']}")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2))
