@@ -4,8 +4,10 @@
    `sensors inspect`);
 2. train a small fused model with AWC balancing (`training fit`) and export it to ONNX
    (`training export`);
-3. serve it (`runtime serve --console`), replay the test split into it over ZeroMQ in real time
-   with a LiDAR failure injected half way, and show live poses, contributions and degradation;
+3. serve it (`runtime serve --console`) with CurveZMQ on the sensor and pose sockets (a key
+   directory made on the fly in the run folder: `runtime keys init/add`), replay the test split
+   into it over ZeroMQ in real time with the replay's own client key, a LiDAR failure injected
+   half way, and show live poses, contributions and degradation;
 4. show the Prometheus metrics the runtime exports;
 5. validate the model offline through the real pipeline (`runtime replay`).
 
@@ -86,10 +88,16 @@ def main() -> int:
     run("training", "export", "--checkpoint", str(ckpt), "--out", str(model))
     run("runtime", "info", "--model", str(model))
 
-    banner(f"3. serve it and replay the test split into it ({REPLAY_S:.0f} s, LiDAR stops half way)")
+    banner(f"3. serve it with CurveZMQ and replay the test split into it ({REPLAY_S:.0f} s, LiDAR stops half way)")
+    keydir = RUN / "keys"
+    if not (keydir / "server.key_secret").exists():
+        run("runtime", "keys", "init", str(keydir))
+        run("runtime", "keys", "add", str(keydir), "replay", "--role", "sensor")
+        run("runtime", "keys", "add", str(keydir), "viewer", "--role", "viewer")
+    run("runtime", "keys", "list", str(keydir))
     serve_cmd = [PY, "-m", "runtime", "serve", "--model", str(model), "--console",
                  "--input", INPUT, "--output", OUTPUT, "--metrics-port", str(METRICS_PORT),
-                 "--record", str(RUN / "poses.jsonl")]
+                 "--record", str(RUN / "poses.jsonl"), "--keys", str(keydir)]
     print("$ " + " ".join(["python", "-m", *serve_cmd[2:]]), flush=True)
     serve = subprocess.Popen(serve_cmd)
     metrics_url = f"http://127.0.0.1:{METRICS_PORT}"
@@ -98,7 +106,8 @@ def main() -> int:
         frames = int(REPLAY_S * 10)
         replay_args = ["sensors", "replay", "--data", str(DATA), "--protocol", "P1", "--split", "S1",
                        "--subset", "test", "--connect", INPUT, "--rate", "1.0", "--max-frames", str(frames),
-                       "--fault", f"lidar:stop@{REPLAY_S / 2:.0f}", "--no-progress"]
+                       "--fault", f"lidar:stop@{REPLAY_S / 2:.0f}", "--no-progress",
+                       "--keys", str(keydir), "--key-name", "replay"]
         print("$ python -m " + " ".join(map(shlex.quote, replay_args)), flush=True)
         replay = subprocess.Popen([PY, "-m", *replay_args])
         # Read the metrics while the sensors still stream (after the LiDAR stopped): once the

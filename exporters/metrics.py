@@ -35,7 +35,7 @@ prometheus_client.disable_created_metrics()
 # Closed label sets.
 MODALITY_LABELS: tuple[str, ...] = schema.MODALITIES
 DROP_REASONS: tuple[str, ...] = schema.DROP_REASONS
-TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "dropped")
+TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid", "dropped")
 TRAINING_DATA: tuple[str, ...] = ("synthetic", "real", "unknown")
 STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
                            "rehab", "publish")

@@ -1,15 +1,25 @@
-"""Recorders of the pose stream: JSONL or NPZ, chosen by the file suffix.
+"""Recorders of the pose stream: JSONL or NPZ, chosen by the file suffix. Never truncate.
 
 A record is a flat dict of one tick: scalars and numpy arrays (``joints`` [17,3], ``presence`` [4],
-``shapley`` [4], ...). Writers are chosen from ``RECORDERS`` by suffix:
+``shapley`` [4], ...). Writers are chosen from ``RECORDERS`` by suffix.
 
-* ``.jsonl``: one JSON object per tick, arrays as nested lists, flushed after every line, so a
-  killed process loses at most the line being written.
-* ``.npz``: ticks are held in memory (bounded by ``max_ticks`` and ``max_mb``; later ticks are
-  counted as ``skipped`` and not stored) and written at ``close()`` to a temporary file renamed into place,
-  one array per key stacked over ticks ([T, ...]). Records may carry different keys (e.g. ``gt``
-  only on some ticks): a key missing at a tick is stored as NaN (float) or 0 and a boolean
-  ``has_<key>`` [T] says where it was set. The runtime closes the recorder on SIGINT/SIGTERM.
+Flush policy (what a crash can lose):
+
+* ``.jsonl``: one JSON object per tick, **appended** to the file (a restart with the same path
+  adds to it). Every line is written to the OS at once (a killed process loses at most the line
+  being written); the file is fsync'ed at least every ``flush_s`` (1 s), so a power cut loses at
+  most the last second. With ``rotate_mb`` > 0 a file that grows beyond it is renamed to
+  ``NAME.<UTC time>.jsonl`` and a new one started.
+* ``.npz``: ticks go into chunk files ``NAME.npz.parts/part-NNNNNN.npz``, one written (temporary
+  file, fsync, atomic rename) at least every ``flush_s``: after ``kill -9`` every part already
+  written is a complete, readable NPZ and only the last second is lost. ``close()`` merges the
+  parts into ``NAME.npz`` (atomic rename) and removes them. An existing ``NAME.npz`` is never
+  overwritten: it is first rotated to ``NAME.<UTC time>.npz``; parts left by a crash are merged
+  into such a rotated file when the recorder opens (``recover_parts``, also usable by hand). The
+  merged file holds one array per key stacked over ticks ([T, ...]); records may carry different
+  keys (e.g. ``gt`` only on some ticks): a missing entry is NaN (float) or 0 and a boolean
+  ``has_<key>`` [T] says where it was set. Bounded by ``max_ticks`` and ``max_mb`` (later ticks
+  are counted as ``skipped``, not stored).
 """
 
 from __future__ import annotations
@@ -17,11 +27,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+FLUSH_S = 1.0   # a crash loses at most this much of the recording
 
 
 def _jsonable(value):
@@ -36,17 +49,55 @@ def _jsonable(value):
     return value
 
 
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def rotated_name(path: Path) -> Path:
+    """``NAME.<UTC time>.SUFFIX`` beside ``path``, not yet taken."""
+    base = path.with_name(f"{path.stem}.{_stamp()}{path.suffix}")
+    candidate, n = base, 1
+    while candidate.exists():
+        candidate = base.with_name(f"{path.stem}.{_stamp()}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class JsonlRecorder:
-    def __init__(self, path: str | Path, **_):
+    def __init__(self, path: str | Path, flush_s: float = FLUSH_S, rotate_mb: float = 0.0, **_):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.flush_s, self.rotate_bytes = float(flush_s), int(rotate_mb * 1e6)
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close(); append: never truncate
+        self._synced = time.monotonic()
         self.written = 0
+        self.rotated: list[Path] = []
 
     def write(self, record: dict) -> None:
         self._f.write(json.dumps(_jsonable(record), allow_nan=True) + "\n")
         self._f.flush()
         self.written += 1
+        if time.monotonic() - self._synced >= self.flush_s:
+            os.fsync(self._f.fileno())
+            self._synced = time.monotonic()
+        if self.rotate_bytes and self._f.tell() >= self.rotate_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self.close()
+        target = rotated_name(self.path)
+        os.replace(self.path, target)
+        self.rotated.append(target)
+        log.info("recording rotated to %s", target)
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def close(self) -> None:
         if not self._f.closed:
@@ -55,14 +106,71 @@ class JsonlRecorder:
             self._f.close()
 
 
+def parts_dir(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".parts")
+
+
+def load_parts(folder: str | Path) -> list[dict]:
+    """Per-tick records from the readable part files of ``folder`` (a part being written when the
+    process died is a ``.tmp`` file and is skipped)."""
+    records: list[dict] = []
+    for part in sorted(Path(folder).glob("part-*.npz")):
+        with np.load(part) as data:
+            arrays = {k: data[k] for k in data.files}
+        n = int(arrays.pop("ticks_in_part"))
+        has = {k[4:]: arrays.pop(k) for k in list(arrays) if k.startswith("has_")}
+        for i in range(n):
+            records.append({k: v[i] for k, v in arrays.items() if k not in has or has[k][i]})
+    return records
+
+
+def recover_parts(path: str | Path) -> Path | None:
+    """Merge the parts a crashed recorder left for ``path`` into a rotated NPZ; returns it (or None)."""
+    folder = parts_dir(path)
+    if not folder.is_dir():
+        return None
+    records = load_parts(folder)
+    target = None
+    if records:
+        target = rotated_name(Path(path))
+        _write_npz(target, stack_records(records), skipped=0)
+        log.warning("recovered %d ticks of an interrupted recording into %s", len(records), target)
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    return target
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray], skipped: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays, skipped_ticks=np.asarray(skipped))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 class NpzRecorder:
-    def __init__(self, path: str | Path, max_ticks: int = 100_000, max_mb: float = 512.0, **_):
+    def __init__(self, path: str | Path, max_ticks: int = 100_000, max_mb: float = 512.0,
+                 flush_s: float = FLUSH_S, **_):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.max_ticks = max_ticks
-        self.max_bytes = int(max_mb * 1e6)
+        self.recovered = recover_parts(self.path)
+        self.rotated: Path | None = None
+        if self.path.exists():
+            self.rotated = rotated_name(self.path)
+            os.replace(self.path, self.rotated)
+            log.info("existing recording %s kept as %s", self.path, self.rotated)
+        self.parts = parts_dir(self.path)
+        self.parts.mkdir()
+        self.max_ticks, self.max_bytes, self.flush_s = max_ticks, int(max_mb * 1e6), float(flush_s)
         self._bytes = 0
-        self._records: list[dict] = []
+        self._pending: list[dict] = []
+        self._stored = 0
+        self._n_parts = 0
+        self._flushed = time.monotonic()
         self.skipped = 0
         self.written = 0
         self._closed = False
@@ -70,27 +178,47 @@ class NpzRecorder:
     def write(self, record: dict) -> None:
         arrays = {k: np.asarray(v) for k, v in record.items()}
         size = sum(a.nbytes for a in arrays.values())
-        if len(self._records) >= self.max_ticks or self._bytes + size > self.max_bytes:
+        if self._stored >= self.max_ticks or self._bytes + size > self.max_bytes:
             if self.skipped == 0:
                 log.warning("NPZ recorder %s is full (%d ticks, %.0f MB; bounds %d ticks, %.0f MB): later ticks "
-                            "are not recorded", self.path, len(self._records), self._bytes / 1e6, self.max_ticks,
+                            "are not recorded", self.path, self._stored, self._bytes / 1e6, self.max_ticks,
                             self.max_bytes / 1e6)
             self.skipped += 1
             return
-        self._records.append(arrays)
+        self._pending.append(arrays)
+        self._stored += 1
         self._bytes += size
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending ticks as one part file (complete and readable once renamed)."""
+        self._flushed = time.monotonic()
+        if not self._pending:
+            return
+        arrays = stack_records(self._pending)
+        arrays["ticks_in_part"] = np.asarray(len(self._pending))
+        part = self.parts / f"part-{self._n_parts:06d}.npz"
+        tmp = part.with_name(part.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, part)
+        self._n_parts += 1
+        self._pending = []
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        arrays = stack_records(self._records)
-        arrays["skipped_ticks"] = np.asarray(self.skipped)
-        tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.path)
-        self.written = len(self._records)
-        self._records = []
+        self.flush()
+        records = load_parts(self.parts)
+        _write_npz(self.path, stack_records(records), self.skipped)
+        for f in self.parts.iterdir():
+            f.unlink()
+        self.parts.rmdir()
+        self.written = len(records)
 
 
 def stack_records(records: list[dict]) -> dict[str, np.ndarray]:
@@ -98,13 +226,14 @@ def stack_records(records: list[dict]) -> dict[str, np.ndarray]:
     keys: dict[str, np.ndarray] = {}
     for r in records:
         for k, v in r.items():
-            keys.setdefault(k, v)
+            keys.setdefault(k, np.asarray(v))
     out: dict[str, np.ndarray] = {}
     for k, example in keys.items():
         fill = np.nan if np.issubdtype(example.dtype, np.floating) else 0
         rows, has = [], []
         for r in records:
             v = r.get(k)
+            v = None if v is None else np.asarray(v)
             ok = v is not None and v.shape == example.shape
             has.append(ok)
             rows.append(v if ok else np.full(example.shape, fill, dtype=example.dtype))
@@ -117,9 +246,10 @@ def stack_records(records: list[dict]) -> dict[str, np.ndarray]:
 RECORDERS = {".jsonl": JsonlRecorder, ".npz": NpzRecorder}
 
 
-def open_recorder(path: str | Path, max_ticks: int = 100_000, max_mb: float = 512.0):
+def open_recorder(path: str | Path, max_ticks: int = 100_000, max_mb: float = 512.0, flush_s: float = FLUSH_S,
+                  rotate_mb: float = 0.0):
     """The recorder for ``path``'s suffix (``.jsonl`` or ``.npz``)."""
     suffix = Path(path).suffix
     if suffix not in RECORDERS:
         raise ValueError(f"recorder path {path}: expected a suffix in {sorted(RECORDERS)}, got {suffix!r}")
-    return RECORDERS[suffix](path, max_ticks=max_ticks, max_mb=max_mb)
+    return RECORDERS[suffix](path, max_ticks=max_ticks, max_mb=max_mb, flush_s=flush_s, rotate_mb=rotate_mb)

@@ -20,10 +20,10 @@ ticks/s; RSS <= 500 MB and flat.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,7 +38,9 @@ from runtime.loop import Loop
 from runtime.model import PoseModel
 from runtime.outputs import MetricsOutput, Outputs
 from runtime.pipeline import Pipeline
+from sensors import keys as keyfiles
 from sensors import schema, wire
+from sensors.cli_util import add_report_arguments, add_set_argument, emit_report
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +131,10 @@ def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0,
     return {"ticks": k, "fused": int(fused), "seconds": round(elapsed, 2), "ticks_per_s": round(k / elapsed, 1)}
 
 
-def bench_end_to_end(model: PoseModel, cfg: RuntimeConfig, duration_s: float = 20.0, seed: int = 2) -> dict:
-    """Real sockets at 10 Hz: sensor PUB -> runtime -> pose SUB; latency and RSS over the run."""
+def bench_end_to_end(model: PoseModel, cfg: RuntimeConfig, duration_s: float = 20.0, seed: int = 2,
+                     keys_dir: str | None = None) -> dict:
+    """Real sockets at 10 Hz: sensor PUB -> runtime -> pose SUB; latency and RSS over the run.
+    With ``keys_dir`` (clients ``bench`` and ``viewer``) both sockets run CurveZMQ."""
     from runtime.serve import Runtime  # the full runtime, as `runtime serve` builds it
 
     ctx = zmq.Context()
@@ -139,8 +143,12 @@ def bench_end_to_end(model: PoseModel, cfg: RuntimeConfig, duration_s: float = 2
     loop = threading.Thread(target=rt.run, name="awc-loop", daemon=True)
     loop.start()
     sensor = ctx.socket(zmq.PUB)
-    sensor.connect(cfg.inputs.endpoints[0])
     poses = ctx.socket(zmq.SUB)
+    if keys_dir:
+        server = Path(keys_dir) / "server.key"
+        keyfiles.CurveClient.load(Path(keys_dir) / "clients" / "bench.key_secret", server).apply(sensor)
+        keyfiles.CurveClient.load(Path(keys_dir) / "clients" / "viewer.key_secret", server).apply(poses)
+    sensor.connect(cfg.inputs.endpoints[0])
     poses.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
     poses.connect(cfg.output.endpoint)
     rng = np.random.default_rng(seed)
@@ -184,11 +192,35 @@ def bench_config(overrides: list[str] | None = None) -> RuntimeConfig:
     """Default config on free loopback ports, metrics port chosen by the OS."""
     base = [f"inputs.endpoints=[tcp://127.0.0.1:{free_loopback_port()}]", f"output.endpoint=tcp://127.0.0.1:{free_loopback_port()}",
             "metrics.port=0"]
+    if not any(o.startswith("security.") for o in overrides or []):
+        base.append("security.plaintext=true")   # loopback only; bench_curve_cost measures CurveZMQ
     return RuntimeConfig.load(None, base + list(overrides or []))
 
 
+def bench_curve_cost(model: PoseModel, cfg: RuntimeConfig, duration_s: float) -> dict:
+    """End to end at 10 Hz twice, plaintext then CurveZMQ on both sockets: the latency cost of security."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="awc-bench-keys-") as tmp:
+        kd = Path(tmp) / "keys"
+        keyfiles.init(kd)
+        keyfiles.add(kd, "bench", "sensor")
+        keyfiles.add(kd, "viewer", "viewer")
+        for name, overrides, kdir in (("plaintext", ["security.plaintext=true"], None),
+                                      ("curve", [f"security.keys_dir={kd}"], str(kd))):
+            c = bench_config([*_plain_overrides(cfg), *overrides])
+            r = bench_end_to_end(model, c, duration_s, keys_dir=kdir)
+            out[name] = {k: r[k] for k in ("p50_ms", "p99_ms", "frames_sent", "poses_received")}
+    out["p50_cost_ms"] = round(out["curve"]["p50_ms"] - out["plaintext"]["p50_ms"], 3)
+    out["p99_cost_ms"] = round(out["curve"]["p99_ms"] - out["plaintext"]["p99_ms"], 3)
+    return out
+
+
+def _plain_overrides(cfg: RuntimeConfig) -> list[str]:
+    return [f"inference.intra_op_threads={cfg.inference.intra_op_threads}"]
+
+
 def run_bench(model_path: str, duration_s: float = 20.0, stage_ticks: int = 500, throughput_s: float = 5.0,
-              threads: int = 2, overrides: list[str] | None = None) -> dict:
+              threads: int = 2, overrides: list[str] | None = None, curve_s: float = 0.0) -> dict:
     cfg = bench_config([f"inference.intra_op_threads={threads}", *(overrides or [])])
     model = PoseModel.load(model_path, provider=cfg.inference.provider, intra_op_threads=threads)
     report = {"model": str(model_path), "provider": model.provider, "threads": threads,
@@ -197,6 +229,8 @@ def run_bench(model_path: str, duration_s: float = 20.0, stage_ticks: int = 500,
     report["stages"] = bench_stages(model, cfg, stage_ticks)
     report["throughput"] = bench_throughput(model, cfg, throughput_s)
     report["end_to_end_10hz"] = bench_end_to_end(model, cfg, duration_s)
+    if curve_s > 0:
+        report["curve_cost"] = bench_curve_cost(model, cfg, curve_s)
     e2e, rss = report["end_to_end_10hz"], report["end_to_end_10hz"]["rss_mb"]
     report["meets"] = {"p99_end_to_end_ms": e2e["p99_ms"] <= TARGETS["p99_end_to_end_ms"],
                        "ticks_per_s": report["throughput"]["ticks_per_s"] >= TARGETS["ticks_per_s"],
@@ -216,6 +250,12 @@ def format_report(r: dict) -> str:
               f"RSS                       start {e['rss_mb']['start']} MB, end {e['rss_mb']['end']} MB, max "
               f"{e['rss_mb']['max']} MB, growth after warm-up {e['rss_mb']['growth_after_warmup_mb']} MB "
               f"(target <= {TARGETS['rss_mb']:.0f} MB, flat)"]
+    if "curve_cost" in r:
+        c = r["curve_cost"]
+        lines += ["", "CurveZMQ cost, end to end at 10 Hz (sensor PUB -> runtime -> pose SUB, both sockets secured):",
+                  f"  plaintext  p50 {c['plaintext']['p50_ms']:.2f} ms  p99 {c['plaintext']['p99_ms']:.2f} ms",
+                  f"  CurveZMQ   p50 {c['curve']['p50_ms']:.2f} ms  p99 {c['curve']['p99_ms']:.2f} ms",
+                  f"  cost       p50 {c['p50_cost_ms']:+.2f} ms  p99 {c['p99_cost_ms']:+.2f} ms"]
     return "\n".join(lines)
 
 
@@ -226,8 +266,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage-ticks", type=int, default=500, help="ticks for the per-stage latency figures")
     p.add_argument("--throughput-s", type=float, default=5.0, help="seconds of back-to-back ticks")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
+    p.add_argument("--curve-s", type=float, default=0.0, metavar="S",
+                   help="also measure the CurveZMQ cost: S seconds end to end plaintext, then S with CurveZMQ")
+    add_set_argument(p, "sync.rate_hz=20")
+    add_report_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,9 +277,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("model %s not found: pass --model awc.onnx (e.g. from `make demo`, or `training export "
                   "--checkpoint RUN/best.pt --out awc.onnx`)", args.model)
         return 2
-    report = run_bench(args.model, args.duration, args.stage_ticks, args.throughput_s, args.threads, args.set)
-    print(format_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        log.info("wrote %s", args.json)
+    report = run_bench(args.model, args.duration, args.stage_ticks, args.throughput_s, args.threads, args.set,
+                       curve_s=args.curve_s)
+    emit_report(args, report, format_report(report))
     return 0

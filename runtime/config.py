@@ -1,15 +1,16 @@
-"""Typed runtime configuration: YAML file + ``section.key=value`` overrides, validated on build.
+"""Typed runtime configuration: the dataclasses below (their defaults are THE defaults), loaded by
+the shared config layer ``sensors.settings``: YAML file + ``AWC_RUNTIME_SECTION__KEY`` environment
+variables + ``--set section.key=value`` overrides, each key and value checked.
 
-``RuntimeConfig.load(path, overrides)`` reads ``runtime/configs/default.yaml``, merges ``path``
-over it (a file only needs the keys it changes),
-applies overrides such as ``sync.rate_hz=20`` or ``inputs.endpoints=[tcp://10.0.0.2:5555]``
-(values parsed as YAML), and builds the nested dataclasses, each of which validates itself.
-``to_dict()`` gives the resolved config to log and to save next to a recording.
+``RuntimeConfig.load(path, overrides)`` builds the config; ``runtime config show`` lists every key
+with its type and default. ``runtime/configs/default.yaml`` is the annotated reference file (a
+test keeps it equal to the defaults). ``to_dict()`` gives the resolved config to log and to save
+next to a recording.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,11 @@ from runtime.contributions import ContributionConfig
 from runtime.degradation import DegradationConfig
 from runtime.health import HealthConfig
 from runtime.rehab import RehabConfig
+from runtime.sync import SyncConfig
+from sensors import settings
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
+ENV_PREFIX = "AWC_RUNTIME_"
 CLOCK_MODES = ("wall", "data")
 PROVIDERS = ("auto", "cpu", "cuda")
 
@@ -45,8 +49,11 @@ class InputConfig:
     endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5555",)
     bind: bool = True
     queue_size: int = 1024   # decoded messages waiting for the tick loop
+    max_clock_offset_s: float = 2.0   # wall clock: capture times further off are dropped (reason clock)
 
     def __post_init__(self):
+        if not self.max_clock_offset_s > 0:
+            raise ValueError(f"inputs.max_clock_offset_s must be > 0 s, got {self.max_clock_offset_s}")
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
         if not self.endpoints:
             raise ValueError("inputs.endpoints: need at least one endpoint")
@@ -78,8 +85,12 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9108          # 0 = any free port
     ready_max_tick_age_s: float = 2.0   # /readyz fails when no tick ran for this long
+    workers: int = 4          # HTTP worker threads (bounded; more connections wait, then are refused)
+    web_config: str = ""      # Prometheus-style web config: TLS and basic auth (docs/security.md)
 
     def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"metrics.workers must be >= 1, got {self.workers}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"metrics.port must be in 0..65535, got {self.port}")
         if self.ready_max_tick_age_s <= 0:
@@ -87,32 +98,32 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
-class SyncSettings:
-    """Passed to ``runtime.sync.SyncConfig``; see docs/runtime.md."""
+class SyncSettings(SyncConfig):
+    """``runtime.sync.SyncConfig`` (rate, tolerance, maximum age, WiFi window, buffer) plus the
+    clock that drives the ticks; see docs/runtime.md."""
 
-    rate_hz: float = 10.0
-    tolerance_s: float = 0.05
-    max_age_s: float = 0.3
-    wifi_window_s: float = 0.1
-    buffer_len: int = 64
     clock: str = "wall"        # wall: real time; data: ticks follow capture times (fast replay)
     delay_s: float = 0.01      # a tick runs this long after its time (late messages); data clock: >= tolerance
     phase_lock: bool = True    # wall clock: tick grid on the capture phase of the first camera/LiDAR/radar message
     data_flush_s: float = 0.5  # data clock: with no message for this long, run the last due tick
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        super().validate()
         if not 0 < self.rate_hz <= 1000:
             raise ValueError(f"sync.rate_hz must be in (0, 1000], got {self.rate_hz}")
-        if not 0 <= self.tolerance_s < self.max_age_s:
-            raise ValueError(f"sync needs 0 <= tolerance_s < max_age_s, got {self.tolerance_s}, {self.max_age_s}")
-        if self.wifi_window_s <= 0 or self.buffer_len < 2:
-            raise ValueError(f"sync.wifi_window_s must be > 0 and buffer_len >= 2, got {self.wifi_window_s}, "
-                             f"{self.buffer_len}")
+        if not self.tolerance_s < _max_age(self.max_age_s):
+            raise ValueError(f"sync needs tolerance_s < max_age_s, got {self.tolerance_s}, {self.max_age_s}")
+        if self.buffer_len < 2:
+            raise ValueError(f"sync.buffer_len must be >= 2, got {self.buffer_len}")
         if not 0 <= self.delay_s < 1 / self.rate_hz or self.data_flush_s <= 0:
             raise ValueError(f"sync.delay_s must be in [0, 1/rate_hz) and data_flush_s > 0, got {self.delay_s}, "
                              f"{self.data_flush_s}")
         if self.clock not in CLOCK_MODES:
             raise ValueError(f"sync.clock must be one of {CLOCK_MODES}, got {self.clock!r}")
+
+
+def _max_age(max_age_s: float | dict) -> float:
+    return max(max_age_s.values(), default=0.3) if isinstance(max_age_s, dict) else max_age_s
 
 
 @dataclass(frozen=True)
@@ -137,8 +148,12 @@ class RecorderConfig:
     record_inputs: bool = False
     npz_max_ticks: int = 100_000   # NPZ keeps ticks in memory until close: bounded in ticks ...
     npz_max_mb: float = 512.0      # ... and in memory (record_inputs costs ~35 kB per tick)
+    flush_s: float = 1.0           # a crash loses at most this much (JSONL fsync, NPZ part files)
+    rotate_mb: float = 0.0         # JSONL: start a new file beyond this size (0 = never)
 
     def __post_init__(self):
+        if not (self.flush_s >= 0 and self.rotate_mb >= 0):
+            raise ValueError(f"recorder.flush_s and rotate_mb must be >= 0, got {self.flush_s}, {self.rotate_mb}")
         if self.path and Path(self.path).suffix not in (".jsonl", ".npz"):
             raise ValueError(f"recorder.path must end in .jsonl or .npz, got {self.path!r}")
         if self.record_inputs and self.path and not self.path.endswith(".npz"):
@@ -147,6 +162,21 @@ class RecorderConfig:
         if self.npz_max_ticks < 1 or self.npz_max_mb <= 0:
             raise ValueError(f"recorder.npz_max_ticks must be >= 1 and npz_max_mb > 0, got {self.npz_max_ticks}, "
                              f"{self.npz_max_mb}")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """CurveZMQ on the sensor ingest and the pose stream (docs/security.md). One of the two must be
+    chosen: ``keys_dir`` (``runtime keys init DIR``), or ``plaintext`` explicitly, which is then
+    refused on non-loopback endpoints unless ``force_plaintext``."""
+
+    keys_dir: str = ""
+    plaintext: bool = False
+    force_plaintext: bool = False
+
+    def __post_init__(self):
+        if self.keys_dir and self.plaintext:
+            raise ValueError("security: keys_dir and plaintext exclude each other; choose one")
 
 
 @dataclass(frozen=True)
@@ -161,38 +191,40 @@ class RuntimeConfig:
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     rehab: RehabConfig = field(default_factory=RehabConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     station: str = "station0"
 
     def __post_init__(self):
-        # Staleness is judged against the sync's own tolerance and maximum age.
-        health = dataclasses.replace(self.health, tolerance_s=self.sync.tolerance_s, max_age_s=self.sync.max_age_s)
-        object.__setattr__(self, "health", health)
         if not isinstance(self.station, str) or not self.station:
             raise ValueError(f"station must be a non-empty name, got {self.station!r}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> RuntimeConfig:
-        kwargs = {}
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for key, value in (data or {}).items():
-            if key not in known:
-                raise ValueError(f"unknown config section {key!r}: expected one of {sorted(known)}")
-            kwargs[key] = _build(known[key], key, value)
-        return cls(**kwargs)
+    def from_dict(cls, data: dict | None, source: str = "config") -> RuntimeConfig:
+        """Build from nested plain data. Staleness (``health.tolerance_s``, ``health.max_age_s``)
+        follows the sync's tolerance and maximum age unless set explicitly."""
+        data = settings.deep_merge({}, data or {})
+        sync, health = data.get("sync") or {}, data.setdefault("health", {})
+        if isinstance(sync, dict) and isinstance(health, dict):
+            defaults = SyncSettings()
+            health.setdefault("tolerance_s", sync.get("tolerance_s", defaults.tolerance_s))
+            max_age = sync.get("max_age_s", defaults.max_age_s)
+            health.setdefault("max_age_s", max_age if not isinstance(max_age, dict) else _max_age(max_age))
+        return settings.build(cls, data, source=source)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> RuntimeConfig:
-        """The packaged default.yaml, deep-merged with ``path`` (a file of overrides), then the
-        ``section.key=value`` overrides."""
-        data = _read_yaml(DEFAULT_CONFIG)
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+             environ: dict[str, str] | None = None) -> RuntimeConfig:
+        """Defaults <- YAML ``path`` (only the keys it changes) <- ``AWC_RUNTIME_SECTION__KEY``
+        environment variables <- ``section.key=value`` overrides."""
+        data: dict = {}
         if path:
-            _deep_merge(data, _read_yaml(Path(path)))
-        for item in overrides or []:
-            apply_override(data, item)
-        return cls.from_dict(data)
+            settings.deep_merge(data, settings.read_yaml(path, "runtime config"))
+        settings.apply_env(data, ENV_PREFIX, environ)
+        settings.apply_overrides(data, overrides)
+        return cls.from_dict(data, source=f"{path or 'defaults'}, {ENV_PREFIX}* environment or --set")
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return settings.to_plain(self)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -201,58 +233,22 @@ class RuntimeConfig:
         return path
 
 
-def _build(f: dataclasses.Field, key: str, value):
-    sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-    if sub is None or not dataclasses.is_dataclass(sub):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError(f"config section {key!r} must be a mapping, got {value!r}")
-    names = {g.name for g in dataclasses.fields(sub)}
-    unknown = set(value) - names
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in config section {key!r}: expected {sorted(names)}")
+# ---------------------------------------------------------------------- `runtime config show`
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sensors.cli_util import add_set_argument
+
+    p.add_argument("action", choices=("show",), help="show: every key, its type, default and resolved value")
+    p.add_argument("--config", default=None, help="YAML file of the keys to change")
+    add_set_argument(p, "sync.rate_hz=20")
+    p.add_argument("--yaml", action="store_true", help="print the resolved config as YAML instead")
+
+
+def run(args: argparse.Namespace) -> int:
     try:
-        return sub(**value)
-    except TypeError as e:
-        raise ValueError(f"config section {key!r}: {e}") from e
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"runtime config {path} not found: pass --config with a YAML file "
-                                f"(see runtime/configs/default.yaml)")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a YAML mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def _deep_merge(base: dict, top: dict) -> None:
-    """Merge ``top`` into ``base`` in place (mappings recursively, anything else replaced)."""
-    for k, v in top.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_merge(base[k], v)
-        else:
-            base[k] = v
-
-
-def apply_override(data: dict, item: str) -> None:
-    """Apply ``section.key=value`` (value parsed as YAML) to a nested dict in place."""
-    if "=" not in item:
-        raise ValueError(f"override {item!r}: expected section.key=value, e.g. sync.rate_hz=20")
-    dotted, raw = item.split("=", 1)
-    keys = dotted.strip().split(".")
-    node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {item!r}: {k!r} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
-
-
-def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
+        cfg = RuntimeConfig.load(args.config, args.set)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}")
+        return 2
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip() if args.yaml
+          else settings.format_keys(settings.describe(RuntimeConfig, cfg)))
+    return 0

@@ -1,16 +1,12 @@
-"""Synced tick -> model inputs (batch 1), through ``sensors.preprocess`` only.
+"""Synced tick -> model inputs (batch 1), by ``sensors.preprocess.frame_inputs``, the same rule
+the MM-Fi reader uses for training.
 
-Per modality (absent -> zero-filled input and presence 0, the same mask as a Shapley coalition):
-
-* rgb: the causal window of the last R ticks' keypoints (``preprocess.rgb_window``; ticks without
-  keypoints are edge-padded from their neighbours) -> [1, R, 17, 2];
-* lidar / mmwave: ``preprocess.sample_points`` to the model's caps -> [1, C, k] + mask [1, C];
-  mmWave columns are reordered to the model's ``mmwave_columns`` when they differ from the wire's;
-  an empty cloud (no detections, a normal radar frame) is present as a message but, as in
-  training, absent to the model (presence 0);
-* wifi: the CSI packets of the sync window (amplitude and phase [P, 3, 114]) resampled to 10
-  (``preprocess.resample_packets``), then cleaned and min-max normalised (``preprocess.wifi_input``)
-  -> [1, 3, 114, 20].
+What the runtime adds around it: the RGB keypoints of the last R ticks (the causal window; ticks
+without keypoints are edge-padded from their neighbours), mmWave columns reordered from the wire's
+to the model's ``mmwave_columns`` when they differ, and the CSI packets of the sync window
+([P, 3, 114], any P >= 1) resampled to one frame of 10 (``preprocess.resample_packets``).
+Absent modalities are zero-filled with presence 0 (the same mask as a Shapley coalition); an
+empty point cloud (no detections, a normal radar frame) arrived but is absent to the model.
 """
 
 from __future__ import annotations
@@ -64,29 +60,20 @@ class FeatureBuilder:
 
     def build(self, tick) -> TickFeatures:
         """tick: TickInputs (``samples``: modality -> SyncedSample | None, ``wifi_packets``)."""
-        presence = np.zeros(schema.N_MODALITIES, np.float32)
         rgb = tick.samples.get("rgb")
         self._rgb_history.append(None if rgb is None else np.asarray(rgb.arrays["kpts"], np.float32))
-        inputs = {"rgb": np.zeros((1, self.rgb_window, schema.N_KEYPOINTS, 2), np.float32)}
-        if rgb is not None:
-            inputs["rgb"][0] = preprocess.rgb_window(list(self._rgb_history), self.rgb_window)
-            presence[schema.MODALITY_INDEX["rgb"]] = 1.0
-        for m, cap in (("lidar", self.lidar_cap), ("mmwave", self.mmwave_cap)):
-            cols = len(schema.MODALITY_SPECS[m].columns)
+        points = {}
+        for m in ("lidar", "mmwave"):
             sample = tick.samples.get(m)
-            pts = np.zeros((0, cols), np.float32) if sample is None else np.asarray(sample.arrays["points"])
-            if m == "mmwave" and pts.size:
+            pts = None if sample is None else np.asarray(sample.arrays["points"])
+            if m == "mmwave" and pts is not None and pts.size:
                 pts = pts[:, self._mmwave_order]
-            points, mask = preprocess.sample_points(pts, cap, cols)
-            inputs[m], inputs[f"{m}_mask"] = points[None], mask[None]
-            # As in training (sensors.mmfi.model_inputs): a cloud without any finite point is absent.
-            presence[schema.MODALITY_INDEX[m]] = float(mask.any())
-        inputs["wifi"] = np.zeros((1, *schema.WIFI_INPUT_SHAPE), np.float32)
+            points[m] = pts
+        wifi = None
         packets = wifi_packets_of(tick)
         if packets is not None:
-            amp = preprocess.resample_packets(packets[0], schema.WIFI_PACKETS)
-            phase = preprocess.resample_packets(packets[1], schema.WIFI_PACKETS)
-            inputs["wifi"][0] = preprocess.wifi_input(amp, phase)
-            presence[schema.MODALITY_INDEX["wifi"]] = 1.0
-        inputs["presence"] = presence[None].copy()
-        return TickFeatures({k: inputs[k] for k in schema.MODEL_INPUTS}, presence)
+            wifi = tuple(preprocess.resample_packets(p, schema.WIFI_PACKETS) for p in packets)
+        inputs = preprocess.frame_inputs(list(self._rgb_history), points["lidar"], points["mmwave"], wifi,
+                                         rgb_window=self.rgb_window, lidar_cap=self.lidar_cap,
+                                         mmwave_cap=self.mmwave_cap)
+        return TickFeatures({k: v[None] for k, v in inputs.items()}, inputs["presence"].copy())

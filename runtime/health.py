@@ -134,7 +134,9 @@ class InputHealth:
 
 
 def _clip01(x: float) -> float:
-    return float(min(1.0, max(0.0, x)))
+    """Clip to [0, 1]; NaN (a value that cannot be judged) counts as failed, 1."""
+    x = float(x)
+    return 1.0 if x != x else min(1.0, max(0.0, x))
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> bytes | None:

@@ -12,8 +12,9 @@ Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reason
 * dropped = decode failures (reason from ``WireError``), ``queue_full`` (valid, but the queue was
   full), and ``sequence_gap``: per (topic, src), a jump from seq a to b > a+1 counts b−a−1 lost
   messages; a jump back (b ≤ a) is a sensor restart, which resets the tracking without counting.
-  A jump forward by more than ``MAX_SEQ_GAP`` is not believed (one spoofed seq of 2**64-1 would
-  count 1.8e19 losses): it is taken as a restart too.
+  A jump forward that the time since that source's previous message cannot explain (more than
+  ``MAX_SEQ_GAP``, or more than ``10 + MAX_SOURCE_RATE_HZ x elapsed seconds``) is not believed: one
+  spoofed seq of 2**64-1 would count 1.8e19 losses; it is taken as a restart too.
 * ``clock`` (with ``max_clock_offset_s``, wall clock only): a capture time further than that from
   the station clock, ahead or behind, is a sensor clock fault; such messages are dropped, so they
   can never evict good samples from the sync buffers.
@@ -62,17 +63,21 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 MAX_FRAME_BYTES = 2 * 1024 * 1024
 MAX_SOURCES = 1024                  # (topic, src) pairs tracked for sequence gaps
 MAX_SEQ_GAP = 100_000               # a larger forward jump is a restart, not 1e19 lost messages
+MAX_SOURCE_RATE_HZ = 2_000          # no sensor sends faster: bounds the gap the elapsed time can explain
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
-def seq_gap(last: int | None, seq: int) -> int | None:
+def seq_gap(last: int | None, seq: int, elapsed_s: float | None = None) -> int | None:
     """Messages lost between ``last`` and ``seq`` of one source: b-a-1 for a jump forward of at most
-    ``MAX_SEQ_GAP``; None for a restart (a jump back, or an implausible jump forward)."""
+    ``MAX_SEQ_GAP`` (and, given the seconds since the previous message, at most
+    ``10 + MAX_SOURCE_RATE_HZ * elapsed_s``); None for a restart (a jump back, or an implausible
+    jump forward)."""
     if last is None:
         return 0
     gap = seq - last - 1
-    return gap if 0 <= gap <= MAX_SEQ_GAP else None
+    limit = MAX_SEQ_GAP if elapsed_s is None else min(MAX_SEQ_GAP, 10 + int(MAX_SOURCE_RATE_HZ * max(0.0, elapsed_s)))
+    return gap if 0 <= gap <= limit else None
 
 
 def metric_modality(topic: str) -> str:
@@ -112,6 +117,7 @@ class Ingest:
         self._monitor: zmq.Socket | None = None
         self.handshake_failed = 0
         self.failure: BaseException | None = None
+        self._clock_faults: dict[str, tuple[float, float]] = {}   # topic -> (offset s, monotonic time)
         self.on_exit: Callable[[Ingest], None] | None = None
         self.queue: queue.Queue[wire.Message] = queue.Queue(maxsize=queue_size)
         self._own_context = context is None
@@ -122,7 +128,8 @@ class Ingest:
         self._lock = threading.Lock()
         self._received: dict[str, int] = {}
         self._dropped: dict[str, dict[str, int]] = {}
-        self._last_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._last_seq: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()   # seq, monotonic time
+        self._last_restart_log = 0.0
         self._pending_lost: OrderedDict[tuple[str, str], int] = OrderedDict()   # dropped here since the last queued
         self.restarts = 0
 
@@ -224,6 +231,13 @@ class Ingest:
                     "dropped": {t: dict(r) for t, r in self._dropped.items()},
                     "restarts": self.restarts, "handshake_failed": self.handshake_failed}
 
+    def recent_clock_faults(self, within_s: float = 1.0) -> dict[str, float]:
+        """topic -> capture time minus station clock (s) of its latest message dropped as ``clock``
+        in the last ``within_s`` seconds: the input health reports these as clock faults."""
+        now = time.monotonic()
+        with self._lock:
+            return {t: off for t, (off, at) in self._clock_faults.items() if now - at <= within_s}
+
     def received_total(self, topic: str | None = None) -> int:
         with self._lock:
             return sum(n for t, n in self._received.items() if topic in (None, t))
@@ -299,8 +313,11 @@ class Ingest:
             return None
         gap = self._track(msg.topic, msg.src, msg.seq)
         msg.lost = gap + self._pending_lost.pop((msg.topic, msg.src), 0)
-        if self.max_clock_offset_ns is not None and abs(msg.t_ns - time.time_ns()) > self.max_clock_offset_ns:
+        offset_ns = msg.t_ns - time.time_ns()
+        if self.max_clock_offset_ns is not None and abs(offset_ns) > self.max_clock_offset_ns:
             self._count_drop(msg.topic, "clock")
+            with self._lock:
+                self._clock_faults[msg.topic] = (offset_ns / 1e9, time.monotonic())
             self._lose((msg.topic, msg.src), msg.lost + 1)
             log.debug("dropped %s message from %r: capture time %+.1f s from the station clock", msg.topic,
                       msg.src, (msg.t_ns - time.time_ns()) / 1e9)
@@ -320,18 +337,23 @@ class Ingest:
     def _track(self, topic: str, src: str, seq: int) -> int:
         """Follow the sequence of (topic, src); returns the messages lost upstream just before ``seq``."""
         key = (topic, src)
-        last = self._last_seq.pop(key, None)
-        self._last_seq[key] = seq  # most recently seen last
+        previous = self._last_seq.pop(key, None)
+        now = time.monotonic()
+        self._last_seq[key] = (seq, now)  # most recently seen last
         if len(self._last_seq) > MAX_SOURCES:
             self._last_seq.popitem(last=False)
-        gap = seq_gap(last, seq)
+        last = None if previous is None else previous[0]
+        gap = seq_gap(last, seq, None if previous is None else now - previous[1])
         if gap:
             self._count_drop(topic, "sequence_gap", gap)
         elif gap is None:
             with self._lock:
                 self.restarts += 1
             self._pending_lost.pop(key, None)
-            log.info("%s source %r restarted its sequence (%d after %d): tracking reset", topic, src, seq, last)
+            if now - self._last_restart_log >= 1.0:   # at most one line a second, whatever arrives
+                self._last_restart_log = now
+                log.info("%s source %r restarted its sequence (%d after %d): tracking reset (%d restarts so far)",
+                         topic, src, seq, last, self.restarts)
         return gap or 0
 
     def _lose(self, key: tuple[str, str], n: int = 1) -> None:

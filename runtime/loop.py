@@ -12,8 +12,10 @@
   drag the ticks); falling behind shows up as ingest drops (``queue_full``), still counted.
 
 ``Loop.tick(tick_ns)`` is one tick: sync -> ``Pipeline.step`` -> latency -> ``Outputs.emit``. A
-tick whose inputs the model refuses (``ModelError``) or the preprocessing cannot read
-(``ValueError``) is logged and counted in ``awc_tick_errors_total{stage}``; the loop goes on.
+tick that fails on its data, whatever arrived (``TICK_DATA_ERRORS``: the model refuses its inputs,
+the preprocessing cannot read them, arithmetic overflows), is logged with its traceback and
+counted in ``awc_tick_errors_total{stage}``; the loop goes on. Any other exception is a bug: it
+ends the loop and the process exits non-zero, so systemd restarts it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from runtime.config import RuntimeConfig
 from runtime.model import ModelError
 from runtime.outputs import Outputs
 from runtime.pipeline import Pipeline, StepInputs, TickResult
-from runtime.sync import Due, SyncConfig, Synchronizer, TickClock
+from runtime.sync import Due, Synchronizer, TickClock
 from sensors import schema
 from sensors.wire import Message
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MAX_EXERCISE_FIELDS = 4096   # exercise/session header fields kept between two ticks (the rest are ignored)
 PHASE_TOPICS = ("rgb", "lidar", "mmwave")   # frame-based sensors whose capture phase the wall clock follows
+# What data can make one tick fail (counted, the loop goes on); anything else ends the process.
+TICK_DATA_ERRORS = (ModelError, ValueError, ArithmeticError, FloatingPointError)
 
 
 @dataclass
@@ -45,12 +49,6 @@ class RunStats:
     dropped: int = 0
     errors: int = 0
     messages: int = 0
-
-
-def sync_config(cfg: RuntimeConfig) -> SyncConfig:
-    s = cfg.sync
-    return SyncConfig(rate_hz=s.rate_hz, tolerance_s=s.tolerance_s, max_age_s=s.max_age_s,
-                      wifi_window_s=s.wifi_window_s, buffer_len=s.buffer_len)
 
 
 def tick_clock(cfg: RuntimeConfig) -> TickClock:
@@ -69,7 +67,7 @@ class Loop:
         self.config = config
         self.pipeline = pipeline
         self.outputs = outputs or Outputs()
-        self.sync = Synchronizer(sync_config(config))
+        self.sync = Synchronizer(config.sync)   # SyncSettings is a SyncConfig
         self.stats = stats or RunStats()
         self.last_tick_wall: float | None = None   # monotonic time of the last tick (readiness)
         self._received = np.zeros(schema.N_MODALITIES, np.int64)
@@ -78,12 +76,13 @@ class Loop:
         self._exercise: list[tuple[int, str, str | None]] = []   # exercise/session header fields since the last tick
         self._trigger_sent_ns: int | None = None   # data clock: send time of the message that made the tick due
         self._phase_locked = False
+        self._clock_faults = lambda: {}   # set by run(): the source's recent clock faults
 
     # ------------------------------------------------------------------ inputs
     def feed(self, msg: Message) -> None:
         """One decoded message (any topic): buffered for sync and counted for input health."""
         self.stats.messages += 1
-        self.sync.add(msg)
+        self.sync.add(msg, time.time_ns() if self.config.sync.clock == "wall" else self.data_now_ns())
         exercise, session = msg.extra.get("exercise"), msg.extra.get("session")
         if (isinstance(exercise, str) or isinstance(session, str)) and len(self._exercise) < MAX_EXERCISE_FIELDS:
             self._exercise.append((msg.t_ns, exercise if isinstance(exercise, str) else "",
@@ -114,6 +113,12 @@ class Loop:
         now = time.time_ns() if self.config.sync.clock == "wall" else self.data_now_ns()
         lead = np.array([0.0 if now is None or m not in self._newest_ns else (self._newest_ns[m] - now) / 1e9
                          for m in schema.MODALITIES])
+        # Messages the ingest dropped for a clock fault (far ahead or behind) never reach sync: their
+        # offset, either way, is what the input health's `clock` component must see.
+        for m, offset_s in self._clock_faults().items():
+            if m in schema.MODALITY_INDEX:
+                i = schema.MODALITY_INDEX[m]
+                lead[i] = max(lead[i], abs(offset_s))
         inputs = StepInputs(synced, self._received, self._lost, lead, self._exercise)
         self._exercise = []
         self._received = np.zeros(schema.N_MODALITIES, np.int64)
@@ -139,6 +144,7 @@ class Loop:
     def run(self, source, stop: threading.Event, duration_s: float | None = None) -> RunStats:
         """Tick until ``stop`` is set (or ``duration_s`` passed)."""
         clock = tick_clock(self.config)
+        self._clock_faults = getattr(source, "recent_clock_faults", lambda: {})
         deadline = None if duration_s is None else time.monotonic() + duration_s
         run_once = self._wall_once if self.config.sync.clock == "wall" else self._data_once
         idle = [time.monotonic()]
@@ -191,10 +197,10 @@ class Loop:
             self.stats.dropped += due.skipped
         try:
             self.tick(due.tick_ns)
-        except (ModelError, ValueError) as err:
+        except TICK_DATA_ERRORS as err:
             self.stats.errors += 1
             self.outputs.failed("inference" if isinstance(err, ModelError) else "preprocess")
-            log.error("tick at %d ns failed, skipped: %s", due.tick_ns, err)
+            log.error("tick at %d ns failed, skipped: %r", due.tick_ns, err, exc_info=not isinstance(err, ModelError))
 
     def close(self) -> None:
         """Flush and close the outputs."""

@@ -36,7 +36,6 @@ from sensors import schema
 log = logging.getLogger(__name__)
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (schema.SCHEMA_VERSION,)
-META_PREFIX = "awc."
 PROVIDERS = ("auto", "cpu", "cuda")
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -45,7 +44,6 @@ EXPORT_HINT = "export it with `training export --checkpoint RUN/best.pt --out aw
 
 # onnxruntime's type strings -> numpy dtypes of the inputs it may declare.
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(bool)": "bool"}
-_BATCH = "batch"  # name of the dynamic batch axis in the metadata shapes
 _ORT_STATE = ort.capi.onnxruntime_pybind11_state
 _ORT_LOAD_ERRORS = (RuntimeError, ValueError, _ORT_STATE.InvalidProtobuf, _ORT_STATE.InvalidGraph,
                     _ORT_STATE.Fail, _ORT_STATE.NotImplemented, _ORT_STATE.InvalidArgument)
@@ -200,19 +198,9 @@ class ModelMetadata:
 
 
 def expected_specs(rgb_window: int, lidar_cap: int, mmwave_cap: int) -> dict[str, TensorSpec]:
-    """The inputs and outputs a model with this window and these caps must have."""
-    shapes: dict[str, tuple[tuple[int | None, ...], str]] = {
-        "rgb": ((None, rgb_window, schema.N_KEYPOINTS, 2), "float32"),
-        "lidar": ((None, lidar_cap, 3), "float32"),
-        "lidar_mask": ((None, lidar_cap), "bool"),
-        "mmwave": ((None, mmwave_cap, len(schema.MMWAVE_COLUMNS)), "float32"),
-        "mmwave_mask": ((None, mmwave_cap), "bool"),
-        "wifi": ((None, *schema.WIFI_INPUT_SHAPE), "float32"),
-        "presence": ((None, schema.N_MODALITIES), "float32"),
-        "pose": ((None, schema.N_JOINTS, 3), "float32"),
-        "coalition_poses": ((None, schema.N_COALITIONS, schema.N_JOINTS, 3), "float32"),
-    }
-    return {k: TensorSpec(k, s, d) for k, (s, d) in shapes.items()}
+    """The inputs and outputs a model with this window and these caps must have (``schema.model_shapes``)."""
+    shapes = schema.model_shapes(rgb_window, lidar_cap, mmwave_cap, batch=None)
+    return {k: TensorSpec(k, s, schema.MODEL_DTYPES[k]) for k, s in shapes.items()}
 
 
 class _PropReader:
@@ -222,7 +210,7 @@ class _PropReader:
         self.props, self.source = props, source
 
     def text(self, key: str) -> str:
-        full = META_PREFIX + key
+        full = schema.META_PREFIX + key
         if full not in self.props:
             raise ModelError(f"{self.source} lacks the metadata key {full!r}; it was not written by this "
                              f"release's `training export` (or the file is truncated). Re-export: {EXPORT_HINT}.")
@@ -233,7 +221,7 @@ class _PropReader:
         try:
             return int(raw)
         except ValueError:
-            raise ModelError(f"{self.source}: metadata {META_PREFIX}{key} must be an integer, got {raw!r}") from None
+            raise ModelError(f"{self.source}: metadata {schema.META_PREFIX}{key} must be an integer, got {raw!r}") from None
 
     def json(self, key: str, kind: type | None = None) -> Any:
         """The JSON value of ``key``; with ``kind`` (dict or list) it must be of that type."""
@@ -241,25 +229,25 @@ class _PropReader:
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise ModelError(f"{self.source}: metadata {META_PREFIX}{key} is not valid JSON ({err}); "
+            raise ModelError(f"{self.source}: metadata {schema.META_PREFIX}{key} is not valid JSON ({err}); "
                              f"re-export the model") from None
         if kind is not None and not isinstance(value, kind):
             what = "a JSON object" if kind is dict else "a JSON list"
-            raise ModelError(f"{self.source}: metadata {META_PREFIX}{key} must be {what}, got {raw[:80]!r}; "
+            raise ModelError(f"{self.source}: metadata {schema.META_PREFIX}{key} must be {what}, got {raw[:80]!r}; "
                              f"re-export the model")
         return value
 
 
 def _parse_specs(raw: Any, what: str, source: str) -> dict[str, TensorSpec]:
     if not isinstance(raw, dict):
-        raise ModelError(f"{source}: metadata {META_PREFIX}{what} must map names to shapes, got {type(raw).__name__}")
+        raise ModelError(f"{source}: metadata {schema.META_PREFIX}{what} must map names to shapes, got {type(raw).__name__}")
     specs = {}
     for name, spec in raw.items():
         try:
-            shape = tuple(None if d == _BATCH else int(d) for d in spec["shape"])
+            shape = tuple(None if d == schema.BATCH_AXIS else int(d) for d in spec["shape"])
             specs[name] = TensorSpec(name, shape, str(spec["dtype"]))
         except (KeyError, TypeError, ValueError):
-            raise ModelError(f"{source}: metadata {META_PREFIX}{what}[{name!r}] must be "
+            raise ModelError(f"{source}: metadata {schema.META_PREFIX}{what}[{name!r}] must be "
                              f"{{'shape': [...], 'dtype': ...}}, got {spec!r}") from None
     return specs
 
@@ -267,7 +255,7 @@ def _parse_specs(raw: Any, what: str, source: str) -> dict[str, TensorSpec]:
 def _parse_baseline(raw: Any, source: str) -> tuple[ContributionBaseline | None, str]:
     """-> (baseline, "") or (None, why it is missing)."""
     if not isinstance(raw, dict) or "available" not in raw:
-        raise ModelError(f"{source}: metadata {META_PREFIX}contribution_baseline must be an object with "
+        raise ModelError(f"{source}: metadata {schema.META_PREFIX}contribution_baseline must be an object with "
                          f"'available', got {raw!r}")
     if not raw["available"]:
         return None, str(raw.get("reason", "not calibrated"))

@@ -100,6 +100,10 @@ class MetricsOutput:
     def _smooth(self, key: str, value: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         value = np.asarray(value, np.float64)
         prev = self._ewma.get(key)
+        if prev is not None:   # a non-finite value never sticks in a gauge: keep the previous one
+            value = np.where(np.isfinite(value), value, prev)
+        elif not np.isfinite(value).all():
+            value = np.where(np.isfinite(value), value, 0.0)
         new = value if prev is None else (1 - self.alpha) * prev + self.alpha * value
         if mask is not None and prev is not None:
             new = np.where(mask, new, prev)

@@ -13,7 +13,10 @@ surrounds it lives elsewhere:
 * ``runtime.ingest``: decoding and the counting of sequence gaps (``Message.lost``).
 
 Whatever modalities are present are served (absent ones zero-filled, presence 0); a tick with no
-modality at all has outcome ``empty`` and no pose. A tick whose inputs the model refuses raises
+modality at all has outcome ``empty`` and no pose. Non-finite values never reach an output as
+valid: a modality whose model input holds NaN/inf is masked out (presence 0) and flagged
+(``non_finite`` = 1 in its input health, so it degrades); a pose or coalition output with NaN/inf
+gives outcome ``invalid``: no pose is published and the contribution window is not fed. A tick whose inputs the model refuses raises
 ``ModelError``; inputs the preprocessing cannot read raise ``ValueError`` (the loop counts both).
 
 Adding a per-tick value: add a field to ``TickResult`` (with a default) and fill it in ``step``;
@@ -36,7 +39,25 @@ from runtime.rehab import RehabMonitor, RehabTick
 from runtime.sync import TickInputs
 from sensors import schema
 
-OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty")
+OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid")
+# Model inputs of each modality (schema.MODEL_INPUTS), for masking one out.
+MODALITY_INPUTS: dict[str, tuple[str, ...]] = {"rgb": ("rgb",), "lidar": ("lidar", "lidar_mask"),
+                                               "mmwave": ("mmwave", "mmwave_mask"), "wifi": ("wifi",)}
+
+
+def mask_non_finite(inputs: dict[str, np.ndarray], presence: np.ndarray) -> list[int]:
+    """Zero-fill (and mark absent) every present modality whose model inputs hold NaN/inf; returns
+    their indices. ``inputs``/``presence`` are updated in place (copies where arrays are replaced)."""
+    bad = []
+    for i, m in enumerate(schema.MODALITIES):
+        if presence[i] and not all(np.isfinite(inputs[k]).all() for k in MODALITY_INPUTS[m]):
+            bad.append(i)
+            for k in MODALITY_INPUTS[m]:
+                inputs[k] = np.zeros_like(inputs[k])
+            presence[i] = 0.0
+    if bad:
+        inputs["presence"] = presence[None].astype(inputs["presence"].dtype)
+    return bad
 
 
 def _zeros_i8() -> np.ndarray:
@@ -105,6 +126,8 @@ class Pipeline:
         t2 = time.perf_counter()
         durations["preprocess"] = t2 - t1
         presence = feats.presence
+        for i in mask_non_finite(feats.inputs, presence):
+            health[i].non_finite = 1.0
         n_present = int(presence.sum())
         outcome = "empty" if n_present == 0 else ("fused" if n_present == schema.N_MODALITIES else "partial")
         samples = [tick.samples.get(m) for m in schema.MODALITIES]
@@ -122,14 +145,18 @@ class Pipeline:
             pose, coalitions = self.model.run(feats.inputs)
             t3 = time.perf_counter()
             durations["inference"] = t3 - t2
-            result.pose, result.coalition_poses = pose[0], coalitions[0]
-            result.contributions = self.contributions.update(coalitions[0], presence, tick.gt)
-            t4 = time.perf_counter()
-            durations["contributions"] = t4 - t3
-            loo = leave_one_out_disagreement(coalitions[0], presence)
-            if result.contributions.ticks >= self.config.contributions.window_ticks:
-                shares = result.contributions.smoothed_shares
-            t2 = t4
+            t2 = t3
+            if np.isfinite(pose).all() and np.isfinite(coalitions).all():
+                result.pose, result.coalition_poses = pose[0], coalitions[0]
+                result.contributions = self.contributions.update(coalitions[0], presence, tick.gt)
+                t4 = time.perf_counter()
+                durations["contributions"] = t4 - t3
+                loo = leave_one_out_disagreement(coalitions[0], presence)
+                if result.contributions.ticks >= self.config.contributions.window_ticks:
+                    shares = result.contributions.smoothed_shares
+                t2 = t4
+            else:
+                result.outcome = "invalid"   # never published as a valid pose
         result.degradation = self.degradation.update([h.score for h in health], loo, shares,
                                                      self.baseline_shares, presence, [h.worst() for h in health])
         t5 = time.perf_counter()

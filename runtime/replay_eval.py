@@ -19,8 +19,8 @@ Prints a table and writes JSON (``--report``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,7 +32,9 @@ import zmq
 from runtime.config import RuntimeConfig, free_loopback_port
 from runtime.model import ModelError
 from runtime.serve import Runtime, add_config_arguments, config_from_args, load_model
+from sensors import keys as keyfiles
 from sensors import mmfi, posemath, schema, wire
+from sensors.cli_util import add_list_argument, add_report_arguments, emit_report
 from sensors.faults import parse_fault
 from sensors.replay import ReplayError, replay
 
@@ -44,10 +46,12 @@ REPLAY_QUEUE_SIZE = 200_000   # messages the ingest may hold when replaying as f
 class PoseCollector(threading.Thread):
     """SUB on the pose stream; keeps every decoded pose message (bounded by ``max_messages``)."""
 
-    def __init__(self, endpoint: str, max_messages: int = 2_000_000):
+    def __init__(self, endpoint: str, max_messages: int = 2_000_000, curve: keyfiles.CurveClient | None = None):
         super().__init__(name="awc-pose-collector", daemon=True)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
+        if curve is not None:
+            curve.apply(self._sock)
         self._sock.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
         self._sock.connect(endpoint)
@@ -185,9 +189,11 @@ def latency_summary(poses: list[wire.Message], wall_s: float) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Orchestration
 # ---------------------------------------------------------------------------------------------
-def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None) -> RuntimeConfig:
-    """The runtime config on free loopback ports; data clock for as-fast-as-possible replay."""
+def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None, keys_dir: str | None = None) -> RuntimeConfig:
+    """The runtime config on free loopback ports; data clock for as-fast-as-possible replay;
+    CurveZMQ with ``keys_dir``, else plaintext (loopback only)."""
     data = cfg.to_dict()
+    data["security"] = {"keys_dir": keys_dir or "", "plaintext": not keys_dir, "force_plaintext": False}
     data["inputs"].update(endpoints=[f"tcp://127.0.0.1:{free_loopback_port()}"], bind=True)
     data["output"].update(endpoint=f"tcp://127.0.0.1:{free_loopback_port()}", bind=True)
     data["metrics"].update(host="127.0.0.1", port=0)
@@ -201,16 +207,35 @@ def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None) -> Runtime
 def run_replay(model_path: str, data_root: str, protocol: str, split: str, subset: str = "test",
                rate: float = 0.0, faults: list[str] | None = None, cfg: RuntimeConfig | None = None,
                clock: str | None = None, max_frames: int | None = None, sequences: list[str] | None = None,
-               seed: int = 0, rehab_report: str | None = None) -> dict:
+               seed: int = 0, secure: bool = False, rehab_report: str | None = None) -> dict:
     """Serve ``model_path`` in-process, replay the dataset into it over ZeroMQ, return the report.
+    ``secure``: CurveZMQ on both sockets, with a key directory made for this run.
+    ``rehab_report``: also write the rehabilitation report (runtime.report) of the pose stream there."""
+    if secure:
+        with tempfile.TemporaryDirectory(prefix="awc-replay-keys-") as tmp:
+            kd = Path(tmp) / "keys"
+            keyfiles.init(kd)
+            keyfiles.add(kd, "replay", "sensor")
+            keyfiles.add(kd, "viewer", "viewer")
+            return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
+                               sequences, seed, str(kd), rehab_report)
+    return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
+                       sequences, seed, None, rehab_report)
 
-    rehab_report: also write the rehabilitation report (runtime.report) of the pose stream there."""
-    cfg = replay_config(cfg or RuntimeConfig(), rate, clock)
+
+def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames, sequences,
+                seed, keys_dir: str | None, rehab_report: str | None = None) -> dict:
+    cfg = replay_config(cfg or RuntimeConfig(), rate, clock, keys_dir)
+    sensor = viewer = None
+    if keys_dir:
+        server = Path(keys_dir) / "server.key"
+        sensor = keyfiles.CurveClient.load(Path(keys_dir) / "clients" / "replay.key_secret", server)
+        viewer = keyfiles.CurveClient.load(Path(keys_dir) / "clients" / "viewer.key_secret", server)
     parsed = [parse_fault(f) for f in faults or []]
     model = load_model(cfg, model_path)
     rt = Runtime(cfg, model).start()
     loop = threading.Thread(target=rt.run, name="awc-loop", daemon=True)
-    collector = PoseCollector(cfg.output.endpoint)
+    collector = PoseCollector(cfg.output.endpoint, curve=viewer)
     collector.start()
     loop.start()
     time.sleep(0.3)   # the pose subscription settles before the first tick
@@ -218,7 +243,7 @@ def run_replay(model_path: str, data_root: str, protocol: str, split: str, subse
     try:
         stats = replay(data_root, cfg.inputs.endpoints[0], protocol=protocol, split=split, subset=subset,
                        rate=rate, faults=parsed, send_gt=True, max_frames=max_frames, sequences=sequences,
-                       seed=seed, progress=True)
+                       seed=seed, progress=True, curve=sensor)
         _wait_for_quiet(rt, collector, cfg)
     finally:
         wall = time.monotonic() - start
@@ -318,11 +343,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="S1", choices=schema.SPLITS)
     p.add_argument("--subset", default="test", choices=("train", "test", "all"))
     p.add_argument("--rate", type=float, default=0.0, help="replay speed (1 = real time, 0 = as fast as possible)")
-    p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. lidar:stop@5 (see sensors replay)")
+    add_list_argument(p, "--fault", default=[], metavar="SPEC[,SPEC]",
+                      help="inject faults, e.g. lidar:stop@5 (see sensors replay)")
     p.add_argument("--max-frames", type=int, default=None, help="replay at most this many frames")
-    p.add_argument("--sequences", nargs="*", default=None, metavar="E01/S01/A02", help="replay these sequences")
+    add_list_argument(p, "--sequences", default=None, metavar="E01/S01/A02[,...]", help="replay these sequences")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
-    p.add_argument("--report", default=None, metavar="FILE", help="write the report as JSON")
+    add_report_arguments(p)
+    p.add_argument("--secure", action="store_true",
+                   help="CurveZMQ on the sensor and pose sockets (a key directory made for this run)")
     p.add_argument("--rehab-report", default=None, metavar="FILE.html",
                    help="also write the rehabilitation session report (angles, repetitions, trust) of the replay")
     add_config_arguments(p)
@@ -333,17 +361,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,
                             cfg, clock=args.clock, max_frames=args.max_frames, sequences=args.sequences,
-                            seed=args.seed, rehab_report=args.rehab_report)
+                            seed=args.seed, secure=args.secure,
+                            rehab_report=args.rehab_report)
     except (ValueError, FileNotFoundError, ModelError, ReplayError, RuntimeError) as err:   # MMFiFormatError is a ValueError
         log.error("%s", err)
         return 2
-    print(format_report(report))
+    text = format_report(report)
     if "rehab" in report:
         from runtime.report import format_summary
 
-        print("\n" + format_summary(report["rehab"]) + f"\nrehabilitation report: {report['rehab']['report']}")
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=2))
-        log.info("wrote %s", args.report)
+        text += "\n\n" + format_summary(report["rehab"]) + f"\nrehabilitation report: {report['rehab']['report']}"
+    emit_report(args, report, text)
     return 0

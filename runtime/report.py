@@ -358,7 +358,7 @@ def format_summary(data: dict) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recording", required=True, help="pose recording (.jsonl or .npz) of runtime serve/replay")
     p.add_argument("--out", required=True, help="HTML file to write")
-    p.add_argument("--json", default=None, help="also write the figures as JSON")
+    p.add_argument("--json-out", default=None, metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--exercise", default=None, metavar="CODE", help="exercise of records that carry none")
     p.add_argument("--title", default="Rehabilitation session report")
 
@@ -367,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         records = load_records(args.recording)
         data = write_report(records, args.out, args.title, str(args.recording),
-                            RehabConfig(exercise=args.exercise or ""), args.exercise, args.json)
+                            RehabConfig(exercise=args.exercise or ""), args.exercise, args.json_out)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         log.error("%s", err)
         return 2

@@ -6,6 +6,15 @@ Starts, in order: the model (the provider really used is logged), the outputs (p
 recorder), the HTTP exporter (/metrics /healthz /readyz; its URL is logged), the ZeroMQ ingest,
 then the tick loop. SIGINT/SIGTERM stop the loop; the recorder is flushed and closed, the pose
 socket closed and the metrics left at their last values before the process exits.
+
+Security (docs/security.md): ``--keys DIR`` (``security.keys_dir``) puts CurveZMQ on the sensor
+ingest (allow-list DIR/sensors) and the pose stream (allow-list DIR/viewers); without keys,
+``--plaintext`` must be given, and plaintext is then refused on non-loopback endpoints unless
+``security.force_plaintext``. The HTTP endpoint takes TLS and basic auth from ``metrics.web_config``.
+
+Exit codes: 0 after a stop by signal or ``--duration``; 2 when the configuration, model or ports
+are unusable; 3 when a worker thread (the ingest) died: the process is no longer ready and exits so
+that its supervisor (systemd ``Restart=on-failure``) restarts it.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from pathlib import Path
 
 import zmq
 
-from exporters.http import HttpExporter
+from exporters.http import HttpExporter, WebConfig
 from exporters.metrics import RuntimeMetrics
 from exporters.pose_publisher import PosePublisher
 from exporters.recorder import open_recorder
@@ -31,15 +40,16 @@ from runtime.loop import Loop, RunStats
 from runtime.model import ModelError, PoseModel
 from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, RecorderOutput
 from runtime.pipeline import Pipeline
+from sensors import keys
+from sensors.cli_util import add_list_argument, add_set_argument
 
 log = logging.getLogger(__name__)
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """Config file, generic overrides and the common shortcuts (shared with ``runtime replay``)."""
-    p.add_argument("--config", default=None, help="YAML config (default: runtime/configs/default.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key, e.g. --set sync.rate_hz=20 (repeatable)")
+    p.add_argument("--config", default=None, help="YAML file of the config keys to change (`runtime config show`)")
+    add_set_argument(p, "sync.rate_hz=20")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None, help="inference.provider")
     p.add_argument("--require-gpu", action="store_true", help="refuse to run without the CUDA provider")
     p.add_argument("--threads", type=int, default=None, help="inference.intra_op_threads")
@@ -55,11 +65,18 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="exported ONNX model (training export)")
     add_config_arguments(p)
-    p.add_argument("--input", action="append", default=None, metavar="ENDPOINT",
-                   help="inputs.endpoints (repeatable; default tcp://127.0.0.1:5555)")
-    p.add_argument("--connect", action="store_true", help="connect to the input endpoints instead of binding")
+    add_list_argument(p, "--input", metavar="ENDPOINT[,ENDPOINT]",
+                      help="bind the sensor socket here, sensors connect to it (inputs.endpoints with "
+                           "inputs.bind=true; default tcp://127.0.0.1:5555)")
+    add_list_argument(p, "--connect", metavar="ENDPOINT[,ENDPOINT]",
+                      help="instead, connect the sensor socket to these sensor publishers (inputs.endpoints "
+                           "with inputs.bind=false)")
     p.add_argument("--output", default=None, metavar="ENDPOINT", help="output.endpoint (pose PUB)")
     p.add_argument("--metrics-host", default=None, help="metrics.host (default loopback)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="security.keys_dir: CurveZMQ key directory (runtime keys init DIR)")
+    p.add_argument("--plaintext", action="store_true",
+                   help="security.plaintext: no CurveZMQ (loopback endpoints only unless forced)")
     p.add_argument("--console", action="store_true", help="print a live view every second")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--view", type=int, nargs="?", const=8080, default=None, metavar="PORT",
@@ -69,11 +86,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
     overrides = list(args.set)
+    bind, connect = getattr(args, "input", None), getattr(args, "connect", None)
+    if bind and connect:
+        raise ValueError("--input (bind) and --connect (connect to publishers) exclude each other; choose one")
+    if bind or connect:
+        overrides += [f"inputs.endpoints={json.dumps(bind or connect)}", f"inputs.bind={'true' if bind else 'false'}"]
     shortcuts = {
         "inference.provider": args.provider, "inference.intra_op_threads": args.threads,
         "sync.clock": args.clock, "metrics.port": args.metrics_port, "recorder.path": args.record,
-        "inputs.endpoints": getattr(args, "input", None), "output.endpoint": getattr(args, "output", None),
-        "metrics.host": getattr(args, "metrics_host", None), "rehab.exercise": getattr(args, "exercise", None),
+        "output.endpoint": getattr(args, "output", None),
+        "metrics.host": getattr(args, "metrics_host", None), "security.keys_dir": getattr(args, "keys", None),
+        "rehab.exercise": getattr(args, "exercise", None),
     }
     for key, value in shortcuts.items():
         if value is not None:
@@ -82,27 +105,50 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         overrides.append("inference.require_gpu=true")
     if args.record_inputs:
         overrides.append("recorder.record_inputs=true")
-    if getattr(args, "connect", False):
-        overrides.append("inputs.bind=false")
+    if getattr(args, "plaintext", False):
+        overrides.append("security.plaintext=true")
     return RuntimeConfig.load(args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
+        curve_servers(cfg)   # keys readable, or plaintext chosen explicitly
         model = load_model(cfg, args.model)
     except (ValueError, FileNotFoundError, ModelError) as err:
         log.error("%s", err)
         return 2
     try:
         stats = serve(cfg, model, console=args.console, duration_s=args.duration, view_port=args.view)
+    except keys.KeyFileError as err:
+        log.error("cannot serve: %s", err)
+        return 2
     except (OSError, zmq.ZMQError, ValueError) as err:   # ports in use, endpoints that do not parse
         log.error("cannot serve: %s. Is another runtime using these ports? Choose others with "
                   "--input, --output and --metrics-port (or --set metrics.enabled=false)", err)
         return 2
+    except WorkerDied as err:
+        log.critical("%s", err)
+        return 3
     log.info("stopped: %d ticks, %d dropped, %d failed, %d messages", stats.ticks, stats.dropped, stats.errors,
              stats.messages)
     return 0
+
+
+class WorkerDied(RuntimeError):
+    """A worker thread of the runtime ended on its own: the process must exit non-zero."""
+
+
+def curve_servers(cfg: RuntimeConfig) -> tuple[keys.CurveServer | None, keys.CurveServer | None]:
+    """(ingest, pose stream) CurveZMQ servers from ``security.keys_dir``, or (None, None) when
+    plaintext was chosen explicitly; raises ValueError when neither was chosen."""
+    sec = cfg.security
+    if sec.keys_dir:
+        return keys.CurveServer.from_dir(sec.keys_dir, "sensor"), keys.CurveServer.from_dir(sec.keys_dir, "viewer")
+    if not sec.plaintext:
+        raise ValueError("the sensor and pose sockets need CurveZMQ keys: `runtime keys init DIR` then "
+                         "`--keys DIR` (docs/security.md); or, for local tests, `--plaintext` (loopback only)")
+    return None, None
 
 
 def load_model(cfg: RuntimeConfig, path: str | Path) -> PoseModel:
@@ -117,11 +163,14 @@ def build_outputs(cfg: RuntimeConfig, model: PoseModel, metrics: RuntimeMetrics,
                   stats: RunStats | None = None) -> Outputs:
     """Pose PUB, recorder (saving the resolved config beside it), degradation log lines, the optional
     console, and the Prometheus metrics. The one place that decides what the runtime outputs."""
-    outputs: list = [PublisherOutput(PosePublisher(cfg.output.endpoint, cfg.output.bind, cfg.output.send_hwm),
-                                     cfg.station), EventLog()]
+    _, pose_curve = curve_servers(cfg)
+    publisher = PosePublisher(cfg.output.endpoint, cfg.output.bind, cfg.output.send_hwm, curve=pose_curve,
+                              force_plaintext=cfg.security.force_plaintext)
+    outputs: list = [PublisherOutput(publisher, cfg.station), EventLog()]
     if cfg.recorder.path:
         path = Path(cfg.recorder.path)
-        outputs.append(RecorderOutput(open_recorder(path, cfg.recorder.npz_max_ticks, cfg.recorder.npz_max_mb)))
+        r = cfg.recorder
+        outputs.append(RecorderOutput(open_recorder(path, r.npz_max_ticks, r.npz_max_mb, r.flush_s, r.rotate_mb)))
         saved = cfg.save(path.with_name(path.name + ".config.yaml"))
         log.info("recording ticks to %s (resolved config in %s)", path, saved)
     if console:
@@ -143,15 +192,22 @@ class Runtime:
         self.loop = Loop(cfg, Pipeline(cfg, model), self.outputs, self.stats)
         self.http: HttpExporter | None = None
         self.ingest: Ingest | None = None
+        self.worker_died: str | None = None
 
     def start(self) -> Runtime:
         log.info("resolved config: %s", json.dumps(self.cfg.to_dict(), sort_keys=True))
         if self.cfg.metrics.enabled:
             m = self.cfg.metrics
-            self.http = HttpExporter(self.metrics.registry, self.readiness, m.host, m.port).start()
+            web = WebConfig.load(m.web_config) if m.web_config else None
+            self.http = HttpExporter(self.metrics.registry, self.readiness, m.host, m.port, workers=m.workers,
+                                     web=web).start()
             log.info("metrics at %s (also /healthz, /readyz)", self.http.url)
         i = self.cfg.inputs
-        self.ingest = Ingest(list(i.endpoints), bind=i.bind, metrics=self.metrics, queue_size=i.queue_size)
+        ingest_curve, _ = curve_servers(self.cfg)
+        self.ingest = Ingest(list(i.endpoints), bind=i.bind, metrics=self.metrics, queue_size=i.queue_size,
+                             curve=ingest_curve, force_plaintext=self.cfg.security.force_plaintext,
+                             max_clock_offset_s=i.max_clock_offset_s if self.cfg.sync.clock == "wall" else None)
+        self.ingest.on_exit = self._worker_exited
         self.ingest.start()
         log.info("ingest on %s (%s), pose stream on %s, %s clock at %.1f Hz", ", ".join(self.ingest.endpoints),
                  "bind" if i.bind else "connect", self.pose_endpoint, self.cfg.sync.clock, self.cfg.sync.rate_hz)
@@ -162,6 +218,12 @@ class Runtime:
         """The endpoint of the pose stream really bound (port 0 resolved)."""
         return next((o.endpoint for o in self.outputs.items if isinstance(o, PublisherOutput)),
                     self.cfg.output.endpoint)
+
+    def _worker_exited(self, ingest: Ingest) -> None:
+        """The ingest thread ended without being stopped: not ready any more, stop the loop."""
+        self.worker_died = f"ingest thread died: {ingest.failure!r}"
+        self.metrics.ready.set(0.0)
+        self.stop_event.set()
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for /readyz: model loaded (we exist), ingest running, a recent tick."""
@@ -176,7 +238,10 @@ class Runtime:
         return True, "ready"
 
     def run(self, duration_s: float | None = None) -> RunStats:
-        return self.loop.run(self.ingest, self.stop_event, duration_s)
+        stats = self.loop.run(self.ingest, self.stop_event, duration_s)
+        if self.worker_died:
+            raise WorkerDied(f"{self.worker_died}; exiting non-zero so the supervisor restarts the runtime")
+        return stats
 
     def close(self) -> None:
         if self.ingest is not None:
@@ -200,7 +265,7 @@ def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_
         rt.start()
         if view_port is not None:
             from runtime.view.launch import start_viewer_process
-            viewer = start_viewer_process(rt.pose_endpoint, view_port)
+            viewer = start_viewer_process(rt.pose_endpoint, view_port, viewer_key_args(cfg))
         return rt.run(duration_s)
     finally:
         if viewer is not None:
@@ -209,6 +274,19 @@ def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_
         rt.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def viewer_key_args(cfg: RuntimeConfig) -> list[str]:
+    """CurveZMQ arguments of the local viewer: the key pair named ``viewer`` of the key directory
+    (``runtime keys add DIR viewer --role viewer``), when the runtime is secured."""
+    if not cfg.security.keys_dir:
+        return []
+    root = Path(cfg.security.keys_dir)
+    secret = root / keys.CLIENTS_DIR / "viewer.key_secret"
+    if not secret.exists():
+        log.warning("no %s: the viewer cannot read the secured pose stream (runtime keys add %s viewer --role "
+                    "viewer)", secret, root)
+    return ["--client-key", str(secret), "--server-key", str(root / f"{keys.SERVER_NAME}.key")]
 
 
 def _on_signal(rt: Runtime, signum: int) -> None:

@@ -8,9 +8,16 @@ Every time is passed in, in ns since the Unix epoch. At each tick, per modality:
 
 WiFi is a stream of CSI packets: the tick takes every packet captured in
 (tick − ``wifi_window_s``, tick], oldest first, concatenated to [P, 3, 114] (the pipeline resamples
-them to the model's 10 with ``sensors.preprocess.resample_packets``). Ground truth (``gt``) is the
-nearest sample within the tolerance. Buffers are bounded ring buffers sorted by capture time, so
-out-of-order and late messages are placed where they belong and memory never grows.
+them to the model's 10 with ``sensors.preprocess.resample_packets``); when that window is empty
+(a burst of packets straddling the tick has not arrived yet), the window ending at the newest
+packet no older than the maximum age is used instead, as for the other modalities. Ground truth
+(``gt``) is the nearest sample within the tolerance. Buffers are bounded ring buffers sorted by
+capture time, so out-of-order and late messages are placed where they belong and memory never grows.
+
+Clock sanity: ``add`` takes the runtime's "now" (wall clock, or the data clock of a replay). When a
+ring is full, the end farther from now is evicted: normally the oldest sample, but a flood of
+samples stamped far in the future (or far in the past) evicts itself, never the good samples
+around now.
 
 ``TickClock`` decides which tick is due, from the wall clock or from the newest data time
 (replay as fast as possible); when the caller falls behind only the latest due tick runs and the
@@ -102,12 +109,15 @@ class _Ring:
         self.times: list[int] = []
         self.msgs: list[Message] = []
 
-    def add(self, msg: Message) -> None:
+    def add(self, msg: Message, now_ns: int | None = None) -> None:
         i = bisect.bisect_right(self.times, msg.t_ns)
         self.times.insert(i, msg.t_ns)
         self.msgs.insert(i, msg)
         if len(self.times) > self.maxlen:
-            del self.times[0], self.msgs[0]
+            # Evict the end farther from now: the oldest, unless the newest lies further ahead.
+            newest_first = now_ns is not None and self.times[-1] - now_ns > now_ns - self.times[0]
+            j = -1 if newest_first else 0
+            del self.times[j], self.msgs[j]
 
     def __len__(self) -> int:
         return len(self.times)
@@ -124,11 +134,12 @@ class Synchronizer:
         self._rings = {t: _Ring(self.cfg.buffer_len) for t in SYNC_TOPICS}
         self._ticks = 0
 
-    def add(self, msg: Message) -> None:
-        """Buffer one message (any arrival order). Topics other than the inputs and gt are ignored."""
+    def add(self, msg: Message, now_ns: int | None = None) -> None:
+        """Buffer one message (any arrival order). Topics other than the inputs and gt are ignored.
+        ``now_ns``: the runtime's clock, so that a full buffer evicts samples far from it first."""
         ring = self._rings.get(msg.topic)
         if ring is not None:
-            ring.add(msg)
+            ring.add(msg, now_ns)
 
     def buffered(self, topic: str) -> int:
         return len(self._rings[topic])
@@ -184,11 +195,19 @@ class Synchronizer:
     def _wifi(self, tick_ns: int) -> tuple[SyncedSample | None, int]:
         """Packets with capture time in (tick - window, tick], oldest first -> amp/phase [P, 3, 114]."""
         ring = self._rings["wifi"]
-        lo = tick_ns - int(round(self.cfg.wifi_window_s * 1e9))
+        window = int(round(self.cfg.wifi_window_s * 1e9))
+        packet_times = [msg.packet_times_ns() for msg in ring.msgs]
+        hi = tick_ns
+        if not any(((t > tick_ns - window) & (t <= tick_ns)).any() for t in packet_times):
+            # Nothing in the window: the newest packets no older than the maximum age, if any.
+            older = [int(t[t <= tick_ns].max()) for t in packet_times if (t <= tick_ns).any()]
+            if not older or tick_ns - max(older) > self.cfg.max_age_ns("wifi"):
+                return None, 0
+            hi = max(older)
+        lo = hi - window
         amps, phases, times, newest = [], [], [], None
-        for msg in ring.msgs:
-            t = msg.packet_times_ns()
-            keep = (t > lo) & (t <= tick_ns)
+        for msg, t in zip(ring.msgs, packet_times):
+            keep = (t > lo) & (t <= hi)
             if keep.any():
                 amps.append(msg.arrays["amp"][keep])
                 phases.append(msg.arrays["phase"][keep])

@@ -9,6 +9,7 @@ COMMANDS = {
     "inspect": ("sensors.inspect", "read an MM-Fi-format dataset back and print a summary"),
     "realism": ("sensors.simulate.realism", "print the realism figures of a generated dataset"),
     "replay": ("sensors.replay", "replay a dataset as four timed sensor streams over ZeroMQ"),
+    "fuzz": ("sensors.fuzz", "send random, mutated and boundary-value messages to a live runtime, check the accounting"),
 }
 
 

@@ -109,7 +109,11 @@ class SequenceKey:
 # ----------------------------------------------------------------------------------------------
 def _named_dirs(parent: Path, names: Sequence[str]) -> list[Path]:
     """Sub-folders of ``parent`` whose name is in ``names``, sorted; everything else is ignored."""
-    return sorted(p for p in parent.iterdir() if p.name in names and p.is_dir())
+    try:
+        return sorted(p for p in parent.iterdir() if p.name in names and p.is_dir())
+    except OSError as err:   # unreadable folder (permissions, I/O error)
+        raise MMFiLayoutError(f"{parent}: the folder cannot be read ({err.strerror or err}); check its "
+                              "permissions (the reader needs r and x on every folder of the dataset)") from err
 
 
 def discover_sequences(root: str | Path) -> list[SequenceKey]:
@@ -167,6 +171,47 @@ def _load_npy(path: Path) -> np.ndarray:
     return arr
 
 
+def _plausible_fraction(values: np.ndarray) -> float:
+    """Fraction of values that look like physical quantities: finite, and 0 or 1e-3 <= |v| <= 1e3."""
+    if not values.size:
+        return 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        a = np.abs(values.astype(np.float64))
+        ok = np.isfinite(a) & ((a == 0) | ((a >= 1e-3) & (a <= 1e3)))
+    return float(ok.mean())
+
+
+def _column_spread(values: np.ndarray, columns: int) -> float:
+    """Mean within-column variance over the total variance: low when ``columns`` is the file's real
+    column count (each column its own distribution), near 1 when rows straddle columns."""
+    rows = values.reshape(-1, columns)
+    rows = rows[np.isfinite(rows).all(axis=1)]
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = float(np.var(rows)) if rows.size else 0.0
+        return float(np.var(rows, axis=0).mean() / total) if total > 0 and np.isfinite(total) else 1.0
+
+
+def point_file_problem(raw: bytes, modality: str) -> str | None:
+    """Why the bytes of a ``.bin`` point file are not MM-Fi's float64 [N, columns] (None when they
+    look right): float32 values (half the expected width), or another column count (a 5-column
+    radar file where LiDAR's 3 columns belong, or the reverse). Heuristics on the values: run on
+    files of at least 8 rows."""
+    columns = len(schema.MODALITY_SPECS[modality].columns)
+    if len(raw) % 4 or len(raw) < 8 * 8 * columns:
+        return None
+    f32, f64 = np.frombuffer(raw, "<f4"), np.frombuffer(raw, "<f8") if len(raw) % 8 == 0 else None
+    if f64 is None or (_plausible_fraction(f32) >= 0.99 and _plausible_fraction(f64) < 0.9):
+        return (f"the values look like float32 (read as float32 they are plausible, as float64 they are "
+                f"not); MM-Fi point files are raw float64 x {columns} columns: convert with "
+                f"np.fromfile(path, '<f4').astype('<f8').tofile(path)")
+    for other in (3, 5):
+        if other != columns and len(raw) % (8 * other) == 0 and len(raw) // (8 * other) >= 8:
+            if _column_spread(f64, other) < 0.5 * _column_spread(f64, columns):
+                return (f"the values look like {other} columns per point, {modality} has {columns} "
+                        f"({', '.join(schema.MODALITY_SPECS[modality].columns)}); is this another sensor's file?")
+    return None
+
+
 def read_keypoints(path: str | Path) -> np.ndarray:
     """``rgb/frameNNN.npy`` -> float32 [17, 2] pixels of a 640x480 image, COCO-17 order."""
     path = Path(path)
@@ -184,7 +229,10 @@ def read_points(path: str | Path, modality: str) -> np.ndarray | None:
     path = Path(path)
     spec = schema.MODALITY_SPECS[modality]
     columns = len(spec.columns)
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise MMFiFormatError(f"{path}: the file cannot be read ({err.strerror or err})") from err
     if size == 0:
         return None
     row = _BYTES_PER_VALUE * columns
@@ -196,7 +244,14 @@ def read_points(path: str | Path, modality: str) -> np.ndarray | None:
     if n > spec.max_points:
         raise MMFiFormatError(f"{path}: expected at most {spec.max_points} {modality} points "
                               f"(schema.MAX_*_POINTS), got {n}")
-    return np.fromfile(path, dtype="<f8").reshape(n, columns)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise MMFiFormatError(f"{path}: the file cannot be read ({err.strerror or err}); check its permissions") from err
+    problem = point_file_problem(raw, modality)
+    if problem:
+        raise MMFiFormatError(f"{path}: {problem}")
+    return np.frombuffer(raw, dtype="<f8").reshape(n, columns).copy()
 
 
 def read_csi(path: str | Path) -> CSIFrame:
@@ -226,12 +281,14 @@ def read_csi(path: str | Path) -> CSIFrame:
 
 def read_frame_status(seq_dir: str | Path, modality: str, frame: int) -> tuple[Any, str]:
     """(value, status) of one frame: status "ok" (value as ``read_frame``), "empty" (0-byte .bin,
-    value None) or "missing" (no such file, value None). Malformed files raise MMFiFormatError."""
+    value None), "missing" (no such file, value None) or "invalid" (keypoints with NaN/inf: no
+    detection to use, value None). Malformed files raise MMFiFormatError."""
     path = frame_path(seq_dir, modality, frame)
     if not path.is_file():
         return None, "missing"
     if modality == "rgb":
-        return read_keypoints(path), "ok"
+        kpts = read_keypoints(path)
+        return (kpts, "ok") if np.isfinite(kpts).all() else (None, "invalid")
     if modality == "wifi":
         return read_csi(path), "ok"
     points = read_points(path, modality)
@@ -301,39 +358,6 @@ def mmwave_permutation(columns: Sequence[str]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Model inputs of one frame (only through sensors.preprocess)
-# ----------------------------------------------------------------------------------------------
-def model_inputs(rgb_frames: Sequence[np.ndarray | None], lidar: np.ndarray | None,
-                 mmwave: np.ndarray | None, csi: CSIFrame | None, *, rgb_window: int,
-                 lidar_cap: int, mmwave_cap: int) -> dict[str, np.ndarray]:
-    """Raw frames -> the model inputs of one frame (schema.MODEL_INPUTS, no batch axis).
-
-    rgb_frames: the last <= ``rgb_window`` keypoint frames [17, 2] px, oldest first, last = now
-    (None = absent); mmwave in schema column order. A modality is present when its current frame
-    is (for points: at least one finite point); absent inputs are all zero.
-    """
-    presence = np.zeros(schema.N_MODALITIES, dtype=np.float32)
-    out: dict[str, np.ndarray] = {}
-    if rgb_frames and rgb_frames[-1] is not None:
-        out["rgb"] = preprocess.rgb_window(list(rgb_frames), rgb_window)
-        presence[schema.MODALITY_INDEX["rgb"]] = 1.0
-    else:
-        out["rgb"] = np.zeros((rgb_window, schema.N_KEYPOINTS, 2), dtype=np.float32)
-    for name, points, cap in (("lidar", lidar, lidar_cap), ("mmwave", mmwave, mmwave_cap)):
-        columns = len(schema.MODALITY_SPECS[name].columns)
-        pts = np.zeros((0, columns)) if points is None else points
-        out[name], out[f"{name}_mask"] = preprocess.sample_points(pts, cap, columns)
-        presence[schema.MODALITY_INDEX[name]] = float(out[f"{name}_mask"].any())
-    if csi is not None:
-        out["wifi"] = preprocess.wifi_input(csi.amp, csi.phase)
-        presence[schema.MODALITY_INDEX["wifi"]] = 1.0
-    else:
-        out["wifi"] = np.zeros(schema.WIFI_INPUT_SHAPE, dtype=np.float32)
-    out["presence"] = presence
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # Dataset
 # ----------------------------------------------------------------------------------------------
 class MMFiDataset:
@@ -364,6 +388,7 @@ class MMFiDataset:
             raise MMFiLayoutError(self._nothing_selected(found))
         self._check_folders()
         self.missing: Counter[str] = Counter()
+        self.invalid: Counter[str] = Counter()   # frames read as absent because their values are unusable
         self._gt: tuple[SequenceKey, np.ndarray] | None = None
 
     # -- construction checks --------------------------------------------------------------------
@@ -427,6 +452,12 @@ class MMFiDataset:
         if status == "missing":
             self.missing[modality] += 1
             _missing_frame(seq, modality, frame, self.missing_policy)
+        elif status == "invalid":
+            self.invalid[modality] += 1
+            if self.invalid[modality] == 1:
+                log.warning("%s: %s values with NaN/inf: the frame is treated as absent (presence 0); "
+                            "further ones are counted (MMFiDataset.invalid), not logged",
+                            frame_path(seq, modality, frame), modality)
         if modality == "mmwave" and value is not None:
             value = value[:, self._mmwave_perm]
         return value
@@ -437,8 +468,8 @@ class MMFiDataset:
         return self._gt[1]
 
     def _inputs(self, rgb_frames, lidar, mmwave, csi) -> dict[str, np.ndarray]:
-        return model_inputs(rgb_frames, lidar, mmwave, csi, rgb_window=self.rgb_window,
-                            lidar_cap=self.lidar_cap, mmwave_cap=self.mmwave_cap)
+        return preprocess.frame_inputs(rgb_frames, lidar, mmwave, csi, rgb_window=self.rgb_window,
+                                       lidar_cap=self.lidar_cap, mmwave_cap=self.mmwave_cap)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         key, t = self.locate(index)

@@ -127,3 +127,41 @@ def rgb_window(frames: list[np.ndarray | None], window: int) -> np.ndarray:
         src = later[0] if later else known[-1]
         out[i] = normalize_keypoints(frames[src])
     return out
+
+
+_causal_window = rgb_window   # frame_inputs' keyword ``rgb_window`` shadows the function
+
+
+def frame_inputs(rgb_frames: list[np.ndarray | None], lidar: np.ndarray | None, mmwave: np.ndarray | None,
+                 wifi: tuple[np.ndarray, np.ndarray] | None, *, rgb_window: int, lidar_cap: int,
+                 mmwave_cap: int) -> dict[str, np.ndarray]:
+    """The model inputs of one frame (``schema.MODEL_INPUTS``, shapes ``schema.model_shapes`` without
+    the batch axis): THE rule from raw frames to what the model sees, used by the MM-Fi reader
+    (training, calibration) and the runtime's ticks alike.
+
+    rgb_frames: the last <= ``rgb_window`` keypoint frames [17, 2] px, oldest first, last = now
+    (None = absent); lidar [N, 3] m; mmwave [N, 5] in ``schema.MMWAVE_COLUMNS`` order; wifi
+    (amplitude, phase) each [3, 114, 10] as MM-Fi stores a frame. None = absent. A modality is
+    present when its current frame is (for points: at least one finite point, so an empty radar
+    frame is absent); absent inputs are all zero and the presence mask says 0.
+    """
+    shapes = schema.model_shapes(rgb_window, lidar_cap, mmwave_cap, batch=None)
+    presence = np.zeros(schema.N_MODALITIES, dtype=np.float32)
+    out: dict[str, np.ndarray] = {}
+    if rgb_frames and rgb_frames[-1] is not None:
+        out["rgb"] = _causal_window(list(rgb_frames), rgb_window)
+        presence[schema.MODALITY_INDEX["rgb"]] = 1.0
+    else:
+        out["rgb"] = np.zeros(shapes["rgb"][1:], dtype=np.float32)
+    for name, points, cap in (("lidar", lidar, lidar_cap), ("mmwave", mmwave, mmwave_cap)):
+        columns = len(schema.MODALITY_SPECS[name].columns)
+        pts = np.zeros((0, columns), np.float32) if points is None else points
+        out[name], out[f"{name}_mask"] = sample_points(pts, cap, columns)
+        presence[schema.MODALITY_INDEX[name]] = float(out[f"{name}_mask"].any())
+    if wifi is not None:
+        out["wifi"] = wifi_input(*wifi)
+        presence[schema.MODALITY_INDEX["wifi"]] = 1.0
+    else:
+        out["wifi"] = np.zeros(shapes["wifi"][1:], dtype=np.float32)
+    out["presence"] = presence
+    return {name: out[name] for name in schema.MODEL_INPUTS}

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from sensors import keys as keyfiles
 from sensors import mmfi, schema, wire
+from sensors.cli_util import add_list_argument
 from sensors.faults import Fault, FaultInjector, parse_fault
 from sensors.publisher import SensorPublisher
 
@@ -220,7 +222,7 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
            start_ns: int | None = None, progress: bool = False, src: str = DEFAULT_SRC,
            station: str | None = None, wifi_burst: int = 1, connect_timeout_s: float = 10.0,
            send_timeout_s: float = 10.0, mmwave_columns: tuple[str, ...] = schema.MMWAVE_COLUMNS,
-           context=None) -> ReplayStats:
+           context=None, curve: keyfiles.CurveClient | None = None, force_plaintext: bool = False) -> ReplayStats:
     """Replay the sequences of ``root`` to ``endpoint`` and return what was sent."""
     _check_args(rate, jitter_ms, drop_prob, max_frames, wifi_burst)
     mmfi.mmwave_permutation(mmwave_columns)  # validates the order before anything is sent
@@ -233,11 +235,13 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
     # nodrop: a receiver that falls behind slows the replay down (its own bounded queue then counts
     # queue_full) instead of ZeroMQ dropping messages silently at the sender.
     with SensorPublisher(endpoint, bind=bind, src=src, station=station, context=context,
-                         sndhwm=10_000, nodrop=True, send_timeout_s=send_timeout_s) as pub:
+                         sndhwm=10_000, nodrop=True, send_timeout_s=send_timeout_s, curve=curve,
+                         force_plaintext=force_plaintext) as pub:
         if not pub.wait_connected(connect_timeout_s, topics=topics):
             raise ReplayError(f"no subscriber for {', '.join(topics)} at {pub.endpoint} after "
                               f"{connect_timeout_s:g} s: start the receiver first (`runtime serve` binds "
-                              f"{DEFAULT_ENDPOINT}), or check --connect/--bind")
+                              f"{DEFAULT_ENDPOINT}), or check --connect/--bind; a runtime with CurveZMQ "
+                              f"takes only allow-listed keys (--keys DIR --key-name NAME)")
         # Capture times are "now" by default (chosen once connected), and at rate 1 each message
         # leaves at its capture time on the wall clock; a given start_ns is paced from the first send.
         wall_anchored = start_ns is None
@@ -305,9 +309,9 @@ def add_arguments(p) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="1.0 = real time, 0 = as fast as possible")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="capture-to-send jitter, |N(0, s)| ms")
     p.add_argument("--drop", type=float, default=0.0, help="probability of dropping a sensor message")
-    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                   help="modality:kind@start_s[+duration_s][=param], kinds stop freeze noise nan skew "
-                        "(repeatable), e.g. lidar:stop@5 mmwave:freeze@3+4 lidar:skew@2=0.3")
+    add_list_argument(p, "--fault", default=[], metavar="SPEC",
+                      help="modality:kind@start_s[+duration_s][=param], kinds stop freeze noise nan skew, "
+                           "e.g. lidar:stop@5,mmwave:freeze@3+4,lidar:skew@2=0.3")
     p.add_argument("--no-gt", action="store_true", help="do not send the ground-truth stream")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-frames", type=int, default=None)
@@ -318,9 +322,32 @@ def add_arguments(p) -> None:
     p.add_argument("--mmwave-columns", default=",".join(schema.MMWAVE_COLUMNS),
                    help="column order of the radar .bin files on disk (the wire carries "
                         f"{','.join(schema.MMWAVE_COLUMNS)})")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="CurveZMQ: key directory (runtime keys init/add): DIR/clients/NAME.key_secret and "
+                        "DIR/server.key")
+    p.add_argument("--key-name", default="replay", help="client key name with --keys (default replay)")
+    p.add_argument("--client-key", default=None, metavar="FILE", help="CurveZMQ client secret key file")
+    p.add_argument("--server-key", default=None, metavar="FILE", help="CurveZMQ server public key file")
+    p.add_argument("--force-plaintext", action="store_true",
+                   help="allow plaintext (no keys) to a non-loopback endpoint")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for a subscriber")
-    p.add_argument("--stats-json", default=None, help="also write the statistics to this JSON file")
+    p.add_argument("--report", "--stats-json", dest="stats_json", default=None, metavar="FILE",
+                   help="also write the statistics as JSON to FILE")
     p.add_argument("--no-progress", action="store_true")
+
+
+def client_keys(args) -> keyfiles.CurveClient | None:
+    """The CurveZMQ client keys of ``--keys DIR --key-name NAME`` or ``--client-key/--server-key``."""
+    if args.keys and (args.client_key or args.server_key):
+        raise ValueError("give either --keys DIR (with --key-name) or --client-key and --server-key, not both")
+    if args.keys:
+        root = Path(args.keys)
+        return keyfiles.CurveClient.load(root / keyfiles.CLIENTS_DIR / f"{args.key_name}.key_secret",
+                                         root / f"{keyfiles.SERVER_NAME}.key")
+    if bool(args.client_key) != bool(args.server_key):
+        raise ValueError("--client-key and --server-key go together (the client's secret key file and the "
+                         "runtime's public key file)")
+    return keyfiles.CurveClient.load(args.client_key, args.server_key) if args.client_key else None
 
 
 def run(args) -> int:
@@ -333,12 +360,13 @@ def run(args) -> int:
     endpoint = args.bind if bind else (args.connect or DEFAULT_ENDPOINT)
     sequences = [s for s in args.sequences.split(",") if s.strip()] if args.sequences else None
     try:
+        curve = client_keys(args)
         stats = replay(args.data, endpoint, bind=bind, protocol=args.protocol, split=args.split,
                        subset=args.subset, rate=args.rate, jitter_ms=args.jitter_ms, drop_prob=args.drop,
                        faults=faults, send_gt=not args.no_gt, seed=args.seed, max_frames=args.max_frames,
                        sequences=sequences, start_ns=args.start_ns, progress=not args.no_progress,
                        src=args.src, station=args.station, wifi_burst=args.wifi_burst,
-                       connect_timeout_s=args.connect_timeout,
+                       connect_timeout_s=args.connect_timeout, curve=curve, force_plaintext=args.force_plaintext,
                        mmwave_columns=tuple(c.strip() for c in args.mmwave_columns.split(",")))
     except (ReplayError, mmfi.MMFiFormatError) as err:
         log.error("%s", err)

@@ -110,11 +110,34 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {
 MODEL_INPUTS: tuple[str, ...] = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence")
 MODEL_OUTPUTS: tuple[str, ...] = ("pose", "coalition_poses")  # [B,17,3] and [B,16,17,3]
 WIFI_INPUT_SHAPE = (WIFI_ANTENNAS, WIFI_SUBCARRIERS, 2 * WIFI_PACKETS)
+BATCH_AXIS = "batch"          # name of the dynamic batch axis in exported shapes
+META_PREFIX = "awc."          # prefix of the model's self-description keys in the ONNX metadata
+MODEL_DTYPES: dict[str, str] = {n: "bool" if n.endswith("_mask") else "float32"
+                                for n in (*MODEL_INPUTS, *MODEL_OUTPUTS)}
 
 # Defaults; a trained model's metadata carries its own values.
 DEFAULT_RGB_WINDOW = 9
 DEFAULT_LIDAR_CAP = 256
 DEFAULT_MMWAVE_CAP = 32
+
+
+def model_shapes(rgb_window: int, lidar_cap: int, mmwave_cap: int,
+                 batch: int | str | None = BATCH_AXIS) -> dict[str, tuple]:
+    """Shape of every model input and output (MODEL_INPUTS then MODEL_OUTPUTS order) for a model
+    with this RGB window and these point caps; ``batch`` fills the batch axis (a size, the axis
+    name, or None for "any"). The one place these shapes are written."""
+    b = batch
+    return {
+        "rgb": (b, rgb_window, N_KEYPOINTS, 2),
+        "lidar": (b, lidar_cap, len(MODALITY_SPECS["lidar"].columns)),
+        "lidar_mask": (b, lidar_cap),
+        "mmwave": (b, mmwave_cap, len(MMWAVE_COLUMNS)),
+        "mmwave_mask": (b, mmwave_cap),
+        "wifi": (b, *WIFI_INPUT_SHAPE),
+        "presence": (b, N_MODALITIES),
+        "pose": (b, N_JOINTS, 3),
+        "coalition_poses": (b, 2 ** N_MODALITIES, N_JOINTS, 3),
+    }
 
 # ----------------------------------------------------------------------------------------------
 # Coalitions

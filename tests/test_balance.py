@@ -9,7 +9,7 @@ from training_fakes import fake_split
 
 from sensors import posemath, schema
 from training import balance, config
-from training.fisher import INPUT_NAMES, diagonal_fisher, encoder_names, fisher_and_coalitions
+from training.fisher import diagonal_fisher, encoder_names, fisher_and_coalitions
 from training.losses import mpjpe_loss
 from training.model import build_model
 from training.shapley import batch_shapley, coalition_masks, pearson_profit
@@ -80,7 +80,7 @@ def test_shapley_efficiency_on_real_model():
     model = build_model(cfg.model).eval()
     b = fake_split(24, cfg.model).tensors
     with torch.no_grad():
-        feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
     phi, v = batch_shapley(model, feats, b["presence"], b["joints"])
     assert v[0] == 0.0
     assert phi.sum() == pytest.approx(v[15] - v[0], abs=1e-9)
@@ -95,7 +95,7 @@ def test_shapley_efficiency_on_real_model():
 # Fisher
 # ----------------------------------------------------------------------------------------------
 def _tiny_model_and_data(n: int = 6):
-    cfg = config.resolve("tiny", flags={"model": {"modalities": "rgb,wifi"}})
+    cfg = config.resolve("tiny", flags={"model": {"modalities": ["rgb", "wifi"]}})
     torch.manual_seed(0)
     return build_model(cfg.model), fake_split(n, cfg.model)
 
@@ -106,7 +106,7 @@ def _manual_grads(model, data, idx):
     out = []
     for i in idx:
         b = data.batch(torch.as_tensor(i).reshape(-1))
-        loss = mpjpe_loss(model(*[b[k] for k in INPUT_NAMES]), b["joints"])
+        loss = mpjpe_loss(model(*[b[k] for k in schema.MODEL_INPUTS]), b["joints"])
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         out.append({n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads, strict=True)})
     return out
@@ -131,7 +131,7 @@ def test_per_batch_fisher_is_mean_of_squared_minibatch_gradients():
     expected = {n: torch.zeros_like(p) for n, p in params.items() if n in fisher}
     for part in (torch.arange(3), torch.arange(3, 6)):
         b = data.batch(part)
-        loss = mpjpe_loss(model(*[b[k] for k in INPUT_NAMES]), b["joints"])
+        loss = mpjpe_loss(model(*[b[k] for k in schema.MODEL_INPUTS]), b["joints"])
         for n, g in zip(expected, torch.autograd.grad(loss, [params[n] for n in expected]), strict=True):
             expected[n] += g.pow(2) / 2
     for n in fisher:
@@ -147,7 +147,7 @@ def test_fisher_of_a_feature_bias_matches_hand_computation():
     hand = []
     for i in range(4):
         b = data.batch(torch.tensor([i]))
-        feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
         f = feats["rgb"]
         loss = mpjpe_loss(model.fuse(feats, b["presence"]), b["joints"])
         (g,) = torch.autograd.grad(loss, f)
@@ -237,7 +237,7 @@ def test_fisher_pass_also_gives_the_theta0_coalition_predictions(mode):
     fisher, coal = fisher_and_coalitions(model, data, torch.arange(6), mode=mode, chunk=4)
     b = data.batch(torch.arange(6))
     with torch.no_grad():
-        feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
         expected = model.fuse_coalitions(feats, coalition_masks(b["presence"]))
     torch.testing.assert_close(coal, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fisher["encoders.rgb.norm.bias"],

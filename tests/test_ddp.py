@@ -27,7 +27,7 @@ def _log(out: Path) -> list[dict]:
 
 def test_torchrun_two_processes_match_single_process(tiny_dataset, tmp_path):
     common = ["--preset", "tiny", "--data", str(tiny_dataset), "--balance", "awc", "--no-progress",
-              f"data.cache_dir={tmp_path / 'cache'}", "train.plots=false"]
+              "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.plots=false"]
     assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0  # also fills the array cache
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

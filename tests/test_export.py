@@ -92,7 +92,7 @@ def test_pinned_ir_version_and_opset(exported):
     opsets = {o.domain: o.version for o in proto.opset_import}
     assert opsets.get("", opsets.get("ai.onnx")) == export.OPSET == 17
     dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert dims[0] == export.BATCH_AXIS  # dynamic batch axis, fixed window and caps
+    assert dims[0] == schema.BATCH_AXIS  # dynamic batch axis, fixed window and caps
 
 
 def test_opset_outside_what_onnxruntime_120_reads_is_refused(tmp_path):

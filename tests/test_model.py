@@ -11,7 +11,6 @@ from training_fakes import fake_split
 
 from sensors import schema
 from training import config
-from training.fisher import INPUT_NAMES
 from training.model import build_model
 from training.shapley import COALITION_MASKS
 
@@ -30,7 +29,7 @@ def _inputs(cfg, n: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def _run(model, b) -> torch.Tensor:
     with torch.no_grad():
-        return model(*[b[k] for k in INPUT_NAMES])
+        return model(*[b[k] for k in schema.MODEL_INPUTS])
 
 
 @pytest.mark.parametrize("fusion", config.FUSIONS)
@@ -38,7 +37,7 @@ def test_shapes_and_api(fusion):
     model, cfg = _model(fusion)
     b = _inputs(cfg)
     with torch.no_grad():
-        feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
         assert set(feats) == set(schema.MODALITIES)
         assert all(f.shape == (6, cfg.model.dim) for f in feats.values())
         pose = model.fuse(feats, b["presence"])
@@ -94,11 +93,11 @@ def test_empty_clouds_give_finite_output():
 
 
 def test_disabled_modality_has_no_encoder_and_zero_feature():
-    model, cfg = _model(modalities="rgb,lidar")
+    model, cfg = _model(modalities=["rgb", "lidar"])
     assert set(model.encoders) == {"rgb", "lidar"}
     b = _inputs(cfg)
     with torch.no_grad():
-        feats = model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
     assert torch.count_nonzero(feats["wifi"]) == 0 and torch.count_nonzero(feats["mmwave"]) == 0
 
 
@@ -116,12 +115,12 @@ def test_onnx_export_matches_torch(fusion):
     ort = pytest.importorskip("onnxruntime")
     model, cfg = _model(fusion)
     b = _inputs(cfg, n=3)
-    args = tuple(b[k] for k in INPUT_NAMES)
+    args = tuple(b[k] for k in schema.MODEL_INPUTS)
     buf = io.BytesIO()
-    torch.onnx.export(model, args, buf, input_names=list(INPUT_NAMES), output_names=["pose"], dynamo=False,
-                      dynamic_axes={k: {0: "batch"} for k in INPUT_NAMES})
+    torch.onnx.export(model, args, buf, input_names=list(schema.MODEL_INPUTS), output_names=["pose"], dynamo=False,
+                      dynamic_axes={k: {0: "batch"} for k in schema.MODEL_INPUTS})
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {k: v.numpy() for k, v in zip(INPUT_NAMES, args, strict=True)})[0]
+    out = sess.run(None, {k: v.numpy() for k, v in zip(schema.MODEL_INPUTS, args, strict=True)})[0]
     np.testing.assert_allclose(out, _run(model, b).numpy(), atol=1e-5)
 
 
@@ -145,12 +144,12 @@ def test_onnx_export_of_coalition_head_matches_torch(fusion):
     model, cfg = _model(fusion)
     wrapper = _Coalitions(model).eval()
     b = _inputs(cfg, n=3)
-    args = tuple(b[k] for k in INPUT_NAMES)
+    args = tuple(b[k] for k in schema.MODEL_INPUTS)
     buf = io.BytesIO()
-    torch.onnx.export(wrapper, args, buf, input_names=list(INPUT_NAMES), output_names=["pose", "coalition_poses"],
-                      dynamo=False, dynamic_axes={k: {0: "batch"} for k in INPUT_NAMES})
+    torch.onnx.export(wrapper, args, buf, input_names=list(schema.MODEL_INPUTS), output_names=["pose", "coalition_poses"],
+                      dynamo=False, dynamic_axes={k: {0: "batch"} for k in schema.MODEL_INPUTS})
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    pose, coal = sess.run(None, {k: v.numpy() for k, v in zip(INPUT_NAMES, args, strict=True)})
+    pose, coal = sess.run(None, {k: v.numpy() for k, v in zip(schema.MODEL_INPUTS, args, strict=True)})
     with torch.no_grad():
         ref_pose, ref_coal = wrapper(*args)
     np.testing.assert_allclose(pose, ref_pose.numpy(), atol=1e-5)

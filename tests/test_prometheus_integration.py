@@ -143,7 +143,7 @@ def stack(tiny_dataset, model_path, tmp_path_factory):
                        f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
         "runtime": [sys.executable, "-m", "runtime", "serve", "--model", str(model_path),
                     "--input", f"tcp://127.0.0.1:{in_port}", "--output", f"tcp://127.0.0.1:{out_port}",
-                    "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--threads", "1",
+                    "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--threads", "1", "--plaintext",
                     "--set", f"station={STATION}"],
         "replay": [sys.executable, "-m", "sensors", "replay", "--data", str(tiny_dataset), "--protocol", "P1",
                    "--split", "S1", "--subset", "test", "--connect", f"tcp://127.0.0.1:{in_port}",

@@ -70,7 +70,7 @@ def test_cli_prints_and_saves_json(tiny_dataset, tmp_path, capsys):
     realism.add_arguments(parser)
     out = tmp_path / "realism.json"
     args = parser.parse_args(["--data", str(tiny_dataset), "--frame-step", "50", "--no-probe",
-                              "--json", str(out)])
+                              "--report", str(out)])
     assert realism.run(args) == 0
     saved = json.loads(out.read_text())
     assert saved["frames_read"] == 9 * 6 and "probe_mpjpe_mm" not in saved
@@ -80,3 +80,32 @@ def test_cli_prints_and_saves_json(tiny_dataset, tmp_path, capsys):
 def test_empty_directory_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="sensors simulate"):
         realism.realism_report(tmp_path)
+
+
+def test_identity_probe_and_csi_figures_in_the_report(report):
+    ident = report["identity_probe"]
+    assert ident["subjects"] == 3 and ident["chance"] == round(1 / 3, 4) and ident["test_frames"] > 0
+    for m in ("wifi", "mmwave"):                  # no recording shared by a subject's sequences
+        assert ident[f"{m}_accuracy"] <= 2 * ident["chance"], ident
+    csi = report["csi_amplitude"]
+    assert 25.0 <= csi["percentiles_db"]["p5"] < csi["percentiles_db"]["p95"] <= 50.0
+    assert set(csi["rooms"]) == {"E01", "E04"} and "E01" in csi["real"]["profiles"]
+    lo, hi = csi["rooms"]["E01"]["subcarrier_sd_db"]
+    assert 2.0 < lo <= hi < 9.0
+    assert 0.5 < csi["packet_sd_db"] < 3.0
+    ratios = report["probe_mpjpe_mm"]["ratio_to_rgb"]
+    assert ratios["rgb"] == 1.0 and all(r > 0 for r in ratios.values())
+
+
+def test_identity_probe_finds_a_shortcut_and_not_a_missing_one():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([f"S0{i}" for i in range(1, 5)], 60)
+    actions = np.tile(np.repeat(["A02", "A03", "A04"], 20), 4)
+    code = (np.arange(4).repeat(60)[:, None] == np.arange(4)[None]).astype(float)   # names the subject
+    noise = rng.normal(size=(240, 4))
+    data = {"subject": list(subjects), "action": list(actions)}
+    for m in schema.MODALITIES:
+        data[f"f_{m}"] = code + 0.1 * noise if m == "wifi" else noise
+    result = realism.identity_probe(data)
+    assert result["chance"] == 0.25 and result["wifi_accuracy"] > 0.95
+    assert result["rgb_accuracy"] < 0.5

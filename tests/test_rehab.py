@@ -393,7 +393,7 @@ def test_report_from_a_recording_is_self_contained_html(tmp_path):
 def report_args(path, out, json_out):
     import argparse
 
-    return argparse.Namespace(recording=str(path), out=str(out), json=str(json_out), exercise=None,
+    return argparse.Namespace(recording=str(path), out=str(out), json_out=json_out and str(json_out), exercise=None,
                               title="test report")
 
 

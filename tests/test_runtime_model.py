@@ -42,9 +42,9 @@ def _edited(src, dst, **props):
     proto = onnx.load(str(src))
     kept = {p.key: p.value for p in proto.metadata_props}
     for key, value in props.items():
-        kept.pop("awc." + key, None)
+        kept.pop(schema.META_PREFIX + key, None)
         if value is not None:
-            kept["awc." + key] = value
+            kept[schema.META_PREFIX + key] = value
     del proto.metadata_props[:]
     for k, v in kept.items():
         proto.metadata_props.add(key=k, value=v)

@@ -76,7 +76,7 @@ class ServeProcess:
         self.log = workdir / "serve.log"
         self.cmd = [sys.executable, "-m", "runtime", "serve", "--model", str(model), "--clock", clock,
                     "--input", self.input, "--output", self.output, "--metrics-port", str(self.port),
-                    "--threads", "1", *extra]
+                    "--threads", "1", "--plaintext", *extra]
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> ServeProcess:

@@ -9,6 +9,7 @@ COMMANDS = {
     "evaluate": ("training.evaluate", "MPJPE / PA-MPJPE of a checkpoint, per action and overall"),
     "export": ("training.export", "export a checkpoint to a self-describing ONNX file"),
     "study": ("training.study", "train uni-modal, bi-modal and all-modality models over seeds; table"),
+    "config": ("training.config", "show every config key with its type, default and resolved value"),
     "bench-export": ("training.bench_export", "per-frame latency: onnxruntime vs torch, coalitions"),
 }
 

@@ -1,4 +1,5 @@
-"""Typed training configuration: dataclasses that validate themselves, YAML presets, overrides.
+"""Typed training configuration: dataclasses that validate themselves (their defaults are THE
+defaults), loaded by the shared config layer ``sensors.settings`` (the runtime's too).
 
 A run's configuration is resolved in this order, later wins:
 
@@ -6,7 +7,11 @@ A run's configuration is resolved in this order, later wins:
 2. a preset (``training/configs/<name>.yaml``: ``small``, ``paper``, ``tiny``),
 3. a YAML file (``--config FILE``),
 4. command-line flags (``--fusion``, ``--balance``, ``--epochs`` ...),
-5. ``section.key=value`` overrides (``train.lr=3e-4``, ``balance.alpha_s=50``).
+5. ``AWC_TRAINING_SECTION__KEY=value`` environment variables,
+6. ``--set section.key=value`` overrides (``train.lr=3e-4``, ``model.modalities=[rgb,lidar]``).
+
+Unknown keys and values of the wrong type are refused with the key named; ``training config
+show`` lists every key with its type and default.
 
 The resolved config is saved as ``config.yaml`` next to the run's outputs; ``config_hash`` is a
 stable digest of it (ignoring where the outputs go).
@@ -14,6 +19,7 @@ stable digest of it (ignoring where the outputs go).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -23,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from sensors import schema
+from sensors import schema, settings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FUSIONS = ("concat", "mlp", "attention")
@@ -157,64 +163,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "balance": BalanceConfig, "train": TrainConfig}
-
-
-def _coerce(cls, key: str, value: Any) -> Any:
-    """Value of ``key`` converted to the type of that dataclass field's default."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if key not in fields:
-        raise ValueError(f"unknown config key {cls.__name__}.{key}; known: {sorted(fields)}")
-    f = fields[key]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if isinstance(default, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(v).strip() for v in items if str(v).strip())
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{cls.__name__}.{key} needs a boolean, got {value!r}")
-            return value.lower() in ("true", "1", "yes")
-        return bool(value)
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        try:
-            number = float(value)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{cls.__name__}.{key} needs a number, got {value!r}") from err
-        if isinstance(default, int):
-            if number != int(number):
-                raise ValueError(f"{cls.__name__}.{key} needs an integer, got {value!r}")
-            return int(number)
-        return number
-    return str(value)
-
-
-def update(cfg: Config, values: dict[str, Any]) -> Config:
-    """Apply a nested dict ``{section: {key: value}, out: ...}`` onto ``cfg`` (in place)."""
-    for section, body in (values or {}).items():
-        if section == "out":
-            cfg.out = str(body)
-            continue
-        if section not in SECTIONS:
-            raise ValueError(f"unknown config section {section!r}; known: {sorted(SECTIONS)} and 'out'")
-        if not isinstance(body, dict):
-            raise ValueError(f"config section {section!r} must be a mapping, got {type(body).__name__}")
-        target = getattr(cfg, section)
-        for key, value in body.items():
-            setattr(target, key, _coerce(SECTIONS[section], key, value))
-    return cfg
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["train.lr=3e-4", "model.modalities=rgb,lidar"]`` -> nested dict (values parsed as YAML)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.lr=3e-4")
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        parsed = yaml.safe_load(value) if value else ""
-        out.setdefault(section, {})[name] = value if isinstance(parsed, (list, dict)) or parsed is None else parsed
-    return out
+ENV_PREFIX = "AWC_TRAINING_"
 
 
 def preset_path(name: str) -> Path:
@@ -225,32 +174,24 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} not found; pass an existing YAML file or a --preset")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
-
-
 def resolve(preset: str | None = None, config_file: str | None = None, flags: dict[str, Any] | None = None,
-            overrides: list[str] | None = None) -> Config:
-    """Defaults <- preset <- YAML file <- flags (nested dict) <- ``section.key=value`` overrides."""
-    cfg = Config()
+            overrides: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Defaults <- preset <- YAML file <- flags (nested dict) <- environment <- ``section.key=value``."""
+    data: dict[str, Any] = {}
     if preset:
-        update(cfg, load_yaml(preset_path(preset)))
+        settings.deep_merge(data, settings.read_yaml(preset_path(preset), "preset"))
     if config_file:
-        update(cfg, load_yaml(config_file))
-    update(cfg, flags or {})
-    update(cfg, parse_overrides(overrides or []))
-    return cfg.validate()
+        settings.deep_merge(data, settings.read_yaml(config_file, "training config"))
+    settings.deep_merge(data, flags or {})
+    settings.apply_env(data, ENV_PREFIX, environ)
+    settings.apply_overrides(data, overrides)
+    where = ", ".join(x for x in (f"preset {preset}" if preset else "", config_file or "") if x) or "defaults"
+    return settings.build(Config, data, source=f"{where}, flags, {ENV_PREFIX}* environment or --set")
 
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a config from ``Config.to_dict()`` (e.g. out of a checkpoint)."""
-    return update(Config(), values).validate()
+    return settings.build(Config, values, source="saved config")
 
 
 def config_hash(cfg: Config) -> str:
@@ -262,3 +203,25 @@ def config_hash(cfg: Config) -> str:
 
 def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------- `training config show`
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sensors.cli_util import add_set_argument
+
+    p.add_argument("action", choices=("show",), help="show: every key, its type, default and resolved value")
+    p.add_argument("--preset", help="base preset from training/configs: small, paper, tiny")
+    p.add_argument("--config", help="YAML config file (sections model, data, balance, train)")
+    add_set_argument(p, "train.lr=3e-4")
+    p.add_argument("--yaml", action="store_true", help="print the resolved config as YAML instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = resolve(args.preset, args.config, overrides=args.set)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}")
+        return 2
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip() if args.yaml
+          else settings.format_keys(settings.describe(Config, cfg)))
+    return 0

@@ -43,12 +43,10 @@ log = logging.getLogger(__name__)
 OPSET = 17
 IR_VERSION = 10  # onnxruntime 1.20 reads IR <= 10; onnx 1.23 would write 11 by default
 OPSETS = range(14, 22)  # what IR 10 and onnxruntime 1.20 both cover (opset 21 is onnxruntime 1.20's newest)
-META_PREFIX = "awc."
 # Frames per window: the runtime's sliding window (runtime.contributions.ContributionConfig.window_ticks,
 # 30 ticks = 3 s at 10 Hz; a test keeps the two equal), so baseline and live shares compare like for like.
 CALIBRATION_WINDOW = 30
 CALIBRATION_MAX_FRAMES = 4096
-BATCH_AXIS = "batch"
 
 PREPROCESSING = {
     "rgb": "sensors.preprocess.rgb_window(frames, rgb_window): causal window of the last R frames "
@@ -65,7 +63,7 @@ PREPROCESSING = {
             "frame to [0, 1], amplitude (packets 0..9) then phase (10..19)",
     "presence": "1.0 where the modality has data for the frame, 0.0 where absent (inputs zero-filled); "
                 "a point cloud counts as present when it holds at least one finite point (as "
-                "sensors.mmfi.model_inputs decides); the same mask as a Shapley coalition "
+                "sensors.preprocess.frame_inputs decides); the same mask as a Shapley coalition "
                 "(bit i = MODALITIES[i])",
 }
 UNITS = {
@@ -134,21 +132,13 @@ class ModelDims:
         return cls(int(m.rgb_window), int(m.lidar_cap), int(m.mmwave_cap))
 
     def input_shapes(self) -> dict[str, tuple[str | int, ...]]:
-        """Input name -> shape with ``"batch"`` for the dynamic axis."""
-        b = BATCH_AXIS
-        return {
-            "rgb": (b, self.rgb_window, schema.N_KEYPOINTS, 2),
-            "lidar": (b, self.lidar_cap, 3),
-            "lidar_mask": (b, self.lidar_cap),
-            "mmwave": (b, self.mmwave_cap, len(schema.MMWAVE_COLUMNS)),
-            "mmwave_mask": (b, self.mmwave_cap),
-            "wifi": (b, *schema.WIFI_INPUT_SHAPE),
-            "presence": (b, schema.N_MODALITIES),
-        }
+        """Input name -> shape with ``"batch"`` for the dynamic axis (``schema.model_shapes``)."""
+        shapes = schema.model_shapes(self.rgb_window, self.lidar_cap, self.mmwave_cap)
+        return {n: shapes[n] for n in schema.MODEL_INPUTS}
 
-
-OUTPUT_SHAPES = {"pose": (BATCH_AXIS, schema.N_JOINTS, 3),
-                 "coalition_poses": (BATCH_AXIS, schema.N_COALITIONS, schema.N_JOINTS, 3)}
+    def output_shapes(self) -> dict[str, tuple[str | int, ...]]:
+        shapes = schema.model_shapes(self.rgb_window, self.lidar_cap, self.mmwave_cap)
+        return {n: shapes[n] for n in schema.MODEL_OUTPUTS}
 
 
 def example_inputs(dims: ModelDims, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -187,7 +177,7 @@ def trace_to_onnx(module: nn.Module, dims: ModelDims, output_names: tuple[str, .
                           f"onnxruntime >= 1.20), got {opset}; the default is {OPSET}")
     module = module.eval()
     args = to_torch(example_inputs(dims, batch=2))
-    dynamic = {n: {0: BATCH_AXIS} for n in (*schema.MODEL_INPUTS, *output_names)}
+    dynamic = {n: {0: schema.BATCH_AXIS} for n in (*schema.MODEL_INPUTS, *output_names)}
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
@@ -239,10 +229,8 @@ def export_pose_only(model: nn.Module, dims: ModelDims, out_path: str | Path, op
 
 def base_metadata(cfg: Config, dims: ModelDims, metrics: Mapping[str, Any], opset: int) -> dict[str, str]:
     """Every metadata entry except the baseline, as key (without prefix) -> string."""
-    in_shapes = dims.input_shapes()
-    inputs = {n: {"shape": list(in_shapes[n]), "dtype": "bool" if n.endswith("_mask") else "float32"}
-              for n in schema.MODEL_INPUTS}
-    outputs = {n: {"shape": list(OUTPUT_SHAPES[n]), "dtype": "float32"} for n in schema.MODEL_OUTPUTS}
+    inputs = {n: {"shape": list(shape), "dtype": schema.MODEL_DTYPES[n]} for n, shape in dims.input_shapes().items()}
+    outputs = {n: {"shape": list(shape), "dtype": schema.MODEL_DTYPES[n]} for n, shape in dims.output_shapes().items()}
     return {
         "schema_version": str(schema.SCHEMA_VERSION),
         "modalities": json.dumps(list(schema.MODALITIES)),
@@ -275,12 +263,12 @@ def _json_default(value: Any) -> Any:
 
 def set_metadata(proto: onnx.ModelProto, props: Mapping[str, str]) -> None:
     """Replace the ``awc.*`` metadata_props of ``proto`` with ``props`` (keys without prefix)."""
-    keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
+    keep = [p for p in proto.metadata_props if not p.key.startswith(schema.META_PREFIX)]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
     for key, value in props.items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = META_PREFIX + key, value
+        entry.key, entry.value = schema.META_PREFIX + key, value
 
 
 def _save_atomic(proto: onnx.ModelProto, out_path: Path) -> None:

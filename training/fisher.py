@@ -19,12 +19,12 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call, grad, vmap
 
+from sensors import schema
 from training.data import Split
 from training.losses import mpjpe_loss
 from training.model import PoseModel
 from training.shapley import coalition_masks
 
-INPUT_NAMES = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence")
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -57,7 +57,7 @@ def _per_sample_sum(model: PoseModel, batch: dict[str, torch.Tensor], names: lis
     buffers = {f"model.{n}": b for n, b in model.named_buffers()}
 
     def loss_one(p, sample):
-        inputs = tuple(sample[k].unsqueeze(0) for k in INPUT_NAMES)
+        inputs = tuple(sample[k].unsqueeze(0) for k in schema.MODEL_INPUTS)
         pred, coal = functional_call(wrapper, {**p, **fixed, **buffers}, inputs)
         return mpjpe_loss(pred, sample["joints"].unsqueeze(0)), coal[0]
 
@@ -70,7 +70,7 @@ def _per_batch_sum(model: PoseModel, batch: dict[str, torch.Tensor], names: list
     """(squared gradient of the mini-batch loss (one term), coalition poses [n, 16, 17, 3])."""
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
-    pred, coal = _WithCoalitions(model)(*[batch[k] for k in INPUT_NAMES])
+    pred, coal = _WithCoalitions(model)(*[batch[k] for k in schema.MODEL_INPUTS])
     mpjpe_loss(pred, batch["joints"]).backward()
     out = {n: (params[n].grad.detach().pow(2) if params[n].grad is not None else torch.zeros_like(params[n]))
            for n in names}

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from sensors import schema
+from sensors.cli_util import add_list_argument, add_set_argument
 from training import config as config_mod
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,12 @@ def arms(fusions: tuple[str, ...] = ("concat",)) -> list[Arm]:
 
 def _run_config(args: argparse.Namespace, arm: Arm, seed: int) -> config_mod.Config:
     flags = {"data": {"root": args.data, "protocol": "P1", "split": "S1", "cache_dir": str(Path(args.out) / "cache")},
-             "model": {"modalities": ",".join(arm.modalities), "fusion": arm.fusion},
+             "model": {"modalities": list(arm.modalities), "fusion": arm.fusion},
              "balance": {"method": arm.balance}, "train": {"seed": seed},
              "out": str(Path(args.out) / f"{arm.name}-s{seed}")}
     if args.epochs:
         flags["train"]["epochs"] = args.epochs
-    return config_mod.resolve(args.preset, args.config, flags, args.overrides)
+    return config_mod.resolve(args.preset, args.config, flags, args.set)
 
 
 def ensure_dataset(root: Path) -> None:
@@ -256,20 +257,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/study", help="where the runs go")
     p.add_argument("--preset", default="small")
     p.add_argument("--config", help="YAML applied on top of the preset")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_list_argument(p, "--seeds", item_type=int, default=[0, 1, 2], metavar="N", help="seeds (default 0,1,2)")
     p.add_argument("--epochs", type=int, help="epochs per run (default: the preset's)")
     p.add_argument("--test-frames", type=int, default=4000,
                    help="evaluate on this many evenly spaced test frames (0 = all)")
-    p.add_argument("--fusions", nargs="+", default=["concat"], choices=config_mod.FUSIONS,
-                   help="fusions for the four-modality arms (concat = the paper's Table 1 rows)")
-    p.add_argument("--arms", nargs="*", help="only these arms (names as in the table)")
-    p.add_argument("--report", default="docs/results.md")
+    add_list_argument(p, "--fusions", default=["concat"], metavar="F",
+                      help=f"fusions for the four-modality arms, of {','.join(config_mod.FUSIONS)} "
+                           "(concat = the paper's Table 1 rows)")
+    add_list_argument(p, "--arms", default=None, metavar="ARM", help="only these arms (names as in the table)")
+    p.add_argument("--report", default=None, metavar="FILE", help="results table (default OUT/results.md)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_set_argument(p, "train.lr=3e-4")
 
 
 def run(args: argparse.Namespace) -> int:
+    unknown = sorted(set(args.fusions) - set(config_mod.FUSIONS))
+    if unknown:
+        log.error("--fusions: %s not among %s", ", ".join(unknown), ", ".join(config_mod.FUSIONS))
+        return 2
+    args.report = args.report or str(Path(args.out) / "results.md")
     args.command = "training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.report_only:
         run_all(args)

@@ -33,7 +33,7 @@ from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import Config
 from training.data import Split, batches, evenly_spaced, load_splits
 from training.evaluate import evaluate_model, predict
-from training.fisher import INPUT_NAMES, fisher_and_coalitions
+from training.fisher import fisher_and_coalitions
 from training.fisher import summarize as fisher_summary
 from training.losses import mpjpe_loss
 from training.model import PoseModel, build_model, count_parameters
@@ -50,7 +50,7 @@ class StepModule(nn.Module):
         self.model = model
 
     def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        feats = self.model.encode(*[b[k] for k in INPUT_NAMES[:-1]])
+        feats = self.model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
         return self.model.fuse(feats, b["presence"]), feats
 
 

@@ -18,11 +18,12 @@ def connect_endpoint(bound: str) -> str:
     return bound.replace("tcp://[::]:", "tcp://[::1]:")
 
 
-def start_viewer_process(pose_endpoint: str, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
+def start_viewer_process(pose_endpoint: str, port: int, host: str = "127.0.0.1",
+                         extra_args: list[str] | None = None) -> subprocess.Popen:
     """``runtime view`` in its own process (what ``runtime serve --view`` starts), so the viewer can
-    never slow the tick loop."""
+    never slow the tick loop. ``extra_args``: e.g. the CurveZMQ ``--client-key``/``--server-key``."""
     cmd = [sys.executable, "-m", "runtime", "view", "--connect", connect_endpoint(pose_endpoint),
-           "--port", str(port), "--host", host]
+           "--port", str(port), "--host", host, *(extra_args or [])]
     proc = subprocess.Popen(cmd)
     log.info("viewer at http://%s:%d/ (process %d)", host, port, proc.pid)
     return proc

@@ -5,9 +5,10 @@
 
 Each sequence (subject x action) is generated from its own seed,
 ``np.random.SeedSequence([seed, env, subject, action])`` (numbers, e.g. 1, 5, 2 for E01/S05/A02),
-so a dataset is the same for a seed whatever the number of workers. A subject's body and recording
-session (the WiFi static channel) come from ``[seed, env, subject, 0]`` and stay the same across its
-actions.
+so a dataset is the same for a seed whatever the number of workers. A subject's body (bone lengths,
+tempo, range of motion) comes from ``[seed, env, subject, 0]`` and stays the same across its actions;
+everything of the recording (standing spot, facing, the WiFi channel state, the radar's extrinsic
+and clutter) is drawn per sequence, as each MM-Fi sequence was a capture of its own.
 
 Stages: kinematics (ground truth) -> rgb / lidar / mmwave / wifi sensor models -> writer.
 """
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from sensors import schema
 from sensors.simulate import kinematics, lidar, mmwave, rgb, truth, wifi
-from sensors.simulate.body import BodyConfig, make_subject
+from sensors.simulate.body import BodyConfig, make_subject, place
 from sensors.simulate.environment import get_environment
 from sensors.simulate.presets import PRESETS, resolve
 from sensors.simulate.writer import SequenceData, sequence_dir, write_sequence
@@ -59,11 +60,11 @@ def generate_sequence(subject: str, action: str, seed: int = 0,
         raise ValueError(f"unknown action {action!r}: expected A01..A27")
     env = get_environment(schema.environment_of(subject))
     body_ss = np.random.SeedSequence([seed, _number(env.name), _number(subject), 0])
-    body_rng = np.random.default_rng(body_ss)
-    person = make_subject(subject, body_rng, env, config.body)
-    wifi_session = wifi.session(body_rng, env, config.wifi)      # shared by the subject's actions
-    kin, r_rgb, r_lidar, r_mmwave, r_wifi = (np.random.default_rng(s)
-                                              for s in sequence_seed(seed, subject, action).spawn(5))
+    body = make_subject(subject, np.random.default_rng(body_ss), env, config.body)   # per subject
+    kin, r_rgb, r_lidar, r_mmwave, r_wifi, r_place, r_session = (
+        np.random.default_rng(s) for s in sequence_seed(seed, subject, action).spawn(7))
+    person = place(body, r_place, env, config.body)                   # per sequence
+    wifi_session = wifi.session(r_session, env, config.wifi)          # per sequence
     channels = kinematics.action_channels(action, schema.FRAMES_PER_SEQUENCE, person, kin)
     joints = kinematics.forward_kinematics(channels, person, env.camera_height_m)
     amp, phase = wifi.sequence(joints, env, r_wifi, config.wifi, wifi_session)

@@ -1,13 +1,22 @@
-"""Per-subject body: bone lengths (constant for a subject), capsule radii, tempo and amplitude.
+"""Per-subject body and per-sequence placement.
 
-Bone lengths scale around ``schema.REFERENCE_BONE_LENGTHS`` (a real MM-Fi frame): one overall
-stature factor per subject plus a small independent factor per bone. Left and right bones are
-equal. Radii are the LiDAR capsule radii (SENSORS.md).
+Per subject (constant over all of a subject's sequences): bone lengths, scaled around
+``schema.REFERENCE_BONE_LENGTHS`` (a real MM-Fi frame) by one overall stature factor plus a small
+independent factor per bone (left = right), the movement tempo and range of motion.
+
+Per sequence (``place``): where the subject stands and which way they face. MM-Fi's sequences were
+recorded one at a time, and the real ground truth puts the subject 3.0-3.4 m from the camera and
+about +-0.3 m sideways, so the standing spot is drawn afresh for every sequence rather than tied to
+the person: a normal around the centre of the room's standing area (the subject performs at a
+spot in front of the sensor platform and deviates from it by centimetres to a decimetre), s.d.
+``spot_spread`` x the area's width, clipped to the area.
+
+Radii are the LiDAR capsule radii (SENSORS.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,7 +32,8 @@ class BodyConfig:
     bone_sigma: float = 0.03         # relative s.d. of each bone around the overall factor
     tempo_range: tuple[float, float] = (0.8, 1.25)   # repetition speed factor
     amplitude_range: tuple[float, float] = (0.8, 1.1)  # range-of-motion factor
-    facing_deg_sigma: float = 6.0    # yaw away from facing the camera
+    facing_deg_sigma: float = 6.0    # yaw away from facing the camera, drawn per sequence
+    spot_spread: float = 0.2         # s.d. of the standing spot / width of the room's standing area
 
     def __post_init__(self) -> None:
         if not 0 <= self.stature_sigma < 0.2 or not 0 <= self.bone_sigma < 0.2:
@@ -43,13 +53,14 @@ class Subject:
     bones: dict[str, float]   # metres, constant for the subject
     tempo: float
     amplitude: float
-    facing_rad: float
-    depth_m: float            # pelvis z
-    x_m: float                # pelvis x
+    facing_rad: float         # per sequence (see ``place``)
+    depth_m: float            # pelvis z, per sequence
+    x_m: float                # pelvis x, per sequence
 
 
 def make_subject(name: str, rng: np.random.Generator, env, cfg: BodyConfig = BodyConfig()) -> Subject:
-    """Draw a subject's constant body and style. ``rng`` must depend on the subject only."""
+    """Draw a subject's constant body and style (and a first placement, which ``place`` redraws
+    per sequence). ``rng`` must depend on the subject only."""
     stature = float(np.clip(1.0 + cfg.stature_sigma * rng.standard_normal(), *cfg.stature_range))
     bones = {b: float(length * stature * (1.0 + cfg.bone_sigma * rng.standard_normal()))
              for b, length in schema.REFERENCE_BONE_LENGTHS.items()}
@@ -61,6 +72,16 @@ def make_subject(name: str, rng: np.random.Generator, env, cfg: BodyConfig = Bod
         depth_m=float(rng.uniform(*env.subject_depth_m)),
         x_m=float(rng.uniform(*env.subject_x_m)),
     )
+
+
+def place(subject: Subject, rng: np.random.Generator, env, cfg: BodyConfig = BodyConfig()) -> Subject:
+    """The subject placed for one sequence: standing spot inside the room's standing area and
+    facing yaw, drawn from ``rng`` (a per-sequence stream). Body and style are unchanged."""
+    def spot(lo: float, hi: float) -> float:
+        return float(np.clip((lo + hi) / 2 + cfg.spot_spread * (hi - lo) * rng.standard_normal(), lo, hi))
+
+    return replace(subject, facing_rad=float(np.deg2rad(cfg.facing_deg_sigma) * rng.standard_normal()),
+                   depth_m=spot(*env.subject_depth_m), x_m=spot(*env.subject_x_m))
 
 
 def bone_lengths(joints: np.ndarray) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 MM-Fi publishes no extrinsics; these are the reported mountings (camera ~0.9 m above the floor,
 LiDAR ~0.2 m above and ~0.1 m closer than the camera, radar beside them, WiFi Tx/Rx on either side
-of the subject) with a small difference per room. Every number is a named setting a user with the
-real data can correct.
+of the subject) with a small difference per room. The standing area is where the real ground truth
+puts the subjects (pelvis 3.0-3.4 m from the camera, about +-0.3 m sideways); a sequence's spot is
+drawn inside it (``body.place``). Every number is a named setting a user with the real data can
+correct.
 
 Frames: the camera frame is x right, y down, z depth (the ground truth's frame). The floor is the
 plane y = +camera_height_m.
@@ -22,8 +24,8 @@ class Environment:
 
     name: str
     camera_height_m: float = 0.86          # floor at y = +camera_height_m in the camera frame
-    subject_depth_m: tuple[float, float] = (3.2, 3.35)  # pelvis z range of the subjects
-    subject_x_m: tuple[float, float] = (-0.08, 0.04)    # pelvis x range
+    subject_depth_m: tuple[float, float] = (3.05, 3.38)  # standing area: pelvis z, drawn per sequence
+    subject_x_m: tuple[float, float] = (-0.25, 0.22)     # standing area: pelvis x, drawn per sequence
     lidar_offset_m: tuple[float, float, float] = (0.0, -0.2, 0.1)  # LiDAR origin in the camera frame
     radar_offset_m: tuple[float, float, float] = (0.25, -0.05, 0.05)  # radar origin in the camera frame
     back_wall_m: float | None = 5.0        # depth of the wall behind the subject (None = open room)
@@ -65,7 +67,7 @@ ENVIRONMENTS: dict[str, Environment] = {
                        wifi_tx_m=(-1.2, 0.1, 3.4), wifi_rx_m=(1.3, -0.1, 3.1)),
     "E04": Environment("E04", camera_height_m=0.92, back_wall_m=4.6, side_walls_m=1.8,
                        wifi_level_db=40.1, wifi_edge_drop_db=(5.7, 2.3), wifi_paths=12, wifi_seed=404,
-                       subject_depth_m=(3.22, 3.38)),
+                       subject_depth_m=(3.08, 3.40)),
 }
 
 

@@ -2,8 +2,10 @@
 
 Reads the dataset back from disk and reports: bone lengths and their per-subject constancy, the
 ground-truth camera-frame ranges, LiDAR and mmWave point counts (mmWave empty frames overall and
-for still vs moving frames), CSI amplitude statistics and NaN/inf rates, RGB keypoints inside the
-image and person height, and a *linear probe* of how much pose each modality carries.
+for still vs moving frames), CSI amplitude statistics and NaN/inf rates beside the real MM-Fi
+figures (``REAL_CSI``), RGB keypoints inside the image and person height, a *linear probe* of how
+much pose each modality carries and a *subject-identity probe* (which subject, from one frame of
+one modality, on sequences held out from the fit).
 
 The probe is not the project's model: it is a ridge regression from simple per-frame features of
 one modality (flattened keypoints; LiDAR / mmWave voxel occupancy; packet-averaged CSI amplitude
@@ -24,6 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sensors import mmfi, posemath, preprocess, schema
+from sensors.cli_util import add_report_arguments, emit_report
 from sensors.simulate.body import bone_lengths
 from sensors.simulate.presets import s1_test_subjects
 
@@ -36,6 +39,25 @@ MMWAVE_BOX = ((1.5, 4.5), (-1.5, 1.5), (-1.5, 1.5))
 MMWAVE_BINS = (3, 6, 6)
 PROBE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 PROBE_NEIGHBOURS = 20
+IDENTITY_MAX_TRAIN_FRAMES = 6000   # the identity probe's fit subsample (keeps it to seconds)
+CSI_HIST_EDGES = np.arange(-60.0, 100.05, 0.1)   # dB bins of the CSI amplitude histogram
+
+# Real MM-Fi CSI amplitude figures (derived from public MM-Fi artefacts: one real wifi-csi frame,
+# and per-environment statistics over actions A01, A08, A12, A27 of every subject of E01-E03 —
+# per-subcarrier mean and s.d., antenna-pair amplitude correlations, position of the deepest fade;
+# docs/generator.md names the source).
+REAL_CSI = {
+    "frame_percentiles_db": {"p1": 33.9, "p5": 36.2, "p50": 42.1, "p95": 45.9, "p99": 47.3},
+    "frame_packet_sd_db": 1.26,
+    "profiles": {
+        "E01": {"mean_db": 39.6, "subcarrier_sd_db": (4.28, 6.03), "edge5_db": -5.6,
+                "antenna_corr": (0.31, 0.21, 0.06), "fade_subcarrier": (26.0, 39.4)},
+        "E02": {"mean_db": 40.4, "subcarrier_sd_db": (4.11, 5.87), "edge5_db": -3.9,
+                "antenna_corr": (0.03, 0.09, 0.08), "fade_subcarrier": (38.8, 45.2)},
+        "E03": {"mean_db": 40.3, "subcarrier_sd_db": (3.74, 6.17), "edge5_db": -2.7,
+                "antenna_corr": (0.02, 0.18, -0.12), "fade_subcarrier": (43.8, 48.3)},
+    },
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,7 +160,10 @@ def _speed(gt: np.ndarray) -> np.ndarray:
 def collect(root: Path, frame_step: int = 1) -> dict:
     """Read every ``frame_step``-th frame of every sequence: features and raw statistics."""
     out = {k: [] for k in ("subject", "action", "gt", "speed", "lidar_n", "mmwave_n", "kpts", "csi", "csi_bad",
-                           "f_rgb", "f_lidar", "f_mmwave", "f_wifi", "bones", "seq_subject")}
+                           "f_rgb", "f_lidar", "f_mmwave", "f_wifi", "bones", "seq_subject", "csi_env",
+                           "csi_corr", "csi_fade", "csi_packet_sd")}
+    out["csi_hist"] = np.zeros(CSI_HIST_EDGES.size - 1, dtype=np.int64)
+    out["csi_sc"] = {}      # env -> [count, sum, sum of squares] per subcarrier
     for seq in sequences(root):
         subject = seq.parent.name
         gt = mmfi.read_ground_truth(seq)
@@ -157,12 +182,86 @@ def collect(root: Path, frame_step: int = 1) -> dict:
             finite = amp[np.isfinite(amp)]
             out["csi"].append((finite.min(), finite.max(), finite.mean()) if finite.size else (np.nan,) * 3)
             out["csi_bad"].append((int((~np.isfinite(amp)).sum() + (~np.isfinite(phase)).sum()), amp.size * 2))
+            _csi_frame_stats(out, seq.parent.parent.name, amp)
             for m, v in zip(schema.MODALITIES, (kp, cloud, radar, (amp, phase)), strict=True):
                 out[f"f_{m}"].append(features(m, v))
     if not out["gt"]:
         raise FileNotFoundError(f"no sequences (E*/S*/A*/{schema.MMFI_GT_FILE}) under {root}: expected an "
                                 "MM-Fi-format dataset, e.g. one written by `sensors simulate --out DIR`")
     return out
+
+
+def _csi_frame_stats(out: dict, env: str, amp: np.ndarray) -> None:
+    """Accumulate one frame's CSI amplitude statistics (histogram, per-subcarrier moments per room,
+    antenna-pair correlation of the packet-averaged profiles, deepest fade, packet-to-packet s.d.)."""
+    finite = np.isfinite(amp)
+    out["csi_hist"] += np.histogram(amp[finite], bins=CSI_HIST_EDGES)[0]
+    acc = out["csi_sc"].setdefault(env, np.zeros((3, schema.WIFI_SUBCARRIERS)))
+    a = np.where(finite, amp, 0.0)
+    acc += np.stack([finite.sum((0, 2)), a.sum((0, 2)), (a * a).sum((0, 2))])
+    if finite.all():
+        prof = amp.mean(-1)                                        # [3,114]
+        out["csi_env"].append(env)
+        out["csi_corr"].append(np.corrcoef(prof)[[0, 0, 1], [1, 2, 2]])
+        out["csi_fade"].append(int(np.argmin(prof.mean(0))))
+        out["csi_packet_sd"].append(float(amp.std(-1).mean()))
+
+
+def _percentile_from_hist(hist: np.ndarray, q: float) -> float:
+    cdf = np.cumsum(hist) / max(hist.sum(), 1)
+    return float(CSI_HIST_EDGES[min(int(np.searchsorted(cdf, q / 100.0)) + 1, CSI_HIST_EDGES.size - 1)])
+
+
+def csi_report(data: dict) -> dict:
+    """CSI amplitude figures beside the real ones (``REAL_CSI``): percentiles over all values, and
+    per room the per-subcarrier mean / s.d., band edge, antenna correlations and deepest fade."""
+    hist = data["csi_hist"]
+    out = {"percentiles_db": {f"p{q}": round(_percentile_from_hist(hist, q), 1) for q in (1, 5, 50, 95, 99)},
+           "packet_sd_db": round(float(np.mean(data["csi_packet_sd"])), 2) if data["csi_packet_sd"] else None,
+           "rooms": {}}
+    envs, corr, fade = np.asarray(data["csi_env"]), np.asarray(data["csi_corr"]), np.asarray(data["csi_fade"])
+    for env, (n, s1, s2) in sorted(data["csi_sc"].items()):
+        mean = s1 / np.maximum(n, 1)
+        sd = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean ** 2, 0))
+        mine = envs == env
+        out["rooms"][env] = {
+            "mean_db": round(float(mean.mean()), 2),
+            "subcarrier_sd_db": (round(float(sd.min()), 2), round(float(sd.max()), 2)),
+            "edge5_db": round(float(mean[:5].mean() - mean[40:74].mean()), 2),
+            "antenna_corr": tuple(round(float(c), 2) for c in corr[mine].mean(0)) if mine.any() else None,
+            "fade_subcarrier": (round(float(fade[mine].mean()), 1), round(float(fade[mine].std()), 1))
+            if mine.any() else None,
+        }
+    out["real"] = REAL_CSI
+    return out
+
+
+def identity_probe(data: dict, seed: int = 0) -> dict:
+    """Which subject, from one frame of one modality: a logistic regression on the probe features,
+    fitted on some sequences of every subject and scored on its other sequences (other actions),
+    so a feature that names the subject only through a recording shared by a subject's sequences
+    does not help. Accuracy per modality beside chance (1 / subjects)."""
+    from sklearn.linear_model import LogisticRegression
+
+    subjects, actions = np.array(data["subject"]), np.array(data["action"])
+    names = sorted(set(subjects))
+    held = np.zeros(subjects.size, dtype=bool)
+    for name in names:
+        own = sorted(set(actions[subjects == name]))
+        held |= (subjects == name) & np.isin(actions, own[1::2])
+    if len(names) < 2 or not held.any() or held.all():
+        return {"error": "the identity probe needs at least two subjects with two sequences each"}
+    train = np.nonzero(~held)[0]
+    if train.size > IDENTITY_MAX_TRAIN_FRAMES:
+        train = np.sort(np.random.default_rng(seed).choice(train, IDENTITY_MAX_TRAIN_FRAMES, replace=False))
+    result = {"subjects": len(names), "chance": round(1.0 / len(names), 4),
+              "train_frames": int(train.size), "test_frames": int(held.sum())}
+    for m in schema.MODALITIES:
+        x = np.asarray(data[f"f_{m}"], dtype=np.float64)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=300))
+        model.fit(x[train], subjects[train])
+        result[f"{m}_accuracy"] = round(float((model.predict(x[held]) == subjects[held]).mean()), 4)
+    return result
 
 
 def _probes() -> dict:
@@ -222,6 +321,7 @@ def probe(data: dict, split: str = "S1") -> dict:
         model, kind = _fit_best(x[~test], y[~test], groups[~test])
         result[f"{m}_mm"] = _mpjpe_mm(model.predict(x[test]), y[test])
         result[f"{m}_probe"] = kind
+    result["ratio_to_rgb"] = {m: round(result[f"{m}_mm"] / result["rgb_mm"], 2) for m in schema.MODALITIES}
     return result
 
 
@@ -257,29 +357,28 @@ def realism_report(root, frame_step: int = 1, with_probe: bool = True, split: st
         "csi_amp_mean": float(np.nanmean(csi[:, 2])),
         "csi_nonfinite_value_rate": float(bad[:, 0].sum() / bad[:, 1].sum()),
         "csi_nonfinite_frame_rate": float((bad[:, 0] > 0).mean()),
+        "csi_amplitude": csi_report(d),
         "rgb_inside_image_rate": float(inside.mean()),
         "rgb_person_height_px": _stats(np.percentile(kp[..., 1], 95, axis=-1) - np.percentile(kp[..., 1], 5, axis=-1)),
     }
     if with_probe:
         report["probe_mpjpe_mm"] = probe(d, split)
+        report["identity_probe"] = identity_probe(d)
     return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="root of an MM-Fi-format dataset")
     parser.add_argument("--frame-step", type=int, default=1, help="read every n-th frame (faster on big sets)")
-    parser.add_argument("--no-probe", action="store_true", help="skip the probe")
+    parser.add_argument("--no-probe", action="store_true", help="skip the pose and identity probes")
     parser.add_argument("--split", default="S1", choices=("S1", "S2"),
                         help="probe split: S1 random per action (the paper's), S2 cross-subject")
-    parser.add_argument("--json", type=Path, help="also write the report to this file")
+    add_report_arguments(parser)   # the report is JSON either way
 
 
 def run(args: argparse.Namespace) -> int:
     if args.frame_step < 1:
         raise SystemExit(f"--frame-step must be >= 1, got {args.frame_step}")
     report = realism_report(args.data, args.frame_step, not args.no_probe, args.split)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit_report(args, report, json.dumps(report, indent=2))
     return 0

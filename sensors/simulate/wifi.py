@@ -20,7 +20,7 @@ repair path runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,12 +37,13 @@ class WifiConfig:
     los_k_db: float = 14.0                # direct path power over the scattered static paths
     path_decay_ns: float = 25.0           # exponential power-delay decay of the static paths
     body_rel_db: float = -15.0            # total body reflection power relative to the direct path
-    session_path_sigma: float = 0.2       # per-subject (recording session) perturbation of the static paths
-    sequence_path_sigma: float = 0.35     # further per-sequence perturbation
-    sequence_gain_sigma_db: float = 3.0   # per-sequence receiver gain
-    antenna_gain_sigma_db: float = 1.0    # per-session, per-antenna gain
+    session_path_sigma: float = 0.5       # per-sequence relative change of the scattered static paths
+    antenna_jitter_m: float = 0.03        # per-sequence placement error of the Tx / Rx (each axis)
+    direct_gain_sigma_db: float = 1.0     # per-sequence direct-path gain (antenna orientation)
+    sequence_gain_sigma_db: float = 3.0   # per-sequence receiver (AGC) gain
+    antenna_gain_sigma_db: float = 1.0    # per-sequence, per-antenna gain
     packet_gain_sigma_db: float = 1.3     # per (antenna, packet) gain jitter (real frame: ~1.3 dB)
-    residual_sigma_db: float = 0.25       # per value scatter (real frame: ~0.25 dB)
+    csi_snr_db: float = 28.0              # CSI estimation SNR (real frame: ~0.25 dB residual scatter)
     edge_width_sc: float = 8.0            # e-folding width (subcarriers) of the band-edge roll-off
     shadow_db: float = 8.0                # attenuation of a fully blocked path (saturating)
     shadow_width_m: float = 0.12          # ~ first Fresnel zone radius (5 GHz, ~1.5 m legs)
@@ -57,6 +58,24 @@ class WifiConfig:
                              f"got {self.body_rel_db}")
         if not 0 <= self.nonfinite_frame_rate < 0.5:
             raise ValueError(f"nonfinite_frame_rate must be in [0, 0.5), got {self.nonfinite_frame_rate}")
+        if not 10.0 <= self.csi_snr_db <= 60.0:
+            raise ValueError(f"csi_snr_db should be 10-60 dB (real frame: ~28 dB), got {self.csi_snr_db}")
+        if not 0 <= self.antenna_jitter_m < 0.5 or not 0 <= self.session_path_sigma < 2:
+            raise ValueError("antenna_jitter_m must be in [0, 0.5) m and session_path_sigma in [0, 2), "
+                             f"got {self.antenna_jitter_m}, {self.session_path_sigma}")
+
+
+@dataclass(frozen=True)
+class Session:
+    """One recording's channel state: where the routers stood, how the room's scattered paths had
+    changed, the direct path's and each antenna's gain. Drawn per sequence (``session``)."""
+
+    tx_m: np.ndarray              # [3] transmitter, camera frame
+    rx_m: np.ndarray              # [3] receiver (first antenna), camera frame
+    path_factor: np.ndarray       # [P] complex multiplier of each static path (direct path: real)
+    path_shift_m: np.ndarray      # [P] change of each static path's length (m)
+    antenna_db: np.ndarray        # [3] per-antenna gain
+    gain_db: float                # receiver gain offset of the capture
 
 
 def subcarrier_hz(cfg: WifiConfig) -> np.ndarray:
@@ -176,29 +195,40 @@ def packet_poses(joints: np.ndarray) -> np.ndarray:
     return joints[:, None] * (1 - w) + nxt[:, None] * w
 
 
-def session(rng: np.random.Generator, env, cfg: WifiConfig = WifiConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """A subject's recording session: relative perturbation of the room's static paths [P] (complex)
-    and per-antenna gains [3] (dB), shared by all the subject's sequences."""
-    perturb = cfg.session_path_sigma * (rng.standard_normal(env.wifi_paths)
-                                        + 1j * rng.standard_normal(env.wifi_paths)) / np.sqrt(2)
-    return perturb, rng.normal(0, cfg.antenna_gain_sigma_db, schema.WIFI_ANTENNAS)
+def session(rng: np.random.Generator, env, cfg: WifiConfig = WifiConfig()) -> Session:
+    """A recording's channel state, drawn per sequence: Tx/Rx placement error, changed scattered
+    paths (people, doors, furniture), direct-path, per-antenna and receiver gains."""
+    p = env.wifi_paths
+    factor = 1 + cfg.session_path_sigma * (rng.standard_normal(p) + 1j * rng.standard_normal(p)) / np.sqrt(2)
+    factor[0] = 10 ** (cfg.direct_gain_sigma_db * rng.standard_normal() / 20)
+    shift = np.sqrt(2) * cfg.antenna_jitter_m * rng.standard_normal(p)
+    shift[0] = 0.0                                  # the direct path's length follows from tx_m, rx_m
+    return Session(tx_m=np.asarray(env.wifi_tx_m) + cfg.antenna_jitter_m * rng.standard_normal(3),
+                   rx_m=np.asarray(env.wifi_rx_m) + cfg.antenna_jitter_m * rng.standard_normal(3),
+                   path_factor=factor, path_shift_m=shift,
+                   antenna_db=rng.normal(0, cfg.antenna_gain_sigma_db, schema.WIFI_ANTENNAS),
+                   gain_db=float(rng.normal(0, cfg.sequence_gain_sigma_db)))
 
 
 def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig = WifiConfig(),
-             session_state: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             session_state: Session | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[T,17,3] camera-frame joints -> (CSIamp, CSIphase), each float64 [T,3,114,10].
 
-    session_state: from ``session`` (the same for all sequences of a subject); None = no session
-    perturbation."""
+    session_state: from ``session`` (one per sequence); None = the room as specified (routers at
+    their nominal places, no change of the paths, no gain offsets)."""
     n = joints.shape[0]
     freqs = subcarrier_hz(cfg)
+    if session_state is not None:
+        env = replace(env, wifi_tx_m=tuple(session_state.tx_m), wifi_rx_m=tuple(session_state.rx_m))
     gain, tau, theta, bounces = static_paths(env, cfg)
     rolloff = edge_rolloff_db(env, cfg)
     tx, rx = np.asarray(env.wifi_tx_m), np.asarray(env.wifi_rx_m)
-    perturb, antenna_db = session_state if session_state is not None else (0.0, np.zeros(schema.WIFI_ANTENNAS))
-    gain = gain * (1 + perturb + cfg.sequence_path_sigma * (rng.standard_normal(gain.size)
-                                                            + 1j * rng.standard_normal(gain.size)) / np.sqrt(2))
-    gain[0] = abs(gain[0])
+    if session_state is not None:
+        gain = gain * session_state.path_factor
+        tau = tau + session_state.path_shift_m / SPEED_OF_LIGHT
+        antenna_db, gain_db = session_state.antenna_db, session_state.gain_db
+    else:
+        antenna_db, gain_db = np.zeros(schema.WIFI_ANTENNAS), 0.0
     phasors = path_phasors(tau, theta, freqs)                                    # [P,3,114]
     scale = body_scale(env, cfg, joints[0], freqs)
     pts = scatterers(packet_poses(joints)).reshape(n * schema.WIFI_PACKETS, -1, 3)
@@ -212,13 +242,15 @@ def sequence(joints: np.ndarray, env, rng: np.random.Generator, cfg: WifiConfig 
         h[i:i + 500] = np.einsum("kp,pas->kas", shadow[i:i + 500] * gain[None], phasors) \
             + body_channel(pts[i:i + 500], env, cfg, freqs, scale)
     h = h.reshape(n, schema.WIFI_PACKETS, schema.WIFI_ANTENNAS, -1).transpose(0, 2, 3, 1)  # [T,3,114,10]
+    # CSI estimation noise: complex, white over subcarriers and packets, csi_snr_db below the
+    # channel's mean power (what limits the depth of a measured fade)
+    noise_rms = np.sqrt(np.mean(np.abs(h) ** 2) * 10 ** (-cfg.csi_snr_db / 10) / 2)
+    h = h + noise_rms * (rng.standard_normal(h.shape) + 1j * rng.standard_normal(h.shape))
     # receiver gain set at the start of the capture (subject standing still): the room's mean level
     level = env.wifi_level_db - np.mean(20 * np.log10(np.abs(h[0]))) - rolloff.mean()
     amp = 20 * np.log10(np.abs(h)) + level + rolloff[None, None, :, None]
-    amp = amp + rng.normal(0, cfg.sequence_gain_sigma_db) \
-        + antenna_db[None, :, None, None] \
-        + rng.normal(0, cfg.packet_gain_sigma_db, (n, schema.WIFI_ANTENNAS, 1, schema.WIFI_PACKETS)) \
-        + rng.normal(0, cfg.residual_sigma_db, amp.shape)
+    amp = amp + gain_db + antenna_db[None, :, None, None] \
+        + rng.normal(0, cfg.packet_gain_sigma_db, (n, schema.WIFI_ANTENNAS, 1, schema.WIFI_PACKETS))
     phase = _measured_phase(np.angle(h), rng, cfg)
     _corrupt(amp, phase, rng, cfg)
     return amp.astype(np.float64), phase.astype(np.float64)

@@ -1,0 +1,389 @@
+"""``sensors fuzz``: hostile traffic against a live runtime, with the accounting checked.
+
+    sensors fuzz --serve-model awc.onnx --messages 100000 [--secure] [--seed 0]
+    sensors fuzz --connect tcp://HOST:5555 --metrics http://HOST:9108 --pose tcp://HOST:5556 ...
+
+Sends ``--messages`` fuzz messages, a third each of
+
+* **random**: 1-6 frames of random bytes (and random topics);
+* **mutated**: a valid message of a random topic with one thing changed: any header value replaced by
+  a hostile value (wrong types, 2**64-1, NaN, nested maps, ...), an array entry's name/dtype/shape
+  replaced, buffer bytes flipped, truncated or extended, frames dropped or duplicated, the topic
+  swapped;
+* **boundary**: the attacks a careful client could mount with well-formed-looking messages
+  (``period_ns`` 2**63, a list as array name, points at 3e38, ``seq`` 2**64-1, capture times far
+  in the future, ``v: 1.0``, 65,537 points, 1,000 CSI packets with a huge period, ...),
+
+interleaved with a valid stream of all four modalities in real time (10 Hz frames, 100 Hz CSI), so
+the runtime keeps ticking. The runtime is either spawned here (``--serve-model``, plaintext on
+loopback or CurveZMQ with a fresh key directory with ``--secure``) or reached at the given
+endpoints. At the end it prints: crashes (the spawned runtime exited), readiness failures,
+messages sent vs received + counted drops (from /metrics, per reason), the sequence-gap losses the
+spoofed ``seq`` values claimed (bounded), the runtime's RSS (start, max, end) and the pose rate
+during the fuzz (poses per second on the pose stream, min and mean). Exit code 0 only when there
+were no crashes and no readiness failures, the accounting balances and the pose rate held.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+
+from sensors import keys, schema, wire
+from sensors.cli_util import add_report_arguments, emit_report
+
+FUZZ_TOPICS = ("rgb", "lidar", "mmwave", "wifi", "pose")   # valid gt messages are not exported as metrics
+HOSTILE = [None, True, False, 0, 1, -1, 2 ** 31, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1, -(2 ** 63), 1.0, -0.0,
+           math.nan, math.inf, -math.inf, 3e38, 1e308, "", "x" * 5000, "rgb", "<f4", "|u1", "<f8", ">f4", "O",
+           b"\x00\xff", [], [1, 2], [[1]], ["points"], {"a": 1}, {"name": "kpts"}, [-1, 3], [2 ** 40, 3],
+           [17, 2, 1], [0], [65537, 3], [10 ** 6, 3, 114]]
+
+
+@dataclass
+class FuzzStats:
+    sent: dict[str, int] = field(default_factory=dict)        # kind -> messages sent
+    timeouts: int = 0                                          # not taken by the runtime (not sent)
+    pose_counts: list[int] = field(default_factory=list)      # poses received per second
+
+    def add(self, kind: str) -> None:
+        self.sent[kind] = self.sent.get(kind, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
+
+
+def _valid(topic: str, rng: np.random.Generator, t_ns: int, seq: int, src: str = "fuzz-bg") -> list[bytes]:
+    arrays = {
+        "rgb": lambda: {"kpts": rng.uniform(0, 480, (17, 2))},
+        "lidar": lambda: {"points": rng.normal(0, 1.0, (int(rng.integers(60, 400)), 3)) + [3.0, 0.0, 0.0]},
+        "mmwave": lambda: {"points": rng.normal(0, 0.5, (int(rng.integers(0, 40)), 5))},
+        "wifi": lambda: {"amp": rng.normal(40, 3, (1, 3, 114)), "phase": rng.uniform(-3, 3, (1, 3, 114))},
+        "gt": lambda: {"joints": rng.normal(size=(17, 3))},
+        "pose": lambda: {"joints": rng.normal(size=(17, 3)), "presence": np.ones(4), "shapley": np.zeros(4),
+                         "degradation": np.zeros(4)},
+    }[topic]()
+    extra = {"wifi": {"period_ns": wire.WIFI_PERIOD_NS}, "pose": {"tick": seq, "latency_ns": 1}}.get(topic, {})
+    return wire.encode(wire.Message(topic=topic, src=src, seq=seq, t_ns=t_ns, sent_ns=time.time_ns(),
+                                    arrays=arrays, extra=extra))
+
+
+def _pick(rng, seq):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def random_message(rng: np.random.Generator) -> list[bytes]:
+    frames = [rng.bytes(int(rng.integers(0, 64))) for _ in range(int(rng.integers(1, 7)))]
+    if rng.random() < 0.5:
+        frames[0] = _pick(rng, [*wire.TOPICS, "", "x" * 20, "RGB"]).encode()
+    return frames
+
+
+def mutated_message(rng: np.random.Generator, now_ns: int) -> list[bytes]:
+    topic = _pick(rng, FUZZ_TOPICS)
+    frames = _valid(topic, rng, now_ns, int(rng.integers(0, 1000)), src=_pick(rng, ["fuzz-bg", "fuzz-x", "a"]))
+    header = msgpack.unpackb(frames[1], raw=False)
+    how = int(rng.integers(0, 8))
+    if how == 0:      # a header value
+        header[_pick(rng, [*wire.CORE_KEYS, "period_ns", "tick", "latency_ns", "station"])] = _pick(rng, HOSTILE)
+    elif how == 1:    # an array entry's field
+        header["arrays"][0][_pick(rng, ["name", "dtype", "shape"])] = _pick(rng, HOSTILE)
+    elif how == 2:    # buffer bytes flipped
+        buf = bytearray(frames[2])
+        for _ in range(int(rng.integers(1, 16))):
+            if buf:
+                buf[int(rng.integers(len(buf)))] = int(rng.integers(256))
+        frames[2] = bytes(buf)
+    elif how == 3:    # buffer truncated or extended
+        frames[2] = frames[2][: int(rng.integers(0, len(frames[2]) + 1))] if rng.random() < 0.5 else \
+            frames[2] + rng.bytes(int(rng.integers(1, 9)))
+    elif how == 4:    # frames dropped or duplicated
+        frames = frames[:-1] if rng.random() < 0.5 else [*frames, frames[-1]]
+    elif how == 5:    # topic swapped
+        frames[0] = _pick(rng, [*FUZZ_TOPICS, "depth", "gt "]).encode()
+    elif how == 6:    # header key removed
+        header.pop(_pick(rng, list(header)))
+    else:             # header bytes flipped
+        raw = bytearray(frames[1])
+        raw[int(rng.integers(len(raw)))] = int(rng.integers(256))
+        return [frames[0], bytes(raw), *frames[2:]]
+    return [frames[0], msgpack.packb(header, use_bin_type=True), *frames[2:]]
+
+
+def boundary_message(rng: np.random.Generator, now_ns: int) -> list[bytes]:
+    case = int(rng.integers(0, 12))
+    topic = {0: "wifi", 1: "lidar", 2: "lidar", 3: "rgb", 4: "mmwave", 5: "rgb", 6: "lidar", 7: "wifi",
+             8: "pose", 9: "mmwave", 10: "rgb", 11: "lidar"}[case]
+    frames = _valid(topic, rng, now_ns, int(rng.integers(0, 1000)), src="fuzz-edge")
+    header = msgpack.unpackb(frames[1], raw=False)
+    if case == 0:
+        header["period_ns"] = _pick(rng, [2 ** 63, 2 ** 64 - 1, 0, wire.MAX_PERIOD_NS + 1])
+    elif case == 1:
+        header["arrays"][0]["name"] = ["points"]
+    elif case == 2:
+        pts = np.frombuffer(frames[2], "<f4").copy()
+        pts[int(rng.integers(pts.size))] = _pick(rng, [3e38, -3e38, 1.5e6])
+        frames[2] = pts.tobytes()
+    elif case == 3:
+        header["seq"] = 2 ** 64 - 1
+        header["src"] = "fuzz-bg"
+    elif case == 4:
+        header["t_ns"] = now_ns + int(_pick(rng, [10, 3600, 10 ** 6]) * 1e9)   # far in the future
+    elif case == 5:
+        header["v"] = 1.0
+    elif case == 6:
+        header["arrays"][0]["shape"] = [schema.MAX_LIDAR_POINTS + 1, 3]
+    elif case == 7:
+        p = 1000
+        amp = np.zeros((p, 3, 114), "<f4").tobytes()
+        header["arrays"] = [{"name": n, "dtype": "<f4", "shape": [p, 3, 114]} for n in ("amp", "phase")]
+        header["period_ns"] = _pick(rng, [wire.MAX_PERIOD_NS, 2 ** 62])
+        header["t_ns"] = _pick(rng, [now_ns, 5])
+        frames = [frames[0], b"", amp, amp]
+    elif case == 8:
+        header["tick"] = _pick(rng, [2 ** 64 - 1, -1, 1.5])
+    elif case == 9:
+        header["t_ns"] = _pick(rng, [now_ns - int(3600e9), -1, 2 ** 63, math.nan])   # far in the past / invalid
+    elif case == 10:
+        header["station"] = {"nested": [1, 2]}
+    else:
+        header["arrays"][0]["dtype"] = _pick(rng, ["<f8", ">f4", "O", "<u1"])
+    return [frames[0], msgpack.packb(header, use_bin_type=True), *frames[2:]]
+
+
+# ---------------------------------------------------------------------------------- the live runtime
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Prometheus text -> {(name, sorted label items): value}."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)$", line)
+        if not m or line.startswith("#"):
+            continue
+        labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', m.group(3) or "")))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+def _sum(metrics: dict, name: str, **match) -> float:
+    return sum(v for (n, labels), v in metrics.items()
+               if n == name and all((k, val) in labels for k, val in match.items()))
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_runtime(model: str, secure: bool, workdir: Path, log_file) -> tuple[subprocess.Popen, dict]:
+    """``runtime serve`` on free loopback ports (a fresh key directory with ``secure``)."""
+    ports = {k: _free_port() for k in ("input", "output", "metrics")}
+    ep = {"input": f"tcp://127.0.0.1:{ports['input']}", "pose": f"tcp://127.0.0.1:{ports['output']}",
+          "metrics": f"http://127.0.0.1:{ports['metrics']}"}
+    cmd = [sys.executable, "-m", "runtime", "serve", "--model", model, "--input", ep["input"],
+           "--output", ep["pose"], "--metrics-port", str(ports["metrics"]), "--threads", "1"]
+    if secure:
+        kd = workdir / "keys"
+        keys.init(kd)
+        keys.add(kd, "fuzz", "sensor")
+        keys.add(kd, "viewer", "viewer")
+        cmd += ["--keys", str(kd)]
+        ep["keys"] = str(kd)
+    else:
+        cmd += ["--plaintext"]
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+    return proc, ep
+
+
+def run_fuzz(ep: dict, n_messages: int, seed: int, rate: float, proc: subprocess.Popen | None = None,
+             curve: keys.CurveClient | None = None, viewer: keys.CurveClient | None = None,
+             progress: bool = True) -> dict:
+    rng = np.random.default_rng(seed)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, 100_000)
+    pub.setsockopt(zmq.XPUB_NODROP, 1)
+    pub.setsockopt(zmq.SNDTIMEO, 10_000)
+    if curve is not None:
+        curve.apply(pub)
+    pub.connect(ep["input"])
+    sub = ctx.socket(zmq.SUB)
+    if viewer is not None:
+        viewer.apply(sub)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(ep["pose"])
+    stats = FuzzStats()
+    if not pub.poll(30_000):
+        raise SystemExit(f"no runtime subscribed at {ep['input']} within 30 s")
+    while pub.poll(0):
+        pub.recv()
+    deadline = time.monotonic() + 60
+    while not _ready(ep["metrics"]):   # a few valid frames make it ready
+        _background(pub, rng, stats, {"k": 0})
+        time.sleep(0.1)
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+            raise SystemExit("the runtime did not become ready")
+    before = scrape(ep["metrics"] + "/metrics")
+    sent_before = stats.total
+    stats.sent.clear()
+    rss, not_ready = [before.get(("process_resident_memory_bytes", ()), math.nan)], 0
+    bg = {"k": 0, "next": time.monotonic()}
+    t0 = last_second = time.monotonic()
+    poses_this_second = 0
+    makers = (lambda: random_message(rng), lambda: mutated_message(rng, time.time_ns()),
+              lambda: boundary_message(rng, time.time_ns()))
+    kinds = ("random", "mutated", "boundary")
+    for i in range(n_messages):
+        j = i % 3
+        _send(pub, makers[j](), kinds[j], stats)
+        if time.monotonic() >= bg["next"]:
+            _background(pub, rng, stats, bg)
+        while sub.poll(0):
+            sub.recv_multipart()
+            poses_this_second += 1
+        if rate > 0 and i % 100 == 0:   # pace the fuzz at `rate` messages/s
+            ahead = t0 + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        now = time.monotonic()
+        if now - last_second >= 1.0:
+            stats.pose_counts.append(poses_this_second)
+            poses_this_second, last_second = 0, now
+            m = scrape(ep["metrics"] + "/metrics")
+            rss.append(m.get(("process_resident_memory_bytes", ()), math.nan))
+            not_ready += 0 if _ready(ep["metrics"]) else 1
+            if progress:
+                print(f"\r{i + 1}/{n_messages} fuzz messages, {stats.pose_counts[-1]} poses/s, "
+                      f"RSS {rss[-1] / 1e6:.0f} MB", end="", file=sys.stderr, flush=True)
+    fuzz_s = time.monotonic() - t0
+    time.sleep(1.5)   # let the runtime drain its queues
+    while sub.poll(0):
+        sub.recv_multipart()
+    after = scrape(ep["metrics"] + "/metrics")
+    rss.append(after.get(("process_resident_memory_bytes", ()), math.nan))
+    pub.close(linger=0)
+    sub.close(linger=0)
+    ctx.term()
+    if progress:
+        print(file=sys.stderr)
+
+    def delta(name, **match):
+        return _sum(after, name, **match) - _sum(before, name, **match)
+
+    reasons = {r: int(delta("awc_messages_dropped_total", reason=r)) for r in schema.DROP_REASONS}
+    gaps = reasons.pop("sequence_gap")
+    received = int(delta("awc_messages_received_total"))
+    dropped = sum(reasons.values())
+    counts = stats.pose_counts[1:-1] or stats.pose_counts   # whole seconds inside the fuzz
+    crashed = proc is not None and proc.poll() is not None
+    return {
+        "sent": stats.total, "sent_by_kind": dict(stats.sent), "not_taken_by_runtime": stats.timeouts,
+        "received": received, "dropped": dropped, "dropped_by_reason": {k: v for k, v in reasons.items() if v},
+        "balanced": stats.total == received + dropped,
+        "sequence_gap_claimed": gaps, "warmup_messages": sent_before,
+        "crashes": int(crashed), "exit_code": None if proc is None else proc.poll(), "not_ready_seconds": not_ready,
+        "tick_errors": int(delta("awc_tick_errors_total")),
+        "ticks": {o: int(delta("awc_ticks_total", outcome=o)) for o in ("fused", "partial", "empty", "invalid",
+                                                                       "dropped")},
+        "rss_mb": {"start": rss[0] / 1e6, "max": np.nanmax(rss) / 1e6, "end": rss[-1] / 1e6},
+        "pose_rate_hz": {"min": min(counts) if counts else 0, "mean": float(np.mean(counts)) if counts else 0.0},
+        "fuzz_s": fuzz_s, "fuzz_rate": stats.total / fuzz_s if fuzz_s else 0.0,
+    }
+
+
+def _send(pub, frames, kind: str, stats: FuzzStats) -> None:
+    try:
+        pub.send_multipart(frames)
+    except zmq.Again:
+        stats.timeouts += 1
+        return
+    stats.add(kind)
+
+
+def _background(pub, rng, stats: FuzzStats, bg: dict) -> None:
+    """One real-time frame of valid data: rgb, lidar, mmwave and 10 CSI packets (sent at once)."""
+    now = time.time_ns()
+    k = bg["k"]
+    for topic in ("rgb", "lidar", "mmwave"):
+        _send(pub, _valid(topic, rng, now, k), "valid", stats)
+    for p in range(10):
+        _send(pub, _valid("wifi", rng, now - (9 - p) * wire.WIFI_PERIOD_NS, 10 * k + p), "valid", stats)
+    bg["k"] = k + 1
+    bg["next"] = bg.get("next", time.monotonic()) + 0.1
+
+
+def add_arguments(p) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--serve-model", default=None, metavar="ONNX", help="spawn `runtime serve` with this model")
+    where.add_argument("--connect", default=None, metavar="ENDPOINT", help="sensor endpoint of a running runtime")
+    p.add_argument("--metrics", default="http://127.0.0.1:9108", help="with --connect: the runtime's HTTP base URL")
+    p.add_argument("--pose", default="tcp://127.0.0.1:5556", help="with --connect: the pose stream endpoint")
+    p.add_argument("--secure", action="store_true", help="with --serve-model: CurveZMQ with a fresh key directory")
+    p.add_argument("--keys", default=None, metavar="DIR", help="with --connect: key directory (clients fuzz, viewer)")
+    p.add_argument("--messages", type=int, default=100_000)
+    p.add_argument("--rate", type=float, default=2000.0, help="fuzz messages per second (0 = as fast as possible)")
+    p.add_argument("--seed", type=int, default=0)
+    add_report_arguments(p)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    if args.messages < 1:
+        raise SystemExit("--messages must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="awc-fuzz-") as tmp:
+        proc = None
+        log_path = Path(tmp) / "runtime.log"
+        with open(log_path, "w") as log_file:
+            if args.serve_model:
+                proc, ep = start_runtime(args.serve_model, args.secure, Path(tmp), log_file)
+                key_dir = ep.get("keys")
+            else:
+                ep = {"input": args.connect, "pose": args.pose, "metrics": args.metrics.rstrip("/")}
+                key_dir = args.keys
+            curve = viewer = None
+            if key_dir:
+                root = Path(key_dir)
+                curve = keys.CurveClient.load(root / "clients" / "fuzz.key_secret", root / "server.key")
+                viewer = keys.CurveClient.load(root / "clients" / "viewer.key_secret", root / "server.key")
+            try:
+                report = run_fuzz(ep, args.messages, args.seed, args.rate, proc, curve, viewer,
+                                  progress=not args.no_progress)
+            finally:
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(30)
+        if proc is not None:
+            report["exit_code_after_sigterm"] = proc.returncode
+            tail = log_path.read_text().splitlines()
+            report["runtime_log_errors"] = sum(("ERROR" in line or "CRITICAL" in line) for line in tail)
+    emit_report(args, report, json.dumps(report, indent=2, default=float))
+    ok = (report["crashes"] == 0 and report["not_ready_seconds"] == 0 and report["balanced"]
+          and report["pose_rate_hz"]["min"] >= 9)
+    print("fuzz: " + ("OK" if ok else "FAILED") + f" ({report['sent']} sent = {report['received']} received + "
+          f"{report['dropped']} counted drops: {'yes' if report['balanced'] else 'NO'}; pose rate min "
+          f"{report['pose_rate_hz']['min']} Hz; RSS max {report['rss_mb']['max']:.0f} MB)")
+    return 0 if ok else 1
