@@ -81,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--view", type=int, nargs="?", const=8080, default=None, metavar="PORT",
                    help="also start the station viewer (`runtime view`) in its own process on "
-                        "http://127.0.0.1:PORT/ (default 8080)")
+                        "http://127.0.0.1:PORT/ (default 8080); with --keys it uses the client key "
+                        "DIR/clients/viewer.key_secret")
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
@@ -265,7 +266,7 @@ def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_
         rt.start()
         if view_port is not None:
             from runtime.view.launch import start_viewer_process
-            viewer = start_viewer_process(rt.pose_endpoint, view_port, viewer_key_args(cfg))
+            viewer = start_viewer_process(rt.pose_endpoint, view_port, extra_args=viewer_key_args(cfg))
         return rt.run(duration_s)
     finally:
         if viewer is not None:

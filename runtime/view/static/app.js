@@ -8,7 +8,10 @@ const COLORS = { left: 0x3b9cff, right: 0xff7043, centre: 0xd0d7de, gt: 0x7ee787
 const DEGRADED_WARN = 0.3;   // score shown as a warning below the degraded flag
 const stations = new Map();  // name -> card state
 const stats = { shown: [], latencies: [] };   // display times (ms) and pose->screen latencies (ms)
-window.viewerStats = { frames: 0, updatesPerSecond: 0, latencyP50Ms: null, latencyP95Ms: null, latencies: [] };
+// frames: drawn; arrived: received from the server (several arriving within one animation frame
+// are drawn once, newest wins); first/lastDrawnMs: performance.now() of the first and last drawn.
+window.viewerStats = { frames: 0, arrived: 0, firstDrawnMs: null, lastDrawnMs: null, updatesPerSecond: 0,
+  latencyP50Ms: null, latencyP95Ms: null, latencies: [] };
 let config = null;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -30,7 +33,7 @@ function makeScene(container) {
     container.insertAdjacentHTML("beforeend", '<div class="no-webgl">WebGL is not available in this browser: the 3D view is off.</div>');
     return null;
   }
-  const renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+  const renderer = new THREE.WebGLRenderer({ antialias: false, preserveDrawingBuffer: true });
   renderer.setPixelRatio(window.devicePixelRatio || 1);
   container.prepend(renderer.domElement);
   const scene = new THREE.Scene();
@@ -130,7 +133,9 @@ function resize(view) {
     view.renderer.setSize(w, h, false);
     view.camera.aspect = w / Math.max(h, 1);
     view.camera.updateProjectionMatrix();
+    return true;
   }
+  return false;
 }
 
 // ------------------------------------------------------------------ station cards
@@ -214,6 +219,7 @@ function renderPanel(st, frame) {
 }
 
 function show(frame) {
+  window.viewerStats.arrived += 1;
   const st = stationCard(frame.station);
   st.frame = frame;
   st.dirty = true;
@@ -236,9 +242,11 @@ function loop() {
       st.dirty = false;
     }
     if (st.view) {
-      resize(st.view);
-      st.view.controls.update();
-      st.view.renderer.render(st.view.scene, st.view.camera);
+      // Draw only when something changed (a frame, the camera moving, a resize): the page stays
+      // cheap on a station's CPU, where WebGL may be software-rendered.
+      const resized = resize(st.view);
+      const moved = st.view.controls.update();
+      if (fresh || moved || resized) st.view.renderer.render(st.view.scene, st.view.camera);
     }
     if (fresh) {
       stats.shown.push(t);
@@ -247,6 +255,8 @@ function loop() {
         if (stats.latencies.length > 600) stats.latencies.shift();
       }
       window.viewerStats.frames += 1;
+      if (window.viewerStats.firstDrawnMs === null) window.viewerStats.firstDrawnMs = t;
+      window.viewerStats.lastDrawnMs = t;
     }
   }
   while (stats.shown.length && stats.shown[0] < t - 5000) stats.shown.shift();
