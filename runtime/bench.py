@@ -20,7 +20,6 @@ ticks/s; RSS <= 500 MB and flat.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -41,6 +40,7 @@ from runtime.outputs import MetricsOutput, Outputs
 from runtime.pipeline import Pipeline
 from sensors import keys as keyfiles
 from sensors import schema, wire
+from sensors.cli_util import add_report_arguments, add_set_argument, emit_report
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +327,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     p.add_argument("--curve-s", type=float, default=0.0, metavar="S",
                    help="also measure the CurveZMQ cost: S seconds end to end plaintext, then S with CurveZMQ")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON")
+    add_set_argument(p, "sync.rate_hz=20")
+    add_report_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -338,8 +338,5 @@ def run(args: argparse.Namespace) -> int:
         return 2
     report = run_bench(args.model, args.duration, args.stage_ticks, args.throughput_s, args.threads, args.set,
                        curve_s=args.curve_s)
-    print(format_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        log.info("wrote %s", args.json)
+    emit_report(args, report, format_report(report))
     return 0

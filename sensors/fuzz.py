@@ -45,6 +45,7 @@ import numpy as np
 import zmq
 
 from sensors import keys, schema, wire
+from sensors.cli_util import add_report_arguments, emit_report
 
 FUZZ_TOPICS = ("rgb", "lidar", "mmwave", "wifi", "pose")   # valid gt messages are not exported as metrics
 HOSTILE = [None, True, False, 0, 1, -1, 2 ** 31, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1, -(2 ** 63), 1.0, -0.0,
@@ -394,10 +395,10 @@ def add_arguments(p) -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=2000.0, help="fuzz messages per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--nice", type=int, default=10,
                    help="lower the fuzzing thread's priority by N (not the valid sensor stream's, not the runtime's), "
                         "so the attacker does not take their CPU on a shared machine (default 10; 0 = off)")
+    add_report_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -430,9 +431,7 @@ def run(args) -> int:
             report["exit_code_after_sigterm"] = proc.returncode
             tail = log_path.read_text().splitlines()
             report["runtime_log_errors"] = sum(("ERROR" in line or "CRITICAL" in line) for line in tail)
-    print(json.dumps(report, indent=2, default=float))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    emit_report(args, report, json.dumps(report, indent=2, default=float))
     ok = (report["crashes"] == 0 and report["not_ready_seconds"] == 0 and report["balanced"]
           and report["pose_rate_hz"]["min"] >= 9)
     print("fuzz: " + ("OK" if ok else "FAILED") + f" ({report['sent']} sent = {report['received']} received + "

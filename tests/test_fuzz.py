@@ -18,7 +18,7 @@ def test_short_fuzz_run_against_a_live_secured_runtime(tmp_path):
     model = export_untrained(tmp_path / "tiny.onnx", preset="tiny", seed=0)
     out = tmp_path / "fuzz.json"
     code = cli.main(["fuzz", "--serve-model", str(model), "--secure", "--messages", "3000", "--rate", "1500",
-                     "--seed", "3", "--nice", "0", "--no-progress", "--json", str(out)])
+                     "--seed", "3", "--nice", "0", "--no-progress", "--report", str(out)])
     report = json.loads(out.read_text())
     assert report["crashes"] == 0 and report["exit_code_after_sigterm"] == 0
     assert report["not_ready_seconds"] == 0 and report["tick_errors"] == 0
