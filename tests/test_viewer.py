@@ -66,6 +66,9 @@ def _records(n: int) -> list[dict]:
             rec.update(shapley=np.full(4, 0.5, np.float32), shares=np.full(4, 0.25, np.float32))
         if t == 1:
             rec["joints"] = np.full((17, 3), np.nan, np.float32)
+        if t >= 4:
+            n = len(getattr(schema, "ANGLE_CHANNELS", ())) or 3
+            rec.update(exercise="squat", session="", reps=t // 2, angles=np.full(n, 90.0 + t, np.float32))
         out.append(rec)
     return out
 
@@ -83,6 +86,8 @@ def test_recordings_of_the_runtime_play_back_as_frames(tmp_path, suffix):
     assert frames[1]["joints"][0] == [None, None, None]            # NaN -> null, the page skips it
     assert frames[4]["degraded"] == [0, 1, 0, 0] and frames[4]["reasons"][1] == "missing"
     assert frames[0]["station"] == "poses"
+    assert frames[0]["rehab"] is None and frames[5]["rehab"]["reps"] == 2
+    assert list(frames[5]["rehab"]["angles_deg"].values())[:1] == [95.0]
     json.dumps(frames, allow_nan=False)
     thinned = load_recording(path, max_frames=3)
     assert [f["tick"] for f in thinned] == [0, 2, 5]               # evenly over the whole recording

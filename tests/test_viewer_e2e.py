@@ -159,7 +159,9 @@ def test_recording_plays_back_with_a_time_slider(tmp_path):
                    "degradation": np.array([0, float(t >= 30), 0, 0], np.float32),
                    "degraded": np.array([0, int(t >= 32), 0, 0], np.uint8),
                    "reasons": ["", "missing" if t >= 30 else "", "", ""],
-                   "shares": np.array([0.4, 0.3, 0.2, 0.1], np.float32)})
+                   "shares": np.array([0.4, 0.3, 0.2, 0.1], np.float32),
+                   **({"exercise": "squat", "session": "", "reps": t // 10,
+                       "angles": np.array([90 + t, 80.0, np.nan], np.float32)} if t >= 20 else {})})
     rec.close()
     port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, "-m", "runtime", "view", "--recording", str(path), "--port", str(port)],
@@ -180,6 +182,10 @@ def test_recording_plays_back_with_a_time_slider(tmp_path):
         driver.execute_script("const s = document.getElementById('slider'); s.value = 45;"
                               "s.dispatchEvent(new Event('input'));")
         _wait(lambda: tick.get_attribute("data-tick") == "145", 5, "the slider to seek to tick 145")
+        rehab = station.find_element(By.CSS_SELECTOR, ".rehab")                 # recorded rehab outputs shown
+        assert rehab.is_displayed()
+        assert rehab.find_element(By.CSS_SELECTOR, '[data-rehab="reps"]').text == "4"
+        assert "squat" in rehab.text and "135.0°" in rehab.text
         lidar = station.find_element(By.CSS_SELECTOR, 'tr[data-modality="lidar"]')
         _wait(lambda: lidar.get_attribute("data-status") == "degraded", 5, "the recorded LiDAR fault")
         assert "missing" in lidar.find_element(By.CSS_SELECTOR, ".status").text
@@ -187,6 +193,7 @@ def test_recording_plays_back_with_a_time_slider(tmp_path):
                               "s.dispatchEvent(new Event('input'));")
         _wait(lambda: tick.get_attribute("data-tick") == "105", 5, "the slider to seek back")
         assert lidar.get_attribute("data-status") == "ok"
+        assert not rehab.is_displayed()                                          # none recorded at that tick
     finally:
         if driver is not None:
             driver.quit()

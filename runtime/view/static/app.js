@@ -174,23 +174,37 @@ function statusOf(frame, i) {
 }
 
 function renderRehab(node, rehab) {
+  // The `rehab` map of the pose stream (docs/wire.md): exercise, reps, last_rom_deg, angles_deg
+  // {channel: degrees}, completed (the last repetition). Unknown keys are listed as they come.
   const box = $(".rehab", node);
   if (!rehab || typeof rehab !== "object") { box.hidden = true; return; }
   box.hidden = false;
-  const summary = [], rows = [];
-  const add = (key, value) => {
-    if (typeof value === "number") rows.push([key, fmt(value, Number.isInteger(value) ? 0 : 1)]);
-    else if (typeof value === "string" || typeof value === "boolean") rows.push([key, String(value)]);
-    else if (Array.isArray(value)) rows.push([key, value.map((v) => (typeof v === "number" ? fmt(v, 1) : String(v))).join(", ")]);
-    else if (value && typeof value === "object") for (const [k, v] of Object.entries(value)) add(`${key}.${k}`, v);
-  };
-  for (const [k, v] of Object.entries(rehab)) {
-    if (/rep|count/i.test(k) && typeof v === "number") summary.push(`<span>${k} <b class="mono" data-rehab="${k}">${v}</b></span>`);
-    else if (/rom/i.test(k) && typeof v === "number") summary.push(`<span>${k} <b class="mono" data-rehab="${k}">${fmt(v, 1)}</b></span>`);
-    else add(k, v);
-  }
+  const esc = (x) => String(x).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
+  const summary = [];
+  if (rehab.exercise) summary.push(`<span>exercise <b data-rehab="exercise">${esc(rehab.exercise)}</b></span>`);
+  if (rehab.reps !== undefined && rehab.reps !== null) summary.push(`<span>repetitions <b class="mono" data-rehab="reps">${rehab.reps}</b></span>`);
+  if (rehab.last_rom_deg !== undefined) summary.push(`<span>last ROM <b class="mono" data-rehab="last_rom_deg">${rehab.last_rom_deg === null ? "-" : fmt(rehab.last_rom_deg, 1) + "°"}</b></span>`);
   $(".rehab-summary", node).innerHTML = summary.join("");
-  $(".rehab-angles tbody", node).innerHTML = rows.map(([k, v]) => `<tr><td>${k}</td><td class="mono">${v}</td></tr>`).join("");
+  const rows = [];
+  const add = (key, value) => {
+    if (value === null || value === undefined) rows.push([key, "-"]);
+    else if (typeof value === "number") rows.push([key, fmt(value, Number.isInteger(value) ? 0 : 1)]);
+    else if (Array.isArray(value)) rows.push([key, value.map((v) => (typeof v === "number" ? fmt(v, 1) : String(v))).join(", ")]);
+    else if (typeof value === "object") for (const [k, v] of Object.entries(value)) add(`${key}.${k}`, v);
+    else rows.push([key, String(value)]);
+  };
+  for (const [k, v] of Object.entries(rehab.angles_deg || {})) {
+    rows.push([`${k}${k === rehab.principal ? " ◀" : ""}`, v === null ? "-" : `${fmt(v, 1)}°`]);
+  }
+  if (rehab.completed) {
+    const c = rehab.completed;
+    const flags = [c.degraded ? "degraded" : "", c.low_confidence ? "low confidence" : ""].filter(Boolean).join(", ");
+    rows.push(["last repetition", `#${c.index ?? "-"} ${c.side ?? ""} · ROM ${fmt(c.rom_deg, 1)}° · ${fmt(c.duration_s, 1)} s` +
+      ` · fused ${fmt((c.fused_fraction ?? 0) * 100, 0)}%${flags ? " · " + flags : ""}`]);
+  }
+  const known = new Set(["exercise", "reps", "last_rom_deg", "angles_deg", "completed", "principal", "session"]);
+  for (const [k, v] of Object.entries(rehab)) if (!known.has(k)) add(k, v);
+  $(".rehab-angles tbody", node).innerHTML = rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td class="mono">${esc(v)}</td></tr>`).join("");
 }
 
 function renderPanel(st, frame) {
