@@ -35,13 +35,12 @@ from runtime.contributions import Contributions, ContributionTracker
 from runtime.degradation import DegradationMonitor, DegradationResult, leave_one_out_disagreement
 from runtime.features import FeatureBuilder
 from runtime.health import InputHealth, InputHealthChecker
+from runtime.rehab import RehabMonitor, RehabTick
 from runtime.sync import TickInputs
 from sensors import schema
 
 OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid")
-# Model inputs of each modality (schema.MODEL_INPUTS), for masking one out.
-MODALITY_INPUTS: dict[str, tuple[str, ...]] = {"rgb": ("rgb",), "lidar": ("lidar", "lidar_mask"),
-                                               "mmwave": ("mmwave", "mmwave_mask"), "wifi": ("wifi",)}
+MODALITY_INPUTS = schema.MODALITY_INPUTS   # model inputs of each modality, for masking one out
 
 
 def mask_non_finite(inputs: dict[str, np.ndarray], presence: np.ndarray) -> list[int]:
@@ -78,6 +77,8 @@ class StepInputs:
     lost: np.ndarray = field(default_factory=_zeros_i8)       # messages lost before those (Message.lost)
     lead_s: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES))
     # ^ newest capture time of the modality minus the clock's "now" (s; > 0 = a sensor clock ahead)
+    exercise: list[tuple[int, str, str | None]] = field(default_factory=list)
+    # ^ (capture t_ns, exercise, session) from input headers since the last tick (runtime.rehab)
 
 
 @dataclass
@@ -105,6 +106,7 @@ class TickResult:
     # ^ 1 = a message of the modality was synced for this tick, empty or not ("silent" when 0)
     empty: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES, np.float32))
     # ^ 1 = that message was an empty point cloud (the sensor runs but saw nothing; absent to the model)
+    rehab: RehabTick | None = None        # joint angles, repetitions (runtime.rehab), when enabled
 
 
 class Pipeline:
@@ -120,6 +122,7 @@ class Pipeline:
         baseline = model.metadata.baseline
         self.baseline_shares = None if baseline is None else baseline.shares
         self.record_inputs = config.recorder.record_inputs
+        self.rehab = RehabMonitor(config.rehab, config.sync.rate_hz) if config.rehab.enabled else None
 
     def step(self, inputs: StepInputs) -> TickResult:
         """Run one tick on the synced ``inputs``; no I/O."""
@@ -165,7 +168,15 @@ class Pipeline:
                 result.outcome = "invalid"   # never published as a valid pose
         result.degradation = self.degradation.update([h.score for h in health], loo, shares,
                                                      self.baseline_shares, presence, [h.worst() for h in health])
-        durations["degradation"] = time.perf_counter() - t2
+        t5 = time.perf_counter()
+        durations["degradation"] = t5 - t2
+        if self.rehab is not None:
+            for t_ns, exercise, session in inputs.exercise:
+                self.rehab.request(t_ns, exercise, session)
+            c = result.contributions
+            result.rehab = self.rehab.update(result.tick, result.tick_ns, result.pose, presence,
+                                             result.degradation.degraded, None if c is None else c.shares)
+            durations["rehab"] = time.perf_counter() - t5
         return result
 
     def _observe_health(self, inputs: StepInputs) -> list[InputHealth]:

@@ -64,6 +64,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="metrics.port (0 = any free port)")
     p.add_argument("--record", default=None, metavar="PATH", help="recorder.path (.jsonl or .npz)")
     p.add_argument("--record-inputs", action="store_true", help="also record model inputs (.npz only)")
+    p.add_argument("--exercise", default=None, metavar="CODE",
+                   help="rehab.exercise: the current exercise (A01 ... A26 of protocol P2) until a client "
+                        "sends another in a header field `exercise` (docs/rehab.md)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--view", type=int, nargs="?", const=8080, default=None, metavar="PORT",
                    help="also start the station viewer (`runtime view`) in its own process on "
-                        "http://127.0.0.1:PORT/ (default 8080)")
+                        "http://127.0.0.1:PORT/ (default 8080); with --keys it uses the client key "
+                        "DIR/clients/viewer.key_secret")
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
@@ -100,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         "sync.clock": args.clock, "metrics.port": args.metrics_port, "recorder.path": args.record,
         "output.endpoint": getattr(args, "output", None),
         "metrics.host": getattr(args, "metrics_host", None), "security.keys_dir": getattr(args, "keys", None),
+        "rehab.exercise": getattr(args, "exercise", None),
     }
     for key, value in shortcuts.items():
         if value is not None:
@@ -280,7 +285,7 @@ def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_
         rt.start()
         if view_port is not None:
             from runtime.view.launch import start_viewer_process
-            viewer = start_viewer_process(rt.pose_endpoint, view_port, viewer_key_args(cfg))
+            viewer = start_viewer_process(rt.pose_endpoint, view_port, extra_args=viewer_key_args(cfg))
         return rt.run(duration_s)
     finally:
         if viewer is not None:

@@ -355,3 +355,15 @@ def test_empty_radar_frames_are_received_not_silent_and_a_stopped_wifi_is_silent
     assert gauge("awc_modality_presence_ratio", "mmwave") < 0.01
     assert gauge("awc_modality_received_ratio", "wifi") < 0.05       # silent after frame 5
     assert gauge("awc_modality_received_ratio", "rgb") > 0.99 and gauge("awc_modality_empty_ratio", "lidar") < 0.01
+
+
+def test_bench_drives_the_loop_as_serve_builds_it(tiny_model):
+    """`runtime bench`'s per-stage and throughput parts on the tiny model (a few ticks, no sockets)."""
+    from runtime.bench import bench_stages, bench_throughput
+
+    cfg = RuntimeConfig()
+    stages = bench_stages(tiny_model, cfg, n_ticks=5)
+    assert {"decode", "sync", "preprocess", "inference", "contributions", "degradation", "publish",
+            "metrics", "total"} <= set(stages)
+    throughput = bench_throughput(tiny_model, cfg, seconds=0.3)
+    assert throughput["ticks"] >= 1 and throughput["fused"] == throughput["ticks"]

@@ -428,11 +428,8 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: s
 
 
 def checkpoint_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The validation metrics a checkpoint carries (whatever of them is JSON-able)."""
-    for key in ("val_metrics", "metrics", "validation"):
-        if isinstance(info.get(key), Mapping):
-            return json.loads(json.dumps(dict(info[key]), default=_json_default))
-    return {}
+    """The validation metrics a checkpoint carries (``training.checkpoint.save_checkpoint``: ``metrics``)."""
+    return json.loads(json.dumps(dict(info.get("metrics") or {}), default=_json_default))
 
 
 def export_untrained(out_path: str | Path, fusion: str = "concat", preset: str = "small", seed: int = 0,

@@ -6,7 +6,7 @@
 Main table (``--group main``, every seed, protocols P1 and P2, split S1, concat fusion):
 uni-modal rgb / lidar / mmwave / wifi, rgb+lidar, and all four modalities with each balancing
 method (none, awc, ogm-ge, g-blending, agm, modality-level, uniform). Sweeps (``--group sweeps``,
-the first seed, the first protocol): the alpha_S / alpha_I grid (Table 4 analogue), the learning
+the first seed, ``--sweep-protocol`` P1): the alpha_S / alpha_I grid (Table 4 analogue), the learning
 window K (Figure 6 analogue), attention fusion, the cross-subject split S2, SGD + momentum for
 OGM-GE, and toolbox-style frame selection.
 
@@ -146,7 +146,7 @@ def planned(args: argparse.Namespace) -> list[tuple[str, Arm, int]]:
               and (a.group == "main" and args.group in ("main", "all") or a.group != "main" and
                    args.group in ("sweeps", "all"))]
     jobs = [(p, a, s) for s in args.seeds for p in args.protocols for a in chosen if a.group == "main"]
-    jobs += [(args.protocols[0], a, args.seeds[0]) for a in chosen if a.group != "main"]
+    jobs += [(args.sweep_protocol, a, args.seeds[0]) for a in chosen if a.group != "main"]
     return jobs
 
 
@@ -225,7 +225,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=30, help="epochs per run; K = 0.4x, lr step = 0.6x this")
     add_list_argument(p, "--seeds", item_type=int, default=[0, 1, 2], metavar="N", help="seeds (default 0,1,2)")
     add_list_argument(p, "--protocols", default=["P1", "P2"], metavar="P",
-                      help="main table protocols (default P1,P2); the sweeps use the first")
+                      help="main table protocols, in training order (default P1,P2)")
+    p.add_argument("--sweep-protocol", default="P1", choices=sorted(schema.PROTOCOLS), help="protocol of the sweeps")
     p.add_argument("--group", default="all", choices=("main", "sweeps", "all"))
     add_list_argument(p, "--arms", default=None, metavar="ARM", help="only these arms (names as in the report)")
     p.add_argument("--test-frames", type=int, default=4000,

@@ -171,15 +171,15 @@ def write_report(args: argparse.Namespace, path: Path, figure: Path) -> str:
     out = Path(args.out)
     arms = study.all_arms(args)
     main = [a for a in arms if a.group == "main"]
-    by_protocol = {p: collect(out, p, arms) for p in args.protocols}
+    by_protocol = {p: collect(out, p, arms) for p in dict.fromkeys([*args.protocols, args.sweep_protocol])}
     cfg = study._base_config(args)
     sched = study.Schedule(args.epochs)
     notes = path.read_text().split(study.NOTES_MARKER, 1)[1] if path.exists() and study.NOTES_MARKER in \
         path.read_text() else ""
-    first = args.protocols[0]
+    first = args.sweep_protocol
     sweeps = by_protocol[first]
     sections = []
-    for p in args.protocols:
+    for p in sorted(args.protocols):
         sections.append(f"### {p}\n\n{accuracy_table(by_protocol[p], main, p)}\n\n"
                         f"Paired differences against plain training (negative = better than `none`):\n\n"
                         f"{paired_table(by_protocol[p])}\n\n"
