@@ -20,6 +20,7 @@ import yaml
 from runtime.contributions import ContributionConfig
 from runtime.degradation import DegradationConfig
 from runtime.health import HealthConfig
+from runtime.rehab import RehabConfig
 from runtime.sync import SyncConfig
 from sensors import schema, settings
 
@@ -193,6 +194,7 @@ class RuntimeConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    rehab: RehabConfig = field(default_factory=RehabConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     station: str = "station0"
 

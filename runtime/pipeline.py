@@ -35,6 +35,7 @@ from runtime.contributions import Contributions, ContributionTracker
 from runtime.degradation import DegradationMonitor, DegradationResult, leave_one_out_disagreement
 from runtime.features import FeatureBuilder
 from runtime.health import InputHealth, InputHealthChecker
+from runtime.rehab import RehabMonitor, RehabTick
 from runtime.sync import TickInputs
 from sensors import schema
 
@@ -72,6 +73,8 @@ class StepInputs:
     lost: np.ndarray = field(default_factory=_zeros_i8)       # messages lost before those (Message.lost)
     lead_s: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES))
     # ^ newest capture time of the modality minus the clock's "now" (s; > 0 = a sensor clock ahead)
+    exercise: list[tuple[int, str, str | None]] = field(default_factory=list)
+    # ^ (capture t_ns, exercise, session) from input headers since the last tick (runtime.rehab)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class TickResult:
     durations: dict[str, float] = field(default_factory=dict)   # stage -> seconds
     inputs: dict[str, np.ndarray] | None = None                 # model inputs (batch 1), when recorded
     points: dict[str, np.ndarray] | None = None   # lidar/mmwave points used, when output.forward_points > 0
+    rehab: RehabTick | None = None        # joint angles, repetitions (runtime.rehab), when enabled
 
 
 def forwarded_points(samples: dict, cap: int) -> dict[str, np.ndarray] | None:
@@ -127,6 +131,7 @@ class Pipeline:
         baseline = model.metadata.baseline
         self.baseline_shares = None if baseline is None else baseline.shares
         self.record_inputs = config.recorder.record_inputs
+        self.rehab = RehabMonitor(config.rehab, config.sync.rate_hz) if config.rehab.enabled else None
 
     def step(self, inputs: StepInputs) -> TickResult:
         """Run one tick on the synced ``inputs``; no I/O."""
@@ -172,7 +177,15 @@ class Pipeline:
                 result.outcome = "invalid"   # never published as a valid pose
         result.degradation = self.degradation.update([h.score for h in health], loo, shares,
                                                      self.baseline_shares, presence, [h.worst() for h in health])
-        durations["degradation"] = time.perf_counter() - t2
+        t5 = time.perf_counter()
+        durations["degradation"] = t5 - t2
+        if self.rehab is not None:
+            for t_ns, exercise, session in inputs.exercise:
+                self.rehab.request(t_ns, exercise, session)
+            c = result.contributions
+            result.rehab = self.rehab.update(result.tick, result.tick_ns, result.pose, presence,
+                                             result.degradation.degraded, None if c is None else c.shares)
+            durations["rehab"] = time.perf_counter() - t5
         return result
 
     def _observe_health(self, inputs: StepInputs) -> list[InputHealth]:

@@ -207,9 +207,10 @@ def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None, keys_dir: 
 def run_replay(model_path: str, data_root: str, protocol: str, split: str, subset: str = "test",
                rate: float = 0.0, faults: list[str] | None = None, cfg: RuntimeConfig | None = None,
                clock: str | None = None, max_frames: int | None = None, sequences: list[str] | None = None,
-               seed: int = 0, secure: bool = False) -> dict:
+               seed: int = 0, secure: bool = False, rehab_report: str | None = None) -> dict:
     """Serve ``model_path`` in-process, replay the dataset into it over ZeroMQ, return the report.
-    ``secure``: CurveZMQ on both sockets, with a key directory made for this run."""
+    ``secure``: CurveZMQ on both sockets, with a key directory made for this run.
+    ``rehab_report``: also write the rehabilitation report (runtime.report) of the pose stream there."""
     if secure:
         with tempfile.TemporaryDirectory(prefix="awc-replay-keys-") as tmp:
             kd = Path(tmp) / "keys"
@@ -217,13 +218,13 @@ def run_replay(model_path: str, data_root: str, protocol: str, split: str, subse
             keyfiles.add(kd, "replay", "sensor")
             keyfiles.add(kd, "viewer", "viewer")
             return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
-                               sequences, seed, str(kd))
+                               sequences, seed, str(kd), rehab_report)
     return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
-                       sequences, seed, None)
+                       sequences, seed, None, rehab_report)
 
 
 def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames, sequences,
-                seed, keys_dir: str | None) -> dict:
+                seed, keys_dir: str | None, rehab_report: str | None = None) -> dict:
     cfg = replay_config(cfg or RuntimeConfig(), rate, clock, keys_dir)
     sensor = viewer = None
     if keys_dir:
@@ -257,6 +258,15 @@ def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cf
     report = build_report(collector.poses, stats, rt, cfg, wall, data_root, protocol, split, subset, rate, model_path,
                           fault_windows)
     report["pose_stream_invalid"] = collector.invalid
+    if rehab_report:
+        from runtime.report import records_from_poses, write_report  # matplotlib only when asked
+
+        data = write_report(records_from_poses(collector.poses), rehab_report,
+                            source=f"runtime replay of {data_root} ({protocol}/{split}/{subset})")
+        report["rehab"] = {"report": str(rehab_report), "total_repetitions": data["total_repetitions"],
+                           "low_confidence_repetitions": data["low_confidence_repetitions"],
+                           "segments": [{k: v for k, v in s.items() if k != "repetitions"} for s in data["segments"]],
+                           "mirror_symmetry": data["mirror_symmetry"]}
     return report
 
 
@@ -341,6 +351,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_report_arguments(p)
     p.add_argument("--secure", action="store_true",
                    help="CurveZMQ on the sensor and pose sockets (a key directory made for this run)")
+    p.add_argument("--rehab-report", default=None, metavar="FILE.html",
+                   help="also write the rehabilitation session report (angles, repetitions, trust) of the replay")
     add_config_arguments(p)
 
 
@@ -349,9 +361,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,
                             cfg, clock=args.clock, max_frames=args.max_frames, sequences=args.sequences,
-                            seed=args.seed, secure=args.secure)
-    except (ValueError, FileNotFoundError, ModelError, ReplayError) as err:   # MMFiFormatError is a ValueError
+                            seed=args.seed, secure=args.secure,
+                            rehab_report=args.rehab_report)
+    except (ValueError, FileNotFoundError, ModelError, ReplayError, RuntimeError) as err:   # MMFiFormatError is a ValueError
         log.error("%s", err)
         return 2
-    emit_report(args, report, format_report(report))
+    text = format_report(report)
+    if "rehab" in report:
+        from runtime.report import format_summary
+
+        text += "\n\n" + format_summary(report["rehab"]) + f"\nrehabilitation report: {report['rehab']['report']}"
+    emit_report(args, report, text)
     return 0

@@ -57,6 +57,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="metrics.port (0 = any free port)")
     p.add_argument("--record", default=None, metavar="PATH", help="recorder.path (.jsonl or .npz)")
     p.add_argument("--record-inputs", action="store_true", help="also record model inputs (.npz only)")
+    p.add_argument("--exercise", default=None, metavar="CODE",
+                   help="rehab.exercise: the current exercise (A01 ... A26 of protocol P2) until a client "
+                        "sends another in a header field `exercise` (docs/rehab.md)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         "sync.clock": args.clock, "metrics.port": args.metrics_port, "recorder.path": args.record,
         "output.endpoint": getattr(args, "output", None),
         "metrics.host": getattr(args, "metrics_host", None), "security.keys_dir": getattr(args, "keys", None),
+        "rehab.exercise": getattr(args, "exercise", None),
     }
     for key, value in shortcuts.items():
         if value is not None:

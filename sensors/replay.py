@@ -265,7 +265,8 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
                 gt = None if joints is None else joints[frame]
                 for topic, t, arrays, extra in frame_messages(seq_dir, frame, t_ns, gt, wifi_burst,
                                                               mmwave_columns):
-                    sender.schedule(topic, t, arrays, extra)
+                    # the sequence's action and key tell the runtime the current exercise (docs/rehab.md)
+                    sender.schedule(topic, t, arrays, {**extra, "exercise": key.action, "session": str(key)})
                 # Nothing scheduled later can be sent before the next frame's first capture time.
                 sender.flush(before_ns=t_ns + schema.FRAME_PERIOD_NS - (schema.WIFI_PACKETS - 1) * PACKET_NS)
                 f += 1

@@ -207,8 +207,9 @@ class Agm(Balancer):
 
 class GBlending(Balancer):
     """G-Blending (online): one uni-modal head per enabled modality beside the fused head; the loss
-    is sum_k w_k L_k over the branches, w re-estimated at every epoch start from the losses on
-    ``gb_holdout`` held-out training frames and as many training frames (w_k ∝ G_k / O_k^2)."""
+    is sum_k w_k L_k over the branches, w re-estimated every ``gb_super_epoch`` epochs from the
+    losses on ``gb_holdout`` held-out training frames and as many training frames at the start and
+    end of that super-epoch (w_k ∝ G_k / O_k^2)."""
 
     active = True
 
@@ -249,6 +250,8 @@ class GBlending(Balancer):
         return out
 
     def epoch_start(self, epoch: int) -> dict[str, Any]:
+        if epoch % self.bc.gb_super_epoch != 0 and self.prev is not None:
+            return {"gblend_weights": dict(zip(self.branches, map(float, self.w), strict=True))}
         now = (self._losses(self.holdout), self._losses(self.probe))
         if self.prev is not None:
             self.w = balance.gblend_weights(self.prev[0], self.prev[1], now[0], now[1])
