@@ -40,9 +40,7 @@ from runtime.sync import TickInputs
 from sensors import schema
 
 OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid")
-# Model inputs of each modality (schema.MODEL_INPUTS), for masking one out.
-MODALITY_INPUTS: dict[str, tuple[str, ...]] = {"rgb": ("rgb",), "lidar": ("lidar", "lidar_mask"),
-                                               "mmwave": ("mmwave", "mmwave_mask"), "wifi": ("wifi",)}
+MODALITY_INPUTS = schema.MODALITY_INPUTS   # model inputs of each modality, for masking one out
 
 
 def mask_non_finite(inputs: dict[str, np.ndarray], presence: np.ndarray) -> list[int]:
