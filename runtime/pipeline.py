@@ -106,7 +106,24 @@ class TickResult:
     # ^ 1 = a message of the modality was synced for this tick, empty or not ("silent" when 0)
     empty: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES, np.float32))
     # ^ 1 = that message was an empty point cloud (the sensor runs but saw nothing; absent to the model)
+    points: dict[str, np.ndarray] | None = None   # lidar/mmwave points used, when output.forward_points > 0
     rehab: RehabTick | None = None        # joint angles, repetitions (runtime.rehab), when enabled
+
+
+def forwarded_points(samples: dict, cap: int) -> dict[str, np.ndarray] | None:
+    """The LiDAR and mmWave points of this tick's samples, evenly thinned to ``cap`` each (float32,
+    sensor frame), for viewers; None when ``cap`` is 0."""
+    if cap <= 0:
+        return None
+    out = {}
+    for m in ("lidar", "mmwave"):
+        s = samples.get(m)
+        if s is not None:
+            p = np.asarray(s.arrays["points"], np.float32)
+            if len(p) > cap:
+                p = p[np.linspace(0, len(p) - 1, cap).astype(int)]
+            out[m] = np.ascontiguousarray(p)
+    return out
 
 
 class Pipeline:
@@ -147,7 +164,8 @@ class Pipeline:
             skew_s=np.array([0.0 if s is None else s.skew_s for s in samples]),
             staleness_s=np.array([np.nan if n is None else (tick.tick_ns - n) / 1e9 for n in newest]),
             inputs=feats.inputs if self.record_inputs else None, received=tick.presence(),
-            empty=np.array([_is_empty_cloud(s) for s in samples], np.float32))
+            empty=np.array([_is_empty_cloud(s) for s in samples], np.float32),
+            points=forwarded_points(tick.samples, self.config.output.forward_points))
         loo = np.zeros(schema.N_MODALITIES)
         shares = None
         if n_present:
