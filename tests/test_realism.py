@@ -95,6 +95,8 @@ def test_identity_probe_and_csi_figures_in_the_report(report):
     assert 0.5 < csi["packet_sd_db"] < 3.0
     ratios = report["probe_mpjpe_mm"]["ratio_to_rgb"]
     assert ratios["rgb"] == 1.0 and all(r > 0 for r in ratios.values())
+    p = report["probe_mpjpe_mm"]
+    assert np.isfinite(p["rgb+lidar_mm"]) and np.isfinite(p["all_four_mm"]) and p["rgb+lidar_mm"] < p["mean_pose_mm"]
 
 
 def test_identity_probe_finds_a_shortcut_and_not_a_missing_one():

@@ -38,6 +38,7 @@ MMWAVE_BOX = ((1.5, 4.5), (-1.5, 1.5), (-1.5, 1.5))
 MMWAVE_BINS = (3, 6, 6)
 PROBE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 PROBE_NEIGHBOURS = 20
+FUSION_PROBES = {"rgb+lidar": ("rgb", "lidar"), "all_four": schema.MODALITIES}
 IDENTITY_MAX_TRAIN_FRAMES = 6000   # the identity probe's fit subsample (keeps it to seconds)
 CSI_HIST_EDGES = np.arange(-60.0, 100.05, 0.1)   # dB bins of the CSI amplitude histogram
 
@@ -293,7 +294,8 @@ def s1_test_mask(subjects: np.ndarray, actions: np.ndarray, seed: int = 0) -> tu
 
 
 def probe(data: dict, split: str = "S1") -> dict:
-    """Per-modality probe MPJPE (mm) on held-out frames, beside the mean pose.
+    """Per-modality probe MPJPE (mm) on held-out frames, beside the mean pose, and the same probe
+    on concatenated features (naive fusion): RGB + LiDAR and all four.
 
     split "S1": the paper's random split (per action, held-out subjects; their other actions may be
     in training); "S2": cross-subject, test S05, S10, ... (else the last subject)."""
@@ -321,6 +323,10 @@ def probe(data: dict, split: str = "S1") -> dict:
         result[f"{m}_mm"] = _mpjpe_mm(model.predict(x[test]), y[test])
         result[f"{m}_probe"] = kind
     result["ratio_to_rgb"] = {m: round(result[f"{m}_mm"] / result["rgb_mm"], 2) for m in schema.MODALITIES}
+    for name, mods in FUSION_PROBES.items():             # naive fusion: features concatenated
+        x = np.concatenate([np.asarray(data[f"f_{m}"], dtype=np.float64) for m in mods], axis=1)
+        model, _ = _fit_best(x[~test], y[~test], groups[~test])
+        result[f"{name}_mm"] = _mpjpe_mm(model.predict(x[test]), y[test])
     return result
 
 
