@@ -85,6 +85,7 @@ def test_empty_directory_is_explained(tmp_path):
 def test_identity_probe_and_csi_figures_in_the_report(report):
     ident = report["identity_probe"]
     assert ident["subjects"] == 3 and ident["chance"] == round(1 / 3, 4) and ident["test_frames"] > 0
+    assert ident["chance_given_room"] == 0.6667            # tiny: S02, S10 in E01, S32 alone in E04
     for m in ("wifi", "mmwave"):                  # no recording shared by a subject's sequences
         assert ident[f"{m}_accuracy"] <= 2 * ident["chance"], ident
     csi = report["csi_amplitude"]

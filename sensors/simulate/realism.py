@@ -240,7 +240,9 @@ def identity_probe(data: dict, seed: int = 0) -> dict:
     """Which subject, from one frame of one modality: a logistic regression on the probe features,
     fitted on some sequences of every subject and scored on its other sequences (other actions),
     so a feature that names the subject only through a recording shared by a subject's sequences
-    does not help. Accuracy per modality beside chance (1 / subjects)."""
+    does not help. Accuracy per modality beside chance (1 / subjects) and the accuracy of knowing
+    the room and guessing among its subjects (``chance_given_room``): a room's fixed static
+    channel legitimately tells the room."""
     from sklearn.linear_model import LogisticRegression
 
     subjects, actions = np.array(data["subject"]), np.array(data["action"])
@@ -254,7 +256,10 @@ def identity_probe(data: dict, seed: int = 0) -> dict:
     train = np.nonzero(~held)[0]
     if train.size > IDENTITY_MAX_TRAIN_FRAMES:
         train = np.sort(np.random.default_rng(seed).choice(train, IDENTITY_MAX_TRAIN_FRAMES, replace=False))
+    per_room = {env: sum(schema.environment_of(n) == env for n in names) for env in schema.ENVIRONMENTS}
+    given_room = float(np.mean([1.0 / per_room[schema.environment_of(n)] for n in subjects[held]]))
     result = {"subjects": len(names), "chance": round(1.0 / len(names), 4),
+              "chance_given_room": round(given_room, 4),
               "train_frames": int(train.size), "test_frames": int(held.sum())}
     for m in schema.MODALITIES:
         x = np.asarray(data[f"f_{m}"], dtype=np.float64)
