@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the small CPU build from PyTorch's CPU index (on Linux, PyPI's torch is
 	# the multi-GB CUDA build; 2.13.0+cpu sorts above 2.13.0, so pip takes the CPU wheel)
 	$(PIP) install --quiet --extra-index-url $(TORCH_CPU_INDEX) torch==2.13.0
-	$(PIP) install --quiet -e '.[cpu,view,train,dev]'
+	$(PIP) install --quiet -e '.[cpu,view,report,train,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

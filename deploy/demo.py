@@ -7,13 +7,16 @@
 3. serve it (`runtime serve --console`) with CurveZMQ on the sensor and pose sockets (a key
    directory made on the fly in the run folder: `runtime keys init/add`), replay the test split
    into it over ZeroMQ in real time with the replay's own client key, a LiDAR failure injected
-   half way, and show live poses, contributions and degradation;
+   half way, and show live poses, contributions and degradation (console, and the station viewer
+   page at http://127.0.0.1:8080/, which reads the pose stream with the `viewer` client key);
 4. show the Prometheus metrics the runtime exports;
 5. validate the model offline through the real pipeline (`runtime replay`).
 
 Every step is a plain command-line call, printed before it runs, so each can be repeated by hand.
 Settings come from the environment: DEMO_DIR (default runs/demo), DEMO_DATA (data/demo),
-DEMO_EPOCHS (default 6), DEMO_REPLAY_S (seconds of live replay, default 24).
+DEMO_EPOCHS (default 6), DEMO_REPLAY_S (seconds of live replay, default 24), DEMO_VIEW_PORT
+(viewer page, default 8080; 0 = no viewer), DEMO_SCREENSHOT (a PNG path: screenshot of the viewer
+during the LiDAR fault, in headless Chromium).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ REPLAY_S = float(os.environ.get("DEMO_REPLAY_S", "24"))
 METRICS_PORT = int(os.environ.get("DEMO_METRICS_PORT", "9108"))
 INPUT = os.environ.get("DEMO_INPUT", "tcp://127.0.0.1:5555")
 OUTPUT = os.environ.get("DEMO_OUTPUT", "tcp://127.0.0.1:5556")
+VIEW_PORT = int(os.environ.get("DEMO_VIEW_PORT", "8080"))
+SCREENSHOT = os.environ.get("DEMO_SCREENSHOT")
 
 
 def banner(text: str) -> None:
@@ -97,7 +102,8 @@ def main() -> int:
     run("runtime", "keys", "list", str(keydir))
     serve_cmd = [PY, "-m", "runtime", "serve", "--model", str(model), "--console",
                  "--input", INPUT, "--output", OUTPUT, "--metrics-port", str(METRICS_PORT),
-                 "--record", str(RUN / "poses.jsonl"), "--keys", str(keydir)]
+                 "--record", str(RUN / "poses.jsonl"), "--keys", str(keydir),
+                 *(["--view", str(VIEW_PORT)] if VIEW_PORT else [])]
     print("$ " + " ".join(["python", "-m", *serve_cmd[2:]]), flush=True)
     serve = subprocess.Popen(serve_cmd)
     metrics_url = f"http://127.0.0.1:{METRICS_PORT}"
@@ -110,11 +116,22 @@ def main() -> int:
                        "--keys", str(keydir), "--key-name", "replay"]
         print("$ python -m " + " ".join(map(shlex.quote, replay_args)), flush=True)
         replay = subprocess.Popen([PY, "-m", *replay_args])
+        started = time.monotonic()
+        shot = None
+        if VIEW_PORT:
+            print(f"station viewer: http://127.0.0.1:{VIEW_PORT}/", flush=True)
+        if VIEW_PORT and SCREENSHOT:   # the browser opens now; the shot is taken while the LiDAR is out
+            shot_args = ["runtime.view.snapshot", f"http://127.0.0.1:{VIEW_PORT}/", SCREENSHOT,
+                         "--settle", f"{REPLAY_S * 0.75:.0f}"]
+            print("$ python -m " + " ".join(map(shlex.quote, shot_args)), flush=True)
+            shot = subprocess.Popen([PY, "-m", *shot_args])
         # Read the metrics while the sensors still stream (after the LiDAR stopped): once the
         # replay ends, every modality is rightly reported missing.
-        time.sleep(REPLAY_S * 0.85)
+        time.sleep(max(0.0, REPLAY_S * 0.85 - (time.monotonic() - started)))
         banner(f"4. Prometheus metrics at {metrics_url}/metrics (excerpt, LiDAR stopped)")
         show_metrics(f"{metrics_url}/metrics")
+        if shot is not None and shot.wait(timeout=60) != 0:
+            print(f"viewer screenshot failed with code {shot.returncode}", flush=True)
         if replay.wait(timeout=REPLAY_S + 60) != 0:
             raise SystemExit(f"sensors replay failed with code {replay.returncode}")
     finally:

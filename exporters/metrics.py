@@ -38,7 +38,13 @@ DROP_REASONS: tuple[str, ...] = schema.DROP_REASONS
 TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid", "dropped")
 TRAINING_DATA: tuple[str, ...] = ("synthetic", "real", "unknown")
 STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
-                           "publish")
+                           "rehab", "publish")
+ANGLE_CHANNELS: tuple[tuple[str, str], ...] = schema.ANGLE_CHANNELS       # (angle, side) of the joint angles
+# (angle, side) a repetition can be counted on: limb angles per side or both together, trunk angles none.
+REPETITION_CHANNELS: tuple[tuple[str, str], ...] = (
+    tuple((a, s) for a in schema.LIMB_ANGLES for s in ("left", "right", "both"))
+    + tuple((a, schema.NO_SIDE) for a in schema.TRUNK_ANGLES))
+EXERCISE_LABELS: tuple[str, ...] = (*schema.PROTOCOLS["P2"], "unknown")
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
@@ -120,6 +126,24 @@ class RuntimeMetrics:
         self.gpu_fallback = Gauge(
             "awc_inference_gpu_fallback", "1 when a GPU was requested but the CPU provider runs",
             registry=r)
+        # Rehabilitation (docs/rehab.md). Angles in degrees, the unit therapists read and write.
+        self.joint_angle = Gauge(
+            "awc_joint_angle_degrees", "Joint angle of the current pose, causally smoothed", ["angle", "side"],
+            registry=r)
+        self.repetitions = Counter(
+            "awc_rehab_repetitions_total", "Repetitions counted, by principal angle and side", ["angle", "side"],
+            registry=r)
+        self.low_confidence_repetitions = Counter(
+            "awc_rehab_low_confidence_repetitions_total",
+            "Repetitions measured mostly while a key modality was degraded or absent", ["angle", "side"], registry=r)
+        self.last_rom = Gauge(
+            "awc_rehab_last_range_of_motion_degrees", "Range of motion of the last counted repetition",
+            ["angle", "side"], registry=r)
+        self.exercise = Gauge(
+            "awc_rehab_exercise", "1 for the current exercise (P2 code or unknown), 0 for the others", ["exercise"],
+            registry=r)
+        self.exercise_repetitions = Gauge(
+            "awc_rehab_exercise_repetitions", "Repetitions counted since the current exercise started", registry=r)
         ProcessCollector(registry=r)
         self._init_label_sets()
 
@@ -143,6 +167,13 @@ class RuntimeMetrics:
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
             self.tick_errors.labels(stage=stage)
+        for angle, side in ANGLE_CHANNELS:
+            self.joint_angle.labels(angle=angle, side=side)
+        for angle, side in REPETITION_CHANNELS:
+            for m in (self.repetitions, self.low_confidence_repetitions, self.last_rom):
+                m.labels(angle=angle, side=side)
+        for code in EXERCISE_LABELS:
+            self.exercise.labels(exercise=code)
 
 
 def package_version() -> str:

@@ -37,6 +37,7 @@ from sensors.wire import Message
 
 log = logging.getLogger(__name__)
 
+MAX_EXERCISE_FIELDS = 4096   # exercise/session header fields kept between two ticks (the rest are ignored)
 PHASE_TOPICS = ("rgb", "lidar", "mmwave")   # frame-based sensors whose capture phase the wall clock follows
 # What data can make one tick fail (counted, the loop goes on); anything else ends the process.
 TICK_DATA_ERRORS = (ModelError, ValueError, ArithmeticError, FloatingPointError)
@@ -72,6 +73,7 @@ class Loop:
         self._received = np.zeros(schema.N_MODALITIES, np.int64)
         self._lost = np.zeros(schema.N_MODALITIES, np.int64)
         self._newest_ns: dict[str, int] = {}   # capture time of the latest message, per modality
+        self._exercise: list[tuple[int, str, str | None]] = []   # exercise/session header fields since the last tick
         self._trigger_sent_ns: int | None = None   # data clock: send time of the message that made the tick due
         self._phase_locked = False
         self._clock_faults = lambda: {}   # set by run(): the source's recent clock faults
@@ -81,6 +83,10 @@ class Loop:
         """One decoded message (any topic): buffered for sync and counted for input health."""
         self.stats.messages += 1
         self.sync.add(msg, time.time_ns() if self.config.sync.clock == "wall" else self.data_now_ns())
+        exercise, session = msg.extra.get("exercise"), msg.extra.get("session")
+        if (isinstance(exercise, str) or isinstance(session, str)) and len(self._exercise) < MAX_EXERCISE_FIELDS:
+            self._exercise.append((msg.t_ns, exercise if isinstance(exercise, str) else "",
+                                   session if isinstance(session, str) else None))
         i = schema.MODALITY_INDEX.get(msg.topic)
         if i is None:
             return
@@ -113,7 +119,8 @@ class Loop:
             if m in schema.MODALITY_INDEX:
                 i = schema.MODALITY_INDEX[m]
                 lead[i] = max(lead[i], abs(offset_s))
-        inputs = StepInputs(synced, self._received, self._lost, lead)
+        inputs = StepInputs(synced, self._received, self._lost, lead, self._exercise)
+        self._exercise = []
         self._received = np.zeros(schema.N_MODALITIES, np.int64)
         self._lost = np.zeros(schema.N_MODALITIES, np.int64)
         result = self.pipeline.step(inputs)

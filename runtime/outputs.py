@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from exporters.metrics import RuntimeMetrics
+from exporters.metrics import EXERCISE_LABELS, RuntimeMetrics
 from exporters.pose_publisher import pose_message
 from runtime.config import RuntimeConfig
 from runtime.pipeline import TickResult
@@ -80,6 +80,7 @@ class MetricsOutput:
         self.metrics = metrics
         self.alpha = config.contributions.ewma_alpha
         self._ewma: dict[str, np.ndarray] = {}
+        self._exercise: str | None = None
         m, meta = metrics, model.metadata
         m.tick_rate.set(config.sync.rate_hz)
         m.model_info.info({"schema_version": str(meta.schema_version), "fusion": meta.fusion,
@@ -132,6 +133,38 @@ class MetricsOutput:
                 m.shapley_value.labels(modality=mod).set(c.smoothed_shapley[i])
         for mod in result.degradation.became_degraded:
             m.degradation_events.labels(modality=mod).inc()
+        if result.rehab is not None:
+            self._rehab(result.rehab)
+
+    def _rehab(self, r) -> None:
+        """Angles as they are (already smoothed), repetitions and their trust (docs/rehab.md)."""
+        m = self.metrics
+        if r.angles is not None:
+            for (angle, side), value in zip(schema.ANGLE_CHANNELS, r.angles):
+                m.joint_angle.labels(angle=angle, side=side).set(float(value))
+        for rep in r.counted:
+            angle, side = rehab_labels(r.principal, rep.side)
+            m.repetitions.labels(angle=angle, side=side).inc()
+            m.last_rom.labels(angle=angle, side=side).set(rep.rom_deg)
+        for rep in r.completed:
+            if rep.get("low_confidence"):
+                angle, side = rehab_labels(rep["channel"], rep["side"])
+                m.low_confidence_repetitions.labels(angle=angle, side=side).inc()
+        if r.exercise != self._exercise:
+            for code in EXERCISE_LABELS:
+                m.exercise.labels(exercise=code).set(1.0 if code == r.exercise else 0.0)
+            self._exercise = r.exercise
+        m.exercise_repetitions.set(r.count)
+
+
+def rehab_labels(channel: str | None, side: str) -> tuple[str, str]:
+    """(angle, side) metric labels of a repetition counted on ``channel`` (``knee_flexion_left``,
+    ``knee_flexion`` for both sides, ``trunk_lean_frontal``) and ``side``."""
+    angle = channel or ""
+    for s in schema.ANGLE_SIDES:
+        if angle.endswith("_" + s):
+            angle = angle[: -len(s) - 1]
+    return angle, side
 
 
 class EventLog:
@@ -162,6 +195,7 @@ def pose_extra(result: TickResult) -> dict:
         "input_t_ns": [int(t) for t in result.input_t_ns],
         "outcome": result.outcome,
         "gt": None if result.gt is None else np.asarray(result.gt, np.float32).tolist(),
+        "rehab": None if result.rehab is None else result.rehab.header(),
     }
 
 
@@ -178,6 +212,11 @@ def record_of(result: TickResult) -> dict:
             rec.update(shapley_gt=c.shapley_gt, shares_gt=c.shares_gt)
     if result.gt is not None:
         rec["gt"] = result.gt
+    if result.rehab is not None:
+        r = result.rehab
+        rec.update(exercise=r.exercise, session=r.session or "", reps=r.count,
+                   angles=np.full(len(schema.ANGLE_CHANNELS), np.nan, np.float32) if r.angles is None
+                   else r.angles.astype(np.float32))
     if result.inputs is not None:
         rec.update({f"input_{k}": v[0] for k, v in result.inputs.items()})
         rec["coalition_poses"] = result.coalition_poses
@@ -197,7 +236,7 @@ class PublisherOutput:
     def __call__(self, result: TickResult) -> None:
         shapley = result.contributions.shapley if result.contributions is not None else np.zeros(4)
         msg = pose_message(self.station, result.tick, result.tick_ns, result.pose, result.presence, shapley,
-                           result.degradation.score, result.latency_ns, pose_extra(result))
+                           result.degradation.score, result.latency_ns, pose_extra(result), result.points)
         self.publisher.publish(msg)
 
     def close(self) -> None:

@@ -35,13 +35,12 @@ from runtime.contributions import Contributions, ContributionTracker
 from runtime.degradation import DegradationMonitor, DegradationResult, leave_one_out_disagreement
 from runtime.features import FeatureBuilder
 from runtime.health import InputHealth, InputHealthChecker
+from runtime.rehab import RehabMonitor, RehabTick
 from runtime.sync import TickInputs
 from sensors import schema
 
 OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid")
-# Model inputs of each modality (schema.MODEL_INPUTS), for masking one out.
-MODALITY_INPUTS: dict[str, tuple[str, ...]] = {"rgb": ("rgb",), "lidar": ("lidar", "lidar_mask"),
-                                               "mmwave": ("mmwave", "mmwave_mask"), "wifi": ("wifi",)}
+MODALITY_INPUTS = schema.MODALITY_INPUTS   # model inputs of each modality, for masking one out
 
 
 def mask_non_finite(inputs: dict[str, np.ndarray], presence: np.ndarray) -> list[int]:
@@ -72,6 +71,8 @@ class StepInputs:
     lost: np.ndarray = field(default_factory=_zeros_i8)       # messages lost before those (Message.lost)
     lead_s: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES))
     # ^ newest capture time of the modality minus the clock's "now" (s; > 0 = a sensor clock ahead)
+    exercise: list[tuple[int, str, str | None]] = field(default_factory=list)
+    # ^ (capture t_ns, exercise, session) from input headers since the last tick (runtime.rehab)
 
 
 @dataclass
@@ -95,6 +96,24 @@ class TickResult:
     latency_ns: int = 0                   # newest used capture time -> outputs called (set by the loop)
     durations: dict[str, float] = field(default_factory=dict)   # stage -> seconds
     inputs: dict[str, np.ndarray] | None = None                 # model inputs (batch 1), when recorded
+    points: dict[str, np.ndarray] | None = None   # lidar/mmwave points used, when output.forward_points > 0
+    rehab: RehabTick | None = None        # joint angles, repetitions (runtime.rehab), when enabled
+
+
+def forwarded_points(samples: dict, cap: int) -> dict[str, np.ndarray] | None:
+    """The LiDAR and mmWave points of this tick's samples, evenly thinned to ``cap`` each (float32,
+    sensor frame), for viewers; None when ``cap`` is 0."""
+    if cap <= 0:
+        return None
+    out = {}
+    for m in ("lidar", "mmwave"):
+        s = samples.get(m)
+        if s is not None:
+            p = np.asarray(s.arrays["points"], np.float32)
+            if len(p) > cap:
+                p = p[np.linspace(0, len(p) - 1, cap).astype(int)]
+            out[m] = np.ascontiguousarray(p)
+    return out
 
 
 class Pipeline:
@@ -110,6 +129,7 @@ class Pipeline:
         baseline = model.metadata.baseline
         self.baseline_shares = None if baseline is None else baseline.shares
         self.record_inputs = config.recorder.record_inputs
+        self.rehab = RehabMonitor(config.rehab, config.sync.rate_hz) if config.rehab.enabled else None
 
     def step(self, inputs: StepInputs) -> TickResult:
         """Run one tick on the synced ``inputs``; no I/O."""
@@ -133,7 +153,8 @@ class Pipeline:
             input_t_ns=np.array([0 if s is None else s.t_ns for s in samples], np.int64),
             skew_s=np.array([0.0 if s is None else s.skew_s for s in samples]),
             staleness_s=np.array([np.nan if n is None else (tick.tick_ns - n) / 1e9 for n in newest]),
-            inputs=feats.inputs if self.record_inputs else None)
+            inputs=feats.inputs if self.record_inputs else None,
+            points=forwarded_points(tick.samples, self.config.output.forward_points))
         loo = np.zeros(schema.N_MODALITIES)
         shares = None
         if n_present:
@@ -154,7 +175,15 @@ class Pipeline:
                 result.outcome = "invalid"   # never published as a valid pose
         result.degradation = self.degradation.update([h.score for h in health], loo, shares,
                                                      self.baseline_shares, presence, [h.worst() for h in health])
-        durations["degradation"] = time.perf_counter() - t2
+        t5 = time.perf_counter()
+        durations["degradation"] = t5 - t2
+        if self.rehab is not None:
+            for t_ns, exercise, session in inputs.exercise:
+                self.rehab.request(t_ns, exercise, session)
+            c = result.contributions
+            result.rehab = self.rehab.update(result.tick, result.tick_ns, result.pose, presence,
+                                             result.degradation.degraded, None if c is None else c.shares)
+            durations["rehab"] = time.perf_counter() - t5
         return result
 
     def _observe_health(self, inputs: StepInputs) -> list[InputHealth]:

@@ -19,7 +19,6 @@ Prints a table and writes JSON (``--report``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import threading
@@ -35,6 +34,7 @@ from runtime.model import ModelError
 from runtime.serve import Runtime, add_config_arguments, config_from_args, load_model
 from sensors import keys as keyfiles
 from sensors import mmfi, posemath, schema, wire
+from sensors.cli_util import add_list_argument, add_report_arguments, emit_report
 from sensors.faults import parse_fault
 from sensors.replay import ReplayError, replay
 
@@ -207,9 +207,10 @@ def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None, keys_dir: 
 def run_replay(model_path: str, data_root: str, protocol: str, split: str, subset: str = "test",
                rate: float = 0.0, faults: list[str] | None = None, cfg: RuntimeConfig | None = None,
                clock: str | None = None, max_frames: int | None = None, sequences: list[str] | None = None,
-               seed: int = 0, secure: bool = False) -> dict:
+               seed: int = 0, secure: bool = False, rehab_report: str | None = None) -> dict:
     """Serve ``model_path`` in-process, replay the dataset into it over ZeroMQ, return the report.
-    ``secure``: CurveZMQ on both sockets, with a key directory made for this run."""
+    ``secure``: CurveZMQ on both sockets, with a key directory made for this run.
+    ``rehab_report``: also write the rehabilitation report (runtime.report) of the pose stream there."""
     if secure:
         with tempfile.TemporaryDirectory(prefix="awc-replay-keys-") as tmp:
             kd = Path(tmp) / "keys"
@@ -217,13 +218,13 @@ def run_replay(model_path: str, data_root: str, protocol: str, split: str, subse
             keyfiles.add(kd, "replay", "sensor")
             keyfiles.add(kd, "viewer", "viewer")
             return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
-                               sequences, seed, str(kd))
+                               sequences, seed, str(kd), rehab_report)
     return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
-                       sequences, seed, None)
+                       sequences, seed, None, rehab_report)
 
 
 def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames, sequences,
-                seed, keys_dir: str | None) -> dict:
+                seed, keys_dir: str | None, rehab_report: str | None = None) -> dict:
     cfg = replay_config(cfg or RuntimeConfig(), rate, clock, keys_dir)
     sensor = viewer = None
     if keys_dir:
@@ -257,6 +258,15 @@ def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cf
     report = build_report(collector.poses, stats, rt, cfg, wall, data_root, protocol, split, subset, rate, model_path,
                           fault_windows)
     report["pose_stream_invalid"] = collector.invalid
+    if rehab_report:
+        from runtime.report import records_from_poses, write_report  # matplotlib only when asked
+
+        data = write_report(records_from_poses(collector.poses), rehab_report,
+                            source=f"runtime replay of {data_root} ({protocol}/{split}/{subset})")
+        report["rehab"] = {"report": str(rehab_report), "total_repetitions": data["total_repetitions"],
+                           "low_confidence_repetitions": data["low_confidence_repetitions"],
+                           "segments": [{k: v for k, v in s.items() if k != "repetitions"} for s in data["segments"]],
+                           "mirror_symmetry": data["mirror_symmetry"]}
     return report
 
 
@@ -333,13 +343,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="S1", choices=schema.SPLITS)
     p.add_argument("--subset", default="test", choices=("train", "test", "all"))
     p.add_argument("--rate", type=float, default=0.0, help="replay speed (1 = real time, 0 = as fast as possible)")
-    p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. lidar:stop@5 (see sensors replay)")
+    add_list_argument(p, "--fault", default=[], metavar="SPEC[,SPEC]",
+                      help="inject faults, e.g. lidar:stop@5 (see sensors replay)")
     p.add_argument("--max-frames", type=int, default=None, help="replay at most this many frames")
-    p.add_argument("--sequences", nargs="*", default=None, metavar="E01/S01/A02", help="replay these sequences")
+    add_list_argument(p, "--sequences", default=None, metavar="E01/S01/A02[,...]", help="replay these sequences")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
-    p.add_argument("--report", default=None, metavar="FILE", help="write the report as JSON")
+    add_report_arguments(p)
     p.add_argument("--secure", action="store_true",
                    help="CurveZMQ on the sensor and pose sockets (a key directory made for this run)")
+    p.add_argument("--rehab-report", default=None, metavar="FILE.html",
+                   help="also write the rehabilitation session report (angles, repetitions, trust) of the replay")
     add_config_arguments(p)
 
 
@@ -348,13 +361,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,
                             cfg, clock=args.clock, max_frames=args.max_frames, sequences=args.sequences,
-                            seed=args.seed, secure=args.secure)
-    except (ValueError, FileNotFoundError, ModelError, ReplayError) as err:   # MMFiFormatError is a ValueError
+                            seed=args.seed, secure=args.secure,
+                            rehab_report=args.rehab_report)
+    except (ValueError, FileNotFoundError, ModelError, ReplayError, RuntimeError) as err:   # MMFiFormatError is a ValueError
         log.error("%s", err)
         return 2
-    print(format_report(report))
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=2))
-        log.info("wrote %s", args.report)
+    text = format_report(report)
+    if "rehab" in report:
+        from runtime.report import format_summary
+
+        text += "\n\n" + format_summary(report["rehab"]) + f"\nrehabilitation report: {report['rehab']['report']}"
+    emit_report(args, report, text)
     return 0

@@ -41,15 +41,15 @@ from runtime.model import ModelError, PoseModel
 from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, RecorderOutput
 from runtime.pipeline import Pipeline
 from sensors import keys
+from sensors.cli_util import add_list_argument, add_set_argument
 
 log = logging.getLogger(__name__)
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """Config file, generic overrides and the common shortcuts (shared with ``runtime replay``)."""
-    p.add_argument("--config", default=None, help="YAML config (default: runtime/configs/default.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key, e.g. --set sync.rate_hz=20 (repeatable)")
+    p.add_argument("--config", default=None, help="YAML file of the config keys to change (`runtime config show`)")
+    add_set_argument(p, "sync.rate_hz=20")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None, help="inference.provider")
     p.add_argument("--require-gpu", action="store_true", help="refuse to run without the CUDA provider")
     p.add_argument("--threads", type=int, default=None, help="inference.intra_op_threads")
@@ -57,14 +57,20 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="metrics.port (0 = any free port)")
     p.add_argument("--record", default=None, metavar="PATH", help="recorder.path (.jsonl or .npz)")
     p.add_argument("--record-inputs", action="store_true", help="also record model inputs (.npz only)")
+    p.add_argument("--exercise", default=None, metavar="CODE",
+                   help="rehab.exercise: the current exercise (A01 ... A26 of protocol P2) until a client "
+                        "sends another in a header field `exercise` (docs/rehab.md)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="exported ONNX model (training export)")
     add_config_arguments(p)
-    p.add_argument("--input", action="append", default=None, metavar="ENDPOINT",
-                   help="inputs.endpoints (repeatable; default tcp://127.0.0.1:5555)")
-    p.add_argument("--connect", action="store_true", help="connect to the input endpoints instead of binding")
+    add_list_argument(p, "--input", metavar="ENDPOINT[,ENDPOINT]",
+                      help="bind the sensor socket here, sensors connect to it (inputs.endpoints with "
+                           "inputs.bind=true; default tcp://127.0.0.1:5555)")
+    add_list_argument(p, "--connect", metavar="ENDPOINT[,ENDPOINT]",
+                      help="instead, connect the sensor socket to these sensor publishers (inputs.endpoints "
+                           "with inputs.bind=false)")
     p.add_argument("--output", default=None, metavar="ENDPOINT", help="output.endpoint (pose PUB)")
     p.add_argument("--metrics-host", default=None, help="metrics.host (default loopback)")
     p.add_argument("--keys", default=None, metavar="DIR",
@@ -75,16 +81,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--view", type=int, nargs="?", const=8080, default=None, metavar="PORT",
                    help="also start the station viewer (`runtime view`) in its own process on "
-                        "http://127.0.0.1:PORT/ (default 8080)")
+                        "http://127.0.0.1:PORT/ (default 8080); with --keys it uses the client key "
+                        "DIR/clients/viewer.key_secret")
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
     overrides = list(args.set)
+    bind, connect = getattr(args, "input", None), getattr(args, "connect", None)
+    if bind and connect:
+        raise ValueError("--input (bind) and --connect (connect to publishers) exclude each other; choose one")
+    if bind or connect:
+        overrides += [f"inputs.endpoints={json.dumps(bind or connect)}", f"inputs.bind={'true' if bind else 'false'}"]
     shortcuts = {
         "inference.provider": args.provider, "inference.intra_op_threads": args.threads,
         "sync.clock": args.clock, "metrics.port": args.metrics_port, "recorder.path": args.record,
-        "inputs.endpoints": getattr(args, "input", None), "output.endpoint": getattr(args, "output", None),
+        "output.endpoint": getattr(args, "output", None),
         "metrics.host": getattr(args, "metrics_host", None), "security.keys_dir": getattr(args, "keys", None),
+        "rehab.exercise": getattr(args, "exercise", None),
     }
     for key, value in shortcuts.items():
         if value is not None:
@@ -95,8 +108,6 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         overrides.append("recorder.record_inputs=true")
     if getattr(args, "plaintext", False):
         overrides.append("security.plaintext=true")
-    if getattr(args, "connect", False):
-        overrides.append("inputs.bind=false")
     return RuntimeConfig.load(args.config, overrides)
 
 
@@ -255,7 +266,7 @@ def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_
         rt.start()
         if view_port is not None:
             from runtime.view.launch import start_viewer_process
-            viewer = start_viewer_process(rt.pose_endpoint, view_port, viewer_key_args(cfg))
+            viewer = start_viewer_process(rt.pose_endpoint, view_port, extra_args=viewer_key_args(cfg))
         return rt.run(duration_s)
     finally:
         if viewer is not None:

@@ -7,7 +7,7 @@ Every time is passed in, in ns since the Unix epoch. At each tick, per modality:
 3. else absent (the pipeline zero-fills it and sets presence 0).
 
 WiFi is a stream of CSI packets: the tick takes every packet captured in
-(tick − ``wifi_window_s``, tick], oldest first, concatenated to [P, 3, 114] (the pipeline resamples
+(tick − ``wifi_window_s``, tick], oldest first, concatenated to [P, 3, 114] (runtime.features resamples
 them to the model's 10 with ``sensors.preprocess.resample_packets``); when that window is empty
 (a burst of packets straddling the tick has not arrived yet), the window ending at the newest
 packet no older than the maximum age is used instead, as for the other modalities. Ground truth
@@ -19,9 +19,9 @@ ring is full, the end farther from now is evicted: normally the oldest sample, b
 samples stamped far in the future (or far in the past) evicts itself, never the good samples
 around now.
 
-``TickClock`` decides which tick is due, from the wall clock or from the newest data time
-(replay as fast as possible); when the caller falls behind only the latest due tick runs and the
-skipped ones are returned so they can be counted.
+``TickClock`` decides which tick is due, from the wall clock or from the data clock (replay as fast
+as possible; ``runtime.loop`` drives it); when the caller falls behind only the latest due tick
+runs and the skipped ones are returned so they can be counted.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class Synchronizer:
         return len(self._rings[topic])
 
     def newest_t_ns(self) -> int | None:
-        """Newest capture time over the input modalities (for a data-driven clock), or None."""
+        """Newest capture time over the input modalities, or None."""
         times = [self._rings[m].newest() for m in schema.MODALITIES]
         times = [t for t in times if t is not None]
         return max(times) if times else None
@@ -234,8 +234,9 @@ class TickClock:
     """Which tick is due. Ticks lie on the grid ``origin_ns + k * period`` (default: multiples of
     the period since the Unix epoch, so 10 Hz ticks land on whole 100 ms).
 
-    mode "wall": ``now_ns`` is the wall clock; mode "data": it is the newest capture time seen
-    (``Synchronizer.newest_t_ns``), for replay as fast as possible. A tick T is due once
+    mode "wall": ``now_ns`` is the wall clock; mode "data": it is the data clock of a replay as fast
+    as possible, ``runtime.loop.Loop.data_now_ns`` (the second-newest latest capture time over the
+    modalities, so one sensor whose clock runs ahead cannot drag the ticks). A tick T is due once
     ``now_ns - delay_s >= T``; ``delay_s`` gives late messages time to arrive (data mode: make it at
     least the sync tolerance so the samples after T that are nearest T have been seen).
     """

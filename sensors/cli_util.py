@@ -1,29 +1,63 @@
-"""The small dispatcher behind the ``sensors``, ``training`` and ``runtime`` commands.
+"""The small dispatcher behind the ``sensors``, ``training`` and ``runtime`` commands, and the
+command-line conventions they share (README, "Command-line conventions").
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``;
 the module is imported only when its subcommand runs, so ``runtime --help`` stays fast and a
-station without torch never imports training code.
+station without torch never imports training code. Every command accepts ``--version``; every
+subcommand accepts ``--log-level`` (before or after its name) and ``--no-progress`` (no progress
+bars: tqdm is switched off for the whole process).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import os
 import sys
+from importlib import metadata
+from pathlib import Path
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("awc-pose")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def comma_list(text: str) -> list[str]:
-    """argparse type of every list option: comma-separated values (the option may also repeat)."""
+    """Comma-separated values -> list (empty items dropped)."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise argparse.ArgumentTypeError(f"expected comma-separated values, e.g. a,b; got {text!r}")
     return items
 
 
-def add_list_argument(p: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
-    """A list option: ``--x a,b`` and ``--x a --x b`` give the same list (``action="extend"``)."""
-    p.add_argument(*flags, type=comma_list, action="extend", **kwargs)
+class _ListAction(argparse.Action):
+    """Every list option: ``--x a,b``, ``--x a b`` and ``--x a --x b`` all give [a, b]."""
+
+    def __init__(self, option_strings, dest, item_type=str, **kwargs):
+        self.item_type = item_type
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = f"_list_seen_{self.dest}"
+        items = list(getattr(namespace, self.dest, None) or []) if getattr(namespace, seen, False) else []
+        setattr(namespace, seen, True)   # the first use replaces the default, later ones extend
+        for text in values:
+            for item in comma_list(text):
+                try:
+                    items.append(self.item_type(item))
+                except ValueError:
+                    parser.error(f"{option_string}: {item!r} is not a valid {self.item_type.__name__}")
+        setattr(namespace, self.dest, items)
+
+
+def add_list_argument(p: argparse.ArgumentParser, *flags: str, item_type=str, **kwargs) -> None:
+    """A list option (see ``_ListAction``); ``item_type`` converts each item (str, int...)."""
+    p.add_argument(*flags, action=_ListAction, item_type=item_type, **kwargs)
 
 
 def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
@@ -33,11 +67,29 @@ def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
                         "repeatable. `config show` lists every key")
 
 
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """``--json``: print the result as JSON instead of the table; ``--report FILE``: also write it there."""
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
+    p.add_argument("--report", default=None, metavar="FILE", help="also write the result as JSON to FILE")
+
+
+def emit_report(args: argparse.Namespace, report: dict, text: str) -> None:
+    """Print ``text`` (or the JSON with ``--json``) and write the JSON to ``--report`` if given."""
+    as_json = json.dumps(report, indent=2, default=float)
+    print(as_json if args.json else text)
+    if getattr(args, "report", None):
+        path = Path(args.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(as_json + "\n")
+        logging.getLogger(__name__).info("wrote %s", path)
+
+
 def run_subcommands(prog: str, description: str, commands: dict[str, tuple[str, str]],
                     argv: list[str] | None = None) -> int:
     """commands: name -> (module path, one-line help). Returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"%(prog)s (awc-pose) {package_version()}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if a in commands), None)
@@ -47,6 +99,12 @@ def run_subcommands(prog: str, description: str, commands: dict[str, tuple[str, 
             module = importlib.import_module(module_path)
             module.add_arguments(p)
             p.set_defaults(_module=module)
+            # The same log level after the subcommand; SUPPRESS keeps the top-level value otherwise.
+            p.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+            if "--no-progress" not in p._option_string_actions:
+                p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if getattr(args, "no_progress", False):
+        os.environ["TQDM_DISABLE"] = "1"   # every tqdm bar of this process (tqdm >= 4.66 reads it)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args._module.run(args) or 0)

@@ -35,6 +35,7 @@ class _Tally:
     frames: Counter = field(default_factory=Counter)   # modality -> frame files expected
     empty: Counter = field(default_factory=Counter)    # modality -> 0-byte .bin
     missing: Counter = field(default_factory=Counter)  # modality -> no file
+    invalid: Counter = field(default_factory=Counter)  # modality -> unusable values (read as absent)
     points: dict[str, list[int]] = field(default_factory=lambda: {"lidar": [], "mmwave": []})
     kpts_total: int = 0
     kpts_inside: int = 0
@@ -50,21 +51,36 @@ class _Tally:
     problems: list[str] = field(default_factory=list)
 
 
-def _scan_points(tally: _Tally, path: Path, modality: str) -> None:
+def _scan_points(tally: _Tally, path: Path, modality: str, read_values: bool) -> None:
     size = path.stat().st_size
     if size == 0:
         tally.empty[modality] += 1
         return
-    row = 8 * len(schema.MODALITY_SPECS[modality].columns)
+    spec = schema.MODALITY_SPECS[modality]
+    row = 8 * len(spec.columns)
     if size % row:
         tally.problems.append(f"{path}: {size} bytes is not a multiple of {row} (float64 x "
                               f"{row // 8} columns)")
         return
+    if size // row > spec.max_points:
+        tally.problems.append(f"{path}: {size // row} {modality} points, more than the limit of {spec.max_points} "
+                              f"(the reader refuses it)")
+        return
+    if read_values:
+        problem = mmfi.point_file_problem(path.read_bytes(), modality)
+        if problem:
+            tally.problems.append(f"{path}: {problem}")
+            return
     tally.points[modality].append(size // row)
 
 
 def _scan_keypoints(tally: _Tally, path: Path) -> None:
     kpts = mmfi.read_keypoints(path)
+    if not np.isfinite(kpts).all():
+        tally.invalid["rgb"] += 1
+        tally.problems.append(f"{path}: {int((~np.isfinite(kpts)).sum())} of {kpts.size} keypoint values are "
+                              f"NaN/inf: the reader treats the frame as absent")
+        return
     inside = (kpts[:, 0] >= 0) & (kpts[:, 0] < schema.IMAGE_WIDTH) & (kpts[:, 1] >= 0) & \
              (kpts[:, 1] < schema.IMAGE_HEIGHT)
     tally.kpts_total += inside.size
@@ -102,36 +118,47 @@ def _scan_ground_truth(tally: _Tally, seq: Path) -> None:
         tally.bone_std = max(tally.bone_std, float(length.std()))
 
 
-def _scan_frame(tally: _Tally, path: Path, modality: str, read_csi: bool) -> None:
+def _scan_frame(tally: _Tally, path: Path, modality: str, read_csi: bool, read_points: bool = True) -> None:
     if modality in ("lidar", "mmwave"):
-        _scan_points(tally, path, modality)
+        _scan_points(tally, path, modality, read_points)
     elif modality == "rgb":
         _scan_keypoints(tally, path)
     elif read_csi:
         _scan_csi(tally, path)
 
 
-def _scan_sequence(tally: _Tally, root: Path, key: SequenceKey, csi_stride: int) -> None:
+def _scan_sequence(tally: _Tally, root: Path, key: SequenceKey, csi_stride: int, points_stride: int = 1) -> None:
     seq = key.path(root)
     try:
         _scan_ground_truth(tally, seq)
     except MMFiFormatError as err:
         tally.problems.append(str(err))
+    except OSError as err:   # unreadable file or folder: a counted problem, not a traceback
+        tally.problems.append(f"{seq}: ground truth cannot be read ({err.strerror or err})")
     for m in schema.MODALITIES:
         tally.frames[m] += schema.FRAMES_PER_SEQUENCE
-        if not (seq / schema.MMFI_FOLDERS[m]).is_dir():
+        folder = seq / schema.MMFI_FOLDERS[m]
+        try:
+            names = {p.name for p in folder.iterdir()} if folder.is_dir() else None
+        except OSError as err:   # unreadable folder: a counted problem, not a traceback
             tally.missing[m] += schema.FRAMES_PER_SEQUENCE
-            tally.problems.append(f"{seq / schema.MMFI_FOLDERS[m]}: {m} folder missing")
+            tally.problems.append(f"{folder}: the folder cannot be read ({err.strerror or err})")
+            continue
+        if names is None:
+            tally.missing[m] += schema.FRAMES_PER_SEQUENCE
+            tally.problems.append(f"{folder}: {m} folder missing")
             continue
         for t in range(schema.FRAMES_PER_SEQUENCE):
             path = mmfi.frame_path(seq, m, t)
-            if not path.is_file():
+            if path.name not in names:
                 tally.missing[m] += 1
                 continue
             try:
-                _scan_frame(tally, path, m, read_csi=t % csi_stride == 0)
+                _scan_frame(tally, path, m, read_csi=t % csi_stride == 0, read_points=t % points_stride == 0)
             except MMFiFormatError as err:
                 tally.problems.append(str(err))
+            except OSError as err:
+                tally.problems.append(f"{path}: the file cannot be read ({err.strerror or err})")
 
 
 def _stats(values: list, integer: bool = True) -> dict[str, float] | None:
@@ -158,7 +185,7 @@ def _modality_rows(tally: _Tally) -> dict[str, dict[str, Any]]:
     rows = {}
     for m in schema.MODALITIES:
         n = tally.frames[m]
-        rows[m] = {"frames": n, "empty": tally.empty[m], "missing": tally.missing[m],
+        rows[m] = {"frames": n, "empty": tally.empty[m], "missing": tally.missing[m], "invalid": tally.invalid[m],
                    "empty_rate": tally.empty[m] / n if n else 0.0,
                    "missing_rate": tally.missing[m] / n if n else 0.0}
     return rows
@@ -175,14 +202,16 @@ def _csi_stats(tally: _Tally) -> dict[str, Any]:
 
 
 def dataset_summary(root: str | Path, protocol: str = "P1", split: str = "S1", seed: int = 0,
-                    csi_stride: int = 1, progress: bool = False) -> dict[str, Any]:
+                    csi_stride: int = 1, progress: bool = False, points_stride: int = 1) -> dict[str, Any]:
     """Summary of the MM-Fi-format dataset at ``root`` (see the module docstring).
 
-    Reads every keypoint and ground-truth file, every ``csi_stride``-th CSI frame, and only the
-    sizes of the point-cloud files. Raises MMFiLayoutError when no sequence is found.
+    Reads every keypoint and ground-truth file, every ``csi_stride``-th CSI frame, the sizes of
+    the point-cloud files and the values of every ``points_stride``-th one (float32 or wrong column
+    count). Unreadable files and folders, hostile files (too many points, NaN keypoints, float32 or
+    wrong-column point files) are counted problems, each named. Raises MMFiLayoutError when no sequence is found.
     """
-    if csi_stride < 1:
-        raise ValueError(f"csi_stride must be >= 1, got {csi_stride}")
+    if csi_stride < 1 or points_stride < 1:
+        raise ValueError(f"csi_stride and points_stride must be >= 1, got {csi_stride}, {points_stride}")
     splits.check_protocol(protocol)
     splits.check_split(split)
     root = Path(root)
@@ -192,7 +221,7 @@ def dataset_summary(root: str | Path, protocol: str = "P1", split: str = "S1", s
                                    f"folders; {mmfi.describe_root(root)}")
     tally = _Tally()
     for key in tqdm(keys, desc="inspecting sequences", unit="seq", disable=not progress):
-        _scan_sequence(tally, root, key, csi_stride)
+        _scan_sequence(tally, root, key, csi_stride, points_stride)
     return {
         "root": str(root),
         "environments": sorted({k.env for k in keys}),
@@ -305,13 +334,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="S1 seed (default 0, the official split)")
     parser.add_argument("--csi-stride", type=int, default=1,
                         help="read every n-th CSI frame (default 1; e.g. 30 for the full 77 GB MM-Fi)")
+    parser.add_argument("--points-stride", type=int, default=1,
+                        help="check the values of every n-th LiDAR/mmWave file (float32, column count; default 1)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         summary = dataset_summary(args.data, args.protocol, args.split, args.seed, args.csi_stride,
-                                  progress=not args.json)
+                                  progress=not args.json, points_stride=args.points_stride)
     except (MMFiFormatError, ValueError) as err:
         print(f"sensors inspect: {err}", file=sys.stderr)
         return 1

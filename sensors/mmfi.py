@@ -5,7 +5,8 @@ Layout: ``ROOT/E01..E04/S01..S40/A01..A27/`` sequence folders, each with
 ``frame001..frame297`` files, and ``ground_truth.npy``. Anything else in the tree (stray files,
 unrelated folders, extra frame files) is ignored.
 
-Raw readers (a public API, used by training and by the replay publisher):
+Raw readers (a public API, used by training and by the replay publisher; they live in
+``sensors.mmfi_files`` and are re-exported here):
 
 * ``read_frame(seq_dir, modality, frame)`` -> the frame as stored, or None when the modality is
   absent for that frame: ``rgb`` float32 [17, 2] pixels (COCO-17), ``lidar`` float64 [N, 3],
@@ -31,49 +32,44 @@ only through ``sensors.preprocess``; nothing is read before it is asked for.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import scipy.io
-from scipy.io.matlab import MatReadError
 from tqdm import tqdm
 
 from sensors import preprocess, schema, splits
+from sensors.mmfi_files import (
+    CSI_KEYS,
+    FRAME_STATUSES,
+    MISSING_POLICIES,
+    CSIFrame,
+    MMFiFormatError,
+    MMFiLayoutError,
+    MMFiMissingFileError,
+    _check_policy,
+    _missing_frame,
+    frame_path,
+    mmwave_permutation,
+    point_file_problem,
+    read_csi,
+    read_frame,
+    read_frame_status,
+    read_ground_truth,
+    read_keypoints,
+    read_points,
+)
+
+__all__ = ["CSI_KEYS", "FRAME_STATUSES", "MISSING_POLICIES", "CSIFrame", "MMFiDataset", "MMFiFormatError",
+           "MMFiLayoutError", "MMFiMissingFileError", "SequenceKey", "describe_root", "discover_sequences",
+           "frame_path", "mmwave_permutation", "point_file_problem", "read_csi", "read_frame",
+           "read_frame_status", "read_ground_truth", "read_keypoints", "read_points"]
 
 log = logging.getLogger(__name__)
-
-MISSING_POLICIES: tuple[str, ...] = ("absent", "error")
-FRAME_STATUSES: tuple[str, ...] = ("ok", "empty", "missing")  # empty = 0-byte .bin (no detections)
-CSI_KEYS = ("CSIamp", "CSIphase")
-_BYTES_PER_VALUE = 8  # raw float64 .bin files
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
-
-
-class MMFiFormatError(ValueError):
-    """A file or folder of an MM-Fi-format dataset is not what the format says it must be."""
-
-
-class MMFiLayoutError(MMFiFormatError):
-    """The folder tree is wrong (subject under the wrong environment, missing folder, nothing found)."""
-
-
-class MMFiMissingFileError(MMFiFormatError):
-    """A file the reader needs does not exist."""
-
-
-class CSIFrame(NamedTuple):
-    """One WiFi CSI frame as stored: amplitude and phase, each float64 [3, 114, 10]."""
-
-    amp: np.ndarray
-    phase: np.ndarray
 
 
 @dataclass(frozen=True, order=True)
@@ -109,7 +105,11 @@ class SequenceKey:
 # ----------------------------------------------------------------------------------------------
 def _named_dirs(parent: Path, names: Sequence[str]) -> list[Path]:
     """Sub-folders of ``parent`` whose name is in ``names``, sorted; everything else is ignored."""
-    return sorted(p for p in parent.iterdir() if p.name in names and p.is_dir())
+    try:
+        return sorted(p for p in parent.iterdir() if p.name in names and p.is_dir())
+    except OSError as err:   # unreadable folder (permissions, I/O error)
+        raise MMFiLayoutError(f"{parent}: the folder cannot be read ({err.strerror or err}); check its "
+                              "permissions (the reader needs r and x on every folder of the dataset)") from err
 
 
 def discover_sequences(root: str | Path) -> list[SequenceKey]:
@@ -146,161 +146,6 @@ def describe_root(root: str | Path, limit: int = 8) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Raw readers
-# ----------------------------------------------------------------------------------------------
-def frame_path(seq_dir: str | Path, modality: str, frame: int) -> Path:
-    """Path of 0-based frame ``frame`` of ``modality`` in a sequence folder."""
-    if modality not in schema.MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}: expected one of {', '.join(schema.MODALITIES)}")
-    if not 0 <= frame < schema.FRAMES_PER_SEQUENCE:
-        raise IndexError(f"frame index must be in 0..{schema.FRAMES_PER_SEQUENCE - 1}, got {frame}")
-    return Path(seq_dir) / schema.MMFI_FOLDERS[modality] / schema.frame_file_name(modality, frame)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise MMFiFormatError(f"{path}: expected a numpy .npy array, the file cannot be read ({err})") from err
-    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
-        raise MMFiFormatError(f"{path}: expected a numeric .npy array, got {getattr(arr, 'dtype', type(arr))}")
-    return arr
-
-
-def read_keypoints(path: str | Path) -> np.ndarray:
-    """``rgb/frameNNN.npy`` -> float32 [17, 2] pixels of a 640x480 image, COCO-17 order."""
-    path = Path(path)
-    arr = _load_npy(path)
-    expected = schema.MODALITY_SPECS["rgb"].shape
-    if arr.shape != expected:
-        raise MMFiFormatError(f"{path}: expected RGB keypoints of shape {expected} (COCO-17 x (u, v) pixels), "
-                              f"got {arr.shape}")
-    return arr.astype(np.float32)
-
-
-def read_points(path: str | Path, modality: str) -> np.ndarray | None:
-    """``lidar/mmwave frameNNN.bin`` (raw little-endian float64) -> float64 [N, columns]; a 0-byte
-    file (no detections) -> None."""
-    path = Path(path)
-    spec = schema.MODALITY_SPECS[modality]
-    columns = len(spec.columns)
-    size = path.stat().st_size
-    if size == 0:
-        return None
-    row = _BYTES_PER_VALUE * columns
-    if size % row:
-        raise MMFiFormatError(f"{path}: expected raw float64 {modality} points with {columns} columns "
-                              f"(file size a multiple of {row} bytes), got {size} bytes; the file is "
-                              "truncated or not an MM-Fi point cloud")
-    n = size // row
-    if n > spec.max_points:
-        raise MMFiFormatError(f"{path}: expected at most {spec.max_points} {modality} points "
-                              f"(schema.MAX_*_POINTS), got {n}")
-    return np.fromfile(path, dtype="<f8").reshape(n, columns)
-
-
-def read_csi(path: str | Path) -> CSIFrame:
-    """``wifi-csi/frameNNN.mat`` (MATLAB 5, keys CSIamp and CSIphase) -> CSIFrame of float64
-    [3, 114, 10] arrays, unrepaired (NaN/inf kept; ``preprocess.clean_csi`` repairs them)."""
-    path = Path(path)
-    try:
-        mat = scipy.io.loadmat(path, variable_names=CSI_KEYS)
-    except (MatReadError, ValueError, TypeError, OSError, EOFError) as err:
-        raise MMFiFormatError(f"{path}: expected a MATLAB 5 .mat file with {' and '.join(CSI_KEYS)}, "
-                              f"the file cannot be read ({err})") from err
-    missing = [k for k in CSI_KEYS if k not in mat]
-    if missing:
-        found = sorted(k for k in mat if not k.startswith("__"))
-        raise MMFiFormatError(f"{path}: expected variables {', '.join(CSI_KEYS)}, missing {', '.join(missing)} "
-                              f"(found {', '.join(found) or 'none'})")
-    expected = schema.MODALITY_SPECS["wifi"].shape
-    out = []
-    for k in CSI_KEYS:
-        arr = np.asarray(mat[k])
-        if arr.shape != expected or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise MMFiFormatError(f"{path}: expected {k} real {expected} (antennas x subcarriers x packets), "
-                                  f"got {arr.dtype} {arr.shape}")
-        out.append(arr.astype(np.float64))
-    return CSIFrame(*out)
-
-
-def read_frame_status(seq_dir: str | Path, modality: str, frame: int) -> tuple[Any, str]:
-    """(value, status) of one frame: status "ok" (value as ``read_frame``), "empty" (0-byte .bin,
-    value None) or "missing" (no such file, value None). Malformed files raise MMFiFormatError."""
-    path = frame_path(seq_dir, modality, frame)
-    if not path.is_file():
-        return None, "missing"
-    if modality == "rgb":
-        return read_keypoints(path), "ok"
-    if modality == "wifi":
-        return read_csi(path), "ok"
-    points = read_points(path, modality)
-    return points, ("empty" if points is None else "ok")
-
-
-_warned_missing: set[tuple[str, str]] = set()
-
-
-def _missing_frame(seq_dir: str | Path, modality: str, frame: int, policy: str) -> None:
-    """Apply the missing-frame policy: raise, or log once per (sequence folder, modality)."""
-    path = frame_path(seq_dir, modality, frame)
-    if policy == "error":
-        raise MMFiMissingFileError(f"{path}: frame file missing (every sequence has "
-                                   f"{schema.FRAMES_PER_SEQUENCE} frames); restore it, or read with "
-                                   "missing='absent' to treat missing frames as absent")
-    key = (str(Path(seq_dir)), modality)
-    if key not in _warned_missing:
-        _warned_missing.add(key)
-        log.warning("%s missing: %s frames of this sequence that have no file are treated as absent "
-                    "(presence 0); further misses here are counted, not logged", path, modality)
-
-
-def _check_policy(missing: str) -> None:
-    if missing not in MISSING_POLICIES:
-        raise ValueError(f"missing-frame policy must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
-
-
-def read_frame(seq_dir: str | Path, modality: str, frame: int, missing: str = "absent") -> Any:
-    """One raw frame of ``modality`` (0-based ``frame``) or None when absent.
-
-    rgb -> float32 [17, 2] pixels; lidar -> float64 [N, 3] m; mmwave -> float64 [N, 5] (disk column
-    order); wifi -> ``CSIFrame(amp, phase)`` float64 [3, 114, 10]. None for a 0-byte .bin (no
-    detections) and, with ``missing="absent"``, for a missing file (logged once per sequence folder
-    and modality); ``missing="error"`` raises ``MMFiMissingFileError`` instead.
-    """
-    _check_policy(missing)
-    value, status = read_frame_status(seq_dir, modality, frame)
-    if status == "missing":
-        _missing_frame(seq_dir, modality, frame, missing)
-    return value
-
-
-def read_ground_truth(seq_dir: str | Path) -> np.ndarray:
-    """``ground_truth.npy`` -> float32 [297, 17, 3] metres, H36M-17, camera frame (y down, z depth)."""
-    path = Path(seq_dir) / schema.MMFI_GT_FILE
-    if not path.is_file():
-        raise MMFiMissingFileError(f"{path}: ground truth missing; every MM-Fi sequence folder has "
-                                   f"{schema.MMFI_GT_FILE}")
-    arr = _load_npy(path)
-    expected = (schema.FRAMES_PER_SEQUENCE, schema.N_JOINTS, 3)
-    if arr.shape != expected:
-        raise MMFiFormatError(f"{path}: expected ground truth of shape {expected} (frames x H36M-17 joints x "
-                              f"xyz metres), got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise MMFiFormatError(f"{path}: expected finite joint positions, got "
-                              f"{int((~np.isfinite(arr)).sum())} NaN/inf values")
-    return arr.astype(np.float32)
-
-
-def mmwave_permutation(columns: Sequence[str]) -> list[int]:
-    """Column indices that turn mmWave points stored in ``columns`` order into
-    ``schema.MMWAVE_COLUMNS`` order (MM-Fi's column order is disputed: keep it a setting)."""
-    if sorted(columns) != sorted(schema.MMWAVE_COLUMNS):
-        raise ValueError(f"mmwave_columns must be an ordering of {schema.MMWAVE_COLUMNS}, got {tuple(columns)}")
-    return [list(columns).index(c) for c in schema.MMWAVE_COLUMNS]
-
-
-# ----------------------------------------------------------------------------------------------
 # Dataset
 # ----------------------------------------------------------------------------------------------
 class MMFiDataset:
@@ -331,6 +176,7 @@ class MMFiDataset:
             raise MMFiLayoutError(self._nothing_selected(found))
         self._check_folders()
         self.missing: Counter[str] = Counter()
+        self.invalid: Counter[str] = Counter()   # frames read as absent because their values are unusable
         self._gt: tuple[SequenceKey, np.ndarray] | None = None
 
     # -- construction checks --------------------------------------------------------------------
@@ -394,6 +240,12 @@ class MMFiDataset:
         if status == "missing":
             self.missing[modality] += 1
             _missing_frame(seq, modality, frame, self.missing_policy)
+        elif status == "invalid":
+            self.invalid[modality] += 1
+            if self.invalid[modality] == 1:
+                log.warning("%s: %s values with NaN/inf: the frame is treated as absent (presence 0); "
+                            "further ones are counted (MMFiDataset.invalid), not logged",
+                            frame_path(seq, modality, frame), modality)
         if modality == "mmwave" and value is not None:
             value = value[:, self._mmwave_perm]
         return value
@@ -449,59 +301,16 @@ class MMFiDataset:
         out["joints"][:] = read_ground_truth(key.path(self.root))
         return out
 
-    # -- optional cache of preprocessed sequences -------------------------------------------------
-    def cache_tag(self) -> str:
-        """Hash of everything the preprocessed arrays depend on: the reader settings and the code of
-        ``sensors.preprocess``. A cache written under other settings is never read back."""
-        settings = {"format": CACHE_FORMAT, "schema": schema.SCHEMA_VERSION, "rgb_window": self.rgb_window,
-                    "lidar_cap": self.lidar_cap, "mmwave_cap": self.mmwave_cap, "modalities": self.modalities,
-                    "mmwave_columns": self.mmwave_columns, "missing": self.missing_policy}
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-        digest.update(Path(preprocess.__file__).read_bytes())
-        return digest.hexdigest()[:16]
-
-    def _source_stamp(self, key: SequenceKey) -> np.ndarray:
-        """Size and modification times of a sequence's ground truth and modality folders: a
-        regenerated or re-copied sequence gets a new stamp, so its cache entry is rebuilt."""
-        seq = key.path(self.root)
-        paths = [seq / schema.MMFI_GT_FILE] + [seq / schema.MMFI_FOLDERS[m] for m in self.modalities]
-        stats = [p.stat() for p in paths]
-        return np.array([stats[0].st_size] + [st.st_mtime_ns for st in stats], dtype=np.int64)
-
-    def _cached_sequence_arrays(self, key: SequenceKey, cache_dir: Path) -> dict[str, np.ndarray]:
-        path = cache_dir / self.cache_tag() / f"{key.env}_{key.subject}_{key.action}.npz"
-        stamp = self._source_stamp(key)
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as cached:
-                if np.array_equal(cached["_stamp"], stamp):
-                    missing = dict(zip(schema.MODALITIES, cached["_missing"].tolist()))
-                    if sum(missing.values()):
-                        log.warning("%s: cached with missing frame files treated as absent: %s", key, missing)
-                    self.missing.update(missing)
-                    return {k: cached[k] for k in cached.files if not k.startswith("_")}
-        before = Counter(self.missing)
-        arrays = self.sequence_arrays(key)
-        missing = np.array([self.missing[m] - before[m] for m in schema.MODALITIES], dtype=np.int64)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".partial.npz")
-        np.savez(tmp, _stamp=stamp, _missing=missing, **arrays)
-        os.replace(tmp, path)
-        return arrays
-
-    def load_arrays(self, progress: bool = True, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    def load_arrays(self, progress: bool = True) -> dict[str, np.ndarray]:
         """The whole subset as stacked arrays, the same keys and values as ``ds[i]`` with a leading
         frame axis [N, ...] (env/subject/action as numpy str arrays, frame as int64). Reads each file
-        once, sequence by sequence (tqdm progress bar).
-
-        cache_dir: if given, each sequence's arrays are kept as ``cache_dir/<cache_tag>/E01_S01_A02.npz``
-        (about 9.5 MB per sequence at the default caps) and read back while the sequence's files are
-        unchanged (size and modification times of its ground truth and modality folders)."""
+        once, sequence by sequence (tqdm progress bar). Training keeps these arrays in its own cache
+        (``training.data``, ``data.cache_dir``)."""
         n_frames = schema.FRAMES_PER_SEQUENCE
         out = self._empty_arrays(len(self))
         for s, key in enumerate(tqdm(self.keys, desc=f"reading {self.subset} sequences", unit="seq",
                                      disable=not progress)):
-            arrays = (self.sequence_arrays(key) if cache_dir is None
-                      else self._cached_sequence_arrays(key, Path(cache_dir)))
+            arrays = self.sequence_arrays(key)
             for name, value in arrays.items():
                 out[name][s * n_frames:(s + 1) * n_frames] = value
         for field in ("env", "subject", "action"):

@@ -6,6 +6,8 @@ whether it came off disk or off the wire. Pure functions; shapes and units are s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sensors import schema
@@ -44,6 +46,63 @@ def sample_points(points: np.ndarray, cap: int, columns: int) -> tuple[np.ndarra
         out[:n] = points
         mask[:n] = True
     return out, mask
+
+
+@dataclass(frozen=True)
+class LidarCrop:
+    """Which LiDAR points are kept as the body (sensor frame: x forward, y left, z up, metres).
+
+    1. Ground plane: the sensor is mounted level, so the floor is the horizontal slab at the
+       ``floor_percentile`` height of the cloud; it counts as a floor only if at least
+       ``floor_min_fraction`` of the points, and ``floor_min_points`` of them, lie within
+       ``floor_band`` of it (a cloud without floor keeps its lowest points). Points up to ``floor_margin`` above it are removed.
+    2. Range box: ``x_range`` (MM-Fi subjects stand ~3.2 m from the sensor, the nearest back wall
+       is 4.6 m), ``|y| <= y_max``, ``z <= z_max``.
+    3. Statistical crop: points farther than ``body_radius`` (horizontally) from the median of
+       what is left are stray returns.
+    """
+
+    floor_percentile: float = 5.0
+    floor_band: float = 0.03
+    floor_min_fraction: float = 0.10
+    floor_min_points: int = 50
+    floor_margin: float = 0.06
+    x_range: tuple[float, float] = (0.5, 4.4)
+    y_max: float = 1.5
+    z_max: float = 1.5
+    body_radius: float = 1.0
+
+
+LIDAR_CROP = LidarCrop()
+
+
+def crop_lidar(points: np.ndarray, crop: LidarCrop = LIDAR_CROP) -> np.ndarray:
+    """LiDAR cloud [N, 3] (finite rows) -> the rows on the body, ring order kept ([M, 3], M <= N)."""
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    if points.shape[0] == 0:
+        return points
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    keep = (x >= crop.x_range[0]) & (x <= crop.x_range[1]) & (np.abs(y) <= crop.y_max) & (z <= crop.z_max)
+    floor = np.float32(np.percentile(z, crop.floor_percentile))
+    on_floor = int(np.count_nonzero(np.abs(z - floor) <= crop.floor_band))
+    if on_floor >= crop.floor_min_points and on_floor >= crop.floor_min_fraction * len(z):
+        keep &= z > floor + crop.floor_margin
+    if keep.any():
+        cx, cy = np.median(x[keep]), np.median(y[keep])
+        keep &= (x - cx) ** 2 + (y - cy) ** 2 <= crop.body_radius ** 2
+    return points[keep]
+
+
+def point_input(modality: str, points: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model input of a point modality: non-finite rows dropped, LiDAR cropped to the body
+    (``crop_lidar``), then sampled or padded to ``cap`` (``sample_points``). The one rule training
+    and the runtime both use. Returns (float32 [cap, columns], bool mask [cap])."""
+    columns = len(schema.MODALITY_SPECS[modality].columns)
+    points = np.asarray(points, dtype=np.float32).reshape(-1, columns)
+    points = points[np.isfinite(points).all(axis=1)]
+    if modality == "lidar":
+        points = crop_lidar(points)
+    return sample_points(points, cap, columns)
 
 
 def clean_csi(values: np.ndarray) -> np.ndarray:
@@ -156,7 +215,7 @@ def frame_inputs(rgb_frames: list[np.ndarray | None], lidar: np.ndarray | None, 
     for name, points, cap in (("lidar", lidar, lidar_cap), ("mmwave", mmwave, mmwave_cap)):
         columns = len(schema.MODALITY_SPECS[name].columns)
         pts = np.zeros((0, columns), np.float32) if points is None else points
-        out[name], out[f"{name}_mask"] = sample_points(pts, cap, columns)
+        out[name], out[f"{name}_mask"] = point_input(name, pts, cap)
         presence[schema.MODALITY_INDEX[name]] = float(out[f"{name}_mask"].any())
     if wifi is not None:
         out["wifi"] = wifi_input(*wifi)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from sensors import keys as keyfiles
 from sensors import mmfi, schema, wire
+from sensors.cli_util import add_list_argument
 from sensors.faults import Fault, FaultInjector, parse_fault
 from sensors.publisher import SensorPublisher
 
@@ -264,7 +265,8 @@ def replay(root: str | Path, endpoint: str = DEFAULT_ENDPOINT, *, bind: bool = F
                 gt = None if joints is None else joints[frame]
                 for topic, t, arrays, extra in frame_messages(seq_dir, frame, t_ns, gt, wifi_burst,
                                                               mmwave_columns):
-                    sender.schedule(topic, t, arrays, extra)
+                    # the sequence's action and key tell the runtime the current exercise (docs/rehab.md)
+                    sender.schedule(topic, t, arrays, {**extra, "exercise": key.action, "session": str(key)})
                 # Nothing scheduled later can be sent before the next frame's first capture time.
                 sender.flush(before_ns=t_ns + schema.FRAME_PERIOD_NS - (schema.WIFI_PACKETS - 1) * PACKET_NS)
                 f += 1
@@ -307,9 +309,9 @@ def add_arguments(p) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="1.0 = real time, 0 = as fast as possible")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="capture-to-send jitter, |N(0, s)| ms")
     p.add_argument("--drop", type=float, default=0.0, help="probability of dropping a sensor message")
-    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                   help="modality:kind@start_s[+duration_s][=param], kinds stop freeze noise nan skew "
-                        "(repeatable), e.g. lidar:stop@5 mmwave:freeze@3+4 lidar:skew@2=0.3")
+    add_list_argument(p, "--fault", default=[], metavar="SPEC",
+                      help="modality:kind@start_s[+duration_s][=param], kinds stop freeze noise nan skew, "
+                           "e.g. lidar:stop@5,mmwave:freeze@3+4,lidar:skew@2=0.3")
     p.add_argument("--no-gt", action="store_true", help="do not send the ground-truth stream")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-frames", type=int, default=None)
@@ -329,7 +331,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force-plaintext", action="store_true",
                    help="allow plaintext (no keys) to a non-loopback endpoint")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for a subscriber")
-    p.add_argument("--stats-json", default=None, help="also write the statistics to this JSON file")
+    p.add_argument("--report", "--stats-json", dest="stats_json", default=None, metavar="FILE",
+                   help="also write the statistics as JSON to FILE")
     p.add_argument("--no-progress", action="store_true")
 
 

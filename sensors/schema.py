@@ -110,6 +110,9 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {
 MODEL_INPUTS: tuple[str, ...] = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence")
 MODEL_OUTPUTS: tuple[str, ...] = ("pose", "coalition_poses")  # [B,17,3] and [B,16,17,3]
 WIFI_INPUT_SHAPE = (WIFI_ANTENNAS, WIFI_SUBCARRIERS, 2 * WIFI_PACKETS)
+# The model inputs of each modality (absent = all of them zero, presence 0).
+MODALITY_INPUTS: dict[str, tuple[str, ...]] = {"rgb": ("rgb",), "lidar": ("lidar", "lidar_mask"),
+                                               "mmwave": ("mmwave", "mmwave_mask"), "wifi": ("wifi",)}
 BATCH_AXIS = "batch"          # name of the dynamic batch axis in exported shapes
 META_PREFIX = "awc."          # prefix of the model's self-description keys in the ONNX metadata
 MODEL_DTYPES: dict[str, str] = {n: "bool" if n.endswith("_mask") else "float32"
@@ -249,3 +252,17 @@ MMFI_GT_FILE = "ground_truth.npy"
 def frame_file_name(modality: str, frame: int) -> str:
     """MM-Fi file name of 0-based frame index ``frame``: frame001.npy ... frame297.npy."""
     return f"frame{frame + 1:03d}{MMFI_SUFFIX[modality]}"
+
+
+# Joint angles of the rehabilitation outputs (runtime.angles defines them; docs/rehab.md): names,
+# sides, and the (angle, side) channels in the order of every angle array and of the metric labels.
+ANGLE_NAMES: tuple[str, ...] = ("knee_flexion", "hip_flexion", "hip_abduction", "elbow_flexion",
+                                "shoulder_flexion", "shoulder_abduction", "trunk_lean_sagittal",
+                                "trunk_lean_frontal")
+LIMB_ANGLES: tuple[str, ...] = ANGLE_NAMES[:6]
+TRUNK_ANGLES: tuple[str, ...] = ANGLE_NAMES[6:]
+ANGLE_SIDES: tuple[str, ...] = ("left", "right")
+NO_SIDE = "none"
+ANGLE_CHANNELS: tuple[tuple[str, str], ...] = (tuple((a, s) for a in LIMB_ANGLES for s in ANGLE_SIDES)
+                                               + tuple((a, NO_SIDE) for a in TRUNK_ANGLES))
+REPETITION_SIDES: tuple[str, ...] = ("left", "right", "both", NO_SIDE)   # side a repetition is counted on

@@ -356,27 +356,6 @@ def test_load_arrays_equals_getitem(tree):
     assert arrays["subject"].dtype.kind == "U" and set(arrays["action"]) == {"A01", "A02"}
 
 
-def test_load_arrays_cache(one_seq, tmp_path, monkeypatch):
-    root, cache = one_seq.parents[2], tmp_path / "cache"
-    (one_seq / "mmwave" / "frame010.bin").unlink()
-    ds = MMFiDataset(root, "P1", "S1", "train", lidar_cap=32)
-    fresh = ds.load_arrays(progress=False, cache_dir=cache)
-    assert ds.missing["mmwave"] == 1
-    assert len(list(cache.glob(f"{ds.cache_tag()}/*.npz"))) == 1
-    again = MMFiDataset(root, "P1", "S1", "train", lidar_cap=32)
-    monkeypatch.setattr(again, "sequence_arrays", lambda key: pytest.fail("cache not used"))
-    cached = again.load_arrays(progress=False, cache_dir=cache)
-    for name in fresh:
-        np.testing.assert_array_equal(cached[name], fresh[name], err_msg=name)
-    assert again.missing["mmwave"] == 1
-    # other settings -> another cache entry; a rewritten sequence -> rebuilt
-    assert MMFiDataset(root, "P1", "S1", "train", lidar_cap=16).cache_tag() != ds.cache_tag()
-    gt = ground_truth(2) + 1.0
-    np.save(one_seq / schema.MMFI_GT_FILE, gt)
-    rebuilt = MMFiDataset(root, "P1", "S1", "train", lidar_cap=32).load_arrays(progress=False, cache_dir=cache)
-    np.testing.assert_array_equal(rebuilt["joints"], gt)
-
-
 def test_sequence_frames_are_raw_and_in_order(tree):
     ds = MMFiDataset(tree, "P1", "S1", "test")
     key = ds.keys[0]

@@ -155,3 +155,25 @@ def test_onnx_export_of_coalition_head_matches_torch(fusion):
     np.testing.assert_allclose(pose, ref_pose.numpy(), atol=1e-5)
     np.testing.assert_allclose(coal, ref_coal.numpy(), atol=1e-5)
     np.testing.assert_allclose(coal[:, 15], pose, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 3, 9, 10, 27])
+def test_tcn_receptive_field_is_the_window_and_every_tap_trains(window):
+    from training.model import TemporalConvEncoder, tcn_kernels
+
+    kernels = tcn_kernels(window)
+    assert int(np.prod(kernels)) == window
+    cfg = config.resolve("tiny", flags={"model": {"rgb_window": window, "dim": 8}})
+    torch.manual_seed(0)
+    enc = TemporalConvEncoder(cfg.model)
+    assert enc.receptive_field == window
+    x = torch.randn(4, window, schema.N_KEYPOINTS, 2, requires_grad=True)
+    enc(x).pow(2).sum().backward()
+    convs = [enc.expand] + [blk.conv for blk in enc.blocks]
+    assert [c.kernel_size[0] for c in convs] == list(kernels or (1,))
+    for conv in convs:  # every temporal tap of every layer has a non-zero gradient
+        per_tap = conv.weight.grad.abs().sum(dim=(0, 1))
+        assert per_tap.shape[0] == conv.kernel_size[0] and bool((per_tap > 0).all()), per_tap
+    # ... and every frame of the window, the oldest included, reaches the output.
+    per_frame = x.grad.abs().sum(dim=(0, 2, 3))
+    assert bool((per_frame > 0).all()), per_frame

@@ -70,7 +70,7 @@ def test_cli_prints_and_saves_json(tiny_dataset, tmp_path, capsys):
     realism.add_arguments(parser)
     out = tmp_path / "realism.json"
     args = parser.parse_args(["--data", str(tiny_dataset), "--frame-step", "50", "--no-probe",
-                              "--json", str(out)])
+                              "--report", str(out)])
     assert realism.run(args) == 0
     saved = json.loads(out.read_text())
     assert saved["frames_read"] == 9 * 6 and "probe_mpjpe_mm" not in saved

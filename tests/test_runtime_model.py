@@ -233,7 +233,8 @@ def _write_sequence(root, csi_path, frames: int, rng) -> None:
             kpts = rng.uniform([0, 0], [640, 480], size=(17, 2)).astype(np.float32)
             np.save(mmfi.frame_path(seq, "rgb", t), kpts)
         n_lidar = 20 if t == 5 else int(rng.integers(60, 400))
-        rng.normal(0, 1.5, (n_lidar, 3)).astype("<f8").tofile(mmfi.frame_path(seq, "lidar", t))
+        # A body-sized cloud in front of the sensor (what the LiDAR crop keeps).
+        rng.normal((3.0, 0.0, 0.0), (0.15, 0.15, 0.4), (n_lidar, 3)).astype("<f8").tofile(mmfi.frame_path(seq, "lidar", t))
         n_radar = 0 if t == 2 else int(rng.integers(1, 25))
         rng.normal(0, 2.0, (n_radar, 5)).astype("<f8").tofile(mmfi.frame_path(seq, "mmwave", t))
         amp = real.amp + rng.normal(0, 0.5, real.amp.shape)

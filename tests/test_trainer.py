@@ -17,7 +17,8 @@ from training.trainer import fit
 torch.set_num_threads(1)
 
 CASES = [("concat", "none"), ("mlp", "none"), ("attention", "none"), ("concat", "ogm-ge"),
-         ("concat", "uniform"), ("concat", "awc"), ("attention", "awc")]
+         ("concat", "uniform"), ("concat", "awc"), ("attention", "awc"), ("concat", "agm"),
+         ("concat", "g-blending"), ("concat", "modality-level")]
 OUTPUTS = ("config.yaml", "log.jsonl", "checkpoint.pt", "best.pt", "metrics.json", "plots/curves.png",
            "plots/contributions.png", "plots/skeletons.png")
 
@@ -50,16 +51,24 @@ def test_fit_each_fusion_and_balance_on_tiny_dataset(tiny_dataset, array_cache, 
         assert all(math.isfinite(r[k]) for k in ("val_mpjpe", "val_pa_mpjpe", "train_mpjpe", "train_pa_mpjpe"))
         assert set(r["time"]) >= {"forward", "backward", "shapley", "train", "eval"}
         assert all(math.isfinite(v) for v in r["shapley"].values())
-    # tiny preset: learning window K = 1
-    assert log[0]["in_window"] == (balance != "none") and not log[1]["in_window"]
+    # tiny preset: learning window K = 1 (AWC, uniform, modality-level); the others act every epoch
+    every_epoch = balance in ("ogm-ge", "agm", "g-blending")
+    assert log[0]["in_window"] == (balance != "none") and log[1]["in_window"] == every_epoch
     if balance in ("awc", "uniform"):
-        assert log[0]["loss_awc"] > 0 and log[1]["loss_awc"] == 0
+        assert log[0]["loss_balance"] > 0 and log[1]["loss_balance"] == 0
         assert set(log[0]["groups"].values()) <= {"S", "I"} and "S" in log[0]["groups"].values()
         assert log[0]["fisher"]["rgb"]["sum"] > 0 and log[0]["time"]["fisher"] > 0
-    else:
-        assert all(r["loss_awc"] == 0 for r in log)
+        assert sum(log[0]["superior_fraction"].values()) >= 1.0 and "groups_theta0" in log[0]
+    elif balance in ("none", "ogm-ge", "agm"):
+        assert all(r["loss_balance"] == 0 for r in log)
     if balance == "ogm-ge":
         assert all(0 < k <= 1 for k in log[0]["ogm_coefficients"].values())
+    if balance == "agm":
+        assert all(k > 0 for k in log[0]["agm_coefficients"].values())
+    if balance == "g-blending":
+        assert math.isclose(sum(log[1]["gblend_weights"].values()), 1.0, rel_tol=1e-6)
+    if balance == "modality-level":
+        assert log[0]["resample"]["modality"] in config.ModelConfig().modalities
     metrics = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(metrics["mpjpe"]) and metrics["per_action"]
     model, cfg, info = load_checkpoint(out / "best.pt")
@@ -97,7 +106,7 @@ def test_same_seed_gives_identical_runs(tmp_path):
     b = _fake_fit(tmp_path / "b", 2)
     la, lb = _log(tmp_path / "a"), _log(tmp_path / "b")
     assert [r["loss_task"] for r in la] == [r["loss_task"] for r in lb]
-    assert [r["loss_awc"] for r in la] == [r["loss_awc"] for r in lb]
+    assert [r["loss_balance"] for r in la] == [r["loss_balance"] for r in lb]
     assert a["mpjpe"] == b["mpjpe"]
 
 
@@ -137,19 +146,54 @@ def test_config_validation_and_overrides(tmp_path):
 
 
 def test_study_runs_arms_and_writes_report(tiny_dataset, array_cache, tmp_path):
-    report = tmp_path / "results.md"
-    argv = ["study", "--data", str(tiny_dataset), "--out", str(tmp_path / "study"), "--preset", "tiny",
-            "--seeds", "0", "--epochs", "1", "--arms", "wifi", "all-awc", "--test-frames", "100",
-            "--report", str(report), "--no-progress", "--set", f"data.cache_dir={array_cache}",
-            "--set", "train.plots=false"]
+    report, out = tmp_path / "results.md", tmp_path / "study"
+    argv = ["study", "--data", str(tiny_dataset), "--out", str(out), "--preset", "tiny", "--protocols", "P1",
+            "--seeds", "0", "1", "--epochs", "2", "--arms", "all-none", "all-awc",
+            "--test-frames", "100", "--report", str(report), "--figure", str(tmp_path / "fig" / "s.png"),
+            "--no-progress", "--set", f"data.cache_dir={array_cache}", "--set", "train.plots=false"]
     assert main(argv) == 0
+    cfg = config.from_dict(json.loads(json.dumps(__import__("yaml").safe_load(
+        (out / "P1" / "all-awc-s1" / "config.yaml").read_text()))))
+    assert (cfg.train.epochs, cfg.balance.window, cfg.train.lr_step, cfg.train.seed) == (2, 1, 1, 1)
     text = report.read_text()
-    assert "| wifi | wifi | none | 1 |" in text and "| all-awc | rgb+lidar+mmwave+wifi | awc | 1 |" in text
-    assert "166.9" in text and "51.16 / 34.46" in text  # the paper's numbers beside ours
-    assert "an AWC epoch inside the window" in text
+    assert "| all-awc | rgb+lidar+mmwave+wifi | awc | 2 |" in text
+    assert "51.16 / 34.46" in text  # the paper's numbers beside ours
+    assert "| awc | 2 | s0: " in text and "s1: " in text  # paired differences per seed
+    assert "An AWC epoch inside the window" in text
+    assert (tmp_path / "fig" / "s.png").stat().st_size > 0 and "](fig/s.png)" in text
     # notes below the marker survive a rewrite; finished runs are not retrained
     report.write_text(text + "\nhand-written notes\n")
-    mtime = (tmp_path / "study" / "all-awc-s0" / "metrics.json").stat().st_mtime
-    assert main(argv) == 0
+    mtime = (out / "P1" / "all-awc-s0" / "metrics.json").stat().st_mtime
+    assert main([*argv, "--report-only"]) == 0 and main(argv) == 0
     assert "hand-written notes" in report.read_text()
-    assert (tmp_path / "study" / "all-awc-s0" / "metrics.json").stat().st_mtime == mtime
+    assert (out / "P1" / "all-awc-s0" / "metrics.json").stat().st_mtime == mtime
+
+
+def test_study_plan_schedule_and_claims(tmp_path):
+    import argparse
+    import os
+
+    from training import study
+
+    p = argparse.ArgumentParser()
+    study.add_arguments(p)
+    args = p.parse_args(["--out", str(tmp_path), "--seeds", "0", "1", "2"])
+    sched = study.Schedule(30)
+    assert (sched.window, sched.lr_step, sched.ogm_window) == (12, 18, 15)
+    jobs = study.planned(args)
+    main = [(pr, a.name, s) for pr, a, s in jobs if a.group == "main"]
+    assert len(main) == 2 * 3 * (len(study.METHODS) + 1 + 4)  # P1 + P2, 3 seeds, 12 arms
+    sweeps = [(pr, a, s) for pr, a, s in jobs if a.group != "main"]
+    assert all(pr == "P1" and s == 0 for pr, _, s in sweeps)
+    names = {a.name for _, a, _ in sweeps}
+    assert {"awc-aS0-aI10000", "awc-aS20000-aI0", "awc-aS2000-aI1000", "awc-aS200000-aI100000"} <= names
+    assert {"awc-K3", "awc-K6", "awc-K18", "awc-K30", "all-attention-awc", "all-awc-S2", "all-ogm-ge-sgd"} <= names
+    cfg = study.run_config(args, next(a for _, a, _ in sweeps if a.name == "all-awc-S2"), "P1", 0)
+    assert cfg.data.split == "S2" and cfg.balance.window == 12 and cfg.train.lr_step == 18
+    # claims: a run held by a live process is skipped, a dead claim is taken over
+    run = tmp_path / "P1" / "x-s0"
+    run.mkdir(parents=True)
+    (run / "claim.json").write_text(json.dumps({"pid": os.getppid()}))
+    assert not study._claim(run)
+    (run / "claim.json").write_text(json.dumps({"pid": 2 ** 22 + 12345}))  # beyond pid_max: not alive
+    assert study._claim(run) and json.loads((run / "claim.json").read_text())["pid"] == os.getpid()

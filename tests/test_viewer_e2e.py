@@ -18,8 +18,8 @@ from runtime.view.browser import find_browser
 from sensors import schema
 from tests.test_serve_e2e import ServeProcess, export_tiny_model
 
-REPLAY_FRAMES = 140          # 14 s at rate 1
-LIDAR_STOP_S = 4
+REPLAY_FRAMES = 180          # 18 s at rate 1
+LIDAR_STOP_S = 8
 
 
 def _need_browser():
@@ -72,14 +72,18 @@ def test_serve_replay_view_in_headless_chromium(tiny_dataset, tmp_path):
     url = f"http://127.0.0.1:{view_port}"
     with ServeProcess(model, tmp_path, "--view", str(view_port)) as srv:
         _wait(lambda: _http_ok(url + "/healthz"), 30, f"the viewer at {url}\n{srv.log.read_text()}")
-        result = {}
-        sender = threading.Thread(target=lambda: result.update(stats=replay(
-            tiny_dataset, srv.input, protocol="P1", split="S1", subset="all", rate=1.0,
-            max_frames=REPLAY_FRAMES, faults=[f"lidar:stop@{LIDAR_STOP_S}"])), daemon=True)
-        sender.start()
+        # The page first (it waits for the stream), then the sensors: the LiDAR fault comes at a
+        # known time after the first data, however long the browser took to start.
         driver = headless_chromium()
+        result, sender = {}, None
         try:
             driver.get(url + "/")
+            _wait(lambda: driver.find_element(By.ID, "connection").text == "live", 20, "the page's live stream")
+            sender = threading.Thread(target=lambda: result.update(stats=replay(
+                tiny_dataset, srv.input, protocol="P1", split="S1", subset="all", rate=1.0,
+                max_frames=REPLAY_FRAMES, faults=[f"lidar:stop@{LIDAR_STOP_S}"])), daemon=True)
+            sender.start()
+            started = time.monotonic()
             station = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "article.station"), 20,
                             "a station card with live data")[0]
             rows = station.find_elements(By.CSS_SELECTOR, "tr[data-modality]")
@@ -95,21 +99,30 @@ def test_serve_replay_view_in_headless_chromium(tiny_dataset, tmp_path):
             assert driver.find_element(By.ID, "connection").text == "live"
             # Before the fault RGB, LiDAR and WiFi are lit (mmWave comes and goes: a radar frame with no
             # detection is an absent modality), every row shows a contribution share and a score.
+            seen: set[str] = set()
+
             def lit() -> set[str]:
-                return {r.get_attribute("data-modality") for r in rows
-                        if "on" in r.find_element(By.CSS_SELECTOR, ".light").get_attribute("class")}
-            _wait(lambda: {"rgb", "lidar", "wifi"} <= lit(), LIDAR_STOP_S, "presence lights on", poll=0.05)
+                seen.update(r.get_attribute("data-modality") for r in rows
+                            if "on" in r.find_element(By.CSS_SELECTOR, ".light").get_attribute("class").split())
+                return seen
+            try:
+                _wait(lambda: {"rgb", "lidar", "wifi"} <= lit(),
+                      max(0.5, LIDAR_STOP_S - (time.monotonic() - started)), "presence lights on", poll=0.05)
+            except AssertionError as err:
+                raise AssertionError(f"{err}: lit before the LiDAR stopped: {sorted(seen)}") from None
             for r in rows:
                 assert r.find_element(By.CSS_SELECTOR, ".bar > span").text.endswith("%")
                 assert 0.0 <= float(r.find_element(By.CSS_SELECTOR, ".score").text) <= 1.0
             # The LiDAR stops: its light goes out and its status says degraded, with the reason.
             lidar = station.find_element(By.CSS_SELECTOR, 'tr[data-modality="lidar"]')
-            _wait(lambda: lidar.get_attribute("data-status") == "degraded", 15, "the LiDAR fault on the page")
+            _wait(lambda: lidar.get_attribute("data-status") == "degraded" and
+                  "on" not in lidar.find_element(By.CSS_SELECTOR, ".light").get_attribute("class").split(),
+                  15, "the LiDAR fault on the page")
             _wait(lambda: "missing" in lidar.find_element(By.CSS_SELECTOR, ".status").text
                   or "stale" in lidar.find_element(By.CSS_SELECTOR, ".status").text, 5, "the reason of the fault")
-            assert "on" not in lidar.find_element(By.CSS_SELECTOR, ".light").get_attribute("class")
             rgb = station.find_element(By.CSS_SELECTOR, 'tr[data-modality="rgb"]')
-            assert "on" in rgb.find_element(By.CSS_SELECTOR, ".light").get_attribute("class")
+            _wait(lambda: "on" in rgb.find_element(By.CSS_SELECTOR, ".light").get_attribute("class").split(), 5,
+                  "RGB still lit while the LiDAR is out")
             stats = driver.execute_script("return window.viewerStats")
             assert stats["frames"] >= 10
             # The 3D view drew something, and the page is not blank.
@@ -122,5 +135,69 @@ def test_serve_replay_view_in_headless_chromium(tiny_dataset, tmp_path):
             assert pixel_std(shot, box) > 1.0, "the 3D scene is blank"
         finally:
             driver.quit()
-        sender.join(timeout=30)
+        if sender is not None:
+            sender.join(timeout=30)
     assert "stats" in result and result["stats"].sent["rgb"] == REPLAY_FRAMES
+
+
+@pytest.mark.slow
+def test_recording_plays_back_with_a_time_slider(tmp_path):
+    _need_browser()
+    import subprocess
+    import sys
+
+    from selenium.webdriver.common.by import By
+
+    from exporters.recorder import open_recorder
+    from runtime.view.bench import skeleton_sequence
+    from runtime.view.browser import headless_chromium
+
+    joints = skeleton_sequence()
+    path = tmp_path / "poses.npz"
+    rec = open_recorder(path)
+    for t in range(60):
+        rec.write({"tick": 100 + t, "tick_ns": t * schema.FRAME_PERIOD_NS, "outcome": "fused", "latency_ns": 3_000_000,
+                   "presence": np.array([1, int(t < 30), 1, 1], np.uint8), "joints": joints[t],
+                   "degradation": np.array([0, float(t >= 30), 0, 0], np.float32),
+                   "degraded": np.array([0, int(t >= 32), 0, 0], np.uint8),
+                   "reasons": ["", "missing" if t >= 30 else "", "", ""],
+                   "shares": np.array([0.4, 0.3, 0.2, 0.1], np.float32),
+                   **({"exercise": "squat", "session": "", "reps": t // 10,
+                       "angles": np.array([90 + t, 80.0, np.nan], np.float32)} if t >= 20 else {})})
+    rec.close()
+    port = free_loopback_port()
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "view", "--recording", str(path), "--port", str(port)],
+                            cwd=Path(__file__).resolve().parents[1])
+    driver = None
+    try:
+        _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), 30, "runtime view --recording")
+        driver = headless_chromium()
+        driver.get(f"http://127.0.0.1:{port}/")
+        slider = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#playback:not([hidden]) #slider"), 15,
+                       "the playback bar")[0]
+        assert slider.get_attribute("max") == "59"
+        assert driver.find_element(By.ID, "connection").text == "recording"
+        station = driver.find_element(By.CSS_SELECTOR, "article.station")
+        tick = station.find_element(By.CSS_SELECTOR, ".tick")
+        _wait(lambda: int(tick.get_attribute("data-tick")) > 100, 10, "playback to advance")
+        driver.find_element(By.ID, "play").click()                     # pause, then seek with the slider
+        driver.execute_script("const s = document.getElementById('slider'); s.value = 45;"
+                              "s.dispatchEvent(new Event('input'));")
+        _wait(lambda: tick.get_attribute("data-tick") == "145", 5, "the slider to seek to tick 145")
+        rehab = station.find_element(By.CSS_SELECTOR, ".rehab")                 # recorded rehab outputs shown
+        assert rehab.is_displayed()
+        assert rehab.find_element(By.CSS_SELECTOR, '[data-rehab="reps"]').text == "4"
+        assert "squat" in rehab.text and "135.0°" in rehab.text
+        lidar = station.find_element(By.CSS_SELECTOR, 'tr[data-modality="lidar"]')
+        _wait(lambda: lidar.get_attribute("data-status") == "degraded", 5, "the recorded LiDAR fault")
+        assert "missing" in lidar.find_element(By.CSS_SELECTOR, ".status").text
+        driver.execute_script("const s = document.getElementById('slider'); s.value = 5;"
+                              "s.dispatchEvent(new Event('input'));")
+        _wait(lambda: tick.get_attribute("data-tick") == "105", 5, "the slider to seek back")
+        assert lidar.get_attribute("data-status") == "ok"
+        assert not rehab.is_displayed()                                          # none recorded at that tick
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,25 +1,25 @@
-"""Modality balancing with no extra parameters: none, OGM-GE, uniform proximal term, AWC.
+"""Modality balancing: the math of each method, pure functions (the training hooks that call
+them are in ``training.balancers``).
 
-* ``awc`` (DESIGN §4, Eq. 6-8): K-Means (k=2) on the four Shapley scores splits the modalities
-  into a superior and an inferior group; inside the learning window (epochs < K) the loss gets
+* ``awc`` (DESIGN §4, Eq. 6-8): K-Means (k=2) on the Shapley scores splits the modalities into a
+  superior and an inferior group; inside the learning window (epochs < K) the loss gets
   L_AWC = sum_m alpha_group(m) * sum_i F_ii (theta_i - theta0_i)^2 / 2 over each encoder's
   parameters, theta0 and the diagonal Fisher F taken at the start of the epoch.
-* ``uniform``: the same term with F = c_m * I, c_m the mean Fisher diagonal of encoder m (a
-  uniform proximal term, close to InfoReg; c_m keeps alpha on the same scale as AWC's).
-* ``ogm-ge`` adapted to regression: per-modality coefficient from the single-modality coalition
-  profits v({m}) of the batch, k_m = 1 - tanh(alpha * relu(rho_m - 1)), rho_m = v({m}) / mean of
-  the other enabled modalities' v; encoder gradients are scaled by k_m and get Gaussian noise
-  with the gradient's own std (the GE part), inside the window.
-* ``none``: plain joint training.
+* ``uniform``: the same term with F = c_m * I, c_m the mean Fisher diagonal of encoder m (an
+  ablation: a uniform proximal term, close to InfoReg; c_m keeps alpha on AWC's scale).
+* ``ogm-ge`` (Peng et al., CVPR 2022) adapted to regression: only the dominant modality is slowed.
+* ``agm`` (Li et al., ICCV 2023): every encoder's gradient scaled by exp(-alpha * deviation of its
+  running Shapley score from the mean).
+* ``g-blending`` (Wang et al., CVPR 2020): uni-modal heads beside the fused one, losses blended
+  with weights from the overfitting-to-generalisation ratio.
+* ``modality-level`` resampling (Wei et al., CVPR 2024): the low-contributing modality is trained
+  again, alone, on a fraction of each batch that grows with the contribution gap.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 
 from sensors import schema
 from training.config import BalanceConfig
@@ -28,31 +28,36 @@ from training.model import PoseModel
 SUPERIOR, INFERIOR, DISABLED = "S", "I", "-"
 
 
+def _enabled_index(enabled: tuple[str, ...]) -> list[int]:
+    return [schema.MODALITY_INDEX[m] for m in schema.MODALITIES if m in enabled]
+
+
 # ----------------------------------------------------------------------------------------------
 # Superior / inferior split
 # ----------------------------------------------------------------------------------------------
-def kmeans_groups(phi: np.ndarray, enabled: tuple[str, ...] = schema.MODALITIES, seed: int = 0,
-                  n_init: int = 10) -> list[str]:
+def kmeans_groups(phi: np.ndarray, enabled: tuple[str, ...] = schema.MODALITIES) -> list[str]:
     """K-Means (k=2) on the Shapley scores of the enabled modalities -> 'S' / 'I' / '-' per modality.
 
-    phi [4] in schema order. The cluster with the higher mean score is superior. With fewer than
-    two enabled modalities, or when all scores are equal, every enabled modality is superior.
+    phi [4] in schema order. In one dimension the optimal 2-means partition is a split of the
+    sorted scores into a low and a high run, so trying the n - 1 splits gives the exact minimum
+    of the K-Means objective (Lloyd's iterations only approximate it; a test checks scikit-learn
+    agrees) in microseconds, cheap enough to regroup after every mini-batch. The high cluster is
+    superior. With fewer than two enabled modalities, or equal scores, all enabled are superior.
     """
     phi = np.asarray(phi, np.float64)
-    idx = [schema.MODALITY_INDEX[m] for m in schema.MODALITIES if m in enabled]
+    idx = _enabled_index(enabled)
     groups = [DISABLED] * schema.N_MODALITIES
     scores = phi[idx]
     if len(idx) < 2 or np.ptp(scores) < 1e-12:
         for i in idx:
             groups[i] = SUPERIOR
         return groups
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sklearn warns when two scores coincide
-        labels = KMeans(n_clusters=2, n_init=n_init, random_state=seed).fit_predict(scores.reshape(-1, 1))
-    means = [scores[labels == c].mean() if np.any(labels == c) else -np.inf for c in (0, 1)]
-    superior = int(np.argmax(means))
-    for i, label in zip(idx, labels, strict=True):
-        groups[i] = SUPERIOR if label == superior else INFERIOR
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    costs = [((s[:k] - s[:k].mean()) ** 2).sum() + ((s[k:] - s[k:].mean()) ** 2).sum() for k in range(1, len(s))]
+    split = 1 + int(np.argmin(costs))
+    for rank, j in enumerate(order):
+        groups[idx[j]] = SUPERIOR if rank >= split else INFERIOR
     return groups
 
 
@@ -99,24 +104,27 @@ def awc_loss(model: PoseModel, anchors: dict[str, torch.Tensor], weights: dict[s
 def ogm_coefficients(single_values: np.ndarray, enabled: tuple[str, ...], alpha: float) -> np.ndarray:
     """single_values [4]: v({m}) of each modality alone (Pearson profit) -> coefficients [4] in (0, 1].
 
-    rho_m = max(v_m, 0) / mean_{j != m} max(v_j, 0); k_m = 1 - tanh(alpha * relu(rho_m - 1)).
-    Disabled modalities and lone modalities get 1.
+    As published, only the dominant modality (the highest score) is slowed:
+    rho = s_dom / mean of the other enabled modalities' scores, k_dom = 1 - tanh(alpha (rho - 1))
+    when rho > 1; every other modality gets 1. Scores are clipped at 0 (+1e-6).
     """
     s = np.clip(np.asarray(single_values, np.float64), 0.0, None) + 1e-6
-    idx = [schema.MODALITY_INDEX[m] for m in schema.MODALITIES if m in enabled]
+    idx = _enabled_index(enabled)
     k = np.ones(schema.N_MODALITIES)
     if len(idx) < 2:
         return k
-    for i in idx:
-        others = [s[j] for j in idx if j != i]
-        rho = s[i] / np.mean(others)
-        k[i] = 1.0 - np.tanh(alpha * max(rho - 1.0, 0.0))
+    dom = max(idx, key=lambda i: s[i])
+    rho = s[dom] / np.mean([s[j] for j in idx if j != dom])
+    if rho > 1.0:
+        k[dom] = 1.0 - np.tanh(alpha * (rho - 1.0))
     return k
 
 
 @torch.no_grad()
 def modulate_gradients(model: PoseModel, coeffs: np.ndarray, noise: bool, generator: torch.Generator) -> None:
-    """OGM-GE: encoder grads *= k_m, then + N(0, std(grad)) on weight tensors (ndim >= 2).
+    """OGM-GE on the encoders' weight tensors (ndim >= 2, as the reference code modulates only conv
+    weights): grad <- k_m * grad + N(0, std(grad)) (the noise drawn with the std of the gradient
+    before scaling, for every modality, k_m = 1 included). Biases and norms are left alone.
 
     ``generator`` must be seeded identically on every data-parallel rank so all ranks add the
     same noise to their (already all-reduced) gradients.
@@ -124,11 +132,11 @@ def modulate_gradients(model: PoseModel, coeffs: np.ndarray, noise: bool, genera
     for m, params in model.encoder_parameters().items():
         k = float(coeffs[schema.MODALITY_INDEX[m]])
         for _, p in params:
-            if p.grad is None:
+            if p.grad is None or p.grad.dim() < 2:
                 continue
+            std = float(p.grad.std()) + 1e-8
             p.grad.mul_(k)
-            if noise and p.grad.dim() >= 2:
-                std = float(p.grad.std()) + 1e-8
+            if noise:
                 draw = torch.randn(p.grad.shape, generator=generator, dtype=p.grad.dtype)  # CPU generator
                 p.grad.add_(draw.to(p.grad.device) * std)
 
@@ -136,3 +144,62 @@ def modulate_gradients(model: PoseModel, coeffs: np.ndarray, noise: bool, genera
 def single_modality_values(v: np.ndarray) -> np.ndarray:
     """v [16] coalition values -> v({m}) [4] in schema order."""
     return np.array([v[1 << i] for i in range(schema.N_MODALITIES)])
+
+
+# ----------------------------------------------------------------------------------------------
+# AGM
+# ----------------------------------------------------------------------------------------------
+def agm_coefficients(scores: np.ndarray, enabled: tuple[str, ...], alpha: float, clip: float = 10.0) -> np.ndarray:
+    """Running Shapley scores [4] -> gradient coefficients [4]: k_m = exp(-alpha (s_m - mean s) / mean |s|)
+    over the enabled modalities (the deviation is relative, so alpha has no units), clipped to
+    [1/clip, clip]: above-mean modalities are slowed, below-mean ones sped up. Others get 1."""
+    s = np.asarray(scores, np.float64)
+    idx = _enabled_index(enabled)
+    k = np.ones(schema.N_MODALITIES)
+    if len(idx) < 2:
+        return k
+    mean, scale = s[idx].mean(), np.abs(s[idx]).mean() + 1e-9
+    k[idx] = np.clip(np.exp(-alpha * (s[idx] - mean) / scale), 1.0 / clip, clip)
+    return k
+
+
+@torch.no_grad()
+def scale_encoder_gradients(model: PoseModel, coeffs: np.ndarray) -> None:
+    """Every encoder parameter's gradient *= k_m (= scaling the gradient reaching its feature)."""
+    for m, params in model.encoder_parameters().items():
+        k = float(coeffs[schema.MODALITY_INDEX[m]])
+        for _, p in params:
+            if p.grad is not None:
+                p.grad.mul_(k)
+
+
+# ----------------------------------------------------------------------------------------------
+# G-Blending
+# ----------------------------------------------------------------------------------------------
+def gblend_weights(prev_val: np.ndarray, prev_train: np.ndarray, val: np.ndarray, train: np.ndarray,
+                   eps: float = 1e-8) -> np.ndarray:
+    """Per-branch losses (held-out and training) at the start and end of a super-epoch -> blending
+    weights summing to 1: w_k ∝ G_k / O_k^2, G_k = prev_val - val (generalisation gained, clipped
+    at 0), O_k = (val - train) - (prev_val - prev_train) (overfitting gained, |.| floored at eps).
+    All-zero G -> uniform weights."""
+    g = np.clip(np.asarray(prev_val) - np.asarray(val), 0.0, None)
+    o = (np.asarray(val) - np.asarray(train)) - (np.asarray(prev_val) - np.asarray(prev_train))
+    ratio = g / np.maximum(o ** 2, eps)
+    if not np.isfinite(ratio).all() or ratio.sum() <= 0:
+        return np.full(len(g), 1.0 / len(g))
+    return ratio / ratio.sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# Modality-level resampling
+# ----------------------------------------------------------------------------------------------
+def resample_plan(phi: np.ndarray, enabled: tuple[str, ...], gamma: float) -> tuple[int, float]:
+    """Modality-level Shapley scores [4] -> (index of the lowest-contributing enabled modality,
+    fraction of each batch re-fed with that modality alone): min(1, gamma * (max - min) / sum |phi|)."""
+    phi = np.asarray(phi, np.float64)
+    idx = _enabled_index(enabled)
+    low = min(idx, key=lambda i: phi[i])
+    if len(idx) < 2:
+        return low, 0.0
+    gap = (phi[idx].max() - phi[low]) / (np.abs(phi[idx]).sum() + 1e-9)
+    return low, float(min(1.0, max(0.0, gamma * gap)))

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from sensors import schema
+from sensors.cli_util import add_list_argument
 from training.config import FUSIONS, resolve
 from training.export import ModelDims, export_onnx, export_pose_only, to_torch
 from training.model import build_model
@@ -162,7 +163,7 @@ def bench(cfg: BenchConfig) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", nargs="+", default=["small"], help="model presets to measure (small, paper)")
+    add_list_argument(parser, "--preset", default=["small"], metavar="P", help="model presets to measure (small, paper)")
     parser.add_argument("--fusion", default="concat", choices=FUSIONS)
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--warmup", type=int, default=20)

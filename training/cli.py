@@ -8,7 +8,7 @@ COMMANDS = {
     "fit": ("training.fit", "train a model (AWC or a baseline) on MM-Fi or a generated dataset"),
     "evaluate": ("training.evaluate", "MPJPE / PA-MPJPE of a checkpoint, per action and overall"),
     "export": ("training.export", "export a checkpoint to a self-describing ONNX file"),
-    "study": ("training.study", "train uni-modal, bi-modal and all-modality models over seeds; table"),
+    "study": ("training.study", "AWC vs plain training and the paper's baselines over seeds, P1 and P2, sweeps; report"),
     "config": ("training.config", "show every config key with its type, default and resolved value"),
     "bench-export": ("training.bench_export", "per-frame latency: onnxruntime vs torch, coalitions"),
 }

@@ -33,7 +33,10 @@ from sensors import schema, settings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FUSIONS = ("concat", "mlp", "attention")
-BALANCES = ("none", "ogm-ge", "uniform", "awc")
+BALANCES = ("none", "awc", "ogm-ge", "g-blending", "agm", "modality-level", "uniform")
+GROUPINGS = ("step", "theta0")
+OPTIMIZERS = ("adam", "sgd")
+FRAME_SELECTIONS = ("all", "complete")
 FISHER_MODES = ("per_sample", "per_batch")
 
 
@@ -48,8 +51,7 @@ class ModelConfig:
 
     modalities: tuple[str, ...] = schema.MODALITIES  # enabled encoders; others are always absent
     dim: int = 64  # feature width of every encoder output [B, dim]
-    rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R
-    tcn_blocks: int = 2  # dilated residual blocks (dilations 3, 9, ...)
+    rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R = the TCN's receptive field
     lidar_cap: int = schema.DEFAULT_LIDAR_CAP
     mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP
     knn: int = 16  # neighbours per point in the point-transformer layer
@@ -69,8 +71,8 @@ class ModelConfig:
         _check(self.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
         for name in ("dim", "rgb_window", "lidar_cap", "mmwave_cap", "knn", "hidden", "heads", "wifi_channels"):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
-        _check(self.tcn_blocks >= 0 and self.point_layers >= 0 and self.fusion_layers >= 1,
-               "model.tcn_blocks and model.point_layers must be >= 0, model.fusion_layers >= 1")
+        _check(self.point_layers >= 0 and self.fusion_layers >= 1,
+               "model.point_layers must be >= 0, model.fusion_layers >= 1")
         _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
 
 
@@ -85,36 +87,54 @@ class DataConfig:
     max_train: int = 0  # 0 = all training frames; else an evenly spaced subset
     max_val: int = 0  # 0 = all test frames for the per-epoch validation
     cache_dir: str = ""  # "" = no cache; else preprocessed arrays are kept here as .npz
+    # all = every frame (absent modalities are presence 0); complete = drop frames where any enabled
+    # modality is absent, as the MM-Fi toolbox drops frames with an empty modality
+    frames: str = "all"
 
     def validate(self) -> None:
         _check(self.protocol in schema.PROTOCOLS, f"data.protocol must be one of {list(schema.PROTOCOLS)}, "
                f"got {self.protocol!r}")
         _check(self.split in schema.SPLITS, f"data.split must be one of {list(schema.SPLITS)}, got {self.split!r}")
         _check(self.max_train >= 0 and self.max_val >= 0, "data.max_train and data.max_val must be >= 0")
+        _check(self.frames in FRAME_SELECTIONS, f"data.frames must be one of {FRAME_SELECTIONS}, got {self.frames!r}")
 
 
 @dataclass
 class BalanceConfig:
-    """Modality balancing: none, OGM-GE, uniform proximal term, or AWC (DESIGN §4)."""
+    """Modality balancing: AWC (DESIGN §4), its baselines and ablations (docs/training.md)."""
 
     method: str = "none"
-    window: int = 20  # learning window K: balancing is active in epochs 0..K-1
+    window: int = 20  # learning window K: AWC / uniform / modality-level act in epochs 0..K-1
+    # alpha multiplies sum_i F_ii (theta_i - theta0_i)^2 / 2 with F the Fisher of L_MPJPE in metres:
+    # the penalty is in metres, like the task loss (docs/training.md: what 20k means here)
     alpha_s: float = 20000.0  # weight of the superior group's constraint
     alpha_i: float = 10000.0  # weight of the inferior group's constraint
+    group_by: str = "step"  # step: K-Means on the running mean of the mini-batch Shapley scores,
+    #                         refreshed every step (Algorithm 1); theta0: once per epoch at theta0
     fisher_samples: int = 256  # fixed training subset for the Fisher (evenly spaced indices)
     fisher_mode: str = "per_sample"  # per_sample (torch.func) or per_batch (mini-batch squared grads)
     fisher_chunk: int = 32  # samples per vmap chunk / per mini-batch
     shapley_every: int = 1  # compute the training Shapley scores every N steps
-    kmeans_seed: int = 0
-    kmeans_n_init: int = 10
     ogm_alpha: float = 0.5  # OGM-GE modulation strength
     ogm_noise: bool = True  # OGM-GE's Gaussian gradient noise (the GE part)
+    ogm_window: int = -1  # OGM-GE modulates in epochs 0..ogm_window-1 (-1 = every epoch)
+    agm_alpha: float = 1.0  # AGM strength (per relative deviation of a modality's Shapley score)
+    agm_momentum: float = 0.9  # AGM running average of the step scores
+    gb_holdout: int = 256  # G-Blending: training frames held out to measure generalisation/overfitting
+    gb_super_epoch: int = 3  # G-Blending: epochs between weight re-estimations (its "super-epoch")
+    rs_gamma: float = 1.0  # modality-level resampling: fraction re-fed = gamma * relative contribution gap
 
     def validate(self) -> None:
         _check(self.method in BALANCES, f"balance.method must be one of {BALANCES}, got {self.method!r}")
         _check(self.fisher_mode in FISHER_MODES,
                f"balance.fisher_mode must be one of {FISHER_MODES}, got {self.fisher_mode!r}")
         _check(self.window >= 0, f"balance.window must be >= 0, got {self.window}")
+        _check(self.group_by in GROUPINGS, f"balance.group_by must be one of {GROUPINGS}, got {self.group_by!r}")
+        _check(self.ogm_window >= -1, f"balance.ogm_window must be >= -1, got {self.ogm_window}")
+        _check(0.0 <= self.agm_momentum < 1.0 and self.agm_alpha >= 0 and self.ogm_alpha >= 0 and self.rs_gamma >= 0,
+               "balance.agm_momentum must be in [0, 1); agm_alpha, ogm_alpha, rs_gamma >= 0")
+        _check(self.gb_holdout >= 2 and self.gb_super_epoch >= 1,
+               f"balance.gb_holdout must be >= 2 and gb_super_epoch >= 1, got {self.gb_holdout}, {self.gb_super_epoch}")
         _check(self.alpha_s >= 0 and self.alpha_i >= 0, "balance.alpha_s and balance.alpha_i must be >= 0")
         _check(self.fisher_samples >= 1 and self.fisher_chunk >= 1 and self.shapley_every >= 1,
                "balance.fisher_samples, fisher_chunk and shapley_every must be >= 1")
@@ -130,6 +150,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_step: int = 30
     lr_gamma: float = 0.1
+    optimizer: str = "adam"  # adam (the paper) or sgd (with momentum, as OGM-GE's paper trains)
+    momentum: float = 0.9  # sgd only
     seed: int = 0
     threads: int = 1  # torch intra-op threads per process
     plots: bool = True
@@ -141,6 +163,8 @@ class TrainConfig:
         _check(self.lr > 0 and self.weight_decay >= 0, "train.lr must be > 0 and train.weight_decay >= 0")
         _check(self.lr_step >= 1 and 0 < self.lr_gamma <= 1, "train.lr_step >= 1 and 0 < train.lr_gamma <= 1")
         _check(self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
+        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sensors import schema
+from sensors import preprocess, schema
 from training.config import Config
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def _cache_key(cfg: Config, subset: str) -> str:
     d = {"root": str(Path(cfg.data.root).resolve()), "data": _data_fingerprint(Path(cfg.data.root)),
          "protocol": cfg.data.protocol, "split": cfg.data.split,
          "seed": cfg.data.split_seed, "subset": subset, "window": cfg.model.rgb_window,
-         "lidar_cap": cfg.model.lidar_cap, "mmwave_cap": cfg.model.mmwave_cap, "schema": schema.SCHEMA_VERSION}
+         "lidar_cap": cfg.model.lidar_cap, "mmwave_cap": cfg.model.mmwave_cap, "schema": schema.SCHEMA_VERSION,
+         "preprocess": hashlib.sha256(Path(preprocess.__file__).read_bytes()).hexdigest()[:16]}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -129,6 +130,15 @@ def load_splits(cfg: Config, progress: bool = True) -> tuple[Split, Split]:
     if cfg.data.max_train:
         train = train.take(evenly_spaced(len(train), cfg.data.max_train))
     return train, test
+
+
+def complete_frames(split: Split, modalities: tuple[str, ...]) -> Split:
+    """The frames of ``split`` where every modality of ``modalities`` is present (``data.frames=complete``)."""
+    idx = [schema.MODALITY_INDEX[m] for m in modalities]
+    keep = (split.tensors["presence"][:, idx] > 0).all(dim=1)
+    if not bool(keep.any()):
+        raise ValueError(f"no frame has all of {list(modalities)} present; use data.frames=all")
+    return split.take(torch.nonzero(keep).flatten())
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool,

@@ -85,7 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", help="P1, P2 or P3 (default: the training protocol)")
     p.add_argument("--split", help="S1, S2 or S3 (default: the training split)")
     p.add_argument("--max-frames", type=int, default=0, help="evaluate an evenly spaced subset (0 = all)")
-    p.add_argument("--out", help="JSON file (default: eval-<protocol>-<split>.json beside the checkpoint)")
+    p.add_argument("--report", "--out", dest="out",
+                   help="JSON file (default: eval-<protocol>-<split>.json beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(model, test)
     result.update(checkpoint=str(args.checkpoint), epoch=info.get("epoch"), config_hash=info.get("config_hash"),
                   protocol=cfg.data.protocol, split=cfg.data.split, data=str(cfg.data.root))
-    print(format_table(result))
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{cfg.data.protocol}-{cfg.data.split}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

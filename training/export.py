@@ -52,11 +52,12 @@ PREPROCESSING = {
     "rgb": "sensors.preprocess.rgb_window(frames, rgb_window): causal window of the last R frames "
            "(last = now), missing frames edge-padded, each normalised by normalize_keypoints "
            "(u / 640 * 2 - 1, v / 640 * 2 - 480 / 640)",
-    "lidar": "sensors.preprocess.sample_points(points, lidar_cap, 3): non-finite rows dropped; more "
-             "than the cap -> evenly spaced rows (np.linspace, order kept); fewer -> zero padding; "
-             "lidar_mask True on real points",
-    "mmwave": "sensors.preprocess.sample_points(points, mmwave_cap, 5), as lidar; empty frames give an "
-              "all-False mask",
+    "lidar": "sensors.preprocess.point_input('lidar', points, lidar_cap): non-finite rows dropped; "
+             "crop_lidar (floor slab, range box, radius around the median; LIDAR_CROP) keeps the body; "
+             "then sensors.preprocess.sample_points: more than the cap -> evenly spaced rows (np.linspace, order kept); "
+             "fewer -> zero padding; lidar_mask True on real points",
+    "mmwave": "sensors.preprocess.point_input('mmwave', points, mmwave_cap): sample_points as lidar, no "
+              "crop; empty frames give an all-False mask",
     "wifi": "sensors.preprocess.resample_packets(packets [P,3,114]) -> [3,114,10] for amplitude and "
             "phase, then sensors.preprocess.wifi_input(amp, phase): sensors.preprocess.clean_csi (inf -> "
             "NaN -> mean of the finite values of the same packet slice), sensors.preprocess.minmax per "
@@ -420,11 +421,8 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: s
 
 
 def checkpoint_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The validation metrics a checkpoint carries (whatever of them is JSON-able)."""
-    for key in ("val_metrics", "metrics", "validation"):
-        if isinstance(info.get(key), Mapping):
-            return json.loads(json.dumps(dict(info[key]), default=_json_default))
-    return {}
+    """The validation metrics a checkpoint carries (``training.checkpoint.save_checkpoint``: ``metrics``)."""
+    return json.loads(json.dumps(dict(info.get("metrics") or {}), default=_json_default))
 
 
 def export_untrained(out_path: str | Path, fusion: str = "concat", preset: str = "small", seed: int = 0,

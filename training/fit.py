@@ -7,18 +7,23 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from sensors.cli_util import add_list_argument, add_set_argument
 from training import config as config_mod
 from training.config import BALANCES, FUSIONS
 
+log = logging.getLogger(__name__)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (sections model, data, balance, train)")
     p.add_argument("--preset", help="base preset from training/configs: small, paper, tiny")
     p.add_argument("--data", help="MM-Fi-format dataset root (data.root)")
-    p.add_argument("--out", help="run directory, e.g. runs/awc-small")
+    p.add_argument("--out", help="run directory, e.g. runs/awc-small (default: runs/<date>-<time>-<balance>)")
     p.add_argument("--protocol", choices=("P1", "P2", "P3"))
     p.add_argument("--split", choices=("S1", "S2", "S3"))
     p.add_argument("--fusion", choices=FUSIONS)
@@ -49,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
     from training.trainer import fit
 
     cfg = config_mod.resolve(args.preset, args.config, flags_from_args(args), args.set)
+    if cfg.out == config_mod.Config().out and args.resume:
+        log.error("--resume needs the run directory to continue: pass --out RUN")
+        return 2
+    if cfg.out == config_mod.Config().out:
+        # No run directory given anywhere: a fresh timestamped one, never a silent overwrite.
+        cfg.out = str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.balance.method}")
+        log.info("no --out given: this run goes to %s", cfg.out)
     result = fit(cfg, resume=args.resume, progress=not args.no_progress)
     if result:
         print(f"{cfg.out}: test MPJPE {result['mpjpe']:.2f} mm, PA-MPJPE {result['pa_mpjpe']:.2f} mm "

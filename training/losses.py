@@ -14,11 +14,6 @@ def joint_errors(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return ((pred - gt).pow(2).sum(dim=-1) + SQRT_EPS).sqrt()
 
 
-def mpjpe_per_sample(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """[B, 17, 3] metres -> [B] metres (mean joint error, no root alignment)."""
-    return joint_errors(pred, gt).mean(dim=-1)
-
-
 def mpjpe_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """L_MPJPE: [B, 17, 3] metres -> scalar metres (mean over frames and joints)."""
     return joint_errors(pred, gt).mean()

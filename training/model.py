@@ -27,36 +27,72 @@ FAR = 1e6  # distance added to padded points so a real point never picks them as
 # ----------------------------------------------------------------------------------------------
 # RGB: VideoPose3D-style dilated temporal convolutions over the causal keypoint window
 # ----------------------------------------------------------------------------------------------
-class CausalBlock(nn.Module):
-    """Residual block: causal conv (k=3, dilation d) then 1x1 conv. x [B, D, R] -> [B, D, R]."""
+def tcn_kernels(window: int) -> tuple[int, ...]:
+    """Kernel widths of the temporal layers for a window of ``window`` frames: its prime factors,
+    threes first (9 -> (3, 3), 27 -> (3, 3, 3), 10 -> (2, 5), 1 -> ()). Layer i is dilated by the
+    product of the widths before it, so the receptive field is the product of all widths = the
+    window: the last output sees every frame of the window exactly through every tap."""
+    n, out = int(window), []
+    for f in (3, 2):
+        while n % f == 0 and n > 1:
+            out.append(f)
+            n //= f
+    f = 5
+    while n > 1:
+        while n % f == 0:
+            out.append(f)
+            n //= f
+        f += 2
+    return tuple(sorted(out, key=lambda k: (k != 3, k)))
 
-    def __init__(self, dim: int, dilation: int):
+
+class TemporalBlock(nn.Module):
+    """VideoPose3D residual block without padding: conv (k, dilation d) then 1x1 conv.
+    x [B, D, T] -> [B, D, T - (k-1) d]; the residual is the input's last T - (k-1) d frames."""
+
+    def __init__(self, dim: int, kernel: int, dilation: int):
         super().__init__()
-        self.pad = 2 * dilation
-        self.conv = nn.Conv1d(dim, dim, 3, dilation=dilation)
+        self.cut = (kernel - 1) * dilation
+        self.conv = nn.Conv1d(dim, dim, kernel, dilation=dilation)
         self.mix = nn.Conv1d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.gelu(self.conv(F.pad(x, (self.pad, 0))))
-        return x + F.gelu(self.mix(y))
+        y = F.gelu(self.conv(x))
+        return x[:, :, self.cut:] + F.gelu(self.mix(y))
 
 
 class TemporalConvEncoder(nn.Module):
-    """rgb [B, R, 17, 2] normalised keypoints -> [B, D] (feature of the last frame = now)."""
+    """rgb [B, R, 17, 2] normalised keypoints -> [B, D] (the feature of the last frame = now).
+
+    Layers follow the window (``tcn_kernels``): an expanding conv of the first width, then one
+    residual block per further width, dilated by the product of the widths before it. No padding:
+    the receptive field (``receptive_field``) is exactly R frames and every tap of every layer
+    reads real frames (as VideoPose3D, whose 27-frame model is widths 3, 3, 3, dilations 1, 3, 9).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.expand = nn.Conv1d(schema.N_KEYPOINTS * 2, cfg.dim, 3, padding=0)
-        self.blocks = nn.ModuleList([CausalBlock(cfg.dim, 3 ** (i + 1)) for i in range(cfg.tcn_blocks)])
+        kernels = tcn_kernels(cfg.rgb_window)
+        self.kernels = kernels
+        self.receptive_field = 1
+        for k in kernels:
+            self.receptive_field *= k
+        first = kernels[0] if kernels else 1
+        self.expand = nn.Conv1d(schema.N_KEYPOINTS * 2, cfg.dim, first)
+        blocks, dilation = [], first
+        for k in kernels[1:]:
+            blocks.append(TemporalBlock(cfg.dim, k, dilation))
+            dilation *= k
+        self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(cfg.dim)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         b, r = rgb.shape[0], rgb.shape[1]
-        x = rgb.reshape(b, r, -1).transpose(1, 2)  # [B, 34, R]
-        x = F.gelu(self.expand(F.pad(x, (2, 0))))  # [B, D, R] causal
+        x = rgb.reshape(b, r, -1).transpose(1, 2)[:, :, r - self.receptive_field:]  # [B, 34, RF]
+        x = F.gelu(self.expand(x))  # [B, D, RF - k0 + 1]
         for block in self.blocks:
             x = block(x)
-        return self.norm(x[:, :, -1])  # [B, D]
+        return self.norm(x[:, :, -1])  # [B, D]; x has exactly one frame left here
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(ep, [r["loss_task"] for r in history], label="L_MPJPE (m)")
-    if any(r["loss_awc"] for r in history):
-        a.plot(ep, [r["loss_awc"] for r in history], label="L_AWC")
+    if any(r["loss_balance"] for r in history):
+        a.plot(ep, [r["loss_balance"] for r in history], label="balancing term")
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.set_yscale("log")

@@ -1,18 +1,21 @@
-"""``training study``: uni-modal, bi-modal and four-modality runs over seeds; a results table.
+"""``training study``: the comparison of AWC with plain training and the paper's baselines.
 
-    training study --data data/mmfi-bench --out runs/study --seeds 0 1 2
+    training study --data data/mmfi-study --out runs/study              # everything, resumable
+    training study --data data/mmfi-study --out runs/study --report-only
 
-Trains on the ``bench`` synthetic dataset (generated with ``sensors simulate --preset bench`` if
-the folder is missing), protocol P1, split S1, with the ``small`` preset:
+Main table (``--group main``, every seed, protocols P1 and P2, split S1, concat fusion):
+uni-modal rgb / lidar / mmwave / wifi, rgb+lidar, and all four modalities with each balancing
+method (none, awc, ogm-ge, g-blending, agm, modality-level, uniform). Sweeps (``--group sweeps``,
+the first seed, ``--sweep-protocol`` P1): the alpha_S / alpha_I grid (Table 4 analogue), the learning
+window K (Figure 6 analogue), attention fusion, the cross-subject split S2, SGD + momentum for
+OGM-GE, and toolbox-style frame selection.
 
-* uni-modal: rgb, lidar, mmwave, wifi (plain training),
-* rgb + lidar (plain),
-* all four with none, ogm-ge, uniform and awc (concat fusion),
-
-each over the given seeds. The data is read once and shared by every run; a run whose
-``metrics.json`` exists is not trained again (the study can be stopped and restarted). Writes
-``docs/results.md``: mean ± std test MPJPE / PA-MPJPE beside the paper's Tables 1 and 3, the
-Shapley and Fisher time overheads from the logs, and the command.
+Every run is ``<out>/<protocol>/<arm>-s<seed>``; a run with ``metrics.json`` is never trained
+again, and a run being trained is claimed (``claim.json`` with the process id), so several
+processes started with the same command share the work. The report (``--report``) is rebuilt
+from the run logs alone: accuracy per protocol with mean ± std over seeds, per-seed paired
+differences against plain training, contributions, the sweeps, overheads, and a plot of the
+per-modality Shapley scores over the epochs, plain vs AWC.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -30,12 +34,13 @@ from typing import Any
 import numpy as np
 
 from sensors import schema
-from sensors.cli_util import add_set_argument
+from sensors.cli_util import add_list_argument, add_set_argument
 from training import config as config_mod
 
 log = logging.getLogger(__name__)
 
 NOTES_MARKER = "<!-- notes: everything below this line is kept when the study rewrites the file -->"
+METHODS = ("none", "awc", "ogm-ge", "g-blending", "agm", "modality-level", "uniform")
 
 # Paper numbers (MM-Fi P1, mm): Table 1 (fusion +- AWC) and Table 3 (uni-modal).
 PAPER = {
@@ -46,234 +51,204 @@ PAPER = {
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """The paper's proportions (50 epochs, K = 20, lr x0.1 at 30) at ``epochs``."""
+
+    epochs: int = 30
+
+    @property
+    def window(self) -> int:
+        return max(1, round(0.4 * self.epochs))
+
+    @property
+    def lr_step(self) -> int:
+        return max(1, round(0.6 * self.epochs))
+
+    @property
+    def ogm_window(self) -> int:  # OGM-GE's reference setting modulates the first half of training
+        return max(1, round(0.5 * self.epochs))
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        return {"train": {"epochs": self.epochs, "lr_step": self.lr_step},
+                "balance": {"window": self.window, "ogm_window": self.ogm_window}}
+
+
+@dataclass(frozen=True)
 class Arm:
     name: str
     modalities: tuple[str, ...]
     balance: str
     fusion: str = "concat"
+    split: str = "S1"
+    overrides: tuple[str, ...] = ()  # section.key=value on top of the study's config
+    group: str = "main"
+    note: str = ""
 
 
-def arms(fusions: tuple[str, ...] = ("concat",)) -> list[Arm]:
-    out = [Arm(m, (m,), "none") for m in schema.MODALITIES]
+def main_arms() -> list[Arm]:
+    out = [Arm(f"all-{b}", schema.MODALITIES, b) for b in METHODS]
     out.append(Arm("rgb+lidar", ("rgb", "lidar"), "none"))
-    for fusion in fusions:
-        prefix = "all" if fusion == "concat" else f"all-{fusion}"
-        out += [Arm(f"{prefix}-{b}", schema.MODALITIES, b, fusion) for b in config_mod.BALANCES]
+    out += [Arm(m, (m,), "none") for m in schema.MODALITIES]
     return out
 
 
-def _run_config(args: argparse.Namespace, arm: Arm, seed: int) -> config_mod.Config:
-    flags = {"data": {"root": args.data, "protocol": "P1", "split": "S1", "cache_dir": str(Path(args.out) / "cache")},
-             "model": {"modalities": list(arm.modalities), "fusion": arm.fusion},
-             "balance": {"method": arm.balance}, "train": {"seed": seed},
-             "out": str(Path(args.out) / f"{arm.name}-s{seed}")}
-    if args.epochs:
-        flags["train"]["epochs"] = args.epochs
-    return config_mod.resolve(args.preset, args.config, flags, args.set)
+def sweep_arms(alpha_s: float, alpha_i: float, window: int, epochs: int) -> list[Arm]:
+    all4, out = schema.MODALITIES, []
+    grid = [(0.0, alpha_i), (alpha_s, 0.0), (0.1 * alpha_s, 0.1 * alpha_i), (10 * alpha_s, 10 * alpha_i),
+            (alpha_i, alpha_s), (alpha_s, alpha_s)]
+    for a_s, a_i in grid:
+        out.append(Arm(f"awc-aS{a_s:g}-aI{a_i:g}", all4, "awc", overrides=(f"balance.alpha_s={a_s}",
+                                                                         f"balance.alpha_i={a_i}"),
+                       group="alpha", note=f"alpha_S={a_s:g}, alpha_I={a_i:g}"))
+    for k in sorted({max(1, round(f * epochs)) for f in (0.1, 0.2, 0.6, 1.0)} - {window}):
+        out.append(Arm(f"awc-K{k}", all4, "awc", overrides=(f"balance.window={k}",), group="window",
+                       note=f"K={k}"))
+    out += [Arm("all-attention-none", all4, "none", fusion="attention", group="attention"),
+            Arm("all-attention-awc", all4, "awc", fusion="attention", group="attention"),
+            Arm("all-none-S2", all4, "none", split="S2", group="s2"),
+            Arm("all-awc-S2", all4, "awc", split="S2", group="s2"),
+            Arm("all-none-sgd", all4, "none", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd"),
+            Arm("all-ogm-ge-sgd", all4, "ogm-ge", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd"),
+            Arm("all-awc-groups-theta0", all4, "awc", overrides=("balance.group_by=theta0",), group="grouping"),
+            Arm("all-none-complete", all4, "none", overrides=("data.frames=complete",), group="frames"),
+            Arm("all-awc-complete", all4, "awc", overrides=("data.frames=complete",), group="frames")]
+    return out
+
+
+def _base_config(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.resolve(args.preset, args.config, Schedule(args.epochs).overrides(), args.set)
+
+
+def all_arms(args: argparse.Namespace) -> list[Arm]:
+    base = _base_config(args)
+    return main_arms() + sweep_arms(base.balance.alpha_s, base.balance.alpha_i, base.balance.window,
+                                    base.train.epochs)
+
+
+def run_dir(out: Path, protocol: str, arm: Arm, seed: int) -> Path:
+    return out / protocol / f"{arm.name}-s{seed}"
+
+
+def run_config(args: argparse.Namespace, arm: Arm, protocol: str, seed: int) -> config_mod.Config:
+    flags = Schedule(args.epochs).overrides()
+    flags["data"] = {"root": args.data, "protocol": protocol, "split": arm.split,
+                     "cache_dir": str(Path(args.out) / "cache")}
+    flags["model"] = {"modalities": list(arm.modalities), "fusion": arm.fusion}
+    flags["balance"]["method"] = arm.balance
+    flags["train"]["seed"] = seed
+    flags["out"] = str(run_dir(Path(args.out), protocol, arm, seed))
+    return config_mod.resolve(args.preset, args.config, flags, [*args.set, *arm.overrides])
+
+
+def planned(args: argparse.Namespace) -> list[tuple[str, Arm, int]]:
+    """(protocol, arm, seed) in training order: the main table seed by seed, then the sweeps."""
+    chosen = [a for a in all_arms(args) if (not args.arms or a.name in args.arms)
+              and (a.group == "main" and args.group in ("main", "all") or a.group != "main" and
+                   args.group in ("sweeps", "all"))]
+    jobs = [(p, a, s) for s in args.seeds for p in args.protocols for a in chosen if a.group == "main"]
+    jobs += [(args.sweep_protocol, a, args.seeds[0]) for a in chosen if a.group != "main"]
+    return jobs
+
+
+def _claim(out: Path) -> bool:
+    """Claim a run for this process (False if another live process holds it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "claim.json"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(json.loads(path.read_text())["pid"])
+            os.kill(pid, 0)
+            return pid == os.getpid()
+        except (ValueError, KeyError, json.JSONDecodeError, ProcessLookupError, PermissionError):
+            path.unlink(missing_ok=True)  # a dead claim: take it over
+            return _claim(out)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"pid": os.getpid(), "host": os.uname().nodename, "started": time.time()}, f)
+    return True
 
 
 def ensure_dataset(root: Path) -> None:
     if root.is_dir() and any(root.glob("E0*/S*/A*")):
         return
-    from sensors.simulate import simulate
-
-    log.info("%s not found: generating the bench dataset (sensors simulate --preset bench)", root)
-    simulate(root, preset="bench", seed=0)
+    raise FileNotFoundError(f"{root} holds no MM-Fi-format sequences: generate one first, e.g. `sensors simulate "
+                            f"--preset bench --actions <P1 and P2 actions> --out {root} --workers 2`")
 
 
-def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+def only(split, modalities: tuple[str, ...]):
+    """The split with the presence of modalities outside ``modalities`` set to 0 (tensors shared)."""
+    from training.data import Split
+
+    enabled = np.array([m in modalities for m in schema.MODALITIES], np.float32)
+    import torch
+
+    return Split({**split.tensors, "presence": split.tensors["presence"] * torch.from_numpy(enabled)}, split.meta)
+
+
+def run_all(args: argparse.Namespace) -> None:
     from training.data import evenly_spaced, load_splits
     from training.trainer import fit
 
     ensure_dataset(Path(args.data))
-    chosen = [a for a in arms(tuple(args.fusions)) if not args.arms or a.name in args.arms]
-    chosen.sort(key=lambda a: len(a.modalities), reverse=True)  # the four-modality comparison first
-    base = _run_config(args, chosen[0], args.seeds[0])
-    base.model.modalities = schema.MODALITIES
-    train, test = load_splits(base)
-    test = test.take(evenly_spaced(len(test), args.test_frames))
-    log.info("study: %d arms x %d seeds on %d train / %d test frames", len(chosen), len(args.seeds), len(train),
-             len(test))
-    rows = []
-    for seed in args.seeds:
-        for arm in chosen:
-            cfg = _run_config(args, arm, seed)
-            out = Path(cfg.out)
-            if not (out / "metrics.json").exists():
-                t0 = time.perf_counter()
-                fit(cfg, train, test, progress=not args.no_progress)
-                log.info("%s seed %d done in %.0fs", arm.name, seed, time.perf_counter() - t0)
-            rows.append({"arm": arm.name, "seed": seed, "out": str(out), **json.loads((out / "metrics.json").read_text())})
-    return rows
-
-
-def collect(out: Path, names: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """arm name -> metrics of each finished seed (read from <out>/<arm>-s<seed>/metrics.json)."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    for name in names:
-        for path in sorted(out.glob(f"{name}-s*/metrics.json")):
-            if path.parent.name[len(name):].lstrip("-s").isdigit():
-                m = json.loads(path.read_text())
-                m["log"] = [json.loads(line) for line in (path.parent / "log.jsonl").read_text().splitlines()]
-                found.setdefault(name, []).append(m)
-    return found
-
-
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "—"
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
-
-
-def _paper(name: str) -> str:
-    p = PAPER.get(name)
-    if p is None:
-        return "—"
-    return f"{p[0]:.2f} / {p[1]:.2f}" if p[1] is not None else f"{p[0]:.1f} / —"
-
-
-def results_table(found: dict[str, list[dict[str, Any]]], names: list[str]) -> str:
-    lines = ["| run | modalities | balance | seeds | MPJPE (mm) | PA-MPJPE (mm) | paper MPJPE / PA-MPJPE |",
-             "|---|---|---|---|---|---|---|"]
-    for name in names:
-        runs = found.get(name, [])
-        if not runs:
+    jobs = planned(args)
+    log.info("study: %d runs planned (%d already finished)", len(jobs),
+             sum((run_dir(Path(args.out), p, a, s) / "metrics.json").exists() for p, a, s in jobs))
+    loaded: dict[tuple, Any] = {}
+    for i, (protocol, arm, seed) in enumerate(jobs):
+        out = run_dir(Path(args.out), protocol, arm, seed)
+        if (out / "metrics.json").exists() or not _claim(out):
             continue
-        arm = next(a for a in arms(("concat", "mlp", "attention")) if a.name == name)
-        lines.append(f"| {name} | {'+'.join(arm.modalities)} | {arm.balance} | {len(runs)} | "
-                     f"{_ms([r['mpjpe'] for r in runs])} | {_ms([r['pa_mpjpe'] for r in runs])} | {_paper(name)} |")
-    return "\n".join(lines)
-
-
-def shapley_table(found: dict[str, list[dict[str, Any]]], names: list[str]) -> str:
-    lines = ["| run | " + " | ".join(schema.MODALITIES) + " | groups (first epoch) |",
-             "|---|" + "---|" * (len(schema.MODALITIES) + 1)]
-    for name in names:
-        runs = found.get(name, [])
-        if not runs or not name.startswith("all"):
-            continue
-        phi = {m: [r["shapley"][m] for r in runs] for m in schema.MODALITIES}
-        groups = runs[0]["log"][0].get("groups", {})
-        lines.append(f"| {name} | " + " | ".join(_ms(phi[m]).replace(".1f", "") for m in schema.MODALITIES)
-                     + f" | {' '.join(f'{m}:{g}' for m, g in groups.items())} |")
-    return "\n".join(lines)
-
-
-def _mean(runs: list[dict[str, Any]], key: str, scale: float = 100.0, unit: str = "%") -> str:
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    return f"{np.mean(vals) * scale:.2f}{unit}" if vals else "—"
-
-
-def overhead_table(found: dict[str, list[dict[str, Any]]], names: list[str]) -> str:
-    lines = ["| run | Shapley / training time | Fisher / training time | epoch time in window (s) | "
-             "epoch time after window (s) |", "|---|---|---|---|---|"]
-    for name in names:
-        runs = found.get(name, [])
-        if not runs or not name.startswith("all"):
-            continue
-        lines.append(f"| {name} | {_mean(runs, 'shapley_fraction')} | {_mean(runs, 'fisher_fraction')} | "
-                     f"{_mean(runs, 'epoch_time_in_window', 1.0, '')} | "
-                     f"{_mean(runs, 'epoch_time_after_window', 1.0, '')} |")
-    return "\n".join(lines)
-
-
-def awc_epoch_ratio(found: dict[str, list[dict[str, Any]]], prefix: str = "all") -> str:
-    """AWC in-window epoch time / plain epoch time (same arm's epochs after the window, and the
-    `none` arm's epochs)."""
-    awc, none = found.get(f"{prefix}-awc", []), found.get(f"{prefix}-none", [])
-    if not awc:
-        return "no AWC run finished"
-    inside = np.mean([r["epoch_time_in_window"] for r in awc if r.get("epoch_time_in_window")])
-    parts = []
-    after = [r["epoch_time_after_window"] for r in awc if r.get("epoch_time_after_window")]
-    if after:
-        parts.append(f"{inside / np.mean(after):.2f}x the same run's epochs after the window")
-    if none:
-        plain = np.mean([np.mean([e["time"]["train"] for e in r["log"]]) for r in none])
-        parts.append(f"{inside / plain:.2f}x the plain (`none`) run's epochs")
-    # Wall-clock ratios move with whatever else runs on the machine; the phase timings of the
-    # window epochs themselves do not: share of the epoch spent in the Fisher and Shapley phases.
-    extra = [(e["time"].get("fisher", 0.0) + e["time"]["shapley"]) / e["time"]["train"]
-             for r in awc for e in r["log"] if e["in_window"]]
-    share = float(np.mean(extra)) if extra else 0.0
-    parts.append(f"inside the window the Fisher + Shapley phases take {share:.1%} of the epoch, i.e. the epoch is "
-                 f"{1.0 / (1.0 - share):.2f}x the same steps without them")
-    return f"an AWC epoch inside the window (Fisher and Shapley included) takes {inside:.1f} s: " + "; ".join(parts)
-
-
-def write_report(args: argparse.Namespace, path: Path) -> str:
-    names = [a.name for a in arms(tuple(args.fusions))]
-    found = collect(Path(args.out), names)
-    cfg = _run_config(args, arms()[0], args.seeds[0])
-    notes = ""
-    if path.exists() and NOTES_MARKER in path.read_text():
-        notes = path.read_text().split(NOTES_MARKER, 1)[1]
-    any_run = next(iter(found.values()), [{}])[0]
-    frames = any_run.get("frames", "?")
-    text = f"""# Study results
-
-Generated by `training study` from the run logs under `{args.out}/`. This file was written by:
-
-```
-{args.command}
-```
-
-Data: the synthetic `bench` dataset (16 subjects x the 14 P1 actions, MM-Fi layout), protocol P1,
-split S1, {cfg.data.max_train or 'all'} evenly spaced training frames, evaluated on {frames} evenly spaced test
-frames (last-epoch model; consecutive 10 Hz frames are nearly identical). Model: the `{args.preset}` preset (width {cfg.model.dim}, RGB window {cfg.model.rgb_window}, LiDAR cap
-{cfg.model.lidar_cap}, mmWave cap {cfg.model.mmwave_cap}), {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, Adam
-{cfg.train.lr:g} (x{cfg.train.lr_gamma:g} at epoch {cfg.train.lr_step}), learning window K = {cfg.balance.window},
-alpha_S / alpha_I = {cfg.balance.alpha_s:g} / {cfg.balance.alpha_i:g}, Fisher over {cfg.balance.fisher_samples} frames
-({cfg.balance.fisher_mode}). Seeds: {', '.join(map(str, args.seeds))}. Mean ± std over seeds.
-
-The paper's numbers are for the real MM-Fi with much larger backbones trained for 50 epochs;
-ours are on generated data with a model small enough for 2 CPU cores, so compare the *pattern*
-(ordering of modalities, effect of balancing), not the absolute millimetres.
-
-## Accuracy (test, mm)
-
-{results_table(found, names)}
-
-## Shapley contributions of the final models (test set, Pearson profit, sum over 51 coordinates)
-
-{shapley_table(found, names)}
-
-## Overheads (from the per-epoch phase timings in log.jsonl)
-
-{overhead_table(found, names)}
-
-Targets: Shapley <= 1 % of training time for concat/MLP, <= 3 % for attention (paper: 0.4-0.9 %
-and 3.5-5.4 %); an AWC epoch inside the learning window <= 1.3x a plain epoch. Measured:
-{awc_epoch_ratio(found)}.
-
-{NOTES_MARKER}{notes}"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return text
+        cfg = run_config(args, arm, protocol, seed)
+        key = (protocol, arm.split, cfg.data.max_train)
+        if key not in loaded:
+            loaded.clear()  # one protocol/split in memory at a time
+            full = run_config(args, arm, protocol, seed)
+            full.model.modalities = schema.MODALITIES  # one read serves every arm
+            train, test = load_splits(full, progress=not args.no_progress)
+            loaded[key] = (train, test.take(evenly_spaced(len(test), args.test_frames)))
+        train, test = loaded[key]
+        t0 = time.perf_counter()
+        log.info("[%d/%d] %s %s seed %d -> %s", i + 1, len(jobs), protocol, arm.name, seed, out)
+        fit(cfg, only(train, cfg.model.modalities), only(test, cfg.model.modalities), progress=not args.no_progress)
+        (out / "claim.json").unlink(missing_ok=True)
+        log.info("%s %s seed %d done in %.0fs", protocol, arm.name, seed, time.perf_counter() - t0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data/mmfi-bench", help="bench dataset root (generated if missing)")
+    p.add_argument("--data", default="data/mmfi-study", help="MM-Fi-format dataset with the P1 and P2 actions")
     p.add_argument("--out", default="runs/study", help="where the runs go")
     p.add_argument("--preset", default="small")
     p.add_argument("--config", help="YAML applied on top of the preset")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, help="epochs per run (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs per run; K = 0.4x, lr step = 0.6x this")
+    add_list_argument(p, "--seeds", item_type=int, default=[0, 1, 2], metavar="N", help="seeds (default 0,1,2)")
+    add_list_argument(p, "--protocols", default=["P1", "P2"], metavar="P",
+                      help="main table protocols, in training order (default P1,P2)")
+    p.add_argument("--sweep-protocol", default="P1", choices=sorted(schema.PROTOCOLS), help="protocol of the sweeps")
+    p.add_argument("--group", default="all", choices=("main", "sweeps", "all"))
+    add_list_argument(p, "--arms", default=None, metavar="ARM", help="only these arms (names as in the report)")
     p.add_argument("--test-frames", type=int, default=4000,
                    help="evaluate on this many evenly spaced test frames (0 = all)")
-    p.add_argument("--fusions", nargs="+", default=["concat"], choices=config_mod.FUSIONS,
-                   help="fusions for the four-modality arms (concat = the paper's Table 1 rows)")
-    p.add_argument("--arms", nargs="*", help="only these arms (names as in the table)")
-    p.add_argument("--report", default="docs/results.md")
+    p.add_argument("--report", default=None, metavar="FILE", help="results report (default OUT/results.md)")
+    p.add_argument("--figure", default=None, metavar="FILE",
+                   help="Shapley-over-epochs plot (default beside the report, figures/study_shapley.png)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs")
     p.add_argument("--no-progress", action="store_true")
     add_set_argument(p, "train.lr=3e-4")
 
 
 def run(args: argparse.Namespace) -> int:
+    from training import study_report
+
+    unknown = sorted(set(args.protocols) - set(schema.PROTOCOLS))
+    if unknown:
+        log.error("--protocols: %s not among %s", ", ".join(unknown), ", ".join(schema.PROTOCOLS))
+        return 2
+    args.report = args.report or str(Path(args.out) / "results.md")
+    args.figure = args.figure or str(Path(args.report).parent / "figures" / "study_shapley.png")
     args.command = "training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.report_only:
         run_all(args)
-    text = write_report(args, Path(args.report))
+    text = study_report.write_report(args, Path(args.report), Path(args.figure))
     print(text.split(NOTES_MARKER)[0])
     return 0

@@ -1,12 +1,12 @@
 """The training loop shared by every balancing method, single process or torchrun/DDP.
 
-Per epoch:
-  1. (awc / uniform, inside the learning window) at theta0: Shapley scores on the fixed Fisher
-     subset -> K-Means superior/inferior groups; diagonal Fisher on the same subset; anchors.
-  2. mini-batch steps: encode once -> fuse -> L_MPJPE (+ L_AWC in the window); the 16-coalition
-     Shapley scores of the (global) batch from the same features, no grad; backward (OGM-GE
-     modulates the encoder gradients in the window); Adam step.
-  3. validation (rank 0), log line, checkpoint.
+Per epoch (the balancing method's hooks, ``training.balancers``, in brackets):
+  1. [epoch_start] e.g. AWC inside the learning window: diagonal Fisher and anchors at theta0.
+  2. mini-batch steps: encode once -> fuse -> L_MPJPE; the 16-coalition Shapley scores of the
+     (global) batch from the same features, no grad [observe: AWC regroups the modalities by
+     K-Means on the running mean of these step scores]; [loss: L_MPJPE + the method's terms];
+     backward [after_backward: gradient modulation]; optimiser step (Adam, or SGD + momentum).
+  3. [epoch_end] validation (rank 0), log line, checkpoint.
 
 Outputs in ``cfg.out``: config.yaml, log.jsonl, checkpoint.pt, best.pt, metrics.json, plots/.
 """
@@ -26,18 +26,16 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from sensors import posemath, schema
-from training import balance, distributed
+from sensors import schema
+from training import balance, balancers, distributed
 from training import config as config_mod
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import Config
-from training.data import Split, batches, evenly_spaced, load_splits
+from training.data import Split, batches, complete_frames, evenly_spaced, load_splits
 from training.evaluate import evaluate_model, predict
-from training.fisher import fisher_and_coalitions
-from training.fisher import summarize as fisher_summary
 from training.losses import mpjpe_loss
 from training.model import PoseModel, build_model, count_parameters
-from training.shapley import batch_shapley, coalition_values
+from training.shapley import batch_shapley
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +78,20 @@ class Trainer:
         self.model = build_model(cfg.model)
         self.model.set_mean_pose(train.tensors["joints"].mean(dim=0))
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
-                                          weight_decay=cfg.train.weight_decay)
+        self.ctx = balancers.Context(self.model, cfg, train, self.device, gather=self._gather,
+                                     reduce=self._reduce if dist.enabled else None, shard=self._shard,
+                                     world=dist.world)
+        self.balancer = balancers.make(self.ctx)
+        self.train = self.ctx.train = self.balancer.split_training_set(train)
+        params = list(self.model.parameters()) + self.balancer.extra_parameters()
+        tc = cfg.train
+        self.optimizer = (torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay) if tc.optimizer == "adam"
+                          else torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay))
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.train.lr_step, cfg.train.lr_gamma)
         self.step_module: nn.Module = StepModule(self.model)
         if dist.enabled:
             ids = [dist.local_rank] if self.device.type == "cuda" else None
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
-        self.fisher_idx = torch.from_numpy(evenly_spaced(len(train), cfg.balance.fisher_samples))
         self.history: list[dict[str, Any]] = []
         self.best = math.inf
         self.start_epoch = 0
@@ -119,48 +123,18 @@ class Trainer:
         self.best = float(state["best"]) if state["best"] is not None else math.inf
         log.info("resumed %s at epoch %d", path, self.start_epoch)
 
-    # -- epoch start: groups, Fisher, anchors ------------------------------------------------------
-    def _constraint(self, times: dict[str, float]) -> tuple[dict, dict, dict, dict[str, Any]]:
-        """(anchors, weights, alphas, log fields) for awc / uniform at the start of an epoch.
-
-        One pass over the fixed subset at theta0 (eval mode) gives both the diagonal Fisher and
-        the coalition predictions whose Shapley scores (on the gathered subset) set the groups.
-        """
-        bc = self.cfg.balance
-        t0 = time.perf_counter()
-        shard = self._shard(self.fisher_idx)
-        fisher, coal = fisher_and_coalitions(self.model, self.train, shard, bc.fisher_mode, bc.fisher_chunk,
-                                             self._reduce if self.dist.enabled else None)
-        weights = fisher if bc.method == "awc" else balance.uniform_weights(fisher, self.model)
-        anchors = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in weights}
-        t1 = time.perf_counter()
-        times["fisher"] += t1 - t0
-        v = coalition_values(self._gather(coal), self._gather(self.train.tensors["joints"][shard].to(self.device)))
-        phi0 = posemath.shapley_values(v)
-        groups = balance.kmeans_groups(phi0, self.cfg.model.modalities, bc.kmeans_seed, bc.kmeans_n_init)
-        times["shapley"] += time.perf_counter() - t1
-        fields = {"shapley_theta0": dict(zip(schema.MODALITIES, map(float, phi0), strict=True)),
-                  "groups": dict(zip(schema.MODALITIES, groups, strict=True)),
-                  "fisher": fisher_summary(fisher, self.model)}
-        return anchors, weights, balance.group_alphas(groups, bc), fields
-
     # -- one epoch ---------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, bc = self.cfg, self.cfg.balance
-        in_window = bc.method != "none" and epoch < bc.window
-        times: dict[str, float] = defaultdict(float)
+        cfg, bal = self.cfg, self.balancer
+        times = self.ctx.times = defaultdict(float)
         t_start = time.perf_counter()
-        rec: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "in_window": in_window}
-        anchors = weights = alphas = None
-        if in_window and bc.method in ("awc", "uniform"):
-            anchors, weights, alphas, fields = self._constraint(times)
-            rec.update(fields)
+        rec: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        rec.update(bal.epoch_start(epoch))
+        rec["in_window"] = bool(bal.active)
         self.model.train()
         order = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
-        noise = torch.Generator().manual_seed(cfg.train.seed * 7_919 + epoch)
         sums = defaultdict(float)
-        phi_sum, ogm_sum, v_last = np.zeros(schema.N_MODALITIES), np.zeros(schema.N_MODALITIES), None
-        n_shapley = 0
+        phi_sum, n_shapley = np.zeros(schema.N_MODALITIES), 0
         steps = batches(len(self.train), cfg.train.batch_size, order, True, self.dist.rank, self.dist.world)
         n_steps = max(1, math.ceil(len(self.train) / cfg.train.batch_size))
         for step, idx in enumerate(tqdm(steps, total=n_steps, desc=f"epoch {epoch}", leave=False,
@@ -169,44 +143,37 @@ class Trainer:
             b = {k: v.to(self.device, non_blocking=True) for k, v in self.train.batch(idx).items()}
             pose, feats = self.step_module(b)
             task = mpjpe_loss(pose, b["joints"])
-            loss = task
-            if anchors is not None:
-                penalty = balance.awc_loss(self.model, anchors, weights, alphas)
-                loss = loss + penalty
-                sums["awc"] += float(penalty.detach())
             t1 = time.perf_counter()
-            times["forward"] += t1 - t0
-            if step % bc.shapley_every == 0:
-                phi, v_last = batch_shapley(self.model, feats, b["presence"], b["joints"], self._gather)
+            if step % cfg.balance.shapley_every == 0:
+                phi, v = batch_shapley(self.model, feats, b["presence"], b["joints"], self._gather)
                 phi_sum += phi
                 n_shapley += 1
+                bal.observe(phi, v)
             t2 = time.perf_counter()
-            times["shapley"] += t2 - t1
+            loss = bal.loss(task, feats, b)
+            t3 = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if in_window and bc.method == "ogm-ge" and v_last is not None:
-                coeffs = balance.ogm_coefficients(balance.single_modality_values(v_last), cfg.model.modalities,
-                                                  bc.ogm_alpha)
-                balance.modulate_gradients(self.model, coeffs, bc.ogm_noise, noise)
-                ogm_sum += coeffs
+            bal.after_backward()
             self.optimizer.step()
-            times["backward"] += time.perf_counter() - t2
+            t4 = time.perf_counter()
+            times["forward"] += (t1 - t0) + (t3 - t2)
+            times["shapley"] += t2 - t1
+            times["backward"] += t4 - t3
             sums["task"] += float(task.detach())
+            sums["balance"] += float(loss.detach()) - float(task.detach())
             sums["steps"] += 1
         self.scheduler.step()
-        totals = self._reduce(torch.tensor([sums["task"], sums["awc"], sums["steps"]], dtype=torch.float64,
+        totals = self._reduce(torch.tensor([sums["task"], sums["balance"], sums["steps"]], dtype=torch.float64,
                                            device=self.device)).cpu()
         steps_done = max(float(totals[2]) / self.dist.world, 1.0)
         times["train"] = time.perf_counter() - t_start
         rec.update(steps=int(steps_done), loss_task=float(totals[0]) / self.dist.world / steps_done,
-                   loss_awc=float(totals[1]) / self.dist.world / steps_done,
+                   loss_balance=float(totals[1]) / self.dist.world / steps_done,
                    shapley=dict(zip(schema.MODALITIES, (phi_sum / max(n_shapley, 1)).tolist(), strict=True)))
-        if bc.method == "ogm-ge" and in_window:
-            rec["ogm_coefficients"] = dict(zip(schema.MODALITIES, (ogm_sum / max(sums["steps"], 1)).tolist(),
-                                               strict=True))
+        rec.update(bal.epoch_end())
         if "groups" not in rec:
-            groups = balance.kmeans_groups(phi_sum / max(n_shapley, 1), cfg.model.modalities, bc.kmeans_seed,
-                                           bc.kmeans_n_init)
+            groups = balance.kmeans_groups(phi_sum / max(n_shapley, 1), cfg.model.modalities)
             rec["groups"] = dict(zip(schema.MODALITIES, groups, strict=True))
         rec["time"] = dict(times)
         return rec
@@ -275,8 +242,8 @@ class Trainer:
                 self.validate(rec)
                 self.history.append(rec)
                 self._write_epoch(rec)
-                log.info("epoch %d: loss %.4f (awc %.4f) val MPJPE %.1f PA %.1f mm, shapley %s, %.1fs", epoch,
-                         rec["loss_task"], rec["loss_awc"], rec["val_mpjpe"], rec["val_pa_mpjpe"],
+                log.info("epoch %d: loss %.4f (balance %+.4f) val MPJPE %.1f PA %.1f mm, shapley %s, %.1fs", epoch,
+                         rec["loss_task"], rec["loss_balance"], rec["val_mpjpe"], rec["val_pa_mpjpe"],
                          " ".join(f"{m}={v:.2f}" for m, v in rec["shapley"].items()), rec["time"]["train"])
             distributed.barrier(self.dist)
         result = self.finish() if self.dist.is_main else {}
@@ -293,6 +260,8 @@ def fit(cfg: Config, train: Split | None = None, test: Split | None = None, resu
         _seed_everything(cfg)
         if train is None or test is None:
             train, test = load_splits(cfg, progress=progress and dist.is_main)
+        if cfg.data.frames == "complete":
+            train, test = complete_frames(train, cfg.model.modalities), complete_frames(test, cfg.model.modalities)
         trainer = Trainer(cfg, train, test, dist, progress)
         if resume:
             trainer.resume()

@@ -14,7 +14,7 @@ import logging
 
 from runtime.view.hub import SubscriberConfig
 from runtime.view.server import ViewConfig, serve_view
-from sensors import keys
+from sensors.replay import client_keys
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rcv-hwm", type=int, default=20, help="pose messages ZeroMQ may queue for the viewer")
     p.add_argument("--max-frames", type=int, default=36_000,
                    help="recording: frames sent to the page (longer recordings are thinned evenly)")
-    p.add_argument("--client-key", default=None, metavar="FILE",
-                   help="CurveZMQ: this viewer's key pair (DIR/clients/NAME.key_secret from `runtime keys add`, "
-                        "its public key allow-listed in the runtime's viewers/)")
-    p.add_argument("--server-key", default=None, metavar="FILE",
-                   help="CurveZMQ: the runtime's public key (DIR/server.key)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="CurveZMQ: key directory (runtime keys init/add ... --role viewer): "
+                        "DIR/clients/NAME.key_secret and DIR/server.key")
+    p.add_argument("--key-name", default="viewer", help="client key name with --keys (default viewer)")
+    p.add_argument("--client-key", default=None, metavar="FILE", help="CurveZMQ client secret key file")
+    p.add_argument("--server-key", default=None, metavar="FILE", help="CurveZMQ server public key file")
 
 
 def config_from_args(args: argparse.Namespace) -> ViewConfig:
     sub = None
     if args.connect:
-        if bool(args.client_key) != bool(args.server_key):
-            raise ValueError("CurveZMQ needs both --client-key (this viewer's key pair) and --server-key "
-                             "(the runtime's public key)")
-        curve = keys.CurveClient.load(args.client_key, args.server_key) if args.client_key else None
-        sub = SubscriberConfig(args.connect, rcv_hwm=args.rcv_hwm, curve=curve)
+        sub = SubscriberConfig(args.connect, rcv_hwm=args.rcv_hwm, curve=client_keys(args))
     return ViewConfig(subscriber=sub, recording=args.recording, host=args.host, port=args.port,
                       max_frames=args.max_frames)
 

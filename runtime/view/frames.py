@@ -70,11 +70,51 @@ def _points(arrays: dict) -> dict | None:
     return out or None
 
 
+def json_safe(v):
+    """A header value from the wire -> JSON (non-finite floats -> None, bytes -> text, maps keyed by text)."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, np.generic | np.ndarray):
+        return json_safe(v.tolist())
+    return str(v)
+
+
 def _rehab(source: dict) -> dict | None:
-    found = {k: source[k] for k in REHAB_KEYS if source.get(k) is not None}
+    found = {k: json_safe(source[k]) for k in REHAB_KEYS if source.get(k) is not None}
     if not found:
         return None
     return found["rehab"] if list(found) == ["rehab"] else found
+
+
+def _angle_names(n: int) -> list[str]:
+    """Names of the recorded angle channels (``knee_flexion_left`` ...), as on the pose stream."""
+    channels = getattr(schema, "ANGLE_CHANNELS", ())
+    no_side = getattr(schema, "NO_SIDE", "none")
+    names = [a if s == no_side else f"{a}_{s}" for a, s in channels]
+    return names if len(names) == n else [f"angle_{i}" for i in range(n)]
+
+
+def _rehab_of_record(record: dict) -> dict | None:
+    """The ``rehab`` map of a recorded tick (the recorder keeps exercise, session, reps and angles)."""
+    if record.get("rehab") is not None:
+        return json_safe(record["rehab"])
+    if record.get("reps") is None:
+        return None
+    angles = record.get("angles")
+    out = {"exercise": str(record.get("exercise", "")), "session": str(record.get("session", "")),
+           "reps": int(np.asarray(record["reps"]))}
+    if angles is not None:
+        values = _list(angles, 2)
+        out["angles_deg"] = dict(zip(_angle_names(len(values)), values))
+    return out
 
 
 def frame_from_message(msg: wire.Message) -> dict:
@@ -123,7 +163,7 @@ def frame_from_record(record: dict, station: str) -> dict:
         "degradation": _list(record.get("degradation"), 3) or [0.0] * schema.N_MODALITIES,
         "degraded": _ints(record.get("degraded")) or [0] * schema.N_MODALITIES,
         "reasons": [str(r) for r in record["reasons"]] if record.get("reasons") is not None else None,
-        "rehab": _rehab(record),
+        "rehab": _rehab_of_record(record),
         "points": None,
     }
 

@@ -72,6 +72,7 @@ class Hub:
         self.clients: set[Client] = set()
         self.stats = StreamStats()
         self._last_tick: dict[str, int] = {}
+        self.tick_span: dict[str, list[int]] = {}     # station -> [first, last] tick received
 
     def add_client(self) -> Client:
         client = Client(pending=dict(self.latest))
@@ -89,6 +90,7 @@ class Hub:
         if last is not None and frame["tick"] > last + 1:
             self.stats.tick_gaps += frame["tick"] - last - 1
         self._last_tick[station] = frame["tick"]
+        self.tick_span.setdefault(station, [frame["tick"], frame["tick"]])[1] = frame["tick"]
         self.latest[station] = frame
         for client in self.clients:
             if station in client.pending:

@@ -82,7 +82,8 @@ def build_app(cfg: ViewConfig) -> Starlette:
         return JSONResponse({"frames": frames})
 
     async def api_stats(_request: Request):
-        return JSONResponse({**hub.stats.to_dict(), "stations": sorted(hub.latest), "clients": len(hub.clients)})
+        return JSONResponse({**hub.stats.to_dict(), "stations": sorted(hub.latest), "clients": len(hub.clients),
+                             "tick_span": hub.tick_span})
 
     async def healthz(_request: Request):
         return PlainTextResponse("ok\n")

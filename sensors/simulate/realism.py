@@ -26,6 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sensors import mmfi, posemath, preprocess, schema
+from sensors.cli_util import add_report_arguments, emit_report
 from sensors.simulate.body import bone_lengths
 from sensors.simulate.presets import s1_test_subjects
 
@@ -383,15 +384,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-probe", action="store_true", help="skip the pose and identity probes")
     parser.add_argument("--split", default="S1", choices=("S1", "S2"),
                         help="probe split: S1 random per action (the paper's), S2 cross-subject")
-    parser.add_argument("--json", type=Path, help="also write the report to this file")
+    add_report_arguments(parser)   # the report is JSON either way
 
 
 def run(args: argparse.Namespace) -> int:
     if args.frame_step < 1:
         raise SystemExit(f"--frame-step must be >= 1, got {args.frame_step}")
     report = realism_report(args.data, args.frame_step, not args.no_probe, args.split)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit_report(args, report, json.dumps(report, indent=2))
     return 0

@@ -143,11 +143,6 @@ def path_phasors(tau, theta, freqs: np.ndarray) -> np.ndarray:
         * np.exp(-1j * np.pi * ant * np.sin(theta)[:, None, None])
 
 
-def static_channel(gain, tau, theta, freqs: np.ndarray) -> np.ndarray:
-    """[3,114] complex channel of the static paths (no body)."""
-    return np.einsum("p,pas->as", gain, path_phasors(tau, theta, freqs))
-
-
 # Shadowing weight of each scatterer (joints, then bone midpoints), relative to the torso (1.0).
 SHADOW_WEIGHT = np.array([0.6, 0.3, 0.25, 0.15, 0.3, 0.25, 0.15, 0.7, 0.7, 0.3, 0.4, 0.3, 0.2, 0.12, 0.3, 0.2, 0.12]
                          + [0.3, 0.25, 0.2, 0.3, 0.25, 0.2, 1.0, 1.0, 0.35, 0.35, 0.3, 0.25, 0.15, 0.3, 0.25, 0.15])

@@ -8,7 +8,10 @@ const COLORS = { left: 0x3b9cff, right: 0xff7043, centre: 0xd0d7de, gt: 0x7ee787
 const DEGRADED_WARN = 0.3;   // score shown as a warning below the degraded flag
 const stations = new Map();  // name -> card state
 const stats = { shown: [], latencies: [] };   // display times (ms) and pose->screen latencies (ms)
-window.viewerStats = { frames: 0, updatesPerSecond: 0, latencyP50Ms: null, latencyP95Ms: null, latencies: [] };
+// frames: drawn; arrived: received from the server (several arriving within one animation frame
+// are drawn once, newest wins); first/lastDrawnMs: performance.now() of the first and last drawn.
+window.viewerStats = { frames: 0, arrived: 0, firstDrawnMs: null, lastDrawnMs: null, updatesPerSecond: 0,
+  latencyP50Ms: null, latencyP95Ms: null, latencies: [] };
 let config = null;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -30,7 +33,7 @@ function makeScene(container) {
     container.insertAdjacentHTML("beforeend", '<div class="no-webgl">WebGL is not available in this browser: the 3D view is off.</div>');
     return null;
   }
-  const renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+  const renderer = new THREE.WebGLRenderer({ antialias: false, preserveDrawingBuffer: true });
   renderer.setPixelRatio(window.devicePixelRatio || 1);
   container.prepend(renderer.domElement);
   const scene = new THREE.Scene();
@@ -72,7 +75,7 @@ function makeScene(container) {
   joints.visible = false;
   scene.add(joints);
   const clouds = {};
-  for (const [name, color, size] of [["lidar", 0x8b98a5, 0.015], ["mmwave", 0xd29922, 0.05]]) {
+  for (const [name, color, size] of [["lidar", 0xaab4be, 0.025], ["mmwave", 0xd29922, 0.05]]) {
     const g = new THREE.BufferGeometry();
     g.setAttribute("position", new THREE.BufferAttribute(new Float32Array(0), 3));
     clouds[name] = new THREE.Points(g, new THREE.PointsMaterial({ size, color, transparent: true, opacity: 0.7 }));
@@ -130,7 +133,9 @@ function resize(view) {
     view.renderer.setSize(w, h, false);
     view.camera.aspect = w / Math.max(h, 1);
     view.camera.updateProjectionMatrix();
+    return true;
   }
+  return false;
 }
 
 // ------------------------------------------------------------------ station cards
@@ -169,23 +174,37 @@ function statusOf(frame, i) {
 }
 
 function renderRehab(node, rehab) {
+  // The `rehab` map of the pose stream (docs/wire.md): exercise, reps, last_rom_deg, angles_deg
+  // {channel: degrees}, completed (the last repetition). Unknown keys are listed as they come.
   const box = $(".rehab", node);
   if (!rehab || typeof rehab !== "object") { box.hidden = true; return; }
   box.hidden = false;
-  const summary = [], rows = [];
-  const add = (key, value) => {
-    if (typeof value === "number") rows.push([key, fmt(value, Number.isInteger(value) ? 0 : 1)]);
-    else if (typeof value === "string" || typeof value === "boolean") rows.push([key, String(value)]);
-    else if (Array.isArray(value)) rows.push([key, value.map((v) => (typeof v === "number" ? fmt(v, 1) : String(v))).join(", ")]);
-    else if (value && typeof value === "object") for (const [k, v] of Object.entries(value)) add(`${key}.${k}`, v);
-  };
-  for (const [k, v] of Object.entries(rehab)) {
-    if (/rep|count/i.test(k) && typeof v === "number") summary.push(`<span>${k} <b class="mono" data-rehab="${k}">${v}</b></span>`);
-    else if (/rom/i.test(k) && typeof v === "number") summary.push(`<span>${k} <b class="mono" data-rehab="${k}">${fmt(v, 1)}</b></span>`);
-    else add(k, v);
-  }
+  const esc = (x) => String(x).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
+  const summary = [];
+  if (rehab.exercise) summary.push(`<span>exercise <b data-rehab="exercise">${esc(rehab.exercise)}</b></span>`);
+  if (rehab.reps !== undefined && rehab.reps !== null) summary.push(`<span>repetitions <b class="mono" data-rehab="reps">${rehab.reps}</b></span>`);
+  if (rehab.last_rom_deg !== undefined) summary.push(`<span>last ROM <b class="mono" data-rehab="last_rom_deg">${rehab.last_rom_deg === null ? "-" : fmt(rehab.last_rom_deg, 1) + "°"}</b></span>`);
   $(".rehab-summary", node).innerHTML = summary.join("");
-  $(".rehab-angles tbody", node).innerHTML = rows.map(([k, v]) => `<tr><td>${k}</td><td class="mono">${v}</td></tr>`).join("");
+  const rows = [];
+  const add = (key, value) => {
+    if (value === null || value === undefined) rows.push([key, "-"]);
+    else if (typeof value === "number") rows.push([key, fmt(value, Number.isInteger(value) ? 0 : 1)]);
+    else if (Array.isArray(value)) rows.push([key, value.map((v) => (typeof v === "number" ? fmt(v, 1) : String(v))).join(", ")]);
+    else if (typeof value === "object") for (const [k, v] of Object.entries(value)) add(`${key}.${k}`, v);
+    else rows.push([key, String(value)]);
+  };
+  for (const [k, v] of Object.entries(rehab.angles_deg || {})) {
+    rows.push([`${k}${k === rehab.principal ? " ◀" : ""}`, v === null ? "-" : `${fmt(v, 1)}°`]);
+  }
+  if (rehab.completed) {
+    const c = rehab.completed;
+    const flags = [c.degraded ? "degraded" : "", c.low_confidence ? "low confidence" : ""].filter(Boolean).join(", ");
+    rows.push(["last repetition", `#${c.index ?? "-"} ${c.side ?? ""} · ROM ${fmt(c.rom_deg, 1)}° · ${fmt(c.duration_s, 1)} s` +
+      ` · fused ${fmt((c.fused_fraction ?? 0) * 100, 0)}%${flags ? " · " + flags : ""}`]);
+  }
+  const known = new Set(["exercise", "reps", "last_rom_deg", "angles_deg", "completed", "principal", "session"]);
+  for (const [k, v] of Object.entries(rehab)) if (!known.has(k)) add(k, v);
+  $(".rehab-angles tbody", node).innerHTML = rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td class="mono">${esc(v)}</td></tr>`).join("");
 }
 
 function renderPanel(st, frame) {
@@ -214,6 +233,7 @@ function renderPanel(st, frame) {
 }
 
 function show(frame) {
+  window.viewerStats.arrived += 1;
   const st = stationCard(frame.station);
   st.frame = frame;
   st.dirty = true;
@@ -236,9 +256,11 @@ function loop() {
       st.dirty = false;
     }
     if (st.view) {
-      resize(st.view);
-      st.view.controls.update();
-      st.view.renderer.render(st.view.scene, st.view.camera);
+      // Draw only when something changed (a frame, the camera moving, a resize): the page stays
+      // cheap on a station's CPU, where WebGL may be software-rendered.
+      const resized = resize(st.view);
+      const moved = st.view.controls.update();
+      if (fresh || moved || resized) st.view.renderer.render(st.view.scene, st.view.camera);
     }
     if (fresh) {
       stats.shown.push(t);
@@ -247,6 +269,8 @@ function loop() {
         if (stats.latencies.length > 600) stats.latencies.shift();
       }
       window.viewerStats.frames += 1;
+      if (window.viewerStats.firstDrawnMs === null) window.viewerStats.firstDrawnMs = t;
+      window.viewerStats.lastDrawnMs = t;
     }
   }
   while (stats.shown.length && stats.shown[0] < t - 5000) stats.shown.shift();

@@ -1,0 +1,185 @@
+"""Joint angles (degrees) from the 17-joint Human3.6M pose, and their causal smoothing.
+
+Definitions (docs/rehab.md has the figures). Joints in the camera frame (x right, y down, z depth),
+any units; "left" and "right" are the subject's. Frames built from the pose at each tick:
+
+* hip line ``l`` = left hip - right hip (points to the subject's left); trunk axis ``u`` = thorax -
+  pelvis; world up ``w`` = -y (a level camera);
+* pelvis frame: lateral ``l_p`` = ``l``; up ``u_p`` = ``u`` made orthogonal to ``l_p``; forward
+  ``f_p = l_p x u_p``;
+* trunk frame: lateral ``l_t`` = left shoulder - right shoulder made orthogonal to ``u``; up ``u``;
+  forward ``f_t = l_t x u``;
+* level frame (for the trunk lean): lateral ``l_w`` = ``l`` made horizontal; up ``w``; forward
+  ``f_w = l_w x w``.
+
+Angles (``CHANNELS`` order; limbs per side, 0 in the standing rest pose):
+
+==========================  =========================================================================
+``knee_flexion``            angle between thigh (hip->knee) and shank (knee->ankle); 0 = straight
+``hip_flexion``             thigh in the pelvis sagittal plane (normal ``l_p``) from the trunk's down
+                            axis ``-u_p``, positive forward: ``atan2(thigh.f_p, -thigh.u_p)``
+``hip_abduction``           thigh out of the pelvis sagittal plane, positive outward (after the
+                            flexion, as in a flexion-abduction Cardan sequence): ``asin(thigh.l_p)``
+``elbow_flexion``           angle between upper arm (shoulder->elbow) and forearm (elbow->wrist)
+``shoulder_flexion``        upper arm in the trunk sagittal plane (normal ``l_t``) from ``-u``, positive
+                            forward (90 = arm forward horizontal, 180 = overhead)
+``shoulder_abduction``      upper arm in the trunk frontal plane (normal ``f_t``), positive outward
+                            (90 = arm out sideways, 180 = overhead)
+``trunk_lean_sagittal``     trunk axis from the vertical in the level sagittal plane, positive forward
+``trunk_lean_frontal``      trunk axis from the vertical in the level frontal plane, positive towards
+                            the subject's left
+==========================  =========================================================================
+
+Projected (planar) angles are wrapped into (-90, 270] so an arm raised overhead never flips sign.
+A planar angle is undefined (NaN, and the smoothed value holds) while the limb lies within 20 deg
+of the plane's normal: shoulder abduction with the arm straight forward, shoulder flexion with the
+arm straight out sideways, hip flexion with the thigh straight out sideways.
+
+Smoothing: a causal Butterworth low-pass (``scipy.signal``; order 2, 3 Hz at 10 Hz by default:
+well under 0.1 s of delay, keeps the content of exercise movements, which repeat at < 1 Hz but
+can start sharply, as a knee lifted in mark time) run tick by tick with its
+own state, started in steady state at the first value. A tick without a pose, or a non-finite
+angle, holds the last smoothed value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import signal
+
+from sensors import schema
+
+J = schema.JOINT_INDEX
+ANGLE_NAMES, LIMB_ANGLES, TRUNK_ANGLES = schema.ANGLE_NAMES, schema.LIMB_ANGLES, schema.TRUNK_ANGLES
+SIDES, NO_SIDE = schema.ANGLE_SIDES, schema.NO_SIDE
+# (angle, side) of every channel, in the order of the arrays this module returns.
+CHANNELS: tuple[tuple[str, str], ...] = schema.ANGLE_CHANNELS
+CHANNEL_INDEX: dict[tuple[str, str], int] = {c: i for i, c in enumerate(CHANNELS)}
+N_CHANNELS = len(CHANNELS)
+WORLD_UP = np.array([0.0, -1.0, 0.0])   # camera y points down
+UNDEFINED_WITHIN_DEG = 20.0              # a planar angle is undefined this close to the plane's normal
+
+
+def channel_key(angle: str, side: str) -> str:
+    """``knee_flexion_left`` ... ``trunk_lean_frontal`` (the wire and report name of a channel)."""
+    return angle if side == NO_SIDE else f"{angle}_{side}"
+
+
+CHANNEL_KEYS: tuple[str, ...] = tuple(channel_key(a, s) for a, s in CHANNELS)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(n > 1e-12, n, 1.0)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=-1)
+
+
+def _orthogonal(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Unit part of ``v`` orthogonal to the unit ``axis``."""
+    return _unit(v - _dot(v, axis)[..., None] * axis)
+
+
+def _between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Unsigned angle (degrees) between vectors, robust near 0 and 180."""
+    return np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), _dot(a, b)))
+
+
+def _planar(v: np.ndarray, positive: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """Angle (degrees) of ``v`` projected on the plane spanned by unit ``zero`` (0 deg) and
+    ``positive`` (90 deg), wrapped into (-90, 270]; NaN when ``v`` lies within
+    ``UNDEFINED_WITHIN_DEG`` of the plane's normal (the projection says nothing there)."""
+    x, y = _dot(v, zero), _dot(v, positive)
+    a = np.degrees(np.arctan2(y, x))
+    a = np.where(a <= -90.0, a + 360.0, a)
+    defined = np.hypot(x, y) >= np.sin(np.radians(UNDEFINED_WITHIN_DEG)) * np.linalg.norm(v, axis=-1)
+    return np.where(defined, a, np.nan)
+
+
+def _out_of_plane(v: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """Angle (degrees) of ``v`` out of the plane with unit ``normal``, positive towards it."""
+    return np.degrees(np.arcsin(np.clip(_dot(_unit(v), normal), -1.0, 1.0)))
+
+
+def joint_angles(joints: np.ndarray) -> np.ndarray:
+    """joints [..., 17, 3] -> angles [..., N_CHANNELS] in degrees, ``CHANNELS`` order."""
+    p = np.asarray(joints, np.float64)
+    if p.shape[-2:] != (schema.N_JOINTS, 3):
+        raise ValueError(f"joint_angles: expected joints [..., {schema.N_JOINTS}, 3] (H36M-17), got {p.shape}")
+    lhip, rhip = p[..., J["left_hip"], :], p[..., J["right_hip"], :]
+    up = _unit(p[..., J["thorax"], :] - p[..., J["pelvis"], :])
+    lat_p = _unit(lhip - rhip)
+    up_p = _orthogonal(up, lat_p)
+    fwd_p = np.cross(lat_p, up_p)
+    lat_t = _orthogonal(p[..., J["left_shoulder"], :] - p[..., J["right_shoulder"], :], up)
+    fwd_t = np.cross(lat_t, up)
+    w = np.broadcast_to(WORLD_UP, up.shape)
+    lat_w = _orthogonal(lhip - rhip, w)
+    fwd_w = np.cross(lat_w, w)
+    out = {}
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        hip, knee, ankle = (p[..., J[f"{side}_{j}"], :] for j in ("hip", "knee", "ankle"))
+        sh, el, wr = (p[..., J[f"{side}_{j}"], :] for j in ("shoulder", "elbow", "wrist"))
+        thigh, shank, upper, fore = knee - hip, ankle - knee, el - sh, wr - el
+        out[("knee_flexion", side)] = _between(thigh, shank)
+        out[("hip_flexion", side)] = _planar(thigh, fwd_p, -up_p)
+        out[("hip_abduction", side)] = _out_of_plane(thigh, sign * lat_p)
+        out[("elbow_flexion", side)] = _between(upper, fore)
+        out[("shoulder_flexion", side)] = _planar(upper, fwd_t, -up)
+        out[("shoulder_abduction", side)] = _planar(upper, sign * lat_t, -up)
+    out[("trunk_lean_sagittal", NO_SIDE)] = _planar(up, fwd_w, w)
+    out[("trunk_lean_frontal", NO_SIDE)] = _planar(up, lat_w, w)
+    return np.stack([out[c] for c in CHANNELS], axis=-1)
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """Causal low-pass of the angles: Butterworth ``order``, ``cutoff_hz`` at the tick rate."""
+
+    cutoff_hz: float = 3.0
+    order: int = 2
+    rate_hz: float = schema.FRAME_RATE_HZ
+
+    def __post_init__(self):
+        if not 0 < self.cutoff_hz < self.rate_hz / 2:
+            raise ValueError(f"angle smoothing cutoff_hz must be in (0, rate_hz/2 = {self.rate_hz / 2}), "
+                             f"got {self.cutoff_hz}")
+        if not 1 <= self.order <= 8:
+            raise ValueError(f"angle smoothing order must be in 1..8, got {self.order}")
+
+
+class AngleFilter:
+    """Tick-by-tick causal smoothing of ``n`` angle channels (state kept between calls)."""
+
+    def __init__(self, n: int = N_CHANNELS, config: SmoothingConfig = SmoothingConfig()):
+        self.config = config
+        self.sos = signal.butter(config.order, config.cutoff_hz, btype="low", output="sos", fs=config.rate_hz)
+        self._zi0 = signal.sosfilt_zi(self.sos)           # [sections, 2] for a unit step
+        self.n = n
+        self.state: np.ndarray | None = None              # [sections, n, 2]
+        self.last: np.ndarray | None = None
+
+    def update(self, values: np.ndarray | None) -> np.ndarray | None:
+        """values [n] (NaN = unknown) or None (no pose) -> smoothed [n], or None before the first pose."""
+        if values is None:
+            return None if self.last is None else self.last.copy()
+        x = np.asarray(values, np.float64).reshape(self.n)
+        if self.state is None:
+            if not np.all(np.isfinite(x)):
+                x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            self.state = self._zi0[:, None, :] * x[None, :, None]
+            self.last = x.copy()
+        x = np.where(np.isfinite(x), x, self.last)
+        y, self.state = signal.sosfilt(self.sos, x[:, None], axis=-1, zi=self.state)
+        self.last = y[:, 0]
+        return self.last.copy()
+
+
+def smooth_series(angles: np.ndarray, config: SmoothingConfig = SmoothingConfig()) -> np.ndarray:
+    """angles [T, n] -> the same causal smoothing as ``AngleFilter`` tick by tick (offline use)."""
+    f = AngleFilter(angles.shape[1], config)
+    return np.stack([f.update(a) for a in angles]) if len(angles) else np.zeros_like(angles)

@@ -1,0 +1,297 @@
+"""Rehabilitation monitoring of one station, tick by tick: joint angles, repetitions of the current
+exercise with their range of motion, and how much to trust each repetition.
+
+    monitor = RehabMonitor(RehabConfig(exercise="A12"), rate_hz=10)
+    out = monitor.update(tick, tick_ns, pose, presence, degraded, shares)   # every tick
+    out.angles, out.count, out.last_rom_deg, out.completed                  # see RehabTick
+
+The current exercise comes from the config (``rehab.exercise``), the command line (``runtime
+serve --exercise A12``) or a client: any input message whose wire header carries ``exercise``
+(and optionally ``session``) switches to it at the first tick at or after that message's capture
+time. A switch ends the current segment (its repetition still falling is completed there) and
+starts a new one. An empty or unknown code is the generic mode: every angle is watched, and the
+one that moved through the most range in counted repetitions is reported.
+
+Pure (no I/O); ``runtime.pipeline`` calls it from ``step`` and puts the result on ``TickResult``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime import angles as ang
+from runtime.exercises import EXERCISES, GENERIC_MIN_ROM_DEG, UNKNOWN, Exercise, get_exercise
+from runtime.repetitions import CounterConfig, Repetition, RepetitionCounter
+from runtime.trust import TrustConfig, TrustTracker
+from sensors import schema
+
+MAX_SEGMENTS = 200          # segments kept in memory (the live runtime needs only the current one)
+
+
+@dataclass(frozen=True)
+class RehabConfig:
+    """``exercise``: MM-Fi code of the current exercise (A01 ...), "" = unknown until a client says."""
+
+    enabled: bool = True
+    exercise: str = ""
+    cutoff_hz: float = 3.0              # causal Butterworth low-pass of the angles
+    filter_order: int = 2
+    key_modalities: tuple[str, ...] = ("rgb", "lidar")
+    low_confidence_fraction: float = 0.5
+    history_s: float = 300.0            # angle and trust history kept for the repetitions' figures
+
+    def __post_init__(self):
+        object.__setattr__(self, "key_modalities", tuple(self.key_modalities))
+        code = str(self.exercise or "").strip().upper()
+        if code and code != UNKNOWN.upper() and code not in EXERCISES:
+            raise ValueError(f"rehab.exercise: expected one of {', '.join(EXERCISES)} (protocol P2) or empty for "
+                             f"an unknown exercise, got {self.exercise!r}")
+        object.__setattr__(self, "exercise", "" if code == UNKNOWN.upper() else code)
+        if self.history_s <= 0:
+            raise ValueError(f"rehab.history_s must be > 0, got {self.history_s}")
+        ang.SmoothingConfig(self.cutoff_hz, self.filter_order)   # validates
+        TrustConfig(self.key_modalities, self.low_confidence_fraction)
+
+
+@dataclass
+class Segment:
+    """One stretch of ticks with the same exercise and session."""
+
+    exercise: Exercise | None
+    session: str | None
+    start_tick: int
+    start_ns: int
+    end_tick: int = -1
+    reps: list[dict] = field(default_factory=list)    # completed repetitions (Repetition.to_dict + extras)
+
+    @property
+    def code(self) -> str:
+        return UNKNOWN if self.exercise is None else self.exercise.code
+
+
+@dataclass
+class RehabTick:
+    """What the monitor says at one tick."""
+
+    angles: np.ndarray | None          # [N_CHANNELS] smoothed degrees (angles.CHANNELS), None before a pose
+    exercise: str                      # code or "unknown"
+    session: str | None
+    principal: str | None              # channel key counted (generic mode: the one moving most)
+    count: int                         # repetitions counted in the current segment
+    last_rom_deg: float | None
+    counted: list[Repetition] = field(default_factory=list)    # counted at this tick
+    completed: list[dict] = field(default_factory=list)        # completed at this tick (with trust)
+
+    def header(self) -> dict:
+        """The ``rehab`` map of the pose message header (docs/wire.md)."""
+        last = self.completed[-1] if self.completed else None
+        return {
+            "exercise": self.exercise, "session": self.session, "principal": self.principal,
+            "reps": int(self.count),
+            "last_rom_deg": None if self.last_rom_deg is None else round(float(self.last_rom_deg), 2),
+            "angles_deg": None if self.angles is None else
+            {k: (None if not np.isfinite(v) else round(float(v), 2)) for k, v in zip(ang.CHANNEL_KEYS, self.angles)},
+            "completed": None if last is None else {k: last[k] for k in COMPLETED_KEYS if k in last},
+        }
+
+
+COMPLETED_KEYS = ("index", "side", "start_s", "end_s", "rom_deg", "peak_deg", "duration_s", "fused_fraction",
+                  "degraded", "low_confidence")
+
+
+class RehabMonitor:
+    def __init__(self, config: RehabConfig = RehabConfig(), rate_hz: float = schema.FRAME_RATE_HZ):
+        self.config = config
+        self.rate_hz = rate_hz
+        self.filter = ang.AngleFilter(ang.N_CHANNELS, ang.SmoothingConfig(config.cutoff_hz, config.filter_order,
+                                                                          rate_hz))
+        self.trust = TrustTracker(TrustConfig(config.key_modalities, config.low_confidence_fraction,
+                                              max(10, int(config.history_s * rate_hz))))
+        self._history: deque[tuple[int, np.ndarray]] = deque(maxlen=max(10, int(config.history_s * rate_hz)))
+        self._requests: deque[tuple[int, str, str | None]] = deque(maxlen=64)
+        self.segments: deque[Segment] = deque(maxlen=MAX_SEGMENTS)
+        self._wanted: tuple[str, str | None] = (config.exercise, None)
+        self._applied_ns = -(2 ** 63)
+        self._counters: dict[str, RepetitionCounter] = {}
+        self.last_rom: float | None = None
+
+    # ------------------------------------------------------------------ exercise
+    def request(self, t_ns: int, exercise: str | None, session: str | None = None) -> None:
+        """A client said: from capture time ``t_ns`` on, the exercise is ``exercise`` (session id
+        optional). Repeats of the value in effect at ``t_ns`` and fields older than the last tick
+        (a late message) change nothing."""
+        code = str(exercise or "").strip().upper()[:16]
+        item = (code, None if session is None else str(session)[:128])
+        t_ns = int(t_ns)
+        if t_ns < self._applied_ns:
+            return
+        earlier = [r for r in self._requests if r[0] <= t_ns]
+        if (earlier[-1][1:] if earlier else self._wanted) == item:
+            return
+        self._requests.append((t_ns, *item))
+        self._requests = deque(sorted(self._requests), maxlen=self._requests.maxlen)
+
+    def _apply_requests(self, tick_ns: int) -> None:
+        self._applied_ns = max(self._applied_ns, tick_ns)
+        while self._requests and self._requests[0][0] <= tick_ns:
+            _, code, session = self._requests.popleft()
+            self._wanted = (code, session)
+
+    @property
+    def current(self) -> Segment | None:
+        return self.segments[-1] if self.segments else None
+
+    def _start_segment(self, tick: int, tick_ns: int) -> Segment:
+        code, session = self._wanted
+        ex = get_exercise(code)
+        self._finish_segment()
+        seg = Segment(ex, session, tick, tick_ns)
+        self.segments.append(seg)
+        self.last_rom = None
+        if ex is None:
+            cfg = CounterConfig(min_rom_deg=GENERIC_MIN_ROM_DEG)
+            self._counters = {k: RepetitionCounter(cfg, side) for k, (_, side) in zip(ang.CHANNEL_KEYS, ang.CHANNELS)}
+        else:
+            cfg = CounterConfig(min_rom_deg=ex.min_rom_deg)
+            self._counters = {side: RepetitionCounter(cfg, side) for side in
+                              (("left", "right") if ex.mode == "alternating" else
+                               ("both",) if ex.mode == "both" else ex.sides)}
+        return seg
+
+    def _finish_segment(self) -> list[dict]:
+        seg = self.current
+        done = []
+        if seg is not None:
+            for key, counter in self._counters.items():
+                rep = counter.finish()
+                if rep is not None:
+                    done.append(self._complete(seg, key, rep))
+        return done
+
+    def finish(self) -> list[dict]:
+        """End of the stream: complete what is still falling (offline reports call this)."""
+        return self._finish_segment()
+
+    # ------------------------------------------------------------------ one tick
+    def update(self, tick: int, tick_ns: int, pose: np.ndarray | None, presence, degraded,
+               shares=None) -> RehabTick:
+        self._apply_requests(tick_ns)
+        seg = self.current
+        completed: list[dict] = []
+        if seg is None or (seg.code if seg.exercise else "", seg.session) != self._normalised_wanted():
+            completed += self._finish_segment()
+            seg = self._start_segment(tick, tick_ns)
+        seg.end_tick = tick
+        self.trust.add(tick, presence, degraded, shares)
+        raw = None if pose is None else ang.joint_angles(np.asarray(pose, np.float64))
+        smoothed = self.filter.update(raw)
+        counted: list[Repetition] = []
+        if smoothed is not None:
+            self._history.append((tick, smoothed))
+            t_s = (tick_ns - seg.start_ns) / 1e9
+            for key, counter in self._counters.items():
+                c, done = counter.update(tick, t_s, self._signal(seg.exercise, key, smoothed))
+                if c is not None:
+                    counted.append(c)
+                    if seg.exercise is not None or key == self._principal_key(seg):
+                        self.last_rom = c.rom_deg
+                if done is not None:
+                    completed.append(self._complete(seg, key, done))
+        principal = self._principal_key(seg)
+        count = (sum(c.count for c in self._counters.values()) if seg.exercise is not None
+                 else (self._counters[principal].count if principal else 0))
+        return RehabTick(smoothed, seg.code, seg.session, principal, count, self.last_rom, counted, completed)
+
+    def _normalised_wanted(self) -> tuple[str, str | None]:
+        code, session = self._wanted
+        return ((code if get_exercise(code) else ""), session)
+
+    @staticmethod
+    def _signal(ex: Exercise | None, key: str, a: np.ndarray) -> float:
+        if ex is None:
+            return float(a[ang.CHANNEL_KEYS.index(key)])
+        if key == "both":
+            pair = [a[ang.CHANNEL_INDEX[(ex.angle, s)]] for s in ("left", "right")]
+            return float(np.nanmean(pair)) if np.isfinite(pair).any() else float("nan")
+        return float(a[ang.CHANNEL_INDEX[(ex.angle, key)]])
+
+    def _principal_key(self, seg: Segment) -> str | None:
+        if seg.exercise is not None:
+            ex = seg.exercise
+            return ex.angle if ex.mode in ("both", "alternating", "none") else ang.channel_key(ex.angle, ex.mode)
+        moved = {k: sum(c.roms) for k, c in self._counters.items() if c.count}
+        return max(moved, key=moved.get) if moved else None
+
+    def _complete(self, seg: Segment, key: str, rep: Repetition) -> dict:
+        """A repetition with its end: per-side and secondary ranges, trust; stored in the segment."""
+        start, end = rep.start.tick, rep.end.tick
+        window = np.stack([a for t, a in self._history if start <= t <= end]) if self._history else None
+        d = rep.to_dict()
+        d["channel"] = key if seg.exercise is None else (
+            seg.exercise.angle if key == "both" else ang.channel_key(seg.exercise.angle, key))
+        d["start_ns"] = seg.start_ns + int(rep.start.t_s * 1e9)
+        d["end_ns"] = seg.start_ns + int(rep.end.t_s * 1e9)
+        if window is not None and len(window):
+            ranges = np.nanmax(window, axis=0) - np.nanmin(window, axis=0)
+            names = ([seg.exercise.angle, *seg.exercise.secondary] if seg.exercise is not None else [])
+            d["rom_by_channel_deg"] = {k: round(float(r), 2) for k, (a, _), r in
+                                       zip(ang.CHANNEL_KEYS, ang.CHANNELS, ranges) if a in names and np.isfinite(r)}
+            if seg.exercise is not None and seg.exercise.angle in ang.LIMB_ANGLES:
+                d["side_rom_deg"] = {s: d["rom_by_channel_deg"].get(ang.channel_key(seg.exercise.angle, s))
+                                     for s in ("left", "right")}
+        d.update(self.trust.over(start, end))
+        seg.reps.append(d)
+        return d
+
+
+def segment_summary(seg: Segment) -> dict:
+    """Per-segment figures: count, range of motion (mean/min/max), tempo, symmetry, trust."""
+    reps = seg.reps
+    roms = np.array([r["rom_deg"] for r in reps]) if reps else np.zeros(0)
+    durs = np.array([r["duration_s"] for r in reps if r["duration_s"] is not None])
+    out = {"exercise": seg.code, "name": "unknown exercise" if seg.exercise is None else seg.exercise.name,
+           "session": seg.session, "count": len(reps), "ticks": seg.end_tick - seg.start_tick + 1,
+           "principal": reps[0]["channel"] if reps else None,
+           "rom_mean_deg": _r(roms.mean()) if roms.size else None, "rom_min_deg": _r(roms.min()) if roms.size else None,
+           "rom_max_deg": _r(roms.max()) if roms.size else None,
+           "duration_mean_s": _r(durs.mean()) if durs.size else None,
+           "reps_per_min": None, "symmetry": None,
+           "low_confidence": sum(bool(r.get("low_confidence")) for r in reps),
+           "fused_fraction": _r(np.mean([r["fused_fraction"] for r in reps if r.get("fused_fraction") is not None]))
+           if reps else None}
+    if len(reps) >= 2:
+        span = (max(r["end_s"] or r["peak_s"] for r in reps) - min(r["start_s"] for r in reps))
+        out["reps_per_min"] = _r(60.0 * len(reps) / span) if span > 0 else None
+    out["symmetry"] = symmetry(seg)
+    return out
+
+
+def symmetry(seg: Segment) -> dict | None:
+    """Left/right symmetry within a segment: ``both`` from each repetition's per-side range,
+    ``alternating`` from the left and right repetitions. 100 = equal ranges."""
+    ex = seg.exercise
+    if ex is None or not seg.reps or ex.mode not in ("both", "alternating"):
+        return None
+    if ex.mode == "both":
+        left = [r["side_rom_deg"]["left"] for r in seg.reps if r.get("side_rom_deg", {}).get("left") is not None]
+        right = [r["side_rom_deg"]["right"] for r in seg.reps if r.get("side_rom_deg", {}).get("right") is not None]
+    else:
+        left = [r["rom_deg"] for r in seg.reps if r["side"] == "left"]
+        right = [r["rom_deg"] for r in seg.reps if r["side"] == "right"]
+    return symmetry_of(left, right)
+
+
+def symmetry_of(left: list[float], right: list[float]) -> dict | None:
+    if not left or not right:
+        return None
+    lm, rm = float(np.mean(left)), float(np.mean(right))
+    big = max(abs(lm), abs(rm))
+    return {"left_rom_deg": _r(lm), "right_rom_deg": _r(rm), "left_reps": len(left), "right_reps": len(right),
+            "symmetry_pct": _r(100.0 * min(abs(lm), abs(rm)) / big) if big > 0 else None}
+
+
+def _r(x, nd: int = 2):
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)

@@ -1,0 +1,426 @@
+"""Rehabilitation outputs: joint angles on hand-built skeletons, repetition counting on synthetic
+angle curves, the exercise monitor, trust marking under a LiDAR stop, the report and the truth
+side file of the generator."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from runtime import angles as ang
+from runtime.rehab import RehabConfig, RehabMonitor, segment_summary
+from runtime.repetitions import CounterConfig, RepetitionCounter
+from sensors import schema
+
+T0 = 1_700_000_000_000_000_000   # capture time of frame 0 in tests.test_pipeline.frame_messages
+J = schema.JOINT_INDEX
+RATE = 10.0
+PERIOD_NS = schema.FRAME_PERIOD_NS
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-built skeletons (camera frame: x = the subject's left when facing the camera, y down,
+# z away from the camera; the subject faces the camera, so "forward" is -z)
+# ----------------------------------------------------------------------------------------------
+UP, DOWN = np.array([0.0, -1.0, 0.0]), np.array([0.0, 1.0, 0.0])
+LEFT, FWD = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0])
+
+
+def _dir(deg: float, zero: np.ndarray, ninety: np.ndarray) -> np.ndarray:
+    a = np.radians(deg)
+    return np.cos(a) * zero + np.sin(a) * ninety
+
+
+def skeleton(knee=0.0, hip_flex=0.0, elbow=0.0, sh_flex=0.0, sh_abd=0.0, lean_fwd=0.0, lean_left=0.0,
+             side="left") -> np.ndarray:
+    """A standing skeleton [17, 3] with the given angles (degrees) on ``side``; the other side at rest."""
+    p = np.zeros((17, 3))
+    p[J["pelvis"]] = [0.0, 0.0, 3.0]
+    trunk = _dir(lean_fwd, UP, FWD)
+    trunk = _dir(lean_left, trunk, LEFT) if lean_left else trunk
+    p[J["spine"]] = p[J["pelvis"]] + 0.25 * trunk
+    p[J["thorax"]] = p[J["pelvis"]] + 0.5 * trunk
+    p[J["neck_nose"]] = p[J["thorax"]] + 0.12 * trunk
+    p[J["head"]] = p[J["neck_nose"]] + 0.08 * trunk
+    for s, sign in (("left", 1.0), ("right", -1.0)):
+        on = s == side
+        hip = p[J["pelvis"]] + sign * 0.11 * LEFT
+        thigh = _dir(hip_flex if on else 0.0, DOWN, FWD)
+        # knee bends the shank backwards in the sagittal plane of the thigh
+        back = np.cross(LEFT, thigh)   # thigh rotated by -90 deg about the lateral axis: towards the back
+        shank = _dir(knee if on else 0.0, thigh, back)
+        p[J[f"{s}_hip"]] = hip
+        p[J[f"{s}_knee"]] = hip + 0.41 * thigh
+        p[J[f"{s}_ankle"]] = p[J[f"{s}_knee"]] + 0.39 * shank
+        lateral = np.cross(trunk, np.cross(LEFT, trunk))   # LEFT made orthogonal to the trunk
+        lateral /= np.linalg.norm(lateral)
+        sh = p[J["thorax"]] + sign * 0.17 * lateral
+        down_t = -trunk
+        fwd_t = np.cross(lateral, trunk)
+        if on and sh_abd:
+            upper = _dir(sh_abd, down_t, sign * lateral)
+        else:
+            upper = _dir(sh_flex if on else 0.0, down_t, fwd_t)
+        fore = _dir(elbow if on else 0.0, upper, fwd_t if abs(upper @ fwd_t) < 0.9 else UP)
+        p[J[f"{s}_shoulder"]] = sh
+        p[J[f"{s}_elbow"]] = sh + 0.25 * upper
+        p[J[f"{s}_wrist"]] = p[J[f"{s}_elbow"]] + 0.25 * fore
+    return p
+
+
+def angle_of(p: np.ndarray, angle: str, side: str = "left") -> float:
+    return float(ang.joint_angles(p)[ang.CHANNEL_INDEX[(angle, side)]])
+
+
+def _yaw(p: np.ndarray, deg: float) -> np.ndarray:
+    a = np.radians(deg)
+    r = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    c = p[J["pelvis"]]
+    return (p - c) @ r.T + c + np.array([0.3, -0.1, 0.5])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("kwargs, angle, expected", [
+    ({}, "knee_flexion", 0.0), ({"knee": 90}, "knee_flexion", 90.0), ({"knee": 130}, "knee_flexion", 130.0),
+    ({"hip_flex": 90}, "hip_flexion", 90.0), ({"hip_flex": -20}, "hip_flexion", -20.0),
+    ({"elbow": 90}, "elbow_flexion", 90.0), ({"elbow": 45}, "elbow_flexion", 45.0),
+    ({"sh_flex": 90}, "shoulder_flexion", 90.0), ({"sh_flex": 170}, "shoulder_flexion", 170.0),
+    ({"sh_abd": 90}, "shoulder_abduction", 90.0), ({"sh_abd": 175}, "shoulder_abduction", 175.0),
+])
+def test_limb_angles_on_hand_built_skeletons(kwargs, angle, expected, side):
+    p = skeleton(side=side, **kwargs)
+    assert angle_of(p, angle, side) == pytest.approx(expected, abs=0.01)
+    # the same pose turned 40 deg about the vertical and moved: the angles do not change
+    assert angle_of(_yaw(p, 40.0), angle, side) == pytest.approx(expected, abs=0.01)
+    other = "right" if side == "left" else "left"
+    if angle in ("knee_flexion", "elbow_flexion"):
+        assert angle_of(p, angle, other) == pytest.approx(0.0, abs=0.01)
+
+
+def test_trunk_lean_and_hip_flexion_relative_to_the_trunk():
+    p = skeleton(lean_fwd=30.0)
+    a = ang.joint_angles(p)
+    assert a[ang.CHANNEL_INDEX[("trunk_lean_sagittal", "none")]] == pytest.approx(30.0, abs=0.01)
+    assert a[ang.CHANNEL_INDEX[("trunk_lean_frontal", "none")]] == pytest.approx(0.0, abs=0.01)
+    # thighs hang straight down: flexed 30 deg relative to the forward-leaning trunk
+    assert a[ang.CHANNEL_INDEX[("hip_flexion", "left")]] == pytest.approx(30.0, abs=0.01)
+    q = skeleton(lean_left=20.0)
+    b = ang.joint_angles(q)
+    assert b[ang.CHANNEL_INDEX[("trunk_lean_frontal", "none")]] == pytest.approx(20.0, abs=0.01)
+    assert b[ang.CHANNEL_INDEX[("trunk_lean_sagittal", "none")]] == pytest.approx(0.0, abs=0.01)
+
+
+def test_planar_angle_is_undefined_along_the_plane_normal_and_the_filter_holds():
+    p = skeleton(sh_flex=90.0)               # arm straight forward: abduction says nothing
+    assert np.isnan(angle_of(p, "shoulder_abduction"))
+    f = ang.AngleFilter()
+    first = f.update(ang.joint_angles(skeleton(sh_abd=30.0)))
+    held = f.update(ang.joint_angles(p))
+    i = ang.CHANNEL_INDEX[("shoulder_abduction", "left")]
+    assert np.isfinite(held[i]) and held[i] == pytest.approx(first[i], abs=1e-9)
+    with pytest.raises(ValueError, match="expected joints"):
+        ang.joint_angles(np.zeros((16, 3)))
+
+
+def test_smoothing_is_causal_and_the_same_offline_and_tick_by_tick():
+    rng = np.random.default_rng(0)
+    x = np.cumsum(rng.normal(size=(50, ang.N_CHANNELS)), axis=0)
+    f = ang.AngleFilter()
+    online = np.stack([f.update(v) for v in x])
+    np.testing.assert_allclose(online, ang.smooth_series(x), atol=1e-12)
+    y = x.copy()
+    y[30:] += 100.0                          # a change in the future does not move the past
+    np.testing.assert_allclose(ang.smooth_series(y)[:30], online[:30], atol=1e-12)
+    steady = ang.smooth_series(np.full((5, ang.N_CHANNELS), 42.0))
+    np.testing.assert_allclose(steady, 42.0)  # starts in steady state: no ramp from 0
+
+
+def test_knee_and_elbow_flexion_equal_the_generators_bend_channels():
+    from sensors.simulate.truth import truth_of
+
+    joints, channels = _kinematics("A12", "S03", 1)
+    a = ang.joint_angles(joints.astype(np.float32).astype(np.float64))   # as stored: float32
+    ch = truth_of("A12", channels)["channels_deg"]
+    for side, s in (("left", "L"), ("right", "R")):
+        np.testing.assert_allclose(a[:, ang.CHANNEL_INDEX[("knee_flexion", side)]], ch[f"{s}_knee"], atol=0.01)
+        np.testing.assert_allclose(a[:, ang.CHANNEL_INDEX[("elbow_flexion", side)]], ch[f"{s}_elbow"], atol=0.01)
+
+
+# ----------------------------------------------------------------------------------------------
+# Repetition counting on synthetic angle curves
+# ----------------------------------------------------------------------------------------------
+def synthetic_session(rng, noise_deg=2.0):
+    """Raised-cosine repetitions (different ranges and durations) with pauses at rest and at the
+    top, plus small wobbles that are no repetitions. Returns (signal [T], true ROMs)."""
+    parts, roms = [np.full(20, 5.0)], []
+    plan = [(80, 3.0, 0), (70, 2.5, 0), (90, 3.5, 15), (60, 2.0, 0), (85, 3.0, 0), (75, 4.0, 0)]
+    for k, (rom, dur, hold) in enumerate(plan):
+        n = int(dur * RATE)
+        up = 5.0 + rom * (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n // 2)))
+        down = up[::-1]
+        parts += [up, np.full(hold, 5.0 + rom), down]
+        roms.append(rom)
+        if k == 2:
+            parts.append(np.full(30, 5.0))                    # 3 s pause at rest
+            parts.append(5.0 + 6.0 * np.sin(np.linspace(0, 4 * np.pi, 30)) ** 2)   # wobbles of 6 deg
+        parts.append(np.full(int(rng.uniform(2, 8)), 5.0))
+    parts.append(np.full(25, 5.0))
+    sig = np.concatenate(parts)
+    return sig + rng.normal(0, noise_deg, sig.size), roms
+
+
+def run_counter(sig, cfg: CounterConfig | None = None):
+    c = RepetitionCounter(cfg or CounterConfig(min_rom_deg=30.0), "left")
+    counted, done, counts = [], [], []
+    smooth = ang.smooth_series(sig[:, None])[:, 0]
+    for i, v in enumerate(smooth):
+        got, fin = c.update(i, i / RATE, v)
+        counted += [got] if got else []
+        done += [fin] if fin else []
+        counts.append(c.count)
+    last = c.finish()
+    return counted, done + ([last] if last else []), counts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_counts_repetitions_exactly_through_noise_pauses_and_wobbles(seed):
+    sig, roms = synthetic_session(np.random.default_rng(seed))
+    counted, done, counts = run_counter(sig)
+    assert len(counted) == len(roms) and len(done) == len(roms)
+    np.testing.assert_allclose([r.rom_deg for r in done], roms, atol=6.0)   # noise 2 deg, smoothed
+    assert all(r.end is not None and r.duration_s > 1.0 for r in done)
+    assert [r.index for r in done] == list(range(1, len(roms) + 1))
+    assert counts == sorted(counts)          # the live count only rises
+
+
+def test_no_repetition_in_noise_or_in_small_movements():
+    rng = np.random.default_rng(5)
+    counted, _, _ = run_counter(20.0 + rng.normal(0, 3.0, 600))
+    assert counted == []
+    small = 20.0 + 12.0 * np.sin(np.linspace(0, 20 * np.pi, 400))   # 24 deg peak to peak < 30 deg minimum
+    assert run_counter(small)[0] == []
+
+
+def test_live_count_rises_before_the_repetition_ends_and_a_hold_at_the_top_is_one_repetition():
+    t = np.arange(120) / RATE
+    sig = np.where(t < 2, 0.0, np.where(t < 4, 90 * (t - 2) / 2, np.where(t < 8, 90.0,
+                   np.where(t < 10, 90 - 90 * (t - 8) / 2, 0.0))))
+    counted, done, counts = run_counter(sig)
+    assert len(counted) == 1 and len(done) == 1
+    assert counts.index(1) < 100 and done[0].end.tick >= 99   # counted on the way down, ended at rest
+    assert done[0].rom_deg == pytest.approx(90.0, abs=1.0)
+
+
+def test_counter_settings_validate():
+    with pytest.raises(ValueError, match="min_rom_deg"):
+        CounterConfig(min_rom_deg=0)
+    with pytest.raises(ValueError, match="rehab.exercise"):
+        RehabConfig(exercise="A99")
+    assert RehabConfig(exercise="a12").exercise == "A12" and RehabConfig(exercise="unknown").exercise == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# The monitor: exercises, sides, switching, unknown exercise
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
+def _kinematics(action: str, subject="S02", seed=0):
+    """(joints [297, 17, 3], channels) of the generator's motion model only (no sensors: fast)."""
+    from sensors.simulate import kinematics
+    from sensors.simulate.body import make_subject
+    from sensors.simulate.environment import get_environment
+
+    env = get_environment(schema.environment_of(subject))
+    person = make_subject(subject, np.random.default_rng(seed), env)
+    channels = kinematics.action_channels(action, schema.FRAMES_PER_SEQUENCE, person, np.random.default_rng(seed + 1))
+    return kinematics.forward_kinematics(channels, person, env.camera_height_m), channels
+
+
+def _generated(action: str, subject="S02", seed=0) -> np.ndarray:
+    return _kinematics(action, subject, seed)[0]
+
+
+def _feed(mon: RehabMonitor, joints, start_tick=0, presence=None, degraded=None):
+    outs = []
+    for i, p in enumerate(joints):
+        k = start_tick + i
+        outs.append(mon.update(k, k * PERIOD_NS, p, np.ones(4) if presence is None else presence[i],
+                               np.zeros(4) if degraded is None else degraded[i], np.full(4, 0.25)))
+    return outs
+
+
+def test_monitor_counts_squats_with_symmetry_and_mark_time_per_side():
+    from runtime.exercises import EXERCISES
+    from runtime.rehab_eval import true_repetitions
+    from sensors.simulate.truth import truth_of
+
+    squat, channels = _kinematics("A12")
+    true = [r for r in true_repetitions(truth_of("A12", channels), squat, EXERCISES["A12"]) if r["complete"]]
+    mon = RehabMonitor(RehabConfig(exercise="A12"))
+    outs = _feed(mon, squat)
+    mon.finish()
+    seg = mon.current
+    summ = segment_summary(seg)
+    assert outs[-1].principal == "knee_flexion" and outs[-1].exercise == "A12"
+    assert summ["count"] == len(true) >= 5
+    np.testing.assert_allclose([r["rom_deg"] for r in seg.reps], [r["rom_deg"] for r in true], atol=2.0)
+    assert summ["symmetry"]["symmetry_pct"] > 95          # the generator's squat is symmetric
+    assert all(r["fused_fraction"] == 1.0 and not r["low_confidence"] for r in seg.reps)
+    march = RehabMonitor(RehabConfig(exercise="A06"))
+    _feed(march, _generated("A06"))
+    march.finish()
+    sides = [r["side"] for r in march.current.reps]
+    assert sides.count("left") >= 10 and abs(sides.count("left") - sides.count("right")) <= 1
+
+
+def test_exercise_switch_from_a_header_starts_a_new_segment_and_unknown_mode_finds_the_moving_angle():
+    squat, lunge = _generated("A12"), _generated("A09")
+    mon = RehabMonitor(RehabConfig())
+    _feed(mon, squat[:150])                                  # no exercise said: generic mode
+    assert mon.current.exercise is None
+    out = _feed(mon, squat[150:], start_tick=150)[-1]
+    assert out.exercise == "unknown" and out.principal in ("knee_flexion_left", "knee_flexion_right",
+                                                           "hip_flexion_left", "hip_flexion_right")
+    assert out.count >= 3
+    mon.request(300 * PERIOD_NS, "A09", "room-1/patient-7")
+    mon.request(300 * PERIOD_NS, "A09", "room-1/patient-7")  # repeats change nothing
+    mon.request(10 * PERIOD_NS, "A12", None)                 # a late message from the past is ignored
+    out = _feed(mon, lunge, start_tick=300)[-1]
+    assert out.exercise == "A09" and out.session == "room-1/patient-7" and out.principal == "knee_flexion_left"
+    assert len(mon.segments) == 2 and out.count >= 4
+    header = out.header()
+    assert set(header["angles_deg"]) == set(ang.CHANNEL_KEYS) and header["reps"] == out.count
+    json.dumps(header)                                       # plain values only (msgpack-able)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trust under an injected LiDAR stop (real pipeline flags, generated exercise poses)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from runtime.model import PoseModel
+    from training.export import export_untrained
+
+    path = export_untrained(tmp_path_factory.mktemp("model") / "tiny.onnx", preset="tiny", seed=0)
+    return PoseModel.load(path, provider="cpu", intra_op_threads=1)
+
+
+def test_repetitions_measured_after_a_lidar_stop_are_low_confidence(tiny_model):
+    from tests.test_pipeline import _cfg, _run_data_clock, frame_messages
+
+    n, stop_at = 200, 100
+    rng = np.random.default_rng(0)
+    messages = [m for k in range(n) for m in frame_messages(k, rng, skip=("lidar",) if k >= stop_at else ())]
+    for m in messages:                                       # the client says which exercise this is
+        m.extra.update(exercise="A12", session="s1")
+    pipe, results = _run_data_clock(tiny_model, messages, cfg=_cfg())
+    by_frame = {round((r.tick_ns - T0) / PERIOD_NS): r for r in results}
+    assert len(by_frame) >= n - 2 and results[-1].rehab is not None and results[-1].rehab.exercise == "A12"
+    lidar = schema.MODALITY_INDEX["lidar"]
+    flagged = [k for k, r in by_frame.items() if r.degradation.degraded[lidar]]
+    assert flagged and stop_at <= min(flagged) <= stop_at + 5   # the runtime flagged the stop
+    # The untrained model's poses do not move: replay its per-tick flags under a squat's poses.
+    frames = [by_frame.get(k) or by_frame[k - 1] for k in range(n)]
+    squat = _generated("A12", subject="S07")[:n]
+    mon = RehabMonitor(RehabConfig(exercise="A12"))
+    _feed(mon, squat, presence=[r.presence for r in frames],
+          degraded=[r.degradation.degraded.astype(float) for r in frames])
+    mon.finish()
+    reps = mon.current.reps
+    before = [r for r in reps if r["end_tick"] < stop_at]
+    after = [r for r in reps if r["start_tick"] > stop_at + 5]
+    assert before and after
+    assert all(not r["low_confidence"] and r["fused_fraction"] > 0.9 and "lidar" not in r["degraded"]
+               for r in before)
+    assert all(r["low_confidence"] and r["fused_fraction"] == 0.0 and "lidar" in r["degraded"] for r in after)
+    assert all(set(r["mean_shares"]) == set(schema.MODALITIES) for r in reps)
+
+
+def test_rehab_reaches_the_pose_stream_the_recorder_and_the_metrics(tiny_model):
+    from runtime.outputs import pose_extra, record_of
+    from tests.test_pipeline import _cfg, _run_data_clock, frame_messages
+
+    rng = np.random.default_rng(1)
+    messages = [m for k in range(30) for m in frame_messages(k, rng)]
+    for m in messages:
+        m.extra.update(exercise="A07")
+    pipe, results = _run_data_clock(tiny_model, messages, cfg=_cfg())
+    last = results[-1]
+    extra = pose_extra(last)["rehab"]
+    assert extra["exercise"] == "A07" and extra["principal"] == "shoulder_abduction_left"
+    assert len(extra["angles_deg"]) == ang.N_CHANNELS
+    rec = record_of(last)
+    assert rec["exercise"] == "A07" and rec["angles"].shape == (ang.N_CHANNELS,)
+    reg = pipe.outputs.metrics.registry
+    knee = reg.get_sample_value("awc_joint_angle_degrees", {"angle": "knee_flexion", "side": "left"})
+    assert knee is not None and np.isfinite(knee)
+    assert reg.get_sample_value("awc_rehab_exercise", {"exercise": "A07"}) == 1.0
+    assert reg.get_sample_value("awc_rehab_exercise", {"exercise": "unknown"}) == 0.0
+    assert reg.get_sample_value("awc_stage_duration_seconds_count", {"stage": "rehab"}) >= len(results)
+
+
+# ----------------------------------------------------------------------------------------------
+# Report and the generator's truth
+# ----------------------------------------------------------------------------------------------
+def test_report_from_a_recording_is_self_contained_html(tmp_path):
+    pytest.importorskip("matplotlib")
+    from runtime import report
+
+    squat, lunge = _generated("A12"), _generated("A10")
+    path = tmp_path / "poses.jsonl"
+    with open(path, "w") as f:
+        for k, p in enumerate(np.concatenate([squat[:150], lunge[:150]])):
+            f.write(json.dumps({"tick": k, "tick_ns": k * PERIOD_NS, "joints": p.tolist(), "presence": [1, 1, 1, 1],
+                                "degraded": [0, int(k > 200), 0, 0], "shares": [0.4, 0.3, 0.2, 0.1],
+                                "exercise": "A12" if k < 150 else "A10", "session": "s1"}) + "\n")
+    out = tmp_path / "report.html"
+    assert report.run(report_args(path, out, tmp_path / "report.json")) == 0
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 2
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "A12" in page and "squat" in page and "A10" in page and "ROM (°)" in page
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [s["exercise"] for s in data["segments"]] == ["A12", "A10"]
+    assert data["segments"][0]["count"] >= 2 and data["total_repetitions"] >= 4
+    lunge_reps = data["segments"][1]["repetitions"]
+    assert any("lidar" in r["degraded"] for r in lunge_reps)
+
+
+def report_args(path, out, json_out):
+    import argparse
+
+    return argparse.Namespace(recording=str(path), out=str(out), json_out=json_out and str(json_out), exercise=None,
+                              title="test report")
+
+
+def test_report_refuses_a_file_that_is_no_recording(tmp_path):
+    from runtime import report
+
+    bad = tmp_path / "x.jsonl"
+    bad.write_text('{"a": 1}\n')
+    with pytest.raises(ValueError, match="expected a pose recording"):
+        report.load_records(bad)
+    assert report.run(report_args(tmp_path / "missing.jsonl", tmp_path / "r.html", None)) == 2
+
+
+def test_generator_truth_side_file_and_rehab_eval_on_it(tiny_dataset):
+    from runtime import rehab_eval
+    from runtime.exercises import EXERCISES
+    from sensors.simulate.truth import read_truth
+
+    seq = tiny_dataset / "E01" / "S02" / "A02"
+    truth = read_truth(seq)
+    assert truth["action"] == "A02" and truth["frames"] == schema.FRAMES_PER_SEQUENCE
+    assert truth["cycles"][0]["start_s"] == pytest.approx(truth["start_s"])
+    gaps = np.diff([c["start_s"] for c in truth["cycles"]])
+    np.testing.assert_allclose(gaps, truth["period_s"], atol=1e-5)
+    joints = np.load(seq / schema.MMFI_GT_FILE).astype(np.float64)
+    # a P1 action (chest expansion), judged on the shoulder abduction of A01: the machinery only
+    true = rehab_eval.true_repetitions(truth, joints, EXERCISES["A01"])
+    assert len(true) == len(truth["cycles"]) and all(r["rom_deg"] >= 0 for r in true)
+    with pytest.raises(FileNotFoundError, match="rehab_truth.json"):
+        read_truth(tiny_dataset)

@@ -1,0 +1,334 @@
+"""The balancing methods as hooks of the training loop (the math is in ``training.balance``).
+
+The loop (``training.trainer``) calls, per epoch and per mini-batch:
+
+    b.epoch_start(epoch)            -> log fields   (theta0, Fisher, anchors, held-out losses ...)
+    b.observe(phi, v)                               (the batch's Shapley scores / coalition values)
+    loss = b.loss(task, feats, batch)               (task loss + the method's terms)
+    loss.backward(); b.after_backward()             (gradient modulation)
+    b.epoch_end()                   -> log fields
+
+``make(name, ctx)`` builds one; every method keeps its own state, nothing is shared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from sensors import posemath, schema
+from training import balance
+from training.config import Config
+from training.data import Split, evenly_spaced
+from training.fisher import fisher_and_coalitions
+from training.fisher import summarize as fisher_summary
+from training.losses import mpjpe_loss
+from training.model import PoseModel, mlp
+from training.shapley import coalition_values
+
+Tensor = torch.Tensor
+
+
+def _named(values) -> dict[str, float]:
+    return dict(zip(schema.MODALITIES, map(float, values), strict=True))
+
+
+@dataclass
+class Context:
+    """What a balancer may use: the model, the config, the training data, the data-parallel helpers."""
+
+    model: PoseModel
+    cfg: Config
+    train: Split
+    device: torch.device
+    gather: Callable[[Tensor], Tensor] = lambda t: t
+    reduce: Callable[[Tensor], Tensor] | None = None
+    shard: Callable[[Tensor], Tensor] = lambda t: t
+    world: int = 1
+    times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class Balancer:
+    """Plain joint training (``none``); the base every method overrides."""
+
+    active = False
+
+    def __init__(self, ctx: Context):
+        self.ctx, self.cfg, self.bc = ctx, ctx.cfg, ctx.cfg.balance
+        self.enabled = ctx.cfg.model.modalities
+
+    def split_training_set(self, train: Split) -> Split:
+        """The frames the optimiser sees (G-Blending holds some out)."""
+        return train
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained beside the model's (not exported)."""
+        return []
+
+    def epoch_start(self, epoch: int) -> dict[str, Any]:
+        return {}
+
+    def observe(self, phi: np.ndarray, v: np.ndarray) -> None:
+        pass
+
+    def loss(self, task: Tensor, feats: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        return task
+
+    def after_backward(self) -> None:
+        pass
+
+    def epoch_end(self) -> dict[str, Any]:
+        return {}
+
+
+class Proximal(Balancer):
+    """``awc`` (Fisher weights) and ``uniform`` (c_m * I): L_AWC inside the learning window, with
+    the superior/inferior groups from the step scores (Algorithm 1) or from theta0."""
+
+    def __init__(self, ctx: Context, weighting: str):
+        super().__init__(ctx)
+        self.weighting = weighting
+        self.fisher_idx = torch.from_numpy(evenly_spaced(len(ctx.train), self.bc.fisher_samples))
+        self.anchors = self.weights = self.alphas = None
+
+    def _set_groups(self, phi: np.ndarray) -> None:
+        self.groups = balance.kmeans_groups(phi, self.enabled)
+        self.alphas = balance.group_alphas(self.groups, self.bc)
+
+    def epoch_start(self, epoch: int) -> dict[str, Any]:
+        self.active = epoch < self.bc.window
+        self.phi_sum, self.n, self.superior_steps, self.changes = np.zeros(schema.N_MODALITIES), 0, \
+            np.zeros(schema.N_MODALITIES), 0
+        if not self.active:
+            self.anchors = None
+            return {}
+        ctx, t0 = self.ctx, time.perf_counter()
+        shard = ctx.shard(self.fisher_idx)
+        fisher, coal = fisher_and_coalitions(ctx.model, ctx.train, shard, self.bc.fisher_mode, self.bc.fisher_chunk,
+                                             ctx.reduce)
+        self.weights = fisher if self.weighting == "fisher" else balance.uniform_weights(fisher, ctx.model)
+        self.anchors = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if n in self.weights}
+        t1 = time.perf_counter()
+        ctx.times["fisher"] += t1 - t0
+        v = coalition_values(ctx.gather(coal), ctx.gather(ctx.train.tensors["joints"][shard].to(ctx.device)))
+        phi0 = posemath.shapley_values(v)
+        self._set_groups(phi0)
+        ctx.times["shapley"] += time.perf_counter() - t1
+        return {"shapley_theta0": _named(phi0), "groups_theta0": dict(zip(schema.MODALITIES, self.groups, strict=True)),
+                "fisher": fisher_summary(fisher, ctx.model)}
+
+    def observe(self, phi: np.ndarray, v: np.ndarray) -> None:
+        if not self.active:
+            return
+        self.phi_sum += phi
+        self.n += 1
+        if self.bc.group_by == "step":
+            before = self.groups
+            self._set_groups(self.phi_sum / self.n)
+            self.changes += int(before != self.groups)
+        self.superior_steps += [g == balance.SUPERIOR for g in self.groups]
+
+    def loss(self, task: Tensor, feats: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        if self.anchors is None:
+            return task
+        self.penalty = balance.awc_loss(self.ctx.model, self.anchors, self.weights, self.alphas)
+        return task + self.penalty
+
+    def epoch_end(self) -> dict[str, Any]:
+        if not self.active:
+            return {}
+        return {"groups": dict(zip(schema.MODALITIES, self.groups, strict=True)),
+                "superior_fraction": _named(self.superior_steps / max(self.n, 1)), "group_changes": self.changes,
+                "alphas": dict(self.alphas)}
+
+
+class OgmGe(Balancer):
+    """OGM-GE: the dominant modality's weight gradients scaled by 1 - tanh(alpha (rho - 1)), Gaussian
+    noise on every encoder's weight gradients, in epochs < ogm_window."""
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.noise = torch.Generator()
+
+    def epoch_start(self, epoch: int) -> dict[str, Any]:
+        self.active = self.bc.ogm_window < 0 or epoch < self.bc.ogm_window
+        self.noise.manual_seed(self.cfg.train.seed * 7_919 + epoch)
+        self.k_sum, self.n, self.coeffs = np.zeros(schema.N_MODALITIES), 0, None
+        return {}
+
+    def observe(self, phi: np.ndarray, v: np.ndarray) -> None:
+        self.coeffs = balance.ogm_coefficients(balance.single_modality_values(v), self.enabled, self.bc.ogm_alpha)
+
+    def after_backward(self) -> None:
+        if self.active and self.coeffs is not None:
+            balance.modulate_gradients(self.ctx.model, self.coeffs, self.bc.ogm_noise, self.noise)
+            self.k_sum += self.coeffs
+            self.n += 1
+
+    def epoch_end(self) -> dict[str, Any]:
+        return {"ogm_coefficients": _named(self.k_sum / self.n)} if self.n else {}
+
+
+class Agm(Balancer):
+    """AGM: every encoder's gradient scaled by exp(-alpha * relative deviation of its running
+    Shapley score from the mean), every epoch."""
+
+    active = True
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.running: np.ndarray | None = None
+
+    def epoch_start(self, epoch: int) -> dict[str, Any]:
+        self.k_sum, self.n, self.coeffs = np.zeros(schema.N_MODALITIES), 0, None
+        return {}
+
+    def observe(self, phi: np.ndarray, v: np.ndarray) -> None:
+        mom = self.bc.agm_momentum
+        self.running = phi.copy() if self.running is None else mom * self.running + (1.0 - mom) * phi
+        self.coeffs = balance.agm_coefficients(self.running, self.enabled, self.bc.agm_alpha)
+
+    def after_backward(self) -> None:
+        if self.coeffs is not None:
+            balance.scale_encoder_gradients(self.ctx.model, self.coeffs)
+            self.k_sum += self.coeffs
+            self.n += 1
+
+    def epoch_end(self) -> dict[str, Any]:
+        return {"agm_coefficients": _named(self.k_sum / self.n)} if self.n else {}
+
+
+class GBlending(Balancer):
+    """G-Blending (online): one uni-modal head per enabled modality beside the fused head; the loss
+    is sum_k w_k L_k over the branches, w re-estimated every ``gb_super_epoch`` epochs from the
+    losses on ``gb_holdout`` held-out training frames and as many training frames at the start and
+    end of that super-epoch (w_k ∝ G_k / O_k^2)."""
+
+    active = True
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        mc = ctx.cfg.model
+        self.heads = nn.ModuleDict({m: mlp([mc.dim, mc.hidden, schema.N_JOINTS * 3]) for m in self.enabled})
+        self.heads.to(ctx.device)
+        self.branches = ["fused", *self.enabled]
+        self.w = np.full(len(self.branches), 1.0 / len(self.branches))
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None
+
+    def split_training_set(self, train: Split) -> Split:
+        hold = evenly_spaced(len(train), min(self.bc.gb_holdout, len(train) // 4))
+        rest = np.setdiff1d(np.arange(len(train)), hold)
+        self.holdout, self.probe = train.take(hold), train.take(rest[evenly_spaced(len(rest), len(hold))])
+        return train.take(rest)
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return list(self.heads.parameters())
+
+    def _branch_poses(self, feats: dict[str, Tensor], presence: Tensor) -> list[Tensor]:
+        model = self.ctx.model
+        out = [model.fuse(feats, presence)]
+        for m in self.enabled:
+            out.append(model.mean_pose + self.heads[m](feats[m]).reshape(-1, schema.N_JOINTS, 3))
+        return out
+
+    @torch.no_grad()
+    def _losses(self, data: Split) -> np.ndarray:
+        model = self.ctx.model
+        was = model.training
+        model.eval()
+        b = {k: v.to(self.ctx.device) for k, v in data.tensors.items()}
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
+        out = np.array([float(mpjpe_loss(p, b["joints"])) for p in self._branch_poses(feats, b["presence"])])
+        model.train(was)
+        return out
+
+    def epoch_start(self, epoch: int) -> dict[str, Any]:
+        if epoch % self.bc.gb_super_epoch != 0 and self.prev is not None:
+            return {"gblend_weights": dict(zip(self.branches, map(float, self.w), strict=True))}
+        now = (self._losses(self.holdout), self._losses(self.probe))
+        if self.prev is not None:
+            self.w = balance.gblend_weights(self.prev[0], self.prev[1], now[0], now[1])
+        self.prev = now
+        return {"gblend_weights": dict(zip(self.branches, map(float, self.w), strict=True)),
+                "gblend_holdout_loss": dict(zip(self.branches, map(float, now[0]), strict=True))}
+
+    def loss(self, task: Tensor, feats: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        total = float(self.w[0]) * task
+        for i, m in enumerate(self.enabled, start=1):
+            pose = self.ctx.model.mean_pose + self.heads[m](feats[m]).reshape(-1, schema.N_JOINTS, 3)
+            present = batch["presence"][:, schema.MODALITY_INDEX[m]] > 0
+            err = (pose - batch["joints"]).pow(2).sum(-1).add(1e-12).sqrt().mean(-1)  # [B] metres
+            total = total + float(self.w[i]) * (err * present).sum() / present.sum().clamp(min=1)
+        return total
+
+    def after_backward(self) -> None:
+        if self.ctx.world > 1 and self.ctx.reduce is not None:  # the heads are outside DDP
+            for p in self.heads.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(self.ctx.reduce(p.grad) / self.ctx.world)
+
+
+class ModalityLevel(Balancer):
+    """Modality-level resampling: at each epoch start inside the window the modality-level Shapley
+    scores (the Fisher subset, no gradients) pick the lowest-contributing modality and a fraction
+    p of every batch; those frames are fed again with that modality alone and their loss added."""
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.idx = torch.from_numpy(evenly_spaced(len(ctx.train), self.bc.fisher_samples))
+        self.gen = torch.Generator()
+
+    @torch.no_grad()
+    def _scores(self) -> np.ndarray:
+        model, ctx = self.ctx.model, self.ctx
+        was = model.training
+        model.eval()
+        b = {k: v.to(ctx.device) for k, v in ctx.train.batch(ctx.shard(self.idx)).items()}
+        feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
+        from training.shapley import coalition_masks
+
+        coal = model.fuse_coalitions(feats, coalition_masks(b["presence"]))
+        model.train(was)
+        return posemath.shapley_values(coalition_values(ctx.gather(coal), ctx.gather(b["joints"])))
+
+    def epoch_start(self, epoch: int) -> dict[str, Any]:
+        self.active = epoch < self.bc.window
+        self.gen.manual_seed(self.cfg.train.seed * 104_729 + epoch)
+        if not self.active:
+            return {}
+        t0 = time.perf_counter()
+        phi = self._scores()
+        self.ctx.times["shapley"] += time.perf_counter() - t0
+        self.low, self.p = balance.resample_plan(phi, self.enabled, self.bc.rs_gamma)
+        return {"resample": {"modality": schema.MODALITIES[self.low], "fraction": self.p, "scores": _named(phi)}}
+
+    def loss(self, task: Tensor, feats: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        if not self.active or self.p <= 0.0:
+            return task
+        n = int(batch["joints"].shape[0])
+        pick = torch.rand(n, generator=self.gen) < self.p
+        pick = pick.to(batch["joints"].device) & (batch["presence"][:, self.low] > 0)
+        if not bool(pick.any()):
+            return task
+        alone = torch.zeros_like(batch["presence"][pick])
+        alone[:, self.low] = 1.0
+        pose = self.ctx.model.fuse({m: f[pick] for m, f in feats.items()}, alone)
+        return task + mpjpe_loss(pose, batch["joints"][pick]) * (float(pick.sum()) / n)
+
+
+def make(ctx: Context) -> Balancer:
+    """The balancer of ``ctx.cfg.balance.method``."""
+    method = ctx.cfg.balance.method
+    makers: dict[str, Callable[[], Balancer]] = {
+        "none": lambda: Balancer(ctx), "awc": lambda: Proximal(ctx, "fisher"),
+        "uniform": lambda: Proximal(ctx, "uniform"), "ogm-ge": lambda: OgmGe(ctx), "agm": lambda: Agm(ctx),
+        "g-blending": lambda: GBlending(ctx), "modality-level": lambda: ModalityLevel(ctx),
+    }
+    return makers[method]()
