@@ -51,6 +51,10 @@ def test_rehab_outputs_pass_through_when_the_stream_has_them():
     msg.extra["rehab"] = {"reps": 3, "last_rom_deg": 87.5, "angles": {"left_knee": 120.0}}
     f = frame_from_message(wire.decode(_roundtrip(msg)))
     assert f["rehab"] == {"reps": 3, "last_rom_deg": 87.5, "angles": {"left_knee": 120.0}}
+    msg.extra["rehab"] = {"reps": 1, "angles_deg": {"knee": float("nan")}, "trace": [1.5, float("inf")]}
+    f = frame_from_message(wire.decode(_roundtrip(msg)))
+    assert f["rehab"]["angles_deg"] == {"knee": None} and f["rehab"]["trace"] == [1.5, None]
+    json.dumps(f, allow_nan=False)                            # whatever the header held, the page gets JSON
 
 
 def _records(n: int) -> list[dict]:
