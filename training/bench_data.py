@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=0, help="training batch for the step measurement (0 = the preset's)")
     p.add_argument("--fisher-samples", type=int, default=0, help="Fisher samples measured (0 = the preset's)")
     p.add_argument("--reuse", action="store_true", help="reuse a complete cache folder from a previous run")
+    p.add_argument("--fisher-chunk", type=int, default=0, help="per-sample Fisher chunk (0 = the preset's)")
+    p.add_argument("--no-data-epoch", action="store_true", help="skip the data-only epoch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the cache folder")
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     anon_before = rss_now_mb("RssAnon")
     train = data_mod.open_mapped(folder, cfg.model.modalities)
     report["anon_open_mb"] = rss_now_mb("RssAnon") - anon_before
-    report["data_epoch_s"] = data_epoch_seconds(train, cfg.train.batch_size)
+    report["data_epoch_s"] = float("nan") if args.no_data_epoch else data_epoch_seconds(train, cfg.train.batch_size)
     report["anon_after_data_epoch_mb"] = rss_now_mb("RssAnon")
     report["file_after_data_epoch_mb"] = rss_now_mb("RssFile")
     print(f"opened mapped: +{report['anon_open_mb']:.0f} MB of process memory; one data-only epoch (every row, "
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fisher_samples:
         cfg.balance.fisher_samples = args.fisher_samples
         cfg.balance.fisher_chunk = min(cfg.balance.fisher_chunk, args.fisher_samples)
+    if args.fisher_chunk:
+        cfg.balance.fisher_chunk = args.fisher_chunk
     steps = args.steps
     cfg.data.max_train = steps * cfg.train.batch_size
     cfg.data.max_val = 64
