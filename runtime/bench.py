@@ -115,8 +115,8 @@ def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0,
     """Fused ticks per second, decode + feed + tick back to back on one thread."""
     rng = np.random.default_rng(seed)
     pipe = bench_loop(model, cfg)
-    frames = [[wire.encode(m) for m in synthetic_messages(k, 0, rng)] for k in range(50)]
     t0 = 1_700_000_000 * 10**9
+    frames = [[wire.encode(m) for m in synthetic_messages(k, t0, rng)] for k in range(50)]
     k, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         t_ns = t0 + k * PERIOD_NS
@@ -197,14 +197,66 @@ def bench_config(overrides: list[str] | None = None) -> RuntimeConfig:
     return RuntimeConfig.load(None, base + list(overrides or []))
 
 
+def _transport_latencies(kd: Path | None, frames: list[list[bytes]], n: int, gap_s: float) -> list[float]:
+    """One-way latency (s) of ``n`` multipart messages PUB -> SUB over loopback TCP, as the runtime's
+    ingest receives them (SUB = CurveZMQ server with the ZAP allow-list when ``kd`` is given)."""
+    ctx = zmq.Context()
+    sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.XPUB)   # XPUB: sees the subscription arrive
+    auth = None
+    if kd is not None:
+        server = keyfiles.CurveServer.from_dir(kd, "sensor")
+        auth = server.start_authenticator(ctx)
+        server.apply(sub)
+        keyfiles.CurveClient.load(kd / "clients" / "bench.key_secret", kd / "server.key").apply(pub)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    pub.connect(f"tcp://127.0.0.1:{port}")
+    out = []
+    deadline = time.monotonic() + 5.0
+    while not pub.poll(10):   # handshake done and subscription arrived (the SUB attaches when polled)
+        sub.poll(10)
+        if time.monotonic() > deadline:
+            raise RuntimeError("transport bench: no subscription within 5 s")
+    pub.recv()
+    for i in range(n):
+        f = frames[i % len(frames)]
+        t0 = time.perf_counter()
+        pub.send_multipart(f, copy=False)
+        if not sub.poll(2000):
+            break
+        sub.recv_multipart()
+        out.append(time.perf_counter() - t0)
+        time.sleep(gap_s)
+    pub.close(0)
+    sub.close(0)
+    if auth is not None:
+        auth.stop()
+    ctx.term()
+    return out
+
+
 def bench_curve_cost(model: PoseModel, cfg: RuntimeConfig, duration_s: float) -> dict:
-    """End to end at 10 Hz twice, plaintext then CurveZMQ on both sockets: the latency cost of security."""
+    """The latency cost of CurveZMQ: (1) transport alone, one sensor message at a time over loopback
+    TCP, plaintext and CurveZMQ alternated in rounds so that load from other processes hits both
+    alike; (2) end to end at 10 Hz, plaintext then CurveZMQ on both sockets (noisier)."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="awc-bench-keys-") as tmp:
         kd = Path(tmp) / "keys"
         keyfiles.init(kd)
         keyfiles.add(kd, "bench", "sensor")
         keyfiles.add(kd, "viewer", "viewer")
+        rng = np.random.default_rng(5)
+        transport = {}
+        for m in synthetic_messages(0, 1_700_000_000 * 10**9, rng):
+            frames = [wire.encode(m)]
+            lat: dict[str, list[float]] = {"plaintext": [], "curve": []}
+            for _ in range(3):
+                lat["plaintext"] += _transport_latencies(None, frames, 300, 0.0005)
+                lat["curve"] += _transport_latencies(kd, frames, 300, 0.0005)
+            row = {k: _summary_ms(v) for k, v in lat.items()}
+            transport[m.topic] = {"bytes": sum(len(f) for f in frames[0]), **row,
+                                  "p50_cost_ms": round(row["curve"]["p50_ms"] - row["plaintext"]["p50_ms"], 3)}
+        out["transport"] = transport
         for name, overrides, kdir in (("plaintext", ["security.plaintext=true"], None),
                                       ("curve", [f"security.keys_dir={kd}"], str(kd))):
             c = bench_config([*_plain_overrides(cfg), *overrides])
@@ -252,7 +304,14 @@ def format_report(r: dict) -> str:
               f"(target <= {TARGETS['rss_mb']:.0f} MB, flat)"]
     if "curve_cost" in r:
         c = r["curve_cost"]
-        lines += ["", "CurveZMQ cost, end to end at 10 Hz (sensor PUB -> runtime -> pose SUB, both sockets secured):",
+        lines += ["", "CurveZMQ cost, transport alone (one message PUB -> SUB over loopback TCP, 900 each, rounds "
+                  "alternated):", f"  {'topic':<8}{'bytes':>7}{'plain p50':>11}{'curve p50':>11}{'cost':>9}"
+                  f"{'plain p99':>11}{'curve p99':>11}"]
+        for topic, t in c["transport"].items():
+            lines.append(f"  {topic:<8}{t['bytes']:>7}{t['plaintext']['p50_ms']:>9.3f}ms{t['curve']['p50_ms']:>9.3f}ms"
+                         f"{t['p50_cost_ms']:>+7.3f}ms{t['plaintext']['p99_ms']:>9.3f}ms{t['curve']['p99_ms']:>9.3f}ms")
+        lines += [
+                  "CurveZMQ cost, end to end at 10 Hz (sensor PUB -> runtime -> pose SUB, both sockets secured):",
                   f"  plaintext  p50 {c['plaintext']['p50_ms']:.2f} ms  p99 {c['plaintext']['p99_ms']:.2f} ms",
                   f"  CurveZMQ   p50 {c['curve']['p50_ms']:.2f} ms  p99 {c['curve']['p99_ms']:.2f} ms",
                   f"  cost       p50 {c['p50_cost_ms']:+.2f} ms  p99 {c['p99_cost_ms']:+.2f} ms"]

@@ -169,8 +169,11 @@ def roughness(modality: str, arrays: dict[str, np.ndarray], previous: dict[str, 
     if modality == "rgb":
         if previous is None:
             return None
-        d = np.linalg.norm(np.asarray(arrays["kpts"], np.float64) - np.asarray(previous["kpts"], np.float64), axis=-1)
-        return float(d.mean())
+        with np.errstate(invalid="ignore", over="ignore"):   # NaN/inf keypoints: left out below
+            d = np.linalg.norm(np.asarray(arrays["kpts"], np.float64) - np.asarray(previous["kpts"], np.float64),
+                               axis=-1)
+        d = d[np.isfinite(d)]
+        return float(d.mean()) if d.size else None
     if modality == "lidar":
         p = np.asarray(arrays["points"], np.float64)
         p = p[np.isfinite(p).all(axis=1)]

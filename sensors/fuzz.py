@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -219,9 +221,70 @@ def start_runtime(model: str, secure: bool, workdir: Path, log_file) -> tuple[su
     return proc, ep
 
 
+class _Background(threading.Thread):
+    """The valid stream of one station in real time, on its own socket: rgb, lidar, mmwave every
+    100 ms and CSI packets at 100 Hz (sent 10 at a time)."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, curve: keys.CurveClient | None, seed: int):
+        super().__init__(name="fuzz-background", daemon=True)
+        self.sock = ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.setsockopt(zmq.SNDTIMEO, 10_000)
+        if curve is not None:
+            curve.apply(self.sock)
+        self.sock.connect(endpoint)
+        self.rng = np.random.default_rng(seed + 1)
+        self.stats = FuzzStats()
+        self.halt = threading.Event()
+
+    def connected(self, timeout_s: float) -> bool:
+        return bool(self.sock.poll(int(timeout_s * 1000)))
+
+    def run(self) -> None:
+        k, t0 = 0, time.monotonic()
+        while not self.halt.is_set():
+            now = time.time_ns()
+            for topic in ("rgb", "lidar", "mmwave"):
+                _send(self.sock, _valid(topic, self.rng, now, k), "valid", self.stats)
+            for p in range(10):
+                _send(self.sock, _valid("wifi", self.rng, now - (9 - p) * wire.WIFI_PERIOD_NS, 10 * k + p), "valid",
+                      self.stats)
+            k += 1
+            self.halt.wait(max(0.0, t0 + k * 0.1 - time.monotonic()))
+        self.sock.close(linger=1000)
+
+
+class _PoseCounter(threading.Thread):
+    """Poses received on the pose stream, per wall-clock second."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, viewer: keys.CurveClient | None):
+        super().__init__(name="fuzz-poses", daemon=True)
+        self.sock = ctx.socket(zmq.SUB)
+        if viewer is not None:
+            viewer.apply(self.sock)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self.per_second: dict[int, int] = {}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self.halt.is_set():
+            if self.sock.poll(50):
+                self.sock.recv_multipart()
+                s = int(time.monotonic() - t0)
+                self.per_second[s] = self.per_second.get(s, 0) + 1
+        self.sock.close(linger=0)
+
+    def counts(self) -> list[int]:
+        if not self.per_second:
+            return []
+        return [self.per_second.get(s, 0) for s in range(max(self.per_second) + 1)]
+
+
 def run_fuzz(ep: dict, n_messages: int, seed: int, rate: float, proc: subprocess.Popen | None = None,
              curve: keys.CurveClient | None = None, viewer: keys.CurveClient | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, nice: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     ctx = zmq.Context()
     pub = ctx.socket(zmq.XPUB)
@@ -231,62 +294,54 @@ def run_fuzz(ep: dict, n_messages: int, seed: int, rate: float, proc: subprocess
     if curve is not None:
         curve.apply(pub)
     pub.connect(ep["input"])
-    sub = ctx.socket(zmq.SUB)
-    if viewer is not None:
-        viewer.apply(sub)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(ep["pose"])
-    stats = FuzzStats()
-    if not pub.poll(30_000):
-        raise SystemExit(f"no runtime subscribed at {ep['input']} within 30 s")
-    while pub.poll(0):
-        pub.recv()
+    background = _Background(ctx, ep["input"], curve, seed)
+    poses = _PoseCounter(ctx, ep["pose"], viewer)
+    if not (pub.poll(30_000) and background.connected(30)):
+        raise SystemExit(f"no runtime subscribed at {ep['input']} within 30 s (wrong keys?)")
     deadline = time.monotonic() + 60
-    while not _ready(ep["metrics"]):   # a few valid frames make it ready
-        _background(pub, rng, stats, {"k": 0})
+    while not _ready(ep["metrics"]):   # the wall clock ticks (empty) without any message
         time.sleep(0.1)
         if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
             raise SystemExit("the runtime did not become ready")
+    time.sleep(0.3)   # the pose subscription settles
     before = scrape(ep["metrics"] + "/metrics")
-    sent_before = stats.total
-    stats.sent.clear()
+    stats = FuzzStats()
     rss, not_ready = [before.get(("process_resident_memory_bytes", ()), math.nan)], 0
-    bg = {"k": 0, "next": time.monotonic()}
+    poses.start()
+    background.start()
+    if nice > 0:
+        os.nice(nice)   # this thread only (Linux): the valid sensors and the runtime keep their priority
+    time.sleep(1.0)    # the valid stream first: the tick grid locks to it
     t0 = last_second = time.monotonic()
-    poses_this_second = 0
     makers = (lambda: random_message(rng), lambda: mutated_message(rng, time.time_ns()),
               lambda: boundary_message(rng, time.time_ns()))
     kinds = ("random", "mutated", "boundary")
     for i in range(n_messages):
         j = i % 3
         _send(pub, makers[j](), kinds[j], stats)
-        if time.monotonic() >= bg["next"]:
-            _background(pub, rng, stats, bg)
-        while sub.poll(0):
-            sub.recv_multipart()
-            poses_this_second += 1
         if rate > 0 and i % 100 == 0:   # pace the fuzz at `rate` messages/s
             ahead = t0 + i / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
         now = time.monotonic()
         if now - last_second >= 1.0:
-            stats.pose_counts.append(poses_this_second)
-            poses_this_second, last_second = 0, now
+            last_second = now
             m = scrape(ep["metrics"] + "/metrics")
             rss.append(m.get(("process_resident_memory_bytes", ()), math.nan))
             not_ready += 0 if _ready(ep["metrics"]) else 1
             if progress:
-                print(f"\r{i + 1}/{n_messages} fuzz messages, {stats.pose_counts[-1]} poses/s, "
-                      f"RSS {rss[-1] / 1e6:.0f} MB", end="", file=sys.stderr, flush=True)
+                print(f"\r{i + 1}/{n_messages} fuzz messages, RSS {rss[-1] / 1e6:.0f} MB", end="", file=sys.stderr,
+                      flush=True)
     fuzz_s = time.monotonic() - t0
+    time.sleep(1.0)
+    background.halt.set()
+    background.join(15)
     time.sleep(1.5)   # let the runtime drain its queues
-    while sub.poll(0):
-        sub.recv_multipart()
+    poses.halt.set()
+    poses.join(5)
     after = scrape(ep["metrics"] + "/metrics")
     rss.append(after.get(("process_resident_memory_bytes", ()), math.nan))
     pub.close(linger=0)
-    sub.close(linger=0)
     ctx.term()
     if progress:
         print(file=sys.stderr)
@@ -298,19 +353,24 @@ def run_fuzz(ep: dict, n_messages: int, seed: int, rate: float, proc: subprocess
     gaps = reasons.pop("sequence_gap")
     received = int(delta("awc_messages_received_total"))
     dropped = sum(reasons.values())
-    counts = stats.pose_counts[1:-1] or stats.pose_counts   # whole seconds inside the fuzz
+    sent = stats.total + background.stats.total
+    # whole seconds while the fuzz ran (the valid stream alone runs 1 s before and after it)
+    counts = poses.counts()[2:2 + int(fuzz_s)]
     crashed = proc is not None and proc.poll() is not None
     return {
-        "sent": stats.total, "sent_by_kind": dict(stats.sent), "not_taken_by_runtime": stats.timeouts,
+        "sent": sent, "sent_by_kind": {**stats.sent, **background.stats.sent},
+        "not_taken_by_runtime": stats.timeouts + background.stats.timeouts,
         "received": received, "dropped": dropped, "dropped_by_reason": {k: v for k, v in reasons.items() if v},
-        "balanced": stats.total == received + dropped,
-        "sequence_gap_claimed": gaps, "warmup_messages": sent_before,
+        "balanced": sent == received + dropped,
+        "sequence_gap_claimed": gaps,
         "crashes": int(crashed), "exit_code": None if proc is None else proc.poll(), "not_ready_seconds": not_ready,
         "tick_errors": int(delta("awc_tick_errors_total")),
         "ticks": {o: int(delta("awc_ticks_total", outcome=o)) for o in ("fused", "partial", "empty", "invalid",
                                                                        "dropped")},
-        "rss_mb": {"start": rss[0] / 1e6, "max": np.nanmax(rss) / 1e6, "end": rss[-1] / 1e6},
+        "rss_mb": {"start": rss[0] / 1e6, "max": np.nanmax(rss) / 1e6, "end": rss[-1] / 1e6,
+                   "every_10s": [round(r / 1e6, 1) for r in rss[::10]]},
         "pose_rate_hz": {"min": min(counts) if counts else 0, "mean": float(np.mean(counts)) if counts else 0.0},
+        "pose_counts_per_s": counts,
         "fuzz_s": fuzz_s, "fuzz_rate": stats.total / fuzz_s if fuzz_s else 0.0,
     }
 
@@ -324,18 +384,6 @@ def _send(pub, frames, kind: str, stats: FuzzStats) -> None:
     stats.add(kind)
 
 
-def _background(pub, rng, stats: FuzzStats, bg: dict) -> None:
-    """One real-time frame of valid data: rgb, lidar, mmwave and 10 CSI packets (sent at once)."""
-    now = time.time_ns()
-    k = bg["k"]
-    for topic in ("rgb", "lidar", "mmwave"):
-        _send(pub, _valid(topic, rng, now, k), "valid", stats)
-    for p in range(10):
-        _send(pub, _valid("wifi", rng, now - (9 - p) * wire.WIFI_PERIOD_NS, 10 * k + p), "valid", stats)
-    bg["k"] = k + 1
-    bg["next"] = bg.get("next", time.monotonic()) + 0.1
-
-
 def add_arguments(p) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--serve-model", default=None, metavar="ONNX", help="spawn `runtime serve` with this model")
@@ -347,6 +395,9 @@ def add_arguments(p) -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=2000.0, help="fuzz messages per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nice", type=int, default=10,
+                   help="lower the fuzzing thread's priority by N (not the valid sensor stream's, not the runtime's), "
+                        "so the attacker does not take their CPU on a shared machine (default 10; 0 = off)")
     add_report_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
@@ -371,7 +422,7 @@ def run(args) -> int:
                 viewer = keys.CurveClient.load(root / "clients" / "viewer.key_secret", root / "server.key")
             try:
                 report = run_fuzz(ep, args.messages, args.seed, args.rate, proc, curve, viewer,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, nice=args.nice)
             finally:
                 if proc is not None and proc.poll() is None:
                     proc.terminate()

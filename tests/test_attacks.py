@@ -114,13 +114,18 @@ class Station:
 
 
 @pytest.fixture(scope="module")
-def station(tmp_path_factory):
+def tiny_model(tmp_path_factory):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from training.export import export_untrained
 
     path = export_untrained(tmp_path_factory.mktemp("model") / "tiny.onnx", preset="tiny", seed=0)
-    s = Station(PoseModel.load(path, provider="cpu", intra_op_threads=1))
+    return PoseModel.load(path, provider="cpu", intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def station(tiny_model):
+    s = Station(tiny_model)
     yield s
     s.close()
 
@@ -209,3 +214,47 @@ def test_float_version_and_pose_topic_are_counted_under_exported_labels(station)
     station.wait(lambda: station.dropped("unknown_topic", "unknown") == unknown + 1)
     station.wait(lambda: station.dropped("malformed", "unknown") == malformed_unknown + 1)
     station.healthy(n)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")   # the thread dies on purpose
+def test_a_dead_ingest_thread_makes_the_runtime_unready_and_exit(tiny_model, caplog):
+    """A bug that kills the receive thread (simulated: its handler raises) is not hidden: the runtime
+    turns not ready, the loop stops and ``run`` raises WorkerDied (``runtime serve`` exits 3)."""
+    from runtime.serve import WorkerDied
+
+    cfg = RuntimeConfig.from_dict({"inputs": {"endpoints": [f"tcp://127.0.0.1:{free_loopback_port()}"]},
+                                   "output": {"endpoint": f"tcp://127.0.0.1:{free_loopback_port()}"},
+                                   "metrics": {"port": 0}, "security": {"plaintext": True}})
+    rt = Runtime(cfg, tiny_model).start()
+    outcome = {}
+
+    def run():
+        try:
+            rt.run(duration_s=20)
+        except WorkerDied as err:
+            outcome["died"] = str(err)
+
+    loop = threading.Thread(target=run, daemon=True)
+    loop.start()
+    try:
+        Station.wait(lambda: rt.readiness()[0], 10)
+
+        def bug(frames):
+            raise RuntimeError("a bug in the receive path")
+
+        rt.ingest.handle = bug
+        ctx = zmq.Context()
+        pub = ctx.socket(zmq.XPUB)
+        pub.connect(cfg.inputs.endpoints[0])
+        assert pub.poll(5000)
+        pub.send_multipart(_frames("rgb"))
+        loop.join(10)
+        assert not loop.is_alive() and "ingest thread died" in outcome["died"]
+        assert rt.readiness() == (False, "ingest not running")
+        assert rt.metrics.registry.get_sample_value("awc_ready") == 0.0
+        assert "ingest thread died" in caplog.text
+        pub.close(0)
+        ctx.term()
+    finally:
+        rt.stop_event.set()
+        rt.close()

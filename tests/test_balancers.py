@@ -207,3 +207,24 @@ def test_modality_level_resampling_trains_only_the_low_contributor_more():
     low_i, p = balance.resample_plan(np.array([30.0, 10.0, 2.0, 1.0]), schema.MODALITIES, 1.0)
     assert low_i == WIFI and p == pytest.approx(29.0 / 43.0)
     assert balance.resample_plan(np.array([5.0, 5.0, 5.0, 5.0]), schema.MODALITIES, 1.0)[1] == 0.0
+
+
+def test_gblending_reestimates_once_per_super_epoch():
+    _, ctx, train = _setup("g-blending", gb_holdout=16, gb_super_epoch=2)
+    bal = balancers.make(ctx)
+    bal.split_training_set(train)
+    assert "gblend_holdout_loss" in bal.epoch_start(0)
+    bal.w = np.array([0.5, 0.5, 0.0, 0.0, 0.0])
+    assert "gblend_holdout_loss" not in bal.epoch_start(1) and bal.w[0] == 0.5  # inside the super-epoch
+    rec = bal.epoch_start(2)  # end of the super-epoch: new estimate from the held-out losses
+    assert "gblend_holdout_loss" in rec and sum(rec["gblend_weights"].values()) == pytest.approx(1.0)
+
+
+def test_complete_frame_selection_drops_frames_with_an_absent_modality():
+    from training.data import complete_frames
+
+    cfg = config.resolve("tiny")
+    split = fake_split(30, cfg.model)  # every 7th frame has no mmWave
+    kept = complete_frames(split, schema.MODALITIES)
+    assert len(kept) == 30 - len(range(0, 30, 7)) and bool((kept.tensors["presence"] > 0).all())
+    assert len(complete_frames(split, ("rgb", "wifi"))) == 30  # mmWave not enabled: nothing dropped

@@ -147,3 +147,23 @@ def test_secured_pose_stream_reaches_only_allowed_viewers(keydir):
             s.close(linger=0)
         ctx.term()
         pub.close()
+
+
+@pytest.mark.slow
+def test_secured_end_to_end_replay_matches_the_plaintext_one(tiny_dataset, tmp_path):
+    """`runtime replay --secure` (CurveZMQ on the sensor and pose sockets) gives the same poses as the
+    plaintext replay: same count, same accuracy to the last digit, same contribution shares."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from runtime.replay_eval import run_replay
+    from training.export import export_untrained
+
+    model = export_untrained(tmp_path / "tiny.onnx", preset="tiny", seed=0)
+    reports = {secure: run_replay(str(model), str(tiny_dataset), "P1", "S1", "all", rate=0.0, max_frames=30,
+                                  secure=secure)
+               for secure in (False, True)}
+    plain, secured = reports[False], reports[True]
+    assert plain["throughput"]["poses"] == secured["throughput"]["poses"] == 30
+    assert secured["accuracy"]["mpjpe_mm"] == plain["accuracy"]["mpjpe_mm"]
+    assert secured["contribution_shares"] == plain["contribution_shares"]
+    assert secured["pose_stream_invalid"] == plain["pose_stream_invalid"] == 0

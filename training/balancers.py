@@ -87,6 +87,13 @@ class Balancer:
     def epoch_end(self) -> dict[str, Any]:
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a ``--resume`` (state carried from one epoch to the next)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
 
 class Proximal(Balancer):
     """``awc`` (Fisher weights) and ``uniform`` (c_m * I): L_AWC inside the learning window, with
@@ -204,11 +211,18 @@ class Agm(Balancer):
     def epoch_end(self) -> dict[str, Any]:
         return {"agm_coefficients": _named(self.k_sum / self.n)} if self.n else {}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"running": self.running}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.running = state["running"]
+
 
 class GBlending(Balancer):
     """G-Blending (online): one uni-modal head per enabled modality beside the fused head; the loss
-    is sum_k w_k L_k over the branches, w re-estimated at every epoch start from the losses on
-    ``gb_holdout`` held-out training frames and as many training frames (w_k ∝ G_k / O_k^2)."""
+    is sum_k w_k L_k over the branches, w re-estimated every ``gb_super_epoch`` epochs from the
+    losses on ``gb_holdout`` held-out training frames and as many training frames at the start and
+    end of that super-epoch (w_k ∝ G_k / O_k^2)."""
 
     active = True
 
@@ -249,6 +263,8 @@ class GBlending(Balancer):
         return out
 
     def epoch_start(self, epoch: int) -> dict[str, Any]:
+        if epoch % self.bc.gb_super_epoch != 0 and self.prev is not None:
+            return {"gblend_weights": dict(zip(self.branches, map(float, self.w), strict=True))}
         now = (self._losses(self.holdout), self._losses(self.probe))
         if self.prev is not None:
             self.w = balance.gblend_weights(self.prev[0], self.prev[1], now[0], now[1])
@@ -264,6 +280,13 @@ class GBlending(Balancer):
             err = (pose - batch["joints"]).pow(2).sum(-1).add(1e-12).sqrt().mean(-1)  # [B] metres
             total = total + float(self.w[i]) * (err * present).sum() / present.sum().clamp(min=1)
         return total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"heads": self.heads.state_dict(), "w": self.w, "prev": self.prev}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.w, self.prev = state["w"], state["prev"]
 
     def after_backward(self) -> None:
         if self.ctx.world > 1 and self.ctx.reduce is not None:  # the heads are outside DDP

@@ -121,6 +121,7 @@ class BalanceConfig:
     agm_alpha: float = 1.0  # AGM strength (per relative deviation of a modality's Shapley score)
     agm_momentum: float = 0.9  # AGM running average of the step scores
     gb_holdout: int = 256  # G-Blending: training frames held out to measure generalisation/overfitting
+    gb_super_epoch: int = 3  # G-Blending: epochs between weight re-estimations (its "super-epoch")
     rs_gamma: float = 1.0  # modality-level resampling: fraction re-fed = gamma * relative contribution gap
 
     def validate(self) -> None:
@@ -132,7 +133,8 @@ class BalanceConfig:
         _check(self.ogm_window >= -1, f"balance.ogm_window must be >= -1, got {self.ogm_window}")
         _check(0.0 <= self.agm_momentum < 1.0 and self.agm_alpha >= 0 and self.ogm_alpha >= 0 and self.rs_gamma >= 0,
                "balance.agm_momentum must be in [0, 1); agm_alpha, ogm_alpha, rs_gamma >= 0")
-        _check(self.gb_holdout >= 2, f"balance.gb_holdout must be >= 2, got {self.gb_holdout}")
+        _check(self.gb_holdout >= 2 and self.gb_super_epoch >= 1,
+               f"balance.gb_holdout must be >= 2 and gb_super_epoch >= 1, got {self.gb_holdout}, {self.gb_super_epoch}")
         _check(self.alpha_s >= 0 and self.alpha_i >= 0, "balance.alpha_s and balance.alpha_i must be >= 0")
         _check(self.fisher_samples >= 1 and self.fisher_chunk >= 1 and self.shapley_every >= 1,
                "balance.fisher_samples, fisher_chunk and shapley_every must be >= 1")

@@ -116,6 +116,9 @@ class Trainer:
             raise ValueError(f"{path} was trained with a different config (only train.epochs may change on "
                              f"--resume); use a new --out or the same config")
         self.model.load_state_dict(state["model"])
+        bal = self.out / "balancer.pt"
+        if bal.exists():
+            self.balancer.load_state_dict(torch.load(bal, map_location=self.device, weights_only=False))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = int(state["epoch"]) + 1
@@ -194,6 +197,11 @@ class Trainer:
         with open(self.out / "log.jsonl", "w") as f:
             for r in self.history:
                 f.write(json.dumps(r) + "\n")
+        extra = self.balancer.state_dict()
+        if extra:  # written before the checkpoint that refers to this epoch
+            tmp = self.out / "balancer.pt.tmp"
+            torch.save(extra, tmp)
+            tmp.replace(self.out / "balancer.pt")
         save_checkpoint(self.out / "checkpoint.pt", self.model, self.cfg, rec["epoch"], self.optimizer,
                         self.scheduler, {"val_mpjpe": rec["val_mpjpe"], "val_pa_mpjpe": rec["val_pa_mpjpe"]},
                         self.history, min(self.best, rec["val_mpjpe"]))
