@@ -261,7 +261,7 @@ class GBlending(Balancer):
         model = self.ctx.model
         was = model.training
         model.eval()
-        b = {k: v.to(self.ctx.device) for k, v in data.tensors.items()}
+        b = {k: v.to(self.ctx.device) for k, v in data.batch(torch.arange(len(data))).items()}
         feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
         out = np.array([float(mpjpe_loss(p, b["joints"])) for p in self._branch_poses(feats, b["presence"])])
         model.train(was)

@@ -177,13 +177,15 @@ def ensure_dataset(root: Path) -> None:
 
 
 def only(split, modalities: tuple[str, ...]):
-    """The split with the presence of modalities outside ``modalities`` set to 0 (tensors shared)."""
-    from training.data import Split
+    """The split with the presence of modalities outside ``modalities`` set to 0 (tensors and any
+    memory-mapped inputs shared)."""
+    import dataclasses
 
-    enabled = np.array([m in modalities for m in schema.MODALITIES], np.float32)
     import torch
 
-    return Split({**split.tensors, "presence": split.tensors["presence"] * torch.from_numpy(enabled)}, split.meta)
+    enabled = np.array([m in modalities for m in schema.MODALITIES], np.float32)
+    tensors = {**split.tensors, "presence": split.tensors["presence"] * torch.from_numpy(enabled)}
+    return dataclasses.replace(split, tensors=tensors)
 
 
 def run_all(args: argparse.Namespace) -> None:

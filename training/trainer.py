@@ -63,7 +63,7 @@ def _same_run(saved: dict[str, Any], cfg: Config) -> bool:
     a, b = dict(saved), cfg.to_dict()
     for d in (a, b):
         d.pop("out", None)
-        d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "device", "tensorboard")}
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
@@ -236,13 +236,19 @@ class Trainer:
             frames = evenly_spaced(len(self.test), self.cfg.train.plot_frames)
             pred, _ = predict(self.model, self.test.take(frames))
             plots.plot_run(self.out, hist, pred, self.test.tensors["joints"][frames].numpy(),
-                           [str(a) for a in self.test.meta["action"][frames]])
+                           [str(a) for a in self.test.meta["action"][frames]],
+                           run_id=f"{self.out.name} ({config_mod.config_hash(self.cfg)})")
         return result
 
     def fit(self) -> dict[str, Any]:
+        tb = None
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             config_mod.save(self.cfg, self.out / "config.yaml")
+            if self.cfg.train.tensorboard:
+                from training import plots
+
+                tb = plots.tensorboard_writer(self.out)
             log.info("training %s: %d parameters, %d train / %d val frames, balance=%s fusion=%s modalities=%s",
                      self.out, count_parameters(self.model), len(self.train), len(self.val),
                      self.cfg.balance.method, self.cfg.model.fusion, ",".join(self.cfg.model.modalities))
@@ -252,10 +258,14 @@ class Trainer:
                 self.validate(rec)
                 self.history.append(rec)
                 self._write_epoch(rec)
+                if tb is not None:
+                    plots.tensorboard_epoch(tb, rec)
                 log.info("epoch %d: loss %.4f (balance %+.4f) val MPJPE %.1f PA %.1f mm, shapley %s, %.1fs", epoch,
                          rec["loss_task"], rec["loss_balance"], rec["val_mpjpe"], rec["val_pa_mpjpe"],
                          " ".join(f"{m}={v:.2f}" for m, v in rec["shapley"].items()), rec["time"]["train"])
             distributed.barrier(self.dist)
+        if tb is not None:
+            tb.close()
         result = self.finish() if self.dist.is_main else {}
         distributed.barrier(self.dist)
         return result
@@ -265,7 +275,7 @@ def fit(cfg: Config, train: Split | None = None, test: Split | None = None, resu
         progress: bool = True) -> dict[str, Any]:
     """Train per ``cfg``; data is read from cfg.data unless given. Returns the final metrics
     (rank 0; {} on other ranks)."""
-    dist = distributed.setup()
+    dist = distributed.setup(cfg.train.device)
     try:
         _seed_everything(cfg)
         if train is None or test is None:
