@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,6 @@ class Context:
     reduce: Callable[[Tensor], Tensor] | None = None
     shard: Callable[[Tensor], Tensor] = lambda t: t
     world: int = 1
-    times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
 class Balancer:
@@ -63,6 +62,12 @@ class Balancer:
     def __init__(self, ctx: Context):
         self.ctx, self.cfg, self.bc = ctx, ctx.cfg, ctx.cfg.balance
         self.enabled = ctx.cfg.model.modalities
+        self._times: dict[str, float] = defaultdict(float)  # seconds spent in the hooks, by phase
+
+    def take_times(self) -> dict[str, float]:
+        """Seconds this method spent in its own phases (fisher, shapley) since the last call."""
+        out, self._times = dict(self._times), defaultdict(float)
+        return out
 
     def split_training_set(self, train: Split) -> Split:
         """The frames the optimiser sees (G-Blending holds some out)."""
@@ -123,11 +128,11 @@ class Proximal(Balancer):
         self.weights = fisher if self.weighting == "fisher" else balance.uniform_weights(fisher, ctx.model)
         self.anchors = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if n in self.weights}
         t1 = time.perf_counter()
-        ctx.times["fisher"] += t1 - t0
+        self._times["fisher"] += t1 - t0
         v = coalition_values(ctx.gather(coal), ctx.gather(ctx.train.tensors["joints"][shard].to(ctx.device)))
         phi0 = posemath.shapley_values(v)
         self._set_groups(phi0)
-        ctx.times["shapley"] += time.perf_counter() - t1
+        self._times["shapley"] += time.perf_counter() - t1
         return {"shapley_theta0": _named(phi0), "groups_theta0": dict(zip(schema.MODALITIES, self.groups, strict=True)),
                 "fisher": fisher_summary(fisher, ctx.model)}
 
@@ -325,7 +330,7 @@ class ModalityLevel(Balancer):
             return {}
         t0 = time.perf_counter()
         phi = self._scores()
-        self.ctx.times["shapley"] += time.perf_counter() - t0
+        self._times["shapley"] += time.perf_counter() - t0
         self.low, self.p = balance.resample_plan(phi, self.enabled, self.bc.rs_gamma)
         return {"resample": {"modality": schema.MODALITIES[self.low], "fraction": self.p, "scores": _named(phi)}}
 

@@ -129,7 +129,7 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, bal = self.cfg, self.balancer
-        times = self.ctx.times = defaultdict(float)
+        times: dict[str, float] = defaultdict(float)
         t_start = time.perf_counter()
         rec: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         rec.update(bal.epoch_start(epoch))
@@ -175,6 +175,8 @@ class Trainer:
                    loss_balance=float(totals[1]) / self.dist.world / steps_done,
                    shapley=dict(zip(schema.MODALITIES, (phi_sum / max(n_shapley, 1)).tolist(), strict=True)))
         rec.update(bal.epoch_end())
+        for phase, seconds in bal.take_times().items():  # the method's own phases (Fisher, theta0 scores)
+            times[phase] += seconds
         if "groups" not in rec:
             groups = balance.kmeans_groups(phi_sum / max(n_shapley, 1), cfg.model.modalities)
             rec["groups"] = dict(zip(schema.MODALITIES, groups, strict=True))
