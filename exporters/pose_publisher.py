@@ -2,7 +2,8 @@
 
 Arrays (wire protocol v1): ``joints`` <f4 [17,3] (metres, camera frame), ``presence`` <u1 [4],
 ``shapley`` <f4 [4] (exact label-free Shapley values of the sliding window ending at this tick),
-``degradation`` <f4 [4] (degradation score in [0, 1]).
+``degradation`` <f4 [4] (degradation score in [0, 1]); optionally ``lidar_points`` <f4 [N,3] and
+``mmwave_points`` <f4 [N,5], the sensor points the tick used (``output.forward_points``, for viewers).
 Header: ``tick`` (tick index), ``latency_ns`` (newest used capture time to publish), ``src`` = the
 station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msgpack values):
 
@@ -43,7 +44,7 @@ def _floats(x) -> list[float] | None:
 
 
 def pose_message(station: str, tick: int, tick_ns: int, joints, presence, shapley, degradation,
-                 latency_ns: int, extra: dict | None = None) -> wire.Message:
+                 latency_ns: int, extra: dict | None = None, points: dict | None = None) -> wire.Message:
     """Build the ``pose`` wire message of one tick (shapes as in the module doc)."""
     header = {"station": station, "tick": int(tick), "latency_ns": max(0, int(latency_ns))}
     for k, v in (extra or {}).items():
@@ -54,6 +55,8 @@ def pose_message(station: str, tick: int, tick_ns: int, joints, presence, shaple
         "shapley": np.asarray(shapley, np.float32).reshape(schema.N_MODALITIES),
         "degradation": np.asarray(degradation, np.float32).reshape(schema.N_MODALITIES),
     }
+    for modality, p in (points or {}).items():   # optional forwarded sensor points (output.forward_points)
+        arrays[f"{modality}_points"] = np.ascontiguousarray(p, np.float32)
     return wire.Message(topic=schema.POSE_TOPIC, src=station, seq=int(tick), t_ns=int(tick_ns),
                         sent_ns=time.time_ns(), arrays=arrays, extra=header)
 

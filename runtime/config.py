@@ -22,7 +22,7 @@ from runtime.degradation import DegradationConfig
 from runtime.health import HealthConfig
 from runtime.rehab import RehabConfig
 from runtime.sync import SyncConfig
-from sensors import settings
+from sensors import schema, settings
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 ENV_PREFIX = "AWC_RUNTIME_"
@@ -70,11 +70,15 @@ class OutputConfig:
     endpoint: str = "tcp://127.0.0.1:5556"
     bind: bool = True
     send_hwm: int = 1000
+    forward_points: int = 0    # forward up to N LiDAR/mmWave points per tick on the pose stream (viewers); 0 = off
 
     def __post_init__(self):
         _check_endpoint("output.endpoint", self.endpoint)
         if self.send_hwm < 1:
             raise ValueError(f"output.send_hwm must be >= 1, got {self.send_hwm}")
+        if not 0 <= self.forward_points <= schema.MAX_MMWAVE_POINTS:
+            raise ValueError(f"output.forward_points must be in 0..{schema.MAX_MMWAVE_POINTS} (points per modality "
+                             f"and tick; 0 = off), got {self.forward_points}")
 
 
 @dataclass(frozen=True)

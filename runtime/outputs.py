@@ -236,7 +236,7 @@ class PublisherOutput:
     def __call__(self, result: TickResult) -> None:
         shapley = result.contributions.shapley if result.contributions is not None else np.zeros(4)
         msg = pose_message(self.station, result.tick, result.tick_ns, result.pose, result.presence, shapley,
-                           result.degradation.score, result.latency_ns, pose_extra(result))
+                           result.degradation.score, result.latency_ns, pose_extra(result), result.points)
         self.publisher.publish(msg)
 
     def close(self) -> None:

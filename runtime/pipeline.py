@@ -40,9 +40,7 @@ from runtime.sync import TickInputs
 from sensors import schema
 
 OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid")
-# Model inputs of each modality (schema.MODEL_INPUTS), for masking one out.
-MODALITY_INPUTS: dict[str, tuple[str, ...]] = {"rgb": ("rgb",), "lidar": ("lidar", "lidar_mask"),
-                                               "mmwave": ("mmwave", "mmwave_mask"), "wifi": ("wifi",)}
+MODALITY_INPUTS = schema.MODALITY_INPUTS   # model inputs of each modality, for masking one out
 
 
 def mask_non_finite(inputs: dict[str, np.ndarray], presence: np.ndarray) -> list[int]:
@@ -98,7 +96,24 @@ class TickResult:
     latency_ns: int = 0                   # newest used capture time -> outputs called (set by the loop)
     durations: dict[str, float] = field(default_factory=dict)   # stage -> seconds
     inputs: dict[str, np.ndarray] | None = None                 # model inputs (batch 1), when recorded
+    points: dict[str, np.ndarray] | None = None   # lidar/mmwave points used, when output.forward_points > 0
     rehab: RehabTick | None = None        # joint angles, repetitions (runtime.rehab), when enabled
+
+
+def forwarded_points(samples: dict, cap: int) -> dict[str, np.ndarray] | None:
+    """The LiDAR and mmWave points of this tick's samples, evenly thinned to ``cap`` each (float32,
+    sensor frame), for viewers; None when ``cap`` is 0."""
+    if cap <= 0:
+        return None
+    out = {}
+    for m in ("lidar", "mmwave"):
+        s = samples.get(m)
+        if s is not None:
+            p = np.asarray(s.arrays["points"], np.float32)
+            if len(p) > cap:
+                p = p[np.linspace(0, len(p) - 1, cap).astype(int)]
+            out[m] = np.ascontiguousarray(p)
+    return out
 
 
 class Pipeline:
@@ -138,7 +153,8 @@ class Pipeline:
             input_t_ns=np.array([0 if s is None else s.t_ns for s in samples], np.int64),
             skew_s=np.array([0.0 if s is None else s.skew_s for s in samples]),
             staleness_s=np.array([np.nan if n is None else (tick.tick_ns - n) / 1e9 for n in newest]),
-            inputs=feats.inputs if self.record_inputs else None)
+            inputs=feats.inputs if self.record_inputs else None,
+            points=forwarded_points(tick.samples, self.config.output.forward_points))
         loo = np.zeros(schema.N_MODALITIES)
         shares = None
         if n_present:

@@ -110,6 +110,9 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {
 MODEL_INPUTS: tuple[str, ...] = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence")
 MODEL_OUTPUTS: tuple[str, ...] = ("pose", "coalition_poses")  # [B,17,3] and [B,16,17,3]
 WIFI_INPUT_SHAPE = (WIFI_ANTENNAS, WIFI_SUBCARRIERS, 2 * WIFI_PACKETS)
+# The model inputs of each modality (absent = all of them zero, presence 0).
+MODALITY_INPUTS: dict[str, tuple[str, ...]] = {"rgb": ("rgb",), "lidar": ("lidar", "lidar_mask"),
+                                               "mmwave": ("mmwave", "mmwave_mask"), "wifi": ("wifi",)}
 BATCH_AXIS = "batch"          # name of the dynamic batch axis in exported shapes
 META_PREFIX = "awc."          # prefix of the model's self-description keys in the ONNX metadata
 MODEL_DTYPES: dict[str, str] = {n: "bool" if n.endswith("_mask") else "float32"

@@ -78,7 +78,12 @@ ARRAY_SPECS: dict[str, tuple[ArraySpec, ...]] = {
     schema.POSE_TOPIC: (ArraySpec("joints", "<f4", (_J, 3)),
                         ArraySpec("presence", "<u1", (schema.N_MODALITIES,)),
                         ArraySpec("shapley", "<f4", (schema.N_MODALITIES,)),
-                        ArraySpec("degradation", "<f4", (schema.N_MODALITIES,))),
+                        ArraySpec("degradation", "<f4", (schema.N_MODALITIES,)),
+                        # optional: the sensor points the tick used, forwarded for viewers
+                        ArraySpec("lidar_points", "<f4", (None, len(schema.LIDAR_COLUMNS)), required=False,
+                                  finite=True),
+                        ArraySpec("mmwave_points", "<f4", (None, len(schema.MMWAVE_COLUMNS)), required=False,
+                                  finite=True)),
 }
 # Header fields a topic must carry besides the core keys (name -> description), all unsigned ints.
 REQUIRED_EXTRAS: dict[str, tuple[str, ...]] = {schema.POSE_TOPIC: ("tick", "latency_ns")}
@@ -112,8 +117,10 @@ class WireLimits:
         if not (math.isfinite(self.max_abs_value) and self.max_abs_value > 0):
             raise ValueError(f"WireLimits: max_abs_value must be a positive finite number, got {self.max_abs_value}")
 
-    def max_rows(self, topic: str) -> int:
-        """Limit on the variable (first) dimension of the arrays of ``topic``."""
+    def max_rows(self, topic: str, name: str = "") -> int:
+        """Limit on the variable (first) dimension of the array ``name`` of ``topic``."""
+        if topic == schema.POSE_TOPIC:   # forwarded points: lidar_points, mmwave_points
+            return self.max_points[name.split("_")[0]]
         return self.max_wifi_packets if topic == "wifi" else self.max_points[topic]
 
 
@@ -347,7 +354,7 @@ def _array(frame, topic: str, spec: ArraySpec, dtype: str, shape: tuple[int, ...
             any(w is not None and w != d for w, d in zip(spec.shape, shape)):
         raise WireError("bad_shape", topic, f"{spec.name}: expected shape {want}, got {list(shape)}")
     if spec.shape[0] is None:
-        limit = limits.max_rows(topic)
+        limit = limits.max_rows(topic, spec.name)
         if shape[0] > limit or (topic == "wifi" and shape[0] < 1):
             raise WireError("oversized" if shape[0] > limit else "bad_shape", topic,
                             f"{spec.name}: {shape[0]} rows, allowed 1..{limit}" if topic == "wifi"

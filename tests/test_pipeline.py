@@ -327,3 +327,15 @@ def test_one_sensor_stamping_the_far_future_does_not_drag_the_data_clock(tiny_mo
     assert results[5].health[lidar].clock == 1.0          # seen as a wrong sensor clock ...
     assert results[-1].health[lidar].clock == 0.0         # ... and forgiven once it sends sane times
     assert not any(r.degradation.degraded[[0, 2, 3]].any() for r in results)
+
+
+def test_bench_drives_the_loop_as_serve_builds_it(tiny_model):
+    """`runtime bench`'s per-stage and throughput parts on the tiny model (a few ticks, no sockets)."""
+    from runtime.bench import bench_stages, bench_throughput
+
+    cfg = RuntimeConfig()
+    stages = bench_stages(tiny_model, cfg, n_ticks=5)
+    assert {"decode", "sync", "preprocess", "inference", "contributions", "degradation", "publish",
+            "metrics", "total"} <= set(stages)
+    throughput = bench_throughput(tiny_model, cfg, seconds=0.3)
+    assert throughput["ticks"] >= 1 and throughput["fused"] == throughput["ticks"]

@@ -51,6 +51,10 @@ def test_rehab_outputs_pass_through_when_the_stream_has_them():
     msg.extra["rehab"] = {"reps": 3, "last_rom_deg": 87.5, "angles": {"left_knee": 120.0}}
     f = frame_from_message(wire.decode(_roundtrip(msg)))
     assert f["rehab"] == {"reps": 3, "last_rom_deg": 87.5, "angles": {"left_knee": 120.0}}
+    msg.extra["rehab"] = {"reps": 1, "angles_deg": {"knee": float("nan")}, "trace": [1.5, float("inf")]}
+    f = frame_from_message(wire.decode(_roundtrip(msg)))
+    assert f["rehab"]["angles_deg"] == {"knee": None} and f["rehab"]["trace"] == [1.5, None]
+    json.dumps(f, allow_nan=False)                            # whatever the header held, the page gets JSON
 
 
 def _records(n: int) -> list[dict]:
@@ -258,3 +262,29 @@ def test_a_stalled_viewer_never_blocks_the_pose_publisher_and_its_losses_are_cou
         proc.terminate()
         proc.wait(timeout=10)
         pub.close()
+
+
+def test_forwarded_points_travel_on_the_pose_stream_to_the_page():
+    from exporters.pose_publisher import pose_message
+    from runtime.config import OutputConfig
+    from runtime.pipeline import forwarded_points
+
+    class Sample:
+        def __init__(self, points):
+            self.arrays = {"points": points}
+
+    lidar = np.random.default_rng(0).normal([3, 0, 0], 0.3, (1200, 3)).astype(np.float32)
+    samples = {"lidar": Sample(lidar), "mmwave": Sample(np.zeros((0, 5), np.float32))}
+    assert forwarded_points(samples, 0) is None
+    points = forwarded_points(samples, 256)
+    assert points["lidar"].shape == (256, 3) and points["mmwave"].shape == (0, 5)
+    np.testing.assert_array_equal(points["lidar"][[0, -1]], lidar[[0, -1]])    # evenly over the cloud
+    msg = pose_message("s", 1, 1, JOINTS, np.ones(4), np.zeros(4), np.zeros(4), 0, {}, points)
+    f = frame_from_message(wire.decode(_roundtrip(msg)))
+    assert len(f["points"]["lidar"]) == 256 and f["points"]["mmwave"] == []
+    bad = wire.encode(pose_message("s", 1, 1, JOINTS, np.ones(4), np.zeros(4), np.zeros(4), 0, {},
+                                   {"mmwave": np.zeros((schema.MAX_MMWAVE_POINTS + 1, 5), np.float32)}))
+    with pytest.raises(wire.WireError, match="exceed"):
+        wire.decode(bad)
+    with pytest.raises(ValueError, match="forward_points"):
+        OutputConfig(forward_points=-1)

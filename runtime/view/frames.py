@@ -70,8 +70,25 @@ def _points(arrays: dict) -> dict | None:
     return out or None
 
 
+def json_safe(v):
+    """A header value from the wire -> JSON (non-finite floats -> None, bytes -> text, maps keyed by text)."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, np.generic | np.ndarray):
+        return json_safe(v.tolist())
+    return str(v)
+
+
 def _rehab(source: dict) -> dict | None:
-    found = {k: source[k] for k in REHAB_KEYS if source.get(k) is not None}
+    found = {k: json_safe(source[k]) for k in REHAB_KEYS if source.get(k) is not None}
     if not found:
         return None
     return found["rehab"] if list(found) == ["rehab"] else found
@@ -88,7 +105,7 @@ def _angle_names(n: int) -> list[str]:
 def _rehab_of_record(record: dict) -> dict | None:
     """The ``rehab`` map of a recorded tick (the recorder keeps exercise, session, reps and angles)."""
     if record.get("rehab") is not None:
-        return record["rehab"]
+        return json_safe(record["rehab"])
     if record.get("reps") is None:
         return None
     angles = record.get("angles")

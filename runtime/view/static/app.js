@@ -75,7 +75,7 @@ function makeScene(container) {
   joints.visible = false;
   scene.add(joints);
   const clouds = {};
-  for (const [name, color, size] of [["lidar", 0x8b98a5, 0.015], ["mmwave", 0xd29922, 0.05]]) {
+  for (const [name, color, size] of [["lidar", 0xaab4be, 0.025], ["mmwave", 0xd29922, 0.05]]) {
     const g = new THREE.BufferGeometry();
     g.setAttribute("position", new THREE.BufferAttribute(new Float32Array(0), 3));
     clouds[name] = new THREE.Points(g, new THREE.PointsMaterial({ size, color, transparent: true, opacity: 0.7 }));
