@@ -10,7 +10,10 @@
    half way, and show live poses, contributions and degradation (console, and the station viewer
    page at http://127.0.0.1:8080/, which reads the pose stream with the `viewer` client key);
 4. show the Prometheus metrics the runtime exports;
-5. validate the model offline through the real pipeline (`runtime replay`).
+5. validate the model offline through the real pipeline (`runtime replay`);
+6. the rehabilitation report of the live session of step 3 (`runtime report`): joint angles,
+   repetitions with their range of motion, tempo and symmetry, and how far to trust each one
+   (the repetitions measured after the LiDAR stopped are marked low-confidence).
 
 Every step is a plain command-line call, printed before it runs, so each can be repeated by hand.
 Settings come from the environment: DEMO_DIR (default runs/demo), DEMO_DATA (data/demo),
@@ -142,8 +145,12 @@ def main() -> int:
     banner("5. offline validation through the real pipeline (ZeroMQ on loopback, as fast as possible)")
     run("runtime", "replay", "--model", str(model), "--data", str(DATA), "--protocol", "P1",
         "--split", "S1", "--rate", "0", "--report", str(RUN / "replay.json"))
+    banner("6. rehabilitation report of the live session (angles, repetitions, trust)")
+    run("runtime", "report", "--recording", str(RUN / "poses.jsonl"), "--out", str(RUN / "rehab-report.html"),
+        "--json-out", str(RUN / "rehab-report.json"), "--title", "Demo session: rehabilitation report")
     banner("done")
-    print(f"training run, plots and log: {RUN / 'train'}  ·  model: {model}  ·  report: {RUN / 'replay.json'}")
+    print(f"training run, plots and log: {RUN / 'train'}  ·  model: {model}  ·  report: {RUN / 'replay.json'}  ·  "
+          f"rehabilitation report: {RUN / 'rehab-report.html'}")
     return 0
 
 

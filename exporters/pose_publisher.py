@@ -20,6 +20,8 @@ station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msg
 ``input_t_ns``     [4] capture time of the sample used per modality (0 = absent)
 ``outcome``        ``fused`` (all four present) or ``partial``
 ``gt``             [17][3] ground-truth joints the tick used (replay with ``gt`` only), else nil
+``rehab``          map: joint angles, exercise, repetition count, last range of motion, the last
+                   completed repetition with its trust (``runtime.rehab.RehabTick.header``; docs/wire.md)
 =================  ==================================================================================
 All arrays are in ``sensors.schema.MODALITIES`` order (rgb, lidar, mmwave, wifi).
 

@@ -88,7 +88,7 @@ class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9108          # 0 = any free port
-    ready_max_tick_age_s: float = 2.0   # /readyz fails when no tick ran for this long
+    ready_max_tick_age_s: float = 2.0   # /readyz fails when no pose came out for this long
     workers: int = 4          # HTTP worker threads (bounded; more connections wait, then are refused)
     web_config: str = ""      # Prometheus-style web config: TLS and basic auth (docs/security.md)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +70,10 @@ class Loop:
         self.outputs = outputs or Outputs()
         self.sync = Synchronizer(config.sync)   # SyncSettings is a SyncConfig
         self.stats = stats or RunStats()
-        self.last_tick_wall: float | None = None   # monotonic time of the last tick (readiness)
+        self.last_tick_wall: float | None = None   # monotonic time of the last tick
+        self.last_pose_wall: float | None = None   # monotonic time of the last tick with a pose (readiness)
+        self.running = False                       # inside run()
+        self.on_iteration: Callable[[], object] | None = None   # after every loop iteration (systemd watchdog)
         self._received = np.zeros(schema.N_MODALITIES, np.int64)
         self._lost = np.zeros(schema.N_MODALITIES, np.int64)
         self._newest_ns: dict[str, int] = {}   # capture time of the latest message, per modality
@@ -129,6 +133,8 @@ class Loop:
             result.latency_ns = self._latency_ns(result)
         self.outputs.emit(result)
         self.last_tick_wall = time.monotonic()
+        if result.pose is not None:
+            self.last_pose_wall = self.last_tick_wall
         self.stats.ticks += 1
         return result
 
@@ -149,10 +155,14 @@ class Loop:
         run_once = self._wall_once if self.config.sync.clock == "wall" else self._data_once
         idle = [time.monotonic()]
         self.outputs.running(True)
+        self.running = True
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 run_once(source, clock, idle)
+                if self.on_iteration is not None:
+                    self.on_iteration()
         finally:
+            self.running = False
             self.outputs.running(False)
         return self.stats
 

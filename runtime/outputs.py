@@ -89,6 +89,9 @@ class MetricsOutput:
         m.provider_info.info({"requested": str(getattr(model, "requested_provider", "")),
                               "used": str(getattr(model, "provider", ""))})
         m.gpu_fallback.set(1.0 if getattr(model, "gpu_fallback", False) else 0.0)
+        producer = meta.producer
+        m.set_model_build(meta.config_hash, str(producer.get("training_data", "unknown")),
+                          str(producer.get("exported_at", "")))
         if meta.baseline is not None:
             for i, mod in enumerate(schema.MODALITIES):
                 m.baseline_share.labels(modality=mod).set(float(meta.baseline.shares[i]))
@@ -119,11 +122,15 @@ class MetricsOutput:
         if result.pose is not None:
             m.end_to_end_latency.observe(result.latency_ns / 1e9)
         presence = self._smooth("presence", result.presence)
+        received = self._smooth("received", result.received)
+        empty = self._smooth("empty", result.empty)
         skew = self._smooth("skew", result.skew_s, mask=result.presence > 0)
         score = self._smooth("score", result.degradation.score)
         c = result.contributions
         for i, mod in enumerate(schema.MODALITIES):
             m.presence.labels(modality=mod).set(presence[i])
+            m.received.labels(modality=mod).set(received[i])
+            m.empty.labels(modality=mod).set(empty[i])
             m.sync_skew.labels(modality=mod).set(skew[i])
             m.staleness.labels(modality=mod).set(result.staleness_s[i])
             m.degradation_score.labels(modality=mod).set(score[i])

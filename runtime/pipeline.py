@@ -58,6 +58,12 @@ def mask_non_finite(inputs: dict[str, np.ndarray], presence: np.ndarray) -> list
     return bad
 
 
+def _is_empty_cloud(sample) -> bool:
+    """A synced LiDAR/radar message with no points (a still subject gives the radar nothing)."""
+    points = None if sample is None else sample.arrays.get("points")
+    return points is not None and len(points) == 0
+
+
 def _zeros_i8() -> np.ndarray:
     return np.zeros(schema.N_MODALITIES, np.int64)
 
@@ -82,7 +88,7 @@ class TickResult:
     tick: int
     tick_ns: int
     outcome: str                          # fused | partial | empty
-    presence: np.ndarray                  # float32 [4]
+    presence: np.ndarray                  # float32 [4]: input present to the model
     health: list[InputHealth]             # per modality
     degradation: DegradationResult
     pose: np.ndarray | None = None        # float32 [17, 3]
@@ -96,6 +102,10 @@ class TickResult:
     latency_ns: int = 0                   # newest used capture time -> outputs called (set by the loop)
     durations: dict[str, float] = field(default_factory=dict)   # stage -> seconds
     inputs: dict[str, np.ndarray] | None = None                 # model inputs (batch 1), when recorded
+    received: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES, np.float32))
+    # ^ 1 = a message of the modality was synced for this tick, empty or not ("silent" when 0)
+    empty: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES, np.float32))
+    # ^ 1 = that message was an empty point cloud (the sensor runs but saw nothing; absent to the model)
     points: dict[str, np.ndarray] | None = None   # lidar/mmwave points used, when output.forward_points > 0
     rehab: RehabTick | None = None        # joint angles, repetitions (runtime.rehab), when enabled
 
@@ -153,7 +163,8 @@ class Pipeline:
             input_t_ns=np.array([0 if s is None else s.t_ns for s in samples], np.int64),
             skew_s=np.array([0.0 if s is None else s.skew_s for s in samples]),
             staleness_s=np.array([np.nan if n is None else (tick.tick_ns - n) / 1e9 for n in newest]),
-            inputs=feats.inputs if self.record_inputs else None,
+            inputs=feats.inputs if self.record_inputs else None, received=tick.presence(),
+            empty=np.array([_is_empty_cloud(s) for s in samples], np.float32),
             points=forwarded_points(tick.samples, self.config.output.forward_points))
         loo = np.zeros(schema.N_MODALITIES)
         shares = None

@@ -7,6 +7,12 @@ recorder), the HTTP exporter (/metrics /healthz /readyz; its URL is logged), the
 then the tick loop. SIGINT/SIGTERM stop the loop; the recorder is flushed and closed, the pose
 socket closed and the metrics left at their last values before the process exits.
 
+Ready (``/readyz`` 200, ``awc_ready`` 1) means poses are flowing: the ingest and the loop run and a
+tick produced a pose within ``metrics.ready_max_tick_age_s``. With every sensor stopped, silent or
+sending only empty frames, the runtime is alive (``/healthz``) but not ready. Under systemd
+(``Type=notify``) it sends READY=1 once the loop starts and WATCHDOG=1 from the loop
+(``runtime.sdnotify``), so a hung loop is restarted.
+
 Security (docs/security.md): ``--keys DIR`` (``security.keys_dir``) puts CurveZMQ on the sensor
 ingest (allow-list DIR/sensors) and the pose stream (allow-list DIR/viewers); without keys,
 ``--plaintext`` must be given, and plaintext is then refused on non-loopback endpoints unless
@@ -40,6 +46,7 @@ from runtime.loop import Loop, RunStats
 from runtime.model import ModelError, PoseModel
 from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, RecorderOutput
 from runtime.pipeline import Pipeline
+from runtime.sdnotify import Notifier
 from sensors import keys
 from sensors.cli_util import add_list_argument, add_set_argument
 
@@ -194,6 +201,12 @@ class Runtime:
         self.http: HttpExporter | None = None
         self.ingest: Ingest | None = None
         self.worker_died: str | None = None
+        self.notifier = Notifier()
+        self.loop.on_iteration = self.notifier.watchdog
+        # Scraped values, computed when Prometheus asks (not left at whatever the loop last set).
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
+        self.metrics.ingest_queue_depth.set_function(
+            lambda: 0.0 if self.ingest is None else float(self.ingest.queue.qsize()))
 
     def start(self) -> Runtime:
         log.info("resolved config: %s", json.dumps(self.cfg.to_dict(), sort_keys=True))
@@ -227,24 +240,30 @@ class Runtime:
         self.stop_event.set()
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason) for /readyz: model loaded (we exist), ingest running, a recent tick."""
+        """(ready, reason) for /readyz: poses are flowing (model loaded, ingest and loop running,
+        a pose within ``metrics.ready_max_tick_age_s``)."""
         if self.ingest is None or not self.ingest.running:
             return False, "ingest not running"
-        if self.loop.last_tick_wall is None:
-            return False, "no tick has run yet"
-        age = time.monotonic() - self.loop.last_tick_wall
+        if not self.loop.running:
+            return False, "tick loop not running"
         limit = self.cfg.metrics.ready_max_tick_age_s
+        if self.loop.last_pose_wall is None:
+            return False, "no pose yet: no sensor has sent data the model can use"
+        age = time.monotonic() - self.loop.last_pose_wall
         if age > limit:
-            return False, f"last tick {age:.1f} s ago (> {limit} s)"
+            return False, (f"no pose for {age:.1f} s (> {limit} s): every sensor is silent or sends "
+                           "only empty frames")
         return True, "ready"
 
     def run(self, duration_s: float | None = None) -> RunStats:
+        self.notifier.ready(f"serving station {self.cfg.station}")
         stats = self.loop.run(self.ingest, self.stop_event, duration_s)
         if self.worker_died:
             raise WorkerDied(f"{self.worker_died}; exiting non-zero so the supervisor restarts the runtime")
         return stats
 
     def close(self) -> None:
+        self.notifier.stopping()
         if self.ingest is not None:
             self.ingest.stop()
         self.loop.close()

@@ -84,8 +84,38 @@ def emit_report(args: argparse.Namespace, report: dict, text: str) -> None:
         logging.getLogger(__name__).info("wrote %s", path)
 
 
+# Optional packages -> the pyproject extra that installs them (a station has none of the train ones).
+EXTRA_OF = {"torch": "train", "onnx": "train", "matplotlib": "train", "sklearn": "sim", "tensorboard": "tensorboard",
+            "onnxruntime": "cpu", "starlette": "view", "uvicorn": "view", "sse_starlette": "view"}
+
+
+def missing_extra(err: ModuleNotFoundError) -> str | None:
+    """One line saying which extra installs the missing package, or None if it is not optional."""
+    top = (err.name or "").split(".")[0]
+    extra = EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    hint = " (torch: choose its CPU or CUDA build first, README \"Installing\")" if top == "torch" else ""
+    return (f"this command needs the Python package {top!r}, which is not installed here; install the "
+            f"{extra!r} extra: pip install 'awc-pose[{extra}]'{hint}")
+
+
 def run_subcommands(prog: str, description: str, commands: dict[str, tuple[str, str]],
                     argv: list[str] | None = None) -> int:
+    """commands: name -> (module path, one-line help). Returns the process exit code; a package of
+    an extra that is not installed is one line on stderr and exit code 2."""
+    try:
+        return _run_subcommands(prog, description, commands, argv)
+    except ModuleNotFoundError as err:
+        line = missing_extra(err)
+        if line is None:
+            raise
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _run_subcommands(prog: str, description: str, commands: dict[str, tuple[str, str]],
+                     argv: list[str] | None = None) -> int:
     """commands: name -> (module path, one-line help). Returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog=prog, description=description)

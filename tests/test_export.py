@@ -223,6 +223,18 @@ def test_training_export_refuses_without_data_unless_told(tmp_path, caplog):
     np.testing.assert_allclose(runtime.run(x)[0], torch_reference(model, x)[0], atol=ATOL_M)
 
 
+def test_export_records_training_data_kind_and_date(tmp_path, tiny_dataset):
+    """awc_build_info's provenance: a checkpoint trained on a generated dataset exports as synthetic."""
+    from training import cli as training_cli
+
+    _, cfg, ckpt = _checkpoint(tmp_path, tiny_dataset)
+    out = tmp_path / "awc.onnx"
+    assert training_cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-calibration"]) == 0
+    producer = PoseModel.load(out, provider="cpu", intra_op_threads=1).metadata.producer
+    assert producer["training_data"] == "synthetic"
+    assert producer["exported_at"].endswith("+00:00") and producer["exported_at"][:2] == "20"
+
+
 def test_training_export_measures_the_baseline_on_dataset_frames(tmp_path, tiny_dataset):
     from training import cli as training_cli
 

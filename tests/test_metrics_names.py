@@ -8,8 +8,12 @@ from prometheus_client import generate_latest
 
 from exporters.metrics import TRAINING_DATA, RuntimeMetrics, build_labels, exported_metric_names
 
-UNIT_SUFFIXES = ("_seconds", "_ratio", "_bytes", "_hertz", "_total", "_info", "_depth", "_value", "_degraded",
-                 "_ready", "_fallback", "_bucket", "_count", "_sum", "_fds")
+UNIT_SUFFIXES = ("_seconds", "_ratio", "_bytes", "_hertz", "_total", "_info", "_bucket", "_count", "_sum",
+                 # joint angles: degrees, as goniometry is read in the clinic (a deliberate exception)
+                 "_degrees")
+# Unitless gauges: flags (0/1), a state set, counts of things that are not events, a score.
+UNITLESS = {"awc_ready", "awc_modality_degraded", "awc_inference_gpu_fallback", "awc_shapley_value",
+            "awc_ingest_queue_depth", "awc_rehab_exercise", "awc_rehab_exercise_repetitions"}
 
 
 def test_names_follow_the_house_rules():
@@ -17,7 +21,7 @@ def test_names_follow_the_house_rules():
     ours = [n for n in names if n.startswith("awc_")]
     assert ours and all(re.fullmatch(r"awc_[a-z0-9_]+", n) for n in ours)
     for n in ours:
-        assert n.endswith(UNIT_SUFFIXES), f"{n}: no unit or kind suffix"
+        assert n.endswith(UNIT_SUFFIXES) or n in UNITLESS, f"{n}: no unit or kind suffix"
         assert not n.endswith("_hz"), f"{n}: base units spell hertz"
     assert "awc_tick_rate_hertz" in names
 
@@ -53,3 +57,15 @@ def test_build_info_carries_version_and_model_provenance():
         assert part in line, line
     assert build_labels(training_data="made-up")["training_data"] == "unknown"
     assert set(TRAINING_DATA) == {"synthetic", "real", "unknown"}
+
+
+def test_dataset_kind_tells_generated_from_real(tmp_path):
+    from sensors.simulate import simulate
+    from sensors.simulate.writer import dataset_kind
+
+    assert dataset_kind(tmp_path / "nothing") == "unknown"
+    real = tmp_path / "real" / "E01" / "S01" / "A02"
+    real.mkdir(parents=True)
+    assert dataset_kind(tmp_path / "real") == "real"
+    simulate(tmp_path / "gen", preset="tiny", subjects=["S01"], actions=["A02"], progress=False)
+    assert dataset_kind(tmp_path / "gen") == "synthetic"

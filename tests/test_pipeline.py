@@ -329,6 +329,34 @@ def test_one_sensor_stamping_the_far_future_does_not_drag_the_data_clock(tiny_mo
     assert not any(r.degradation.degraded[[0, 2, 3]].any() for r in results)
 
 
+def test_empty_radar_frames_are_received_not_silent_and_a_stopped_wifi_is_silent(tiny_model):
+    """A still subject: the radar sends empty clouds (received, absent to the model, empty); WiFi stops
+    sending (silent). The metrics keep the two apart, so only the silent one looks missing."""
+    rng = np.random.default_rng(3)
+    messages = []
+    for k in range(30):
+        for m in frame_messages(k, rng, skip=("wifi",) if k >= 5 else ()):
+            if m.topic == "mmwave":
+                m = Message(m.topic, m.src, m.seq, m.t_ns, m.sent_ns, {"points": np.zeros((0, 5), np.float32)},
+                            m.extra)
+            messages.append(m)
+    pipe, results = _run_data_clock(tiny_model, messages)
+    i_mm, i_wifi = schema.MODALITY_INDEX["mmwave"], schema.MODALITY_INDEX["wifi"]
+    last = results[-1]
+    assert last.received[i_mm] == 1 and last.presence[i_mm] == 0 and last.empty[i_mm] == 1
+    assert last.received[i_wifi] == 0 and last.empty[i_wifi] == 0
+    reg = pipe.outputs.metrics.registry
+
+    def gauge(name, mod):
+        return reg.get_sample_value(name, {"modality": mod})
+
+    assert gauge("awc_modality_received_ratio", "mmwave") > 0.99
+    assert gauge("awc_modality_empty_ratio", "mmwave") > 0.99
+    assert gauge("awc_modality_presence_ratio", "mmwave") < 0.01
+    assert gauge("awc_modality_received_ratio", "wifi") < 0.05       # silent after frame 5
+    assert gauge("awc_modality_received_ratio", "rgb") > 0.99 and gauge("awc_modality_empty_ratio", "lidar") < 0.01
+
+
 def test_bench_drives_the_loop_as_serve_builds_it(tiny_model):
     """`runtime bench`'s per-stage and throughput parts on the tiny model (a few ticks, no sockets)."""
     from runtime.bench import bench_stages, bench_throughput

@@ -1,18 +1,24 @@
-"""A real Prometheus scrapes a real runtime fed by a real replay, with the shipped config and rules.
+"""A real Prometheus scrapes two real runtimes, one fed by a real replay, with the shipped config and
+rules, and sends its alerts to a real Alertmanager with the shipped routing.
 
 Started on loopback, on free ports, in a temporary folder:
   * ``prometheus`` with deploy/prometheus/prometheus.yml and rules/*.yml, changed only in
     - intervals: scrape and evaluation every 1 s (scrape timeout 900 ms),
-    - target addresses: targets/*.yml replaced by one station ``itest`` at the runtime's port, the
-      self-scrape at Prometheus' own port,
+    - target addresses: targets/*.yml replaced by one file per station (``itest`` and ``itest-2``,
+      file-based service discovery as in production), alertmanagers/*.yml by the test's
+      Alertmanager, the self-scrape at Prometheus' own port,
     - alert ``for:`` durations: all set to 2 s, so alerts reach pending/firing within the test;
-  * ``runtime serve`` with an untrained ``small`` model exported with its baseline measured on the
-    ``tiny_dataset`` fixture;
-  * ``sensors replay`` of that dataset at real time, with the LiDAR stream stopped after 4 s.
+  * ``prometheus-alertmanager`` with deploy/alertmanager/alertmanager.yml, its webhook pointed at a
+    receiver in this test and its group waits shortened;
+  * two ``runtime serve`` (stations ``itest`` and ``itest-2``) with an untrained ``small`` model
+    exported with its baseline measured on the ``tiny_dataset`` fixture;
+  * ``sensors replay`` of that dataset at real time into ``itest``, with the LiDAR stream stopped
+    after 4 s. ``itest-2`` gets no sensor at all: alive, not ready, no poses.
 
 Then Prometheus' HTTP API is asked until the per-modality series, the recording rules and the
-dashboard's queries answer, and until the LiDAR fault shows as an alert. Needs Debian's
-``prometheus`` package: skipped without it, failed under CI (CI=true).
+dashboard's queries answer, until the LiDAR fault shows as an alert, and until the second station's
+AwcNoPoses reaches the webhook. Needs Debian's ``prometheus`` and ``prometheus-alertmanager``
+packages: skipped without them, failed under CI (CI=true).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -37,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROM = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "awc-pose.json"
 STATION = "itest"
+STATION_2 = "itest-2"   # a second station without sensors
 FAULT_AFTER_S = 4
 ALERT_FOR = "2s"
 
@@ -73,7 +81,7 @@ def wait_for(what: str, check, timeout_s: float, procs: dict[str, subprocess.Pop
 
 # --- the test copy of the shipped Prometheus config -------------------------------------------------
 
-def write_prometheus_config(folder: Path, metrics_port: int, prom_port: int) -> Path:
+def write_prometheus_config(folder: Path, metrics_ports: dict[str, int], prom_port: int, am_port: int) -> Path:
     cfg = yaml.safe_load((PROM / "prometheus.yml").read_text())
     cfg["global"].update(scrape_interval="1s", scrape_timeout="900ms", evaluation_interval="1s")
     for job in cfg["scrape_configs"]:
@@ -84,8 +92,11 @@ def write_prometheus_config(folder: Path, metrics_port: int, prom_port: int) -> 
     (folder / "targets").mkdir()
     shipped = [g for f in sorted((PROM / "targets").glob("*.yml")) for g in yaml.safe_load(f.read_text())]
     assert shipped and all("station" in g["labels"] for g in shipped)
-    (folder / "targets" / "itest.yml").write_text(yaml.safe_dump(
-        [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"station": STATION}}]))
+    for station, port in metrics_ports.items():   # one file per station, as a ward would add them
+        (folder / "targets" / f"{station}.yml").write_text(yaml.safe_dump(
+            [{"targets": [f"127.0.0.1:{port}"], "labels": {"station": station}}]))
+    (folder / "alertmanagers").mkdir()
+    (folder / "alertmanagers" / "itest.yml").write_text(yaml.safe_dump([{"targets": [f"127.0.0.1:{am_port}"]}]))
     (folder / "rules").mkdir()
     for path in sorted((PROM / "rules").glob("*.yml")):
         doc = yaml.safe_load(path.read_text())
@@ -130,21 +141,73 @@ def model_path(tiny_dataset, tmp_path_factory) -> Path:
     return Path(export_untrained(out, fusion="concat", preset="small", seed=0, data_root=tiny_dataset))
 
 
+class WebhookReceiver:
+    """The Alertmanager webhook receiver: collects every POSTed notification (JSON) in memory."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/awc-alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def write_alertmanager_config(folder: Path, webhook_url: str) -> Path:
+    cfg = yaml.safe_load((REPO / "deploy" / "alertmanager" / "alertmanager.yml").read_text())
+    cfg["route"].update(group_wait="1s", group_interval="2s")
+    for route in cfg["route"].get("routes", []):
+        route.update(group_wait="1s")
+    (receiver,) = cfg["receivers"]
+    receiver["webhook_configs"][0]["url"] = webhook_url
+    path = folder / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def runtime_command(model_path: Path, station: str, in_port: int, out_port: int, metrics_port: int) -> list[str]:
+    return [sys.executable, "-m", "runtime", "serve", "--model", str(model_path),
+            "--input", f"tcp://127.0.0.1:{in_port}", "--output", f"tcp://127.0.0.1:{out_port}",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--threads", "1", "--plaintext",
+            "--set", f"station={station}"]
+
+
 @pytest.fixture(scope="module")
 def stack(tiny_dataset, model_path, tmp_path_factory):
     prometheus = require_tool("prometheus")
+    alertmanager = require_tool("prometheus-alertmanager")
     folder = tmp_path_factory.mktemp("prometheus")
-    in_port, out_port, metrics_port, prom_port = (free_loopback_port() for _ in range(4))
-    config = write_prometheus_config(folder, metrics_port, prom_port)
+    (in_port, out_port, metrics_port, prom_port, in_2, out_2, metrics_2, am_port,
+     am_cluster) = (free_loopback_port() for _ in range(9))
+    config = write_prometheus_config(folder, {STATION: metrics_port, STATION_2: metrics_2}, prom_port, am_port)
+    webhook = WebhookReceiver()
+    am_config = write_alertmanager_config(folder, webhook.url)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    logs = {name: folder / f"{name}.log" for name in ("prometheus", "runtime", "replay")}
+    logs = {name: folder / f"{name}.log" for name in ("prometheus", "alertmanager", "runtime", "runtime2", "replay")}
     commands = {
         "prometheus": [prometheus, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
                        f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-        "runtime": [sys.executable, "-m", "runtime", "serve", "--model", str(model_path),
-                    "--input", f"tcp://127.0.0.1:{in_port}", "--output", f"tcp://127.0.0.1:{out_port}",
-                    "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--threads", "1", "--plaintext",
-                    "--set", f"station={STATION}"],
+        "alertmanager": [alertmanager, f"--config.file={am_config}", f"--storage.path={folder / 'am-data'}",
+                         f"--web.listen-address=127.0.0.1:{am_port}",
+                         f"--cluster.listen-address=127.0.0.1:{am_cluster}", "--log.level=warn"],
+        "runtime": runtime_command(model_path, STATION, in_port, out_port, metrics_port),
+        "runtime2": runtime_command(model_path, STATION_2, in_2, out_2, metrics_2),
         "replay": [sys.executable, "-m", "sensors", "replay", "--data", str(tiny_dataset), "--protocol", "P1",
                    "--split", "S1", "--subset", "test", "--connect", f"tcp://127.0.0.1:{in_port}",
                    "--rate", "1.0", "--fault", f"lidar:stop@{FAULT_AFTER_S}", "--no-progress"],
@@ -158,10 +221,16 @@ def stack(tiny_dataset, model_path, tmp_path_factory):
             stack_.callback(stop, procs[name])
 
         s = Stack(f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{metrics_port}", procs, logs)
+        s.metrics_url_2, s.webhook = f"http://127.0.0.1:{metrics_2}", webhook
+        stack_.callback(webhook.close)
+        start("alertmanager")
         start("prometheus")
         start("runtime")
+        start("runtime2")
         s.wait("Prometheus ready", lambda: http_get(f"{s.prom_url}/-/ready")[0] == 200, 30)
+        s.wait("Alertmanager ready", lambda: http_get(f"http://127.0.0.1:{am_port}/-/ready")[0] == 200, 30)
         s.wait("runtime /healthz", lambda: http_get(f"{s.metrics_url}/healthz")[0] == 200, 60)
+        s.wait("runtime 2 /healthz", lambda: http_get(f"{s.metrics_url_2}/healthz")[0] == 200, 60)
         start("replay")
         yield s
 
@@ -240,3 +309,45 @@ def test_lidar_fault_raises_the_degradation_alert(stack):
     others = {a["labels"].get("modality") for a in stack.alerts()
               if a["labels"]["alertname"] == "AwcModalityDegraded"}
     assert "rgb" not in others, f"a healthy RGB stream must not be flagged: {stack.alerts()}"
+
+
+def test_one_prometheus_discovers_both_stations_from_files(stack):
+    """Horizontal scale: each station is a file in targets/; both are scraped, each with its label."""
+    up = stack.wait("both runtimes up", lambda: (
+        r if len(r := stack.query('up{job="awc-runtime"} == 1')) == 2 else None))
+    assert {r["metric"]["station"] for r in up} == {STATION, STATION_2}
+    status, body = http_get(f"{stack.prom_url}/api/v1/targets")
+    active = [t for t in json.loads(body)["data"]["activeTargets"] if t["labels"]["job"] == "awc-runtime"]
+    assert {Path(t["discoveredLabels"]["__meta_filepath"]).name for t in active} == {f"{STATION}.yml",
+                                                                                    f"{STATION_2}.yml"}
+    info = stack.wait("awc_build_info of both", lambda: (
+        r if len(r := stack.query("awc_build_info")) == 2 else None))
+    for r in info:   # an untrained model: no training data to name (a trained one: tests/test_export.py)
+        assert r["metric"]["training_data"] == "unknown" and r["metric"]["model_config_hash"], r["metric"]
+        assert r["metric"]["export_date"][:4].isdigit()
+    rss = stack.query('process_resident_memory_bytes{job="awc-runtime"}')
+    assert len(rss) == 2 and all(float(r["value"][1]) > 20e6 for r in rss)
+
+
+def test_a_station_without_sensors_is_not_ready_and_pages_no_poses(stack):
+    """Every sensor stopped: /readyz says not ready, AwcNoPoses (critical) fires for that station only,
+    and the real Alertmanager delivers it to the example webhook with its runbook link."""
+    status, body = http_get(f"{stack.metrics_url_2}/readyz")
+    assert status == 503 and body.startswith("no pose"), body
+    assert http_get(f"{stack.metrics_url_2}/healthz")[0] == 200
+    stack.wait("awc_ready 0 on the station without sensors", lambda: stack.query(
+        f'awc_ready{{station="{STATION_2}"}} == 0'))
+
+    def no_poses_notification():
+        for note in stack.webhook.received:
+            for alert in note["alerts"]:
+                if alert["labels"]["alertname"] == "AwcNoPoses" and alert["status"] == "firing":
+                    return alert
+        return None
+
+    alert = stack.wait("AwcNoPoses at the webhook", no_poses_notification, 120)
+    assert alert["labels"]["station"] == STATION_2 and alert["labels"]["severity"] == "critical"
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#awcnoposes"
+    firing = {a["labels"]["station"] for a in stack.alerts() if a["labels"]["alertname"] == "AwcNoPoses"}
+    assert firing == {STATION_2}, "the station with sensors makes poses"
+    assert http_get(f"{stack.metrics_url}/readyz")[0] == 200

@@ -85,6 +85,7 @@ def test_empty_directory_is_explained(tmp_path):
 def test_identity_probe_and_csi_figures_in_the_report(report):
     ident = report["identity_probe"]
     assert ident["subjects"] == 3 and ident["chance"] == round(1 / 3, 4) and ident["test_frames"] > 0
+    assert ident["chance_given_room"] == 0.6667            # tiny: S02, S10 in E01, S32 alone in E04
     for m in ("wifi", "mmwave"):                  # no recording shared by a subject's sequences
         assert ident[f"{m}_accuracy"] <= 2 * ident["chance"], ident
     csi = report["csi_amplitude"]
@@ -95,6 +96,8 @@ def test_identity_probe_and_csi_figures_in_the_report(report):
     assert 0.5 < csi["packet_sd_db"] < 3.0
     ratios = report["probe_mpjpe_mm"]["ratio_to_rgb"]
     assert ratios["rgb"] == 1.0 and all(r > 0 for r in ratios.values())
+    p = report["probe_mpjpe_mm"]
+    assert np.isfinite(p["rgb+lidar_mm"]) and np.isfinite(p["all_four_mm"]) and p["rgb+lidar_mm"] < p["mean_pose_mm"]
 
 
 def test_identity_probe_finds_a_shortcut_and_not_a_missing_one():

@@ -69,7 +69,8 @@ def parse_metrics(text: str) -> dict[str, float]:
 class ServeProcess:
     """`python -m runtime serve` on free loopback ports; terminated (SIGTERM) on exit."""
 
-    def __init__(self, model: Path, workdir: Path, *extra: str, clock: str = "wall"):
+    def __init__(self, model: Path, workdir: Path, *extra: str, clock: str = "wall", env: dict | None = None):
+        self.extra_env = env or {}
         self.input = f"tcp://127.0.0.1:{free_loopback_port()}"
         self.output = f"tcp://127.0.0.1:{free_loopback_port()}"
         self.port = free_loopback_port()
@@ -80,7 +81,7 @@ class ServeProcess:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> ServeProcess:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **self.extra_env}
         self._log = open(self.log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -142,10 +143,17 @@ class ServeProcess:
 # Tests
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_sigterm_flushes_the_recorder_and_readiness_follows_the_ticks(tmp_path):
+def test_sigterm_flushes_the_recorder_and_readiness_follows_the_poses(tmp_path):
     model = export_tiny_model(tmp_path)
     rec = tmp_path / "rec.npz"
-    with ServeProcess(model, tmp_path, "--record", str(rec)) as srv:
+    with ServeProcess(model, tmp_path, "--record", str(rec), "--set", "metrics.ready_max_tick_age_s=1.0") as srv:
+        # Alive but not ready while no sensor sends: ready means poses are flowing.
+        deadline = time.monotonic() + 20
+        while srv.metrics().get('awc_ticks_total{outcome="empty"}', 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert srv.get("/healthz")[0] == 200
+        assert srv.get("/readyz") == (503, "no pose yet: no sensor has sent data the model can use\n")
+        assert srv.metrics()["awc_ready"] == 0.0
         ctx = zmq.Context()
         pub = ctx.socket(zmq.PUB)
         pub.connect(srv.input)
@@ -160,7 +168,12 @@ def test_sigterm_flushes_the_recorder_and_readiness_follows_the_ticks(tmp_path):
                 if poses.poll(max(1, int(wait * 1000))):
                     got.append(wire.decode(poses.recv_multipart()))
         assert srv.get("/readyz")[0] == 200
+        assert srv.metrics()["awc_ready"] == 1.0
         assert len(got) >= 10
+        time.sleep(1.5)                         # every sensor stops: ticks go on, empty; poses stop
+        status, reason = srv.get("/readyz")
+        assert status == 503 and reason.startswith("no pose for "), reason
+        assert srv.metrics()["awc_ready"] == 0.0
         assert srv.terminate() == 0, srv.log.read_text()
         pub.close(0)
         poses.close(0)
@@ -187,9 +200,9 @@ def test_replay_into_serve_poses_match_offline_inference_and_counters_add_up(tin
     rec = tmp_path / "rec.npz"
     frames = 120
     with ServeProcess(replay_model, tmp_path, "--record", str(rec), "--record-inputs",
-                      "--set", "inputs.queue_size=100000", clock="data") as srv:
-        # Data clock: no data, no tick, not ready (and /readyz says why).
-        assert srv.get("/readyz") == (503, "no tick has run yet\n")
+                      "--set", "inputs.queue_size=100000", "--set", "metrics.ready_max_tick_age_s=60", clock="data") as srv:
+        # Data clock: no data, no tick, no pose, not ready (and /readyz says why).
+        assert srv.get("/readyz") == (503, "no pose yet: no sensor has sent data the model can use\n")
         ctx = zmq.Context()
         poses_sock = pose_subscriber(ctx, srv.output)
         time.sleep(0.3)
@@ -279,3 +292,31 @@ def test_runtime_replay_flags_the_faulted_modality_only_and_keeps_serving(tiny_d
     assert report["messages"]["suppressed_by_faults"]["lidar"] == 20
     shares = report["contribution_shares"]
     assert abs(sum(shares["label_free"].values()) - 1) < 1e-3 and shares["labelled"] is not None
+
+
+@pytest.mark.slow
+def test_systemd_notify_ready_watchdog_and_stopping(replay_model, tmp_path):
+    """Under Type=notify: READY=1 once serving, WATCHDOG=1 from the tick loop, STOPPING=1 at SIGTERM."""
+    import socket
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    try:
+        with ServeProcess(replay_model, tmp_path, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}) as srv:
+            first = sock.recv(4096).decode()
+            assert first.startswith("READY=1\nSTATUS=serving station"), first
+            pings = [sock.recv(4096) for _ in range(3)]      # every 0.5 s: half the watchdog interval
+            assert pings == [b"WATCHDOG=1"] * 3
+            assert srv.terminate() == 0, srv.log.read_text()
+        rest = []
+        sock.settimeout(1)
+        while True:
+            try:
+                rest.append(sock.recv(4096))
+            except TimeoutError:
+                break
+        assert b"STOPPING=1" in rest
+    finally:
+        sock.close()

@@ -110,10 +110,11 @@ def test_same_seed_gives_identical_runs(tmp_path):
     assert a["mpjpe"] == b["mpjpe"]
 
 
-def test_resume_continues_exactly(tmp_path):
-    full = _fake_fit(tmp_path / "full", 3, balance="ogm-ge")
-    _fake_fit(tmp_path / "part", 1, balance="ogm-ge")
-    resumed = _fake_fit(tmp_path / "part", 3, resume=True, balance="ogm-ge")
+@pytest.mark.parametrize("balance", ["ogm-ge", "g-blending", "agm"])
+def test_resume_continues_exactly(tmp_path, balance):
+    full = _fake_fit(tmp_path / "full", 3, balance=balance)
+    _fake_fit(tmp_path / "part", 1, balance=balance)
+    resumed = _fake_fit(tmp_path / "part", 3, resume=True, balance=balance)
     lf, lr = _log(tmp_path / "full"), _log(tmp_path / "part")
     assert [r["epoch"] for r in lr] == [0, 1, 2]
     assert [r["loss_task"] for r in lr] == pytest.approx([r["loss_task"] for r in lf], rel=1e-6)

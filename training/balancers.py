@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,6 @@ class Context:
     reduce: Callable[[Tensor], Tensor] | None = None
     shard: Callable[[Tensor], Tensor] = lambda t: t
     world: int = 1
-    times: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
 class Balancer:
@@ -63,6 +62,12 @@ class Balancer:
     def __init__(self, ctx: Context):
         self.ctx, self.cfg, self.bc = ctx, ctx.cfg, ctx.cfg.balance
         self.enabled = ctx.cfg.model.modalities
+        self._times: dict[str, float] = defaultdict(float)  # seconds spent in the hooks, by phase
+
+    def take_times(self) -> dict[str, float]:
+        """Seconds this method spent in its own phases (fisher, shapley) since the last call."""
+        out, self._times = dict(self._times), defaultdict(float)
+        return out
 
     def split_training_set(self, train: Split) -> Split:
         """The frames the optimiser sees (G-Blending holds some out)."""
@@ -86,6 +91,13 @@ class Balancer:
 
     def epoch_end(self) -> dict[str, Any]:
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a ``--resume`` (state carried from one epoch to the next)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class Proximal(Balancer):
@@ -116,11 +128,11 @@ class Proximal(Balancer):
         self.weights = fisher if self.weighting == "fisher" else balance.uniform_weights(fisher, ctx.model)
         self.anchors = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if n in self.weights}
         t1 = time.perf_counter()
-        ctx.times["fisher"] += t1 - t0
+        self._times["fisher"] += t1 - t0
         v = coalition_values(ctx.gather(coal), ctx.gather(ctx.train.tensors["joints"][shard].to(ctx.device)))
         phi0 = posemath.shapley_values(v)
         self._set_groups(phi0)
-        ctx.times["shapley"] += time.perf_counter() - t1
+        self._times["shapley"] += time.perf_counter() - t1
         return {"shapley_theta0": _named(phi0), "groups_theta0": dict(zip(schema.MODALITIES, self.groups, strict=True)),
                 "fisher": fisher_summary(fisher, ctx.model)}
 
@@ -204,6 +216,12 @@ class Agm(Balancer):
     def epoch_end(self) -> dict[str, Any]:
         return {"agm_coefficients": _named(self.k_sum / self.n)} if self.n else {}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"running": self.running}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.running = state["running"]
+
 
 class GBlending(Balancer):
     """G-Blending (online): one uni-modal head per enabled modality beside the fused head; the loss
@@ -243,7 +261,7 @@ class GBlending(Balancer):
         model = self.ctx.model
         was = model.training
         model.eval()
-        b = {k: v.to(self.ctx.device) for k, v in data.tensors.items()}
+        b = {k: v.to(self.ctx.device) for k, v in data.batch(torch.arange(len(data))).items()}
         feats = model.encode(*[b[k] for k in schema.MODEL_INPUTS[:-1]])
         out = np.array([float(mpjpe_loss(p, b["joints"])) for p in self._branch_poses(feats, b["presence"])])
         model.train(was)
@@ -267,6 +285,13 @@ class GBlending(Balancer):
             err = (pose - batch["joints"]).pow(2).sum(-1).add(1e-12).sqrt().mean(-1)  # [B] metres
             total = total + float(self.w[i]) * (err * present).sum() / present.sum().clamp(min=1)
         return total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"heads": self.heads.state_dict(), "w": self.w, "prev": self.prev}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.w, self.prev = state["w"], state["prev"]
 
     def after_backward(self) -> None:
         if self.ctx.world > 1 and self.ctx.reduce is not None:  # the heads are outside DDP
@@ -305,7 +330,7 @@ class ModalityLevel(Balancer):
             return {}
         t0 = time.perf_counter()
         phi = self._scores()
-        self.ctx.times["shapley"] += time.perf_counter() - t0
+        self._times["shapley"] += time.perf_counter() - t0
         self.low, self.p = balance.resample_plan(phi, self.enabled, self.bc.rs_gamma)
         return {"resample": {"modality": schema.MODALITIES[self.low], "fraction": self.p, "scores": _named(phi)}}
 

@@ -7,6 +7,7 @@ config hash, the validation metrics and the per-epoch history.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,29 @@ def save_checkpoint(path: str | Path, model: PoseModel, cfg: config_mod.Config, 
     tmp.replace(path)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a training checkpoint this code can read; the message says what to pass."""
+
+
+ONNX_HINT = ("an exported ONNX model, not a training checkpoint: pass the run's best.pt or checkpoint.pt "
+             "(the .onnx file is what `runtime serve --model` takes)")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; pass a run's checkpoint.pt or best.pt")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is {ONNX_HINT}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        raise CheckpointError(f"{path} is not a torch checkpoint ({type(err).__name__}: {str(err)[:120]}); "
+                              "pass a run's checkpoint.pt or best.pt from `training fit`") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not an awc-pose checkpoint (expected keys model, config, epoch)")
+        raise CheckpointError(f"{path} is not an awc-pose checkpoint (expected keys model, config, epoch)")
     if state.get("schema_version") != schema.SCHEMA_VERSION:
-        raise ValueError(f"{path} was written with schema version {state.get('schema_version')}, this code "
+        raise CheckpointError(f"{path} was written with schema version {state.get('schema_version')}, this code "
                          f"reads version {schema.SCHEMA_VERSION}; retrain or use a matching release")
     return state
 

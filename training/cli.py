@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from sensors.cli_util import run_subcommands
+from sensors.settings import ConfigError
 
 COMMANDS = {
     "fit": ("training.fit", "train a model (AWC or a baseline) on MM-Fi or a generated dataset"),
@@ -15,7 +18,25 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_subcommands("training", __doc__, COMMANDS, argv)
+    """Usage errors (a config, device, checkpoint or file that cannot be used) are one line on
+    stderr and exit code 2, as in ``runtime``; anything else is a bug and keeps its traceback."""
+    try:
+        return run_subcommands("training", __doc__, COMMANDS, argv)
+    except (ConfigError, FileNotFoundError) as err:
+        return _usage_error(err)
+    except ValueError as err:
+        # the two other user errors, importable only with torch installed
+        from training.checkpoint import CheckpointError
+        from training.device import DeviceError
+
+        if isinstance(err, CheckpointError | DeviceError):
+            return _usage_error(err)
+        raise
+
+
+def _usage_error(err: Exception) -> int:
+    print(f"training: error: {err}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from sensors import schema, settings
+from sensors.settings import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FUSIONS = ("concat", "mlp", "attention")
@@ -42,7 +43,7 @@ FISHER_MODES = ("per_sample", "per_batch")
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
-        raise ValueError(msg)
+        raise ConfigError(msg)
 
 
 @dataclass
@@ -86,7 +87,7 @@ class DataConfig:
     split_seed: int = 0  # seed of the S1 random split (MM-Fi's np.random.seed(seed + k))
     max_train: int = 0  # 0 = all training frames; else an evenly spaced subset
     max_val: int = 0  # 0 = all test frames for the per-epoch validation
-    cache_dir: str = ""  # "" = no cache; else preprocessed arrays are kept here as .npz
+    cache_dir: str = ""  # "" = read into memory; else memory-mapped arrays kept here (bounded memory)
     # all = every frame (absent modalities are presence 0); complete = drop frames where any enabled
     # modality is absent, as the MM-Fi toolbox drops frames with an empty modality
     frames: str = "all"
@@ -154,6 +155,8 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     seed: int = 0
     threads: int = 1  # torch intra-op threads per process
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (training.device; under torchrun: each rank's GPU)
+    tensorboard: bool = False  # also write TensorBoard event files into <out>/tensorboard
     plots: bool = True
     plot_frames: int = 3  # test frames drawn as 3D skeletons
 
@@ -165,6 +168,12 @@ class TrainConfig:
         _check(self.threads >= 1, f"train.threads must be >= 1, got {self.threads}")
         _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
+        from training.device import DeviceError, parse
+
+        try:
+            parse(self.device)
+        except DeviceError as err:
+            raise ConfigError(f"train.device: {err}") from None
 
 
 @dataclass
@@ -194,7 +203,7 @@ def preset_path(name: str) -> Path:
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown preset {name!r}; known presets: {known}")
+        raise ConfigError(f"unknown preset {name!r}; known presets: {known} (or --config FILE.yaml)")
     return path
 
 
@@ -219,9 +228,12 @@ def from_dict(values: dict[str, Any]) -> Config:
 
 
 def config_hash(cfg: Config) -> str:
-    """Stable 12-hex digest of everything but the output directory."""
+    """Stable 12-hex digest of everything but the output directory and where the run executes
+    (device, TensorBoard logging): the same training on CPU or GPU has the same hash."""
     d = cfg.to_dict()
     d.pop("out", None)
+    for key in ("device", "tensorboard"):
+        d.get("train", {}).pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -1,8 +1,17 @@
-"""In-memory datasets and deterministic batching.
+"""Datasets (in memory or memory-mapped) and deterministic batching.
 
 MM-Fi-format data (the real release or a generated one) is read once by ``sensors.mmfi`` into
-stacked numpy arrays and kept as tensors: on a 2-core machine a per-sample DataLoader over files
-would spend more time in Python than in the model.
+stacked arrays: on a 2-core machine a per-sample DataLoader over files would spend more time in
+Python than in the model. Two ways to hold them:
+
+* no ``data.cache_dir``: in memory as tensors (small datasets, tests);
+* with ``data.cache_dir``: written once, sequence by sequence, into one ``.npy`` file per key
+  (``<cache_dir>/<subset>-<key>/``) and opened memory-mapped. Only the small per-frame arrays
+  (joints, presence, metadata) are loaded; the model inputs (rgb, lidar, mmwave, wifi and masks)
+  stay on disk and each batch reads its rows. Memory is bounded by one sequence while building
+  and by the batch while training (plus the OS page cache, which the kernel evicts as needed), so
+  the full MM-Fi (P3: 320k frames, ~45 KB each at the paper's caps) trains on a machine whose RAM
+  is far smaller than the dataset, and every DDP rank on the host shares the same cached pages.
 
 Array keys (N = frames): rgb [N,R,17,2], lidar [N,Cl,3], lidar_mask [N,Cl] bool, mmwave [N,Cm,5],
 mmwave_mask [N,Cm] bool, wifi [N,3,114,20], presence [N,4], joints [N,17,3] metres; metadata
@@ -15,8 +24,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,25 +39,38 @@ log = logging.getLogger(__name__)
 
 TENSOR_KEYS = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence", "joints")
 META_KEYS = ("env", "subject", "action", "frame")
+MAPPED_KEYS = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi")   # big: stay on disk
+COMPLETE = "complete.json"   # written last into a memory-mapped cache folder
 
 
 @dataclass
 class Split:
-    """One split in memory: tensors (float32 / bool) and per-frame metadata (numpy)."""
+    """One split: tensors in memory (float32 / bool), per-frame metadata (numpy) and, for a
+    memory-mapped dataset, the big input arrays on disk (``mapped``, rows ``rows`` of them)."""
 
     tensors: dict[str, torch.Tensor]
     meta: dict[str, np.ndarray]
+    mapped: dict[str, np.ndarray] = field(default_factory=dict)   # np.memmap [N_all, ...], read per batch
+    rows: np.ndarray | None = None                                # this split's rows of ``mapped`` (None = all)
 
     def __len__(self) -> int:
         return int(self.tensors["joints"].shape[0])
 
     def take(self, idx: torch.Tensor | np.ndarray) -> Split:
-        idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        idx_np = np.asarray(idx, dtype=np.int64)
+        idx_t = torch.as_tensor(idx_np, dtype=torch.long)
+        rows = None if not self.mapped else (idx_np if self.rows is None else self.rows[idx_np])
         return Split({k: v[idx_t] for k, v in self.tensors.items()},
-                     {k: v[idx_t.numpy()] for k, v in self.meta.items()})
+                     {k: v[idx_np] for k, v in self.meta.items()}, self.mapped, rows)
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v[idx] for k, v in self.tensors.items()}
+        out = {k: v[idx] for k, v in self.tensors.items()}
+        if self.mapped:
+            i = np.asarray(idx, dtype=np.int64)
+            rows = i if self.rows is None else self.rows[i]
+            for k, a in self.mapped.items():   # reads only these rows from disk (or the page cache)
+                out[k] = torch.from_numpy(np.ascontiguousarray(a[rows]))
+        return out
 
 
 def from_arrays(arrays: dict[str, np.ndarray], modalities: tuple[str, ...] = schema.MODALITIES) -> Split:
@@ -93,37 +116,90 @@ def _cache_key(cfg: Config, subset: str) -> str:
 
 
 def read_arrays(cfg: Config, subset: str, progress: bool = True) -> dict[str, np.ndarray]:
-    """Read one subset ("train" | "test") of the configured protocol/split with ``sensors.mmfi``.
+    """Read one subset ("train" | "test") of the configured protocol/split into memory with
+    ``sensors.mmfi`` (all four modalities, so one read serves every modality subset; the model's
+    enabled modalities are applied in ``from_arrays``). Large datasets: ``load_split`` with a
+    ``data.cache_dir`` instead."""
+    return _dataset(cfg, subset).load_arrays(progress=progress)
 
-    All four modalities are always read (so a cached file serves every modality subset); the
-    model's enabled modalities are applied in ``from_arrays``.
-    """
+
+def _dataset(cfg: Config, subset: str):
     from sensors.mmfi import MMFiDataset
 
     root = Path(cfg.data.root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} not found: point --data at an MM-Fi-format folder "
                                 f"(E01/S01/A02/...) or generate one with `sensors simulate --preset bench`")
-    cache = Path(cfg.data.cache_dir) / f"{subset}-{_cache_key(cfg, subset)}.npz" if cfg.data.cache_dir else None
-    if cache is not None and cache.exists():
-        with np.load(cache, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    ds = MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
-                     seed=cfg.data.split_seed, rgb_window=cfg.model.rgb_window, lidar_cap=cfg.model.lidar_cap,
-                     mmwave_cap=cfg.model.mmwave_cap, modalities=schema.MODALITIES)
-    arrays = ds.load_arrays(progress=progress)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks may write at once
-        np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-        tmp.replace(cache)
-    return arrays
+    return MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
+                       seed=cfg.data.split_seed, rgb_window=cfg.model.rgb_window, lidar_cap=cfg.model.lidar_cap,
+                       mmwave_cap=cfg.model.mmwave_cap, modalities=schema.MODALITIES)
+
+
+def build_mapped(cfg: Config, subset: str, folder: Path, progress: bool = True, dataset=None) -> Path:
+    """Write one subset as memory-mappable ``.npy`` files (one per key, [N, ...]) into ``folder``,
+    sequence by sequence: peak memory is one sequence's arrays. Built in a temporary folder and
+    renamed into place, so a half-written cache is never read (ranks may build at once)."""
+    from tqdm import tqdm
+
+    ds = dataset if dataset is not None else _dataset(cfg, subset)
+    n_seq, per = len(ds.keys), schema.FRAMES_PER_SEQUENCE
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files: dict[str, np.ndarray] = {}
+    for s, key in enumerate(tqdm(ds.keys, desc=f"caching {subset} sequences", unit="seq", disable=not progress)):
+        arrays = ds.sequence_arrays(key)
+        for name, value in arrays.items():
+            if name not in files:
+                files[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=value.dtype,
+                                                        shape=(n_seq * per, *value.shape[1:]))
+            files[name][s * per:(s + 1) * per] = value
+        del arrays, value   # before the next sequence is read: one sequence in memory at a time
+    for a in files.values():
+        a.flush()
+    del files
+    for name in ("env", "subject", "action"):
+        np.save(tmp / f"{name}.npy", np.repeat(np.array([getattr(k, name) for k in ds.keys], dtype=str), per))
+    np.save(tmp / "frame.npy", np.tile(np.arange(per, dtype=np.int64), n_seq))
+    (tmp / COMPLETE).write_text(json.dumps({"frames": n_seq * per, "sequences": n_seq,
+                                            "missing_files": dict(ds.missing)}))
+    if folder.exists() and not (folder / COMPLETE).is_file():
+        shutil.rmtree(folder, ignore_errors=True)   # left by an interrupted run: never complete
+    try:
+        tmp.rename(folder)
+    except OSError:   # another rank finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def open_mapped(folder: Path, modalities: tuple[str, ...] = schema.MODALITIES) -> Split:
+    """A memory-mapped cache folder -> Split: joints, presence and metadata in memory, the model
+    inputs memory-mapped (read per batch)."""
+    if not (folder / COMPLETE).is_file():
+        raise FileNotFoundError(f"{folder} is not a complete array cache (no {COMPLETE}); delete it and rerun")
+    mapped = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in MAPPED_KEYS}
+    enabled = torch.tensor([1.0 if m in modalities else 0.0 for m in schema.MODALITIES])
+    tensors = {"joints": torch.from_numpy(np.load(folder / "joints.npy").astype(np.float32)),
+               "presence": torch.from_numpy(np.load(folder / "presence.npy").astype(np.float32)) * enabled}
+    meta = {k: np.load(folder / f"{k}.npy") for k in META_KEYS}
+    return Split(tensors, meta, mapped)
+
+
+def load_split(cfg: Config, subset: str, progress: bool = True) -> Split:
+    """One subset: memory-mapped from ``data.cache_dir`` (built on first use) or, without a cache
+    dir, read into memory."""
+    if not cfg.data.cache_dir:
+        return from_arrays(read_arrays(cfg, subset, progress), cfg.model.modalities)
+    folder = Path(cfg.data.cache_dir) / f"{subset}-{_cache_key(cfg, subset)}"
+    if not (folder / COMPLETE).is_file():
+        build_mapped(cfg, subset, folder, progress)
+    return open_mapped(folder, cfg.model.modalities)
 
 
 def load_splits(cfg: Config, progress: bool = True) -> tuple[Split, Split]:
     """(train, test) of the configured protocol/split, subsampled by data.max_train."""
-    train = from_arrays(read_arrays(cfg, "train", progress), cfg.model.modalities)
-    test = from_arrays(read_arrays(cfg, "test", progress), cfg.model.modalities)
+    train = load_split(cfg, "train", progress)
+    test = load_split(cfg, "test", progress)
     if len(train) < 2 or len(test) < 1:
         raise ValueError(f"{cfg.data.root} {cfg.data.protocol}/{cfg.data.split} gives {len(train)} training and "
                          f"{len(test)} test frames; need at least 2 and 1 (is it the right protocol?)")

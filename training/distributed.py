@@ -1,6 +1,6 @@
 """Data-parallel helpers: ``torchrun --nproc_per_node N -m training fit ...``.
 
-gloo on CPU, nccl on GPU. Each rank trains on its shard of every global batch; Shapley
+gloo on CPU, nccl on GPU (``--device``, see ``training.device``). Each rank trains on its shard of every global batch; Shapley
 coalition values are computed on the all-gathered global batch (the Pearson profit is not
 additive over shards), the Fisher is all-reduced, and every rank runs the same deterministic
 K-Means on the same scores. Only rank 0 writes logs, checkpoints and plots.
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from training import device as device_mod
 
 
 @dataclass
@@ -31,18 +33,18 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup() -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op for one process)."""
+def setup(device_spec: str = "auto") -> DistInfo:
+    """The device for ``device_spec`` (``training.device``: auto | cpu | cuda | cuda:N) and, under
+    torchrun, the process group it describes in the environment (nccl on GPUs, gloo on the CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = device_mod.resolve(device_spec, local_rank if world > 1 else 0, world)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
     if world <= 1:
-        return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
+        return DistInfo(device=device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world)
-    device = f"cuda:{local_rank}" if cuda else "cpu"
-    if cuda:
-        torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=device_mod.backend(device), rank=rank, world_size=world)
     return DistInfo(rank, world, local_rank, device)
 
 

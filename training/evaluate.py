@@ -88,23 +88,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", "--out", dest="out",
                    help="JSON file (default: eval-<protocol>-<split>.json beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
+    p.add_argument("--device", default="auto", help="auto (the GPU if torch sees one), cpu, cuda or cuda:N")
 
 
 def run(args: argparse.Namespace) -> int:
+    from training import device as device_mod
     from training.checkpoint import load_checkpoint
-    from training.data import from_arrays, read_arrays
+    from training.data import load_split
 
+    device = device_mod.resolve(args.device)
     model, cfg, info = load_checkpoint(args.checkpoint)
+    model.to(device)
     if args.data:
         cfg.data.root = args.data
     cfg.data.protocol = args.protocol or cfg.data.protocol
     cfg.data.split = args.split or cfg.data.split
     cfg.validate()
-    test = from_arrays(read_arrays(cfg, "test"), cfg.model.modalities)
+    test = load_split(cfg, "test")
     test = test.take(evenly_spaced(len(test), args.max_frames))
     result = evaluate_model(model, test)
     result.update(checkpoint=str(args.checkpoint), epoch=info.get("epoch"), config_hash=info.get("config_hash"),
-                  protocol=cfg.data.protocol, split=cfg.data.split, data=str(cfg.data.root))
+                  protocol=cfg.data.protocol, split=cfg.data.split, data=str(cfg.data.root), device=device)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{cfg.data.protocol}-{cfg.data.split}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from sensors import posemath, schema
 from sensors.mmfi import MMFiDataset, MMFiFormatError
+from sensors.simulate.writer import dataset_kind
 from training.config import Config, config_hash, resolve
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,8 @@ def trace_to_onnx(module: nn.Module, dims: ModelDims, output_names: tuple[str, .
         raise ExportError(f"opset must be {OPSETS.start}..{OPSETS.stop - 1} (IR version {IR_VERSION}, readable by "
                           f"onnxruntime >= 1.20), got {opset}; the default is {OPSET}")
     module = module.eval()
-    args = to_torch(example_inputs(dims, batch=2))
+    device = next(module.parameters()).device   # trace where the model is; the file is device-independent
+    args = tuple(a.to(device) for a in to_torch(example_inputs(dims, batch=2)))
     dynamic = {n: {0: schema.BATCH_AXIS} for n in (*schema.MODEL_INPUTS, *output_names)}
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -252,6 +255,8 @@ def base_metadata(cfg: Config, dims: ModelDims, metrics: Mapping[str, Any], opse
         "config": json.dumps(cfg.to_dict(), default=str),
         "validation_metrics": json.dumps(dict(metrics), default=_json_default),
         "producer": json.dumps({"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset,
+                                "training_data": dataset_kind(cfg.data.root),
+                                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                 "ir_version": IR_VERSION, "exporter": "torch.onnx.export(dynamo=False)"}),
     }
 
@@ -404,12 +409,14 @@ def load_calibration(cfg: Config, data_root: str | Path | None = None, subset: s
 def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: str | Path | None = None,
                       calibrate: bool = True, opset: int = OPSET,
                       max_calibration_frames: int = CALIBRATION_MAX_FRAMES,
-                      calibration_window: int = CALIBRATION_WINDOW) -> Path:
-    """``training export``: checkpoint -> ONNX with metadata and (unless told not to) the baseline."""
+                      calibration_window: int = CALIBRATION_WINDOW, device: str = "cpu") -> Path:
+    """``training export``: checkpoint -> ONNX with metadata and (unless told not to) the baseline.
+    ``device`` (training.device spec): where torch traces the model; the ONNX file is the same."""
+    from training import device as device_mod
     from training.checkpoint import load_checkpoint
 
     model, cfg, info = load_checkpoint(checkpoint)
-    model.eval()
+    model.to(device_mod.resolve(device)).eval()
     calibration = None
     if calibrate:
         calibration = load_calibration(cfg, data_root, max_frames=max_calibration_frames,
@@ -454,6 +461,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-calibration", action="store_true",
                         help="export without the contribution baseline (the runtime then cannot judge drift)")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    parser.add_argument("--device", default="cpu",
+                        help="where torch traces the model: cpu (default), auto, cuda or cuda:N; the file is the same")
     parser.add_argument("--calibration-frames", type=int, default=CALIBRATION_MAX_FRAMES,
                         help="at most this many validation frames for the baseline")
     parser.add_argument("--calibration-window", type=int, default=CALIBRATION_WINDOW,
@@ -464,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = export_checkpoint(args.checkpoint, args.out, data_root=args.data, calibrate=not args.no_calibration,
                                  opset=args.opset, max_calibration_frames=args.calibration_frames,
-                                 calibration_window=args.calibration_window)
+                                 calibration_window=args.calibration_window, device=args.device)
     except ExportError as err:
         log.error("%s", err)
         return 2

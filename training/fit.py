@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_list_argument(p, "--modalities", metavar="M,M", help="subset of rgb,lidar,mmwave,wifi (others always absent)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default: the GPU if torch sees one), cpu, cuda or cuda:N (train.device)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also log to TensorBoard event files in <out>/tensorboard (the tensorboard extra)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_set_argument(p, "train.lr=3e-4")
@@ -41,7 +44,8 @@ def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for attr, (section, key) in {"data": ("data", "root"), "protocol": ("data", "protocol"),
                                  "split": ("data", "split"), "fusion": ("model", "fusion"),
                                  "balance": ("balance", "method"), "modalities": ("model", "modalities"),
-                                 "epochs": ("train", "epochs"), "seed": ("train", "seed")}.items():
+                                 "epochs": ("train", "epochs"), "seed": ("train", "seed"),
+                                 "device": ("train", "device"), "tensorboard": ("train", "tensorboard")}.items():
         value = getattr(args, attr, None)
         if value is not None:
             flags[section][key] = value

@@ -11,7 +11,7 @@ window K (Figure 6 analogue), attention fusion, the cross-subject split S2, SGD 
 OGM-GE, and toolbox-style frame selection.
 
 Every run is ``<out>/<protocol>/<arm>-s<seed>``; a run with ``metrics.json`` is never trained
-again, and a run being trained is claimed (``claim.json`` with the process id), so several
+again, an interrupted one continues from its last finished epoch, and a run being trained is claimed (``claim.json`` with the process id), so several
 processes started with the same command share the work. The report (``--report``) is rebuilt
 from the run logs alone: accuracy per protocol with mean ± std over seeds, per-seed paired
 differences against plain training, contributions, the sweeps, overheads, and a plot of the
@@ -177,13 +177,15 @@ def ensure_dataset(root: Path) -> None:
 
 
 def only(split, modalities: tuple[str, ...]):
-    """The split with the presence of modalities outside ``modalities`` set to 0 (tensors shared)."""
-    from training.data import Split
+    """The split with the presence of modalities outside ``modalities`` set to 0 (tensors and any
+    memory-mapped inputs shared)."""
+    import dataclasses
 
-    enabled = np.array([m in modalities for m in schema.MODALITIES], np.float32)
     import torch
 
-    return Split({**split.tensors, "presence": split.tensors["presence"] * torch.from_numpy(enabled)}, split.meta)
+    enabled = np.array([m in modalities for m in schema.MODALITIES], np.float32)
+    tensors = {**split.tensors, "presence": split.tensors["presence"] * torch.from_numpy(enabled)}
+    return dataclasses.replace(split, tensors=tensors)
 
 
 def run_all(args: argparse.Namespace) -> None:
@@ -210,7 +212,9 @@ def run_all(args: argparse.Namespace) -> None:
         train, test = loaded[key]
         t0 = time.perf_counter()
         log.info("[%d/%d] %s %s seed %d -> %s", i + 1, len(jobs), protocol, arm.name, seed, out)
-        fit(cfg, only(train, cfg.model.modalities), only(test, cfg.model.modalities), progress=not args.no_progress)
+        # an interrupted run continues from its last finished epoch (checkpoint.pt, balancer.pt)
+        fit(cfg, only(train, cfg.model.modalities), only(test, cfg.model.modalities), resume=True,
+            progress=not args.no_progress)
         (out / "claim.json").unlink(missing_ok=True)
         log.info("%s %s seed %d done in %.0fs", protocol, arm.name, seed, time.perf_counter() - t0)
 

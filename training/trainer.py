@@ -63,7 +63,7 @@ def _same_run(saved: dict[str, Any], cfg: Config) -> bool:
     a, b = dict(saved), cfg.to_dict()
     for d in (a, b):
         d.pop("out", None)
-        d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "device", "tensorboard")}
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
@@ -116,6 +116,9 @@ class Trainer:
             raise ValueError(f"{path} was trained with a different config (only train.epochs may change on "
                              f"--resume); use a new --out or the same config")
         self.model.load_state_dict(state["model"])
+        bal = self.out / "balancer.pt"
+        if bal.exists():
+            self.balancer.load_state_dict(torch.load(bal, map_location=self.device, weights_only=False))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = int(state["epoch"]) + 1
@@ -126,7 +129,7 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, bal = self.cfg, self.balancer
-        times = self.ctx.times = defaultdict(float)
+        times: dict[str, float] = defaultdict(float)
         t_start = time.perf_counter()
         rec: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         rec.update(bal.epoch_start(epoch))
@@ -172,6 +175,8 @@ class Trainer:
                    loss_balance=float(totals[1]) / self.dist.world / steps_done,
                    shapley=dict(zip(schema.MODALITIES, (phi_sum / max(n_shapley, 1)).tolist(), strict=True)))
         rec.update(bal.epoch_end())
+        for phase, seconds in bal.take_times().items():  # the method's own phases (Fisher, theta0 scores)
+            times[phase] += seconds
         if "groups" not in rec:
             groups = balance.kmeans_groups(phi_sum / max(n_shapley, 1), cfg.model.modalities)
             rec["groups"] = dict(zip(schema.MODALITIES, groups, strict=True))
@@ -194,6 +199,11 @@ class Trainer:
         with open(self.out / "log.jsonl", "w") as f:
             for r in self.history:
                 f.write(json.dumps(r) + "\n")
+        extra = self.balancer.state_dict()
+        if extra:  # written before the checkpoint that refers to this epoch
+            tmp = self.out / "balancer.pt.tmp"
+            torch.save(extra, tmp)
+            tmp.replace(self.out / "balancer.pt")
         save_checkpoint(self.out / "checkpoint.pt", self.model, self.cfg, rec["epoch"], self.optimizer,
                         self.scheduler, {"val_mpjpe": rec["val_mpjpe"], "val_pa_mpjpe": rec["val_pa_mpjpe"]},
                         self.history, min(self.best, rec["val_mpjpe"]))
@@ -226,13 +236,19 @@ class Trainer:
             frames = evenly_spaced(len(self.test), self.cfg.train.plot_frames)
             pred, _ = predict(self.model, self.test.take(frames))
             plots.plot_run(self.out, hist, pred, self.test.tensors["joints"][frames].numpy(),
-                           [str(a) for a in self.test.meta["action"][frames]])
+                           [str(a) for a in self.test.meta["action"][frames]],
+                           run_id=f"{self.out.name} ({config_mod.config_hash(self.cfg)})")
         return result
 
     def fit(self) -> dict[str, Any]:
+        tb = None
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             config_mod.save(self.cfg, self.out / "config.yaml")
+            if self.cfg.train.tensorboard:
+                from training import plots
+
+                tb = plots.tensorboard_writer(self.out)
             log.info("training %s: %d parameters, %d train / %d val frames, balance=%s fusion=%s modalities=%s",
                      self.out, count_parameters(self.model), len(self.train), len(self.val),
                      self.cfg.balance.method, self.cfg.model.fusion, ",".join(self.cfg.model.modalities))
@@ -242,10 +258,14 @@ class Trainer:
                 self.validate(rec)
                 self.history.append(rec)
                 self._write_epoch(rec)
+                if tb is not None:
+                    plots.tensorboard_epoch(tb, rec)
                 log.info("epoch %d: loss %.4f (balance %+.4f) val MPJPE %.1f PA %.1f mm, shapley %s, %.1fs", epoch,
                          rec["loss_task"], rec["loss_balance"], rec["val_mpjpe"], rec["val_pa_mpjpe"],
                          " ".join(f"{m}={v:.2f}" for m, v in rec["shapley"].items()), rec["time"]["train"])
             distributed.barrier(self.dist)
+        if tb is not None:
+            tb.close()
         result = self.finish() if self.dist.is_main else {}
         distributed.barrier(self.dist)
         return result
@@ -255,7 +275,7 @@ def fit(cfg: Config, train: Split | None = None, test: Split | None = None, resu
         progress: bool = True) -> dict[str, Any]:
     """Train per ``cfg``; data is read from cfg.data unless given. Returns the final metrics
     (rank 0; {} on other ranks)."""
-    dist = distributed.setup()
+    dist = distributed.setup(cfg.train.device)
     try:
         _seed_everything(cfg)
         if train is None or test is None:

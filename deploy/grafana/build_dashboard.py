@@ -270,6 +270,34 @@ def model(lay: Layout) -> None:
                                    {"id": "custom.axisPlacement", "value": "right"}]}]), 12, 5)
 
 
+def rehab(lay: Layout) -> None:
+    lay.row("Rehabilitation")
+    lay.add(stat("Exercise", "Current exercise of each station (P2 code or unknown), from the config, "
+                 "`runtime serve --exercise` or a client's `exercise` header field (docs/rehab.md).",
+                 [target(f"awc_rehab_exercise{{{SEL}}} == 1", "{{station}} {{exercise}}", instant=True)]), 6, 5)
+    lay.add(stat("Repetitions", "Repetitions counted since the current exercise started.",
+                 [target(f"awc_rehab_exercise_repetitions{{{SEL}}}", "{{station}}")]), 6, 5)
+    lay.add(stat("Low-confidence repetitions", "Repetitions in the time range measured mostly while a key "
+                 "modality (RGB or LiDAR by default) was degraded or absent: their figures are not to be trusted.",
+                 [target(f"sum by (station) (increase(awc_rehab_low_confidence_repetitions_total{{{SEL}}}"
+                         f"[$__range]))", "{{station}}", instant=True)],
+                 steps=[{"color": "green", "value": None}, {"color": "orange", "value": 1}]), 6, 5)
+    lay.add(stat("Last range of motion", "Range of motion of the last counted repetition, per angle and side.",
+                 [target(f"awc_rehab_last_range_of_motion_degrees{{{SEL}}} > 0", "{{station}} {{angle}} {{side}}",
+                         instant=True)], unit="degree"), 6, 5)
+    lay.add(timeseries("Limb angles", "Joint angles of the live pose, causally smoothed (definitions in "
+                       "docs/rehab.md); the exact per-tick values are on the pose stream.",
+                       [target(f'awc_joint_angle_degrees{{{SEL}, side=~"left|right"}}',
+                               "{{station}} {{angle}} {{side}}")], "degree", by_modality=False), 16, 8)
+    lay.add(timeseries("Trunk lean", "Trunk axis from the vertical: sagittal (positive forward) and frontal "
+                       "(positive to the subject's left).",
+                       [target(f'awc_joint_angle_degrees{{{SEL}, side="none"}}', "{{station}} {{angle}}")],
+                       "degree", by_modality=False), 8, 8)
+    lay.add(timeseries("Repetition rate", "Repetitions per minute, by principal angle and side.",
+                       [target(f"60 * sum by (station, angle, side) (rate(awc_rehab_repetitions_total{{{SEL}}}"
+                               f"[{RATE}]))", "{{station}} {{angle}} {{side}}")], "none", by_modality=False), 24, 6)
+
+
 def templating() -> dict:
     station_query = "label_values(awc_ready, station)"
     return {"list": [
@@ -287,7 +315,7 @@ def templating() -> dict:
 
 def build() -> dict:
     lay = Layout()
-    for section in (overview, contributions, degradation, inputs, latency, model):
+    for section in (overview, contributions, degradation, inputs, latency, model, rehab):
         section(lay)
     return {
         "uid": UID, "title": TITLE, "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True,

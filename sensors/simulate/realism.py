@@ -39,6 +39,7 @@ MMWAVE_BOX = ((1.5, 4.5), (-1.5, 1.5), (-1.5, 1.5))
 MMWAVE_BINS = (3, 6, 6)
 PROBE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 PROBE_NEIGHBOURS = 20
+FUSION_PROBES = {"rgb+lidar": ("rgb", "lidar"), "all_four": schema.MODALITIES}
 IDENTITY_MAX_TRAIN_FRAMES = 6000   # the identity probe's fit subsample (keeps it to seconds)
 CSI_HIST_EDGES = np.arange(-60.0, 100.05, 0.1)   # dB bins of the CSI amplitude histogram
 
@@ -240,7 +241,9 @@ def identity_probe(data: dict, seed: int = 0) -> dict:
     """Which subject, from one frame of one modality: a logistic regression on the probe features,
     fitted on some sequences of every subject and scored on its other sequences (other actions),
     so a feature that names the subject only through a recording shared by a subject's sequences
-    does not help. Accuracy per modality beside chance (1 / subjects)."""
+    does not help. Accuracy per modality beside chance (1 / subjects) and the accuracy of knowing
+    the room and guessing among its subjects (``chance_given_room``): a room's fixed static
+    channel legitimately tells the room."""
     from sklearn.linear_model import LogisticRegression
 
     subjects, actions = np.array(data["subject"]), np.array(data["action"])
@@ -254,7 +257,10 @@ def identity_probe(data: dict, seed: int = 0) -> dict:
     train = np.nonzero(~held)[0]
     if train.size > IDENTITY_MAX_TRAIN_FRAMES:
         train = np.sort(np.random.default_rng(seed).choice(train, IDENTITY_MAX_TRAIN_FRAMES, replace=False))
+    per_room = {env: sum(schema.environment_of(n) == env for n in names) for env in schema.ENVIRONMENTS}
+    given_room = float(np.mean([1.0 / per_room[schema.environment_of(n)] for n in subjects[held]]))
     result = {"subjects": len(names), "chance": round(1.0 / len(names), 4),
+              "chance_given_room": round(given_room, 4),
               "train_frames": int(train.size), "test_frames": int(held.sum())}
     for m in schema.MODALITIES:
         x = np.asarray(data[f"f_{m}"], dtype=np.float64)
@@ -294,7 +300,8 @@ def s1_test_mask(subjects: np.ndarray, actions: np.ndarray, seed: int = 0) -> tu
 
 
 def probe(data: dict, split: str = "S1") -> dict:
-    """Per-modality probe MPJPE (mm) on held-out frames, beside the mean pose.
+    """Per-modality probe MPJPE (mm) on held-out frames, beside the mean pose, and the same probe
+    on concatenated features (naive fusion): RGB + LiDAR and all four.
 
     split "S1": the paper's random split (per action, held-out subjects; their other actions may be
     in training); "S2": cross-subject, test S05, S10, ... (else the last subject)."""
@@ -322,6 +329,10 @@ def probe(data: dict, split: str = "S1") -> dict:
         result[f"{m}_mm"] = _mpjpe_mm(model.predict(x[test]), y[test])
         result[f"{m}_probe"] = kind
     result["ratio_to_rgb"] = {m: round(result[f"{m}_mm"] / result["rgb_mm"], 2) for m in schema.MODALITIES}
+    for name, mods in FUSION_PROBES.items():             # naive fusion: features concatenated
+        x = np.concatenate([np.asarray(data[f"f_{m}"], dtype=np.float64) for m in mods], axis=1)
+        model, _ = _fit_best(x[~test], y[~test], groups[~test])
+        result[f"{name}_mm"] = _mpjpe_mm(model.predict(x[test]), y[test])
     return result
 
 

@@ -8,12 +8,14 @@ The channel of antenna a at subcarrier frequency f is
     H_a(f) = sum_p g_p exp(-j 2 pi f tau_p) exp(-j pi a sin(theta_p))          static paths
            + sum_i rho_i / (d_tx,i d_i,a) exp(-j 2 pi f (d_tx,i + d_i,a) / c)   body reflections
 
-with a per-room set of 6-12 static paths (delays 10-80 ns, the first the direct path) that is
-perturbed per sequence (furniture, people, days), and body reflections from scatterers on the
-joints and bone midpoints (interpolated to each packet time), 10-20 dB below the direct path in
-total. Hardware: per-(antenna, packet) gain jitter, residual per-value scatter, a random common
-phase and a small linear phase slope per packet (sampling time offset), a constant per-antenna
-phase offset. Amplitude = 20 log10|H| + band-edge roll-off + a room level, so the mean matches the
+with a per-room set of 6-12 static paths (delays 10-80 ns, the first the direct path), and body
+reflections from scatterers on the joints and bone midpoints (interpolated to each packet time),
+10-20 dB below the direct path in total; the body also shadows the paths it stands near. Each
+sequence is a capture of its own (``session``): the routers' placement error, the changed
+scattered paths (people, doors, furniture), the direct path's, each antenna's and the receiver's
+gain. Hardware: complex CSI estimation noise (what sets a real frame's ~0.25 dB per-value scatter
+and the floor of a fade), per-(antenna, packet) gain jitter, a random common phase and a small
+linear phase slope per packet (sampling time offset), a constant per-antenna phase offset. Amplitude = 20 log10|H| + band-edge roll-off + a room level, so the mean matches the
 real per-subcarrier profiles. Rare packets carry -inf amplitude / NaN values so the official
 repair path runs.
 """

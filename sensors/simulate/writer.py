@@ -66,6 +66,17 @@ def mat_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return bytes(data)
 
 
+def dataset_kind(root) -> str:
+    """"synthetic" when ``root`` was written by this generator (its sequences carry the
+    ``rehab_truth.json`` side file, which real MM-Fi has not), "real" for an MM-Fi layout without
+    it, "unknown" when ``root`` holds no MM-Fi layout at all. Exports record it (awc_build_info)."""
+    root = Path(root)
+    first = next(iter(sorted(root.glob("E0[1-4]/S[0-4][0-9]/A[0-2][0-9]"))), None) if root.is_dir() else None
+    if first is None:
+        return "unknown"
+    return "synthetic" if (first / "rehab_truth.json").is_file() else "real"
+
+
 def sequence_dir(root: Path, subject: str, action: str) -> Path:
     return Path(root) / schema.environment_of(subject) / subject / action
 
