@@ -186,9 +186,9 @@ def _sum(metrics: dict, name: str, **match) -> float:
                if n == name and all((k, val) in labels for k, val in match.items()))
 
 
-def _ready(base: str) -> bool:
+def _ready(base: str, path: str = "/readyz") -> bool:
     try:
-        with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+        with urllib.request.urlopen(base + path, timeout=2) as r:
             return r.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
@@ -299,16 +299,20 @@ def run_fuzz(ep: dict, n_messages: int, seed: int, rate: float, proc: subprocess
     if not (pub.poll(30_000) and background.connected(30)):
         raise SystemExit(f"no runtime subscribed at {ep['input']} within 30 s (wrong keys?)")
     deadline = time.monotonic() + 60
-    while not _ready(ep["metrics"]):   # the wall clock ticks (empty) without any message
+    while not _ready(ep["metrics"], "/healthz"):   # alive; ready needs poses, so the valid stream first
         time.sleep(0.1)
         if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
-            raise SystemExit("the runtime did not become ready")
+            raise SystemExit("the runtime did not come up")
     time.sleep(0.3)   # the pose subscription settles
     before = scrape(ep["metrics"] + "/metrics")
     stats = FuzzStats()
     rss, not_ready = [before.get(("process_resident_memory_bytes", ()), math.nan)], 0
     poses.start()
     background.start()
+    while not _ready(ep["metrics"]):   # ready = poses flowing from the valid background sensors
+        time.sleep(0.1)
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+            raise SystemExit("the runtime did not become ready (no pose from the valid sensors)")
     if nice > 0:
         os.nice(nice)   # this thread only (Linux): the valid sensors and the runtime keep their priority
     time.sleep(1.0)    # the valid stream first: the tick grid locks to it
