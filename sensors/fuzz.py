@@ -14,8 +14,9 @@ Sends ``--messages`` fuzz messages, a third each of
   (``period_ns`` 2**63, a list as array name, points at 3e38, ``seq`` 2**64-1, capture times far
   in the future, ``v: 1.0``, 65,537 points, 1,000 CSI packets with a huge period, ...),
 
-interleaved with a valid stream of all four modalities in real time (10 Hz frames, 100 Hz CSI), so
-the runtime keeps ticking. The runtime is either spawned here (``--serve-model``, plaintext on
+beside a valid stream of all four modalities in real time (10 Hz frames, 100 Hz CSI) sent by its own
+thread on its own socket, so the runtime keeps ticking. The fuzzing thread runs at a lower priority
+(``--nice``, default 10): on a network the attacker has its own CPU, here it shares the runtime's. The runtime is either spawned here (``--serve-model``, plaintext on
 loopback or CurveZMQ with a fresh key directory with ``--secure``) or reached at the given
 endpoints. At the end it prints: crashes (the spawned runtime exited), readiness failures,
 messages sent vs received + counted drops (from /metrics, per reason), the sequence-gap losses the
@@ -58,7 +59,6 @@ HOSTILE = [None, True, False, 0, 1, -1, 2 ** 31, 2 ** 63 - 1, 2 ** 63, 2 ** 64 -
 class FuzzStats:
     sent: dict[str, int] = field(default_factory=dict)        # kind -> messages sent
     timeouts: int = 0                                          # not taken by the runtime (not sent)
-    pose_counts: list[int] = field(default_factory=list)      # poses received per second
 
     def add(self, kind: str) -> None:
         self.sent[kind] = self.sent.get(kind, 0) + 1
