@@ -237,7 +237,7 @@ def test_a_dead_ingest_thread_makes_the_runtime_unready_and_exit(tiny_model, cap
     loop = threading.Thread(target=run, daemon=True)
     loop.start()
     try:
-        Station.wait(lambda: rt.readiness()[0], 10)
+        Station.wait(lambda: rt.ingest.running and rt.loop.running, 10)
 
         def bug(frames):
             raise RuntimeError("a bug in the receive path")
