@@ -60,6 +60,7 @@ CHANNEL_INDEX: dict[tuple[str, str], int] = {c: i for i, c in enumerate(CHANNELS
 N_CHANNELS = len(CHANNELS)
 WORLD_UP = np.array([0.0, -1.0, 0.0])   # camera y points down
 UNDEFINED_WITHIN_DEG = 20.0              # a planar angle is undefined this close to the plane's normal
+SIN_UNDEFINED = float(np.sin(np.radians(UNDEFINED_WITHIN_DEG)))
 
 
 def channel_key(angle: str, side: str) -> str:
@@ -70,13 +71,25 @@ def channel_key(angle: str, side: str) -> str:
 CHANNEL_KEYS: tuple[str, ...] = tuple(channel_key(a, s) for a, s in CHANNELS)
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.where(n > 1e-12, n, 1.0)
-
-
+# Small-vector helpers on [..., 3] arrays, written out: a tick computes them on single vectors,
+# where numpy's general cross/norm cost more in call overhead than in arithmetic.
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=-1)
+    return (a * b).sum(axis=-1)
+
+
+def _norm(v: np.ndarray) -> np.ndarray:
+    return np.sqrt((v * v).sum(axis=-1))
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = _norm(v)[..., None]
+    return v / np.where(n > 1e-12, n, 1.0)
 
 
 def _orthogonal(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
@@ -86,7 +99,7 @@ def _orthogonal(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
 
 def _between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Unsigned angle (degrees) between vectors, robust near 0 and 180."""
-    return np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), _dot(a, b)))
+    return np.degrees(np.arctan2(_norm(_cross(a, b)), _dot(a, b)))
 
 
 def _planar(v: np.ndarray, positive: np.ndarray, zero: np.ndarray) -> np.ndarray:
@@ -96,13 +109,18 @@ def _planar(v: np.ndarray, positive: np.ndarray, zero: np.ndarray) -> np.ndarray
     x, y = _dot(v, zero), _dot(v, positive)
     a = np.degrees(np.arctan2(y, x))
     a = np.where(a <= -90.0, a + 360.0, a)
-    defined = np.hypot(x, y) >= np.sin(np.radians(UNDEFINED_WITHIN_DEG)) * np.linalg.norm(v, axis=-1)
+    defined = np.hypot(x, y) >= SIN_UNDEFINED * _norm(v)
     return np.where(defined, a, np.nan)
 
 
 def _out_of_plane(v: np.ndarray, normal: np.ndarray) -> np.ndarray:
     """Angle (degrees) of ``v`` out of the plane with unit ``normal``, positive towards it."""
     return np.degrees(np.arcsin(np.clip(_dot(_unit(v), normal), -1.0, 1.0)))
+
+
+def two(v: np.ndarray) -> np.ndarray:
+    """[..., 3] -> [..., 1, 3]: one axis for both sides."""
+    return v[..., None, :]
 
 
 def joint_angles(joints: np.ndarray) -> np.ndarray:
@@ -114,26 +132,29 @@ def joint_angles(joints: np.ndarray) -> np.ndarray:
     up = _unit(p[..., J["thorax"], :] - p[..., J["pelvis"], :])
     lat_p = _unit(lhip - rhip)
     up_p = _orthogonal(up, lat_p)
-    fwd_p = np.cross(lat_p, up_p)
+    fwd_p = _cross(lat_p, up_p)
     lat_t = _orthogonal(p[..., J["left_shoulder"], :] - p[..., J["right_shoulder"], :], up)
-    fwd_t = np.cross(lat_t, up)
+    fwd_t = _cross(lat_t, up)
     w = np.broadcast_to(WORLD_UP, up.shape)
     lat_w = _orthogonal(lhip - rhip, w)
-    fwd_w = np.cross(lat_w, w)
-    out = {}
-    for side, sign in (("left", 1.0), ("right", -1.0)):
-        hip, knee, ankle = (p[..., J[f"{side}_{j}"], :] for j in ("hip", "knee", "ankle"))
-        sh, el, wr = (p[..., J[f"{side}_{j}"], :] for j in ("shoulder", "elbow", "wrist"))
-        thigh, shank, upper, fore = knee - hip, ankle - knee, el - sh, wr - el
-        out[("knee_flexion", side)] = _between(thigh, shank)
-        out[("hip_flexion", side)] = _planar(thigh, fwd_p, -up_p)
-        out[("hip_abduction", side)] = _out_of_plane(thigh, sign * lat_p)
-        out[("elbow_flexion", side)] = _between(upper, fore)
-        out[("shoulder_flexion", side)] = _planar(upper, fwd_t, -up)
-        out[("shoulder_abduction", side)] = _planar(upper, sign * lat_t, -up)
-    out[("trunk_lean_sagittal", NO_SIDE)] = _planar(up, fwd_w, w)
-    out[("trunk_lean_frontal", NO_SIDE)] = _planar(up, lat_w, w)
-    return np.stack([out[c] for c in CHANNELS], axis=-1)
+    fwd_w = _cross(lat_w, w)
+    # Both sides at once: [..., 2, 3] (left, right); the lateral axes point outward per side.
+    side_j = {j: [J[f"left_{j}"], J[f"right_{j}"]] for j in ("hip", "knee", "ankle", "shoulder", "elbow", "wrist")}
+    hip, knee, ankle = (p[..., side_j[j], :] for j in ("hip", "knee", "ankle"))
+    sh, el, wr = (p[..., side_j[j], :] for j in ("shoulder", "elbow", "wrist"))
+    thigh, shank, upper, fore = knee - hip, ankle - knee, el - sh, wr - el
+    outward = np.array([1.0, -1.0])[:, None]
+    limb = {
+        "knee_flexion": _between(thigh, shank),
+        "hip_flexion": _planar(thigh, two(fwd_p), -two(up_p)),
+        "hip_abduction": _out_of_plane(thigh, outward * two(lat_p)),
+        "elbow_flexion": _between(upper, fore),
+        "shoulder_flexion": _planar(upper, two(fwd_t), -two(up)),
+        "shoulder_abduction": _planar(upper, outward * two(lat_t), -two(up)),
+    }
+    trunk = _planar(np.stack([up, up], axis=-2), np.stack([fwd_w, lat_w], axis=-2), two(w))
+    out = np.concatenate([limb[a] for a in LIMB_ANGLES] + [trunk], axis=-1)   # CHANNELS order
+    return out
 
 
 @dataclass(frozen=True)

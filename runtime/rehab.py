@@ -228,13 +228,14 @@ class RehabMonitor:
     def _complete(self, seg: Segment, key: str, rep: Repetition) -> dict:
         """A repetition with its end: per-side and secondary ranges, trust; stored in the segment."""
         start, end = rep.start.tick, rep.end.tick
-        window = np.stack([a for t, a in self._history if start <= t <= end]) if self._history else None
+        rows = [a for t, a in self._history if start <= t <= end]
+        window = np.stack(rows) if rows else None
         d = rep.to_dict()
         d["channel"] = key if seg.exercise is None else (
             seg.exercise.angle if key == "both" else ang.channel_key(seg.exercise.angle, key))
         d["start_ns"] = seg.start_ns + int(rep.start.t_s * 1e9)
         d["end_ns"] = seg.start_ns + int(rep.end.t_s * 1e9)
-        if window is not None and len(window):
+        if window is not None:
             ranges = np.nanmax(window, axis=0) - np.nanmin(window, axis=0)
             names = ([seg.exercise.angle, *seg.exercise.secondary] if seg.exercise is not None else [])
             d["rom_by_channel_deg"] = {k: round(float(r), 2) for k, (a, _), r in

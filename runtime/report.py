@@ -80,7 +80,9 @@ def load_records(path) -> list[dict]:
                         r.pop(k, None)
     else:
         raise ValueError(f"recording {path}: expected a .jsonl or .npz file, got {path.suffix!r}")
-    missing = [k for k in ("tick", "tick_ns", "joints", "presence", "degraded") if rows and k not in rows[0]]
+    if not rows:
+        raise ValueError(f"recording {path} holds no ticks: was the runtime fed any sensor data while recording?")
+    missing = [k for k in ("tick", "tick_ns", "joints", "presence", "degraded") if k not in rows[0]]
     if missing:
         raise ValueError(f"recording {path}: records lack {missing}; expected a pose recording of `runtime serve`")
     return [_rec(r["tick"], r["tick_ns"], r["joints"], r["presence"], r["degraded"], r.get("shares"),

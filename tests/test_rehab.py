@@ -405,6 +405,9 @@ def test_report_refuses_a_file_that_is_no_recording(tmp_path):
     with pytest.raises(ValueError, match="expected a pose recording"):
         report.load_records(bad)
     assert report.run(report_args(tmp_path / "missing.jsonl", tmp_path / "r.html", None)) == 2
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="holds no ticks"):
+        report.load_records(tmp_path / "empty.jsonl")
 
 
 def test_generator_truth_side_file_and_rehab_eval_on_it(tiny_dataset):
