@@ -237,7 +237,9 @@ def test_a_dead_ingest_thread_makes_the_runtime_unready_and_exit(tiny_model, cap
     loop = threading.Thread(target=run, daemon=True)
     loop.start()
     try:
-        Station.wait(lambda: rt.ingest.running and rt.loop.running, 10)
+        # Ready needs poses, and no sensor sends here: wait for the loop and the ingest to run.
+        Station.wait(lambda: rt.loop.running and rt.ingest.running, 10)
+        assert rt.readiness()[1].startswith("no pose yet")
 
         def bug(frames):
             raise RuntimeError("a bug in the receive path")

@@ -42,9 +42,11 @@ def rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss_now_mb() -> float:
+def rss_now_mb(kind: str = "VmRSS") -> float:
+    """VmRSS (all resident pages), RssAnon (the process' own memory) or RssFile (mapped file pages,
+    page cache the kernel can drop) of this process, MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(kind + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="paper")
     p.add_argument("--sequences", type=int, default=448, help="448 = P1/S1 train; 1080 x 0.8 = 864 for P3")
     p.add_argument("--steps", type=int, default=4, help="training steps measured")
+    p.add_argument("--batch", type=int, default=0, help="training batch for the step measurement (0 = the preset's)")
+    p.add_argument("--fisher-samples", type=int, default=0, help="Fisher samples measured (0 = the preset's)")
+    p.add_argument("--reuse", action="store_true", help="reuse a complete cache folder from a previous run")
+    p.add_argument("--fisher-chunk", type=int, default=0, help="per-sample Fisher chunk (0 = the preset's)")
+    p.add_argument("--no-data-epoch", action="store_true", help="skip the data-only epoch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the cache folder")
@@ -106,20 +113,34 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.cache) / "train-bench"
     report: dict = {"preset": args.preset, "sequences": args.sequences, "device": args.device,
                     "threads": args.threads, "batch": cfg.train.batch_size}
-    report["build"] = build_tiled_cache(cfg, folder, args.sequences)
+    if args.reuse and (folder / data_mod.COMPLETE).is_file():
+        report["build"] = json.loads((folder / "build.json").read_text())
+    else:
+        report["build"] = build_tiled_cache(cfg, folder, args.sequences)
+        (folder / "build.json").write_text(json.dumps(report["build"]))
     print(f"cache: {report['build']['frames']} frames, {report['build']['array_bytes'] / 1e9:.2f} GB of arrays "
           f"(what read_arrays would hold in RAM per process); reading one sequence "
           f"{report['build']['read_s_per_sequence']:.2f} s", flush=True)
-    rss_before = rss_now_mb()
+    anon_before = rss_now_mb("RssAnon")
     train = data_mod.open_mapped(folder, cfg.model.modalities)
-    report["rss_open_mb"] = rss_now_mb() - rss_before
-    report["data_epoch_s"] = data_epoch_seconds(train, cfg.train.batch_size)
-    print(f"opened mapped: +{report['rss_open_mb']:.0f} MB resident; one data-only epoch (every row, shuffled "
-          f"batches of {cfg.train.batch_size}): {report['data_epoch_s']:.1f} s", flush=True)
+    report["anon_open_mb"] = rss_now_mb("RssAnon") - anon_before
+    report["data_epoch_s"] = float("nan") if args.no_data_epoch else data_epoch_seconds(train, cfg.train.batch_size)
+    report["anon_after_data_epoch_mb"] = rss_now_mb("RssAnon")
+    report["file_after_data_epoch_mb"] = rss_now_mb("RssFile")
+    print(f"opened mapped: +{report['anon_open_mb']:.0f} MB of process memory; one data-only epoch (every row, "
+          f"shuffled batches of {cfg.train.batch_size}): {report['data_epoch_s']:.1f} s; then process memory "
+          f"{report['anon_after_data_epoch_mb']:.0f} MB (RssAnon) + {report['file_after_data_epoch_mb']:.0f} MB "
+          f"of mapped file pages (page cache, reclaimable)", flush=True)
+    if args.batch:
+        cfg.train.batch_size = args.batch
+    if args.fisher_samples:
+        cfg.balance.fisher_samples = args.fisher_samples
+        cfg.balance.fisher_chunk = min(cfg.balance.fisher_chunk, args.fisher_samples)
+    if args.fisher_chunk:
+        cfg.balance.fisher_chunk = args.fisher_chunk
     steps = args.steps
     cfg.data.max_train = steps * cfg.train.batch_size
     cfg.data.max_val = 64
-    cfg.balance.fisher_samples = min(cfg.balance.fisher_samples, 512)
     cfg.out = str(Path(args.cache) / "run")
     sub = train.take(data_mod.evenly_spaced(len(train), cfg.data.max_train))
     test = train.take(data_mod.evenly_spaced(len(train), 64))
@@ -132,12 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     fisher = times.get("fisher", 0.0)
     step_s = (times.get("train", wall) - fisher) / steps
     steps_per_epoch = math.ceil(report["build"]["frames"] / cfg.train.batch_size)
-    report.update(steps_measured=steps, step_s=step_s, fisher_s=fisher, times=times,
-                  steps_per_epoch=steps_per_epoch, epoch_s_extrapolated=steps_per_epoch * step_s + fisher,
-                  rss_peak_mb=rss_peak_mb())
-    print(f"{args.preset} on {args.device} ({args.threads} threads): {step_s:.2f} s/step over {steps} steps, "
-          f"Fisher pass {fisher:.1f} s; {steps_per_epoch} steps/epoch -> ~{report['epoch_s_extrapolated'] / 3600:.2f} h "
-          f"per epoch (extrapolated); peak RSS {report['rss_peak_mb']:.0f} MB", flush=True)
+    report.update(steps_measured=steps, step_s=step_s, fisher_s=fisher, times=times, train_batch=cfg.train.batch_size,
+                  fisher_samples=cfg.balance.fisher_samples, steps_per_epoch=steps_per_epoch,
+                  epoch_s_extrapolated=steps_per_epoch * step_s + fisher, rss_peak_mb=rss_peak_mb(),
+                  anon_end_mb=rss_now_mb("RssAnon"))
+    print(f"{args.preset} on {args.device} ({args.threads} threads), batch {cfg.train.batch_size}: {step_s:.2f} s/step "
+          f"over {steps} steps, Fisher pass over {cfg.balance.fisher_samples} samples {fisher:.1f} s; "
+          f"{steps_per_epoch} steps/epoch -> ~{report['epoch_s_extrapolated'] / 3600:.2f} h per epoch (extrapolated); "
+          f"peak RSS {report['rss_peak_mb']:.0f} MB (mapped file pages included), process memory at the end "
+          f"{report['anon_end_mb']:.0f} MB", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float))
     if not args.keep:
