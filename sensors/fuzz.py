@@ -14,8 +14,9 @@ Sends ``--messages`` fuzz messages, a third each of
   (``period_ns`` 2**63, a list as array name, points at 3e38, ``seq`` 2**64-1, capture times far
   in the future, ``v: 1.0``, 65,537 points, 1,000 CSI packets with a huge period, ...),
 
-interleaved with a valid stream of all four modalities in real time (10 Hz frames, 100 Hz CSI), so
-the runtime keeps ticking. The runtime is either spawned here (``--serve-model``, plaintext on
+beside a valid stream of all four modalities in real time (10 Hz frames, 100 Hz CSI) sent by its own
+thread on its own socket, so the runtime keeps ticking. The fuzzing thread runs at a lower priority
+(``--nice``, default 10): on a network the attacker has its own CPU, here it shares the runtime's. The runtime is either spawned here (``--serve-model``, plaintext on
 loopback or CurveZMQ with a fresh key directory with ``--secure``) or reached at the given
 endpoints. At the end it prints: crashes (the spawned runtime exited), readiness failures,
 messages sent vs received + counted drops (from /metrics, per reason), the sequence-gap losses the
@@ -58,7 +59,6 @@ HOSTILE = [None, True, False, 0, 1, -1, 2 ** 31, 2 ** 63 - 1, 2 ** 63, 2 ** 64 -
 class FuzzStats:
     sent: dict[str, int] = field(default_factory=dict)        # kind -> messages sent
     timeouts: int = 0                                          # not taken by the runtime (not sent)
-    pose_counts: list[int] = field(default_factory=list)      # poses received per second
 
     def add(self, kind: str) -> None:
         self.sent[kind] = self.sent.get(kind, 0) + 1
@@ -186,9 +186,9 @@ def _sum(metrics: dict, name: str, **match) -> float:
                if n == name and all((k, val) in labels for k, val in match.items()))
 
 
-def _ready(base: str, path: str = "/readyz") -> bool:
+def _ready(base: str) -> bool:
     try:
-        with urllib.request.urlopen(base + path, timeout=2) as r:
+        with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
             return r.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
@@ -236,6 +236,13 @@ class _Background(threading.Thread):
         self.rng = np.random.default_rng(seed + 1)
         self.stats = FuzzStats()
         self.halt = threading.Event()
+        self.go = threading.Event()   # cleared: paused (while the counters are read)
+        self.go.set()
+
+    def pause(self, settle_s: float) -> None:
+        """Stop sending and give the runtime ``settle_s`` to take what was sent."""
+        self.go.clear()
+        time.sleep(settle_s)
 
     def connected(self, timeout_s: float) -> bool:
         return bool(self.sock.poll(int(timeout_s * 1000)))
@@ -243,6 +250,10 @@ class _Background(threading.Thread):
     def run(self) -> None:
         k, t0 = 0, time.monotonic()
         while not self.halt.is_set():
+            if not self.go.is_set():
+                self.go.wait(0.1)
+                k, t0 = 0, time.monotonic()
+                continue
             now = time.time_ns()
             for topic in ("rgb", "lidar", "mmwave"):
                 _send(self.sock, _valid(topic, self.rng, now, k), "valid", self.stats)
@@ -298,24 +309,24 @@ def run_fuzz(ep: dict, n_messages: int, seed: int, rate: float, proc: subprocess
     poses = _PoseCounter(ctx, ep["pose"], viewer)
     if not (pub.poll(30_000) and background.connected(30)):
         raise SystemExit(f"no runtime subscribed at {ep['input']} within 30 s (wrong keys?)")
+    poses.start()
+    background.start()   # ready = poses flowing: the valid stream first
     deadline = time.monotonic() + 60
-    while not _ready(ep["metrics"], "/healthz"):   # alive; ready needs poses, so the valid stream first
+    while not _ready(ep["metrics"]):
         time.sleep(0.1)
         if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
-            raise SystemExit("the runtime did not come up")
-    time.sleep(0.3)   # the pose subscription settles
+            raise SystemExit("the runtime did not become ready (no pose within 60 s)")
+    # Counters read with the valid stream paused, so that sent and received cover the same messages.
+    background.pause(1.0)
     before = scrape(ep["metrics"] + "/metrics")
+    sent_before = background.stats.total
+    background.go.set()
+    poses_before = len(poses.counts())
     stats = FuzzStats()
     rss, not_ready = [before.get(("process_resident_memory_bytes", ()), math.nan)], 0
-    poses.start()
-    background.start()
-    while not _ready(ep["metrics"]):   # ready = poses flowing from the valid background sensors
-        time.sleep(0.1)
-        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
-            raise SystemExit("the runtime did not become ready (no pose from the valid sensors)")
     if nice > 0:
         os.nice(nice)   # this thread only (Linux): the valid sensors and the runtime keep their priority
-    time.sleep(1.0)    # the valid stream first: the tick grid locks to it
+    time.sleep(1.0)    # the valid stream alone for a second
     t0 = last_second = time.monotonic()
     makers = (lambda: random_message(rng), lambda: mutated_message(rng, time.time_ns()),
               lambda: boundary_message(rng, time.time_ns()))
@@ -357,12 +368,12 @@ def run_fuzz(ep: dict, n_messages: int, seed: int, rate: float, proc: subprocess
     gaps = reasons.pop("sequence_gap")
     received = int(delta("awc_messages_received_total"))
     dropped = sum(reasons.values())
-    sent = stats.total + background.stats.total
+    sent = stats.total + background.stats.total - sent_before
     # whole seconds while the fuzz ran (the valid stream alone runs 1 s before and after it)
-    counts = poses.counts()[2:2 + int(fuzz_s)]
+    counts = poses.counts()[poses_before + 2:poses_before + 2 + int(fuzz_s)]
     crashed = proc is not None and proc.poll() is not None
     return {
-        "sent": sent, "sent_by_kind": {**stats.sent, **background.stats.sent},
+        "sent": sent, "sent_by_kind": {**stats.sent, "valid": background.stats.total - sent_before},
         "not_taken_by_runtime": stats.timeouts + background.stats.timeouts,
         "received": received, "dropped": dropped, "dropped_by_reason": {k: v for k, v in reasons.items() if v},
         "balanced": sent == received + dropped,
@@ -427,6 +438,11 @@ def run(args) -> int:
             try:
                 report = run_fuzz(ep, args.messages, args.seed, args.rate, proc, curve, viewer,
                                   progress=not args.no_progress, nice=args.nice)
+            except SystemExit:
+                if proc is not None:   # say why: the spawned runtime's last log lines
+                    log_file.flush()
+                    print("\n".join(log_path.read_text().splitlines()[-15:]), file=sys.stderr)
+                raise
             finally:
                 if proc is not None and proc.poll() is None:
                     proc.terminate()
