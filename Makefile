@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned to the small CPU build from PyTorch's CPU index (on Linux, PyPI's torch is
-	# the multi-GB CUDA build; 2.13.0+cpu sorts above 2.13.0, so pip takes the CPU wheel)
-	$(PIP) install --quiet --extra-index-url $(TORCH_CPU_INDEX) torch==2.13.0
+	# the multi-GB CUDA build; 2.13.0+cpu sorts above 2.13.0, so pip takes the CPU wheel). Where that
+	# index cannot be reached, pip retries once per name and falls back to its own index.
+	$(PIP) install --quiet --retries 1 --timeout 10 --extra-index-url $(TORCH_CPU_INDEX) torch==2.13.0
 	$(PIP) install --quiet -e '.[cpu,view,report,train,dev]'
 	touch $(STAMP)
 
