@@ -37,3 +37,14 @@ def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mmfi_tiny")
     simulate(root, preset="tiny", seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained ``tiny`` model exported to ONNX and loaded for the runtime (one per test module)."""
+    pytest.importorskip("torch").set_num_threads(1)
+    from runtime.model import PoseModel
+    from training.export import export_untrained
+
+    path = export_untrained(tmp_path_factory.mktemp("model") / "tiny.onnx", preset="tiny", seed=0)
+    return PoseModel.load(path, provider="cpu", intra_op_threads=1)

@@ -12,7 +12,6 @@ import pytest
 import zmq
 
 from runtime.config import RuntimeConfig, free_loopback_port
-from runtime.model import PoseModel
 from runtime.serve import Runtime
 from sensors import schema, wire
 
@@ -111,16 +110,6 @@ class Station:
         self.sub.close(0)
         self.attacker.close(0)
         self.ctx.term()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    from training.export import export_untrained
-
-    path = export_untrained(tmp_path_factory.mktemp("model") / "tiny.onnx", preset="tiny", seed=0)
-    return PoseModel.load(path, provider="cpu", intra_op_threads=1)
 
 
 @pytest.fixture(scope="module")

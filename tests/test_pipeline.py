@@ -13,7 +13,6 @@ from exporters.recorder import open_recorder
 from runtime.config import RuntimeConfig
 from runtime.ingest import Ingest
 from runtime.loop import Loop
-from runtime.model import PoseModel
 from runtime.outputs import MetricsOutput, Outputs, RecorderOutput, record_of
 from runtime.pipeline import Pipeline
 from sensors import schema
@@ -21,16 +20,6 @@ from sensors.wire import Message
 
 T0 = 1_700_000_000_000_000_000   # a whole multiple of 100 ms
 PERIOD = schema.FRAME_PERIOD_NS
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    from training.export import export_untrained
-
-    path = export_untrained(tmp_path_factory.mktemp("model") / "tiny.onnx", preset="tiny", seed=0)
-    return PoseModel.load(path, provider="cpu", intra_op_threads=1)
 
 
 def frame_messages(k: int, rng, skip=(), seq=None) -> list[Message]:

@@ -298,17 +298,6 @@ def test_exercise_switch_from_a_header_starts_a_new_segment_and_unknown_mode_fin
 # ----------------------------------------------------------------------------------------------
 # Trust under an injected LiDAR stop (real pipeline flags, generated exercise poses)
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    from runtime.model import PoseModel
-    from training.export import export_untrained
-
-    path = export_untrained(tmp_path_factory.mktemp("model") / "tiny.onnx", preset="tiny", seed=0)
-    return PoseModel.load(path, provider="cpu", intra_op_threads=1)
-
-
 def test_repetitions_measured_after_a_lidar_stop_are_low_confidence(tiny_model):
     from tests.test_pipeline import _cfg, _run_data_clock, frame_messages
 
