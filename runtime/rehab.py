@@ -71,6 +71,18 @@ class Segment:
     def code(self) -> str:
         return UNKNOWN if self.exercise is None else self.exercise.code
 
+    @property
+    def counted_reps(self) -> list[dict]:
+        """The repetitions the segment's count stands for: every one of a known exercise; of an
+        unknown exercise those of the one channel that moved most (summed ROM), as the live count."""
+        if self.exercise is not None or not self.reps:
+            return list(self.reps)
+        moved: dict[str, float] = {}
+        for r in self.reps:
+            moved[r["channel"]] = moved.get(r["channel"], 0.0) + r["rom_deg"]
+        top = max(moved, key=moved.get)
+        return [r for r in self.reps if r["channel"] == top]
+
 
 @dataclass
 class RehabTick:
@@ -250,7 +262,7 @@ class RehabMonitor:
 
 def segment_summary(seg: Segment) -> dict:
     """Per-segment figures: count, range of motion (mean/min/max), tempo, symmetry, trust."""
-    reps = seg.reps
+    reps = seg.counted_reps
     roms = np.array([r["rom_deg"] for r in reps]) if reps else np.zeros(0)
     durs = np.array([r["duration_s"] for r in reps if r["duration_s"] is not None])
     out = {"exercise": seg.code, "name": "unknown exercise" if seg.exercise is None else seg.exercise.name,

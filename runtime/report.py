@@ -174,7 +174,7 @@ def segment_figure(trace: Trace) -> str:
         names = [ang.channel_key(ex.angle, s) for s in ex.sides]
         secondary = [k for k, (an, _) in zip(ang.CHANNEL_KEYS, ang.CHANNELS) if an in ex.secondary]
     else:
-        principal = seg.reps[0]["channel"] if seg.reps else None
+        principal = seg.counted_reps[0]["channel"] if seg.reps else None
         moved = np.nanmax(a, axis=0) - np.nanmin(a, axis=0) if len(a) else np.zeros(ang.N_CHANNELS)
         order = [ang.CHANNEL_KEYS[i] for i in np.argsort(-np.nan_to_num(moved))]
         names = [principal] if principal else order[:1]
@@ -182,7 +182,7 @@ def segment_figure(trace: Trace) -> str:
     for k in names:
         side = ang.CHANNELS[ang.CHANNEL_KEYS.index(k)][1]
         top.plot(t, a[:, ang.CHANNEL_KEYS.index(k)], color=COLOURS.get(side, "k"), lw=1.6, label=k)
-    for r in seg.reps:
+    for r in seg.counted_reps:
         end = r["end_s"] if r["end_s"] is not None else r["peak_s"]
         low = bool(r.get("low_confidence"))
         top.axvspan(r["start_s"], end, color=COLOURS.get(r["side"], "grey"), alpha=0.12,
@@ -243,7 +243,7 @@ def mirror_symmetry(summaries: list[tuple[Segment, dict]]) -> list[dict]:
 def build_report(segments: list[Segment]) -> dict:
     """Everything the page shows, as plain data (also written with ``--json``)."""
     summaries = [(s, segment_summary(s)) for s in segments]
-    return {"segments": [{**summ, "repetitions": s.reps} for s, summ in summaries],
+    return {"segments": [{**summ, "repetitions": s.counted_reps} for s, summ in summaries],
             "mirror_symmetry": mirror_symmetry(summaries),
             "total_repetitions": sum(summ["count"] for _, summ in summaries),
             "low_confidence_repetitions": sum(summ["low_confidence"] for _, summ in summaries)}
@@ -304,7 +304,7 @@ def render_html(segments: list[Segment], traces: list[Trace], title: str, source
                          f"vs {_fmt(sym['right_rom_deg'])}° right ({sym['right_reps']}), symmetry "
                          f"{_fmt(sym['symmetry_pct'])} %.</p>")
         reps = []
-        for r in seg.reps:
+        for r in seg.counted_reps:
             low = r.get("low_confidence")
             reps.append([str(r["index"]), r["side"], _fmt(r["start_s"], 1), _fmt(r["duration_s"], 2),
                          _fmt(r["rom_deg"]), _fmt(r["peak_deg"]),
