@@ -248,11 +248,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = RuntimeConfig.load(args.config, args.set)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}")
-        return 2
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip() if args.yaml
-          else settings.format_keys(settings.describe(RuntimeConfig, cfg)))
-    return 0
+    return settings.show(lambda: RuntimeConfig.load(args.config, args.set), RuntimeConfig, args.yaml)

@@ -247,3 +247,16 @@ def format_keys(rows: list[tuple[str, str, Any, Any]]) -> str:
             note = "   * default " + yaml.safe_dump(default, default_flow_style=True, width=10_000).strip()
         lines.append(f"{key:<{width}}  {tp:<16} {text}{note.removesuffix('...').rstrip()}")
     return "\n".join(lines)
+
+
+def show(load, cls: type, as_yaml: bool = False) -> int:
+    """``config show``: print every key of ``cls`` with its type, default and the value ``load()``
+    resolves (or that config as YAML); a bad file, key or value is one line and exit code 2."""
+    try:
+        cfg = load()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}")
+        return 2
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip() if as_yaml
+          else format_keys(describe(cls, cfg)))
+    return 0

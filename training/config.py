@@ -253,11 +253,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = resolve(args.preset, args.config, overrides=args.set)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}")
-        return 2
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip() if args.yaml
-          else settings.format_keys(settings.describe(Config, cfg)))
-    return 0
+    return settings.show(lambda: resolve(args.preset, args.config, overrides=args.set), Config, args.yaml)
