@@ -67,6 +67,15 @@ def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
                         "repeatable. `config show` lists every key")
 
 
+def add_client_key_arguments(p: argparse.ArgumentParser, key_name: str, keys_help: str) -> None:
+    """CurveZMQ client keys: ``--keys DIR`` + ``--key-name`` (the layout of ``runtime keys``), or
+    ``--client-key`` / ``--server-key`` files."""
+    p.add_argument("--keys", default=None, metavar="DIR", help=keys_help)
+    p.add_argument("--key-name", default=key_name, help=f"client key name with --keys (default {key_name})")
+    p.add_argument("--client-key", default=None, metavar="FILE", help="CurveZMQ client secret key file")
+    p.add_argument("--server-key", default=None, metavar="FILE", help="CurveZMQ server public key file")
+
+
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     """``--json``: print the result as JSON instead of the table; ``--report FILE``: also write it there."""
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from sensors import keys as keyfiles
 from sensors import mmfi, schema, wire
-from sensors.cli_util import add_list_argument
+from sensors.cli_util import add_client_key_arguments, add_list_argument
 from sensors.faults import Fault, FaultInjector, parse_fault
 from sensors.publisher import SensorPublisher
 
@@ -322,12 +322,8 @@ def add_arguments(p) -> None:
     p.add_argument("--mmwave-columns", default=",".join(schema.MMWAVE_COLUMNS),
                    help="column order of the radar .bin files on disk (the wire carries "
                         f"{','.join(schema.MMWAVE_COLUMNS)})")
-    p.add_argument("--keys", default=None, metavar="DIR",
-                   help="CurveZMQ: key directory (runtime keys init/add): DIR/clients/NAME.key_secret and "
-                        "DIR/server.key")
-    p.add_argument("--key-name", default="replay", help="client key name with --keys (default replay)")
-    p.add_argument("--client-key", default=None, metavar="FILE", help="CurveZMQ client secret key file")
-    p.add_argument("--server-key", default=None, metavar="FILE", help="CurveZMQ server public key file")
+    add_client_key_arguments(p, "replay", "CurveZMQ: key directory (runtime keys init/add): "
+                                                   "DIR/clients/NAME.key_secret and DIR/server.key")
     p.add_argument("--force-plaintext", action="store_true",
                    help="allow plaintext (no keys) to a non-loopback endpoint")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for a subscriber")

@@ -14,6 +14,7 @@ import logging
 
 from runtime.view.hub import SubscriberConfig
 from runtime.view.server import ViewConfig, serve_view
+from sensors.cli_util import add_client_key_arguments
 from sensors.replay import client_keys
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rcv-hwm", type=int, default=20, help="pose messages ZeroMQ may queue for the viewer")
     p.add_argument("--max-frames", type=int, default=36_000,
                    help="recording: frames sent to the page (longer recordings are thinned evenly)")
-    p.add_argument("--keys", default=None, metavar="DIR",
-                   help="CurveZMQ: key directory (runtime keys init/add ... --role viewer): "
-                        "DIR/clients/NAME.key_secret and DIR/server.key")
-    p.add_argument("--key-name", default="viewer", help="client key name with --keys (default viewer)")
-    p.add_argument("--client-key", default=None, metavar="FILE", help="CurveZMQ client secret key file")
-    p.add_argument("--server-key", default=None, metavar="FILE", help="CurveZMQ server public key file")
+    add_client_key_arguments(p, "viewer", "CurveZMQ: key directory (runtime keys init/add ... --role viewer): "
+                                                   "DIR/clients/NAME.key_secret and DIR/server.key")
 
 
 def config_from_args(args: argparse.Namespace) -> ViewConfig:
