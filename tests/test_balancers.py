@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
-from training_fakes import fake_split
+from training_fakes import fake_arrays, fake_split
 
 from sensors import schema
 from training import balance, balancers, config
+from training.data import from_arrays
 from training.losses import mpjpe_loss
 from training.model import build_model
 
@@ -207,6 +208,20 @@ def test_modality_level_resampling_trains_only_the_low_contributor_more():
     low_i, p = balance.resample_plan(np.array([30.0, 10.0, 2.0, 1.0]), schema.MODALITIES, 1.0)
     assert low_i == WIFI and p == pytest.approx(29.0 / 43.0)
     assert balance.resample_plan(np.array([5.0, 5.0, 5.0, 5.0]), schema.MODALITIES, 1.0)[1] == 0.0
+
+
+def test_gblending_holds_out_whole_sequences():
+    cfg = config.resolve("tiny")
+    arrays = fake_arrays(960, cfg.model)
+    arrays["subject"] = np.array([f"S{i // 96 + 1:02d}" for i in range(960)])  # 10 subjects x 3 actions, 32 frames each
+    train = from_arrays(arrays, cfg.model.modalities)
+    hold, kept = balancers.holdout_sequences(train, frames=48)
+    seq = np.char.add(arrays["subject"], arrays["action"])
+    assert len(hold) == 48 and not set(seq[hold]) & set(seq[kept])  # no held-out recording is trained on
+    assert len(set(seq[hold])) == 3 and len(hold) + len(kept) < 960  # ceil(48 / 16) sequences leave training
+    assert int(np.isin(seq, list(set(seq[hold]))).sum()) + len(kept) == 960  # kept = every other recording
+    few, rest = balancers.holdout_sequences(fake_split(64, cfg.model), frames=16)  # 3 sequences: frames
+    assert len(few) == 16 and len(rest) == 48
 
 
 def test_gblending_reestimates_once_per_super_epoch():

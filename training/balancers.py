@@ -223,6 +223,24 @@ class Agm(Balancer):
         self.running = state["running"]
 
 
+def holdout_sequences(train: Split, frames: int, per_sequence: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out frame indices, kept frame indices): ``frames`` frames evenly spread over whole
+    (env, subject, action) sequences, taken evenly through the sorted list of sequences; every
+    frame of those sequences leaves the kept set. At most a quarter of the sequences is held out;
+    with fewer than 4 sequences, evenly spaced frames instead."""
+    keys = np.char.add(np.char.add(train.meta["env"].astype(str), "/"),
+                       np.char.add(np.char.add(train.meta["subject"].astype(str), "/"), train.meta["action"].astype(str)))
+    seqs, inverse = np.unique(keys, return_inverse=True)
+    if len(seqs) < 4:
+        hold = evenly_spaced(len(train), min(frames, len(train) // 4))
+        return hold, np.setdiff1d(np.arange(len(train)), hold)
+    n_seq = min(len(seqs) // 4, max(1, -(-frames // per_sequence)))
+    chosen = evenly_spaced(len(seqs), n_seq)
+    out = np.isin(inverse, chosen)
+    pool = np.flatnonzero(out)
+    return pool[evenly_spaced(len(pool), min(frames, len(pool)))], np.flatnonzero(~out)
+
+
 class GBlending(Balancer):
     """G-Blending (online): one uni-modal head per enabled modality beside the fused head; the loss
     is sum_k w_k L_k over the branches, w re-estimated every ``gb_super_epoch`` epochs from the
@@ -241,8 +259,12 @@ class GBlending(Balancer):
         self.prev: tuple[np.ndarray, np.ndarray] | None = None
 
     def split_training_set(self, train: Split) -> Split:
-        hold = evenly_spaced(len(train), min(self.bc.gb_holdout, len(train) // 4))
-        rest = np.setdiff1d(np.arange(len(train)), hold)
+        """Hold out whole sequences, so the held-out loss stands for unseen recordings as the paper's
+        held-out split does (frames interleaved with trained ones are near-copies of them at 10 Hz,
+        and their loss tracks the training loss: O ~ 0 and G / O^2 explodes). ``gb_holdout`` frames
+        spread over ceil(gb_holdout / 16) sequences are measured; the rest of those sequences is
+        not trained on either. Fewer than 4 sequences: frames, as a fallback."""
+        hold, rest = holdout_sequences(train, self.bc.gb_holdout)
         self.holdout, self.probe = train.take(hold), train.take(rest[evenly_spaced(len(rest), len(hold))])
         return train.take(rest)
 
