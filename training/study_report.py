@@ -209,7 +209,7 @@ frames (last-epoch model). Schedule at the paper's proportions: {sched.epochs} e
 learning window K = {sched.window}, alpha_S / alpha_I = {a_s:g} / {a_i:g}, groups from the step scores
 (`group_by={cfg.balance.group_by}`), Fisher over {cfg.balance.fisher_samples} frames ({cfg.balance.fisher_mode});
 OGM-GE alpha {cfg.balance.ogm_alpha:g} in epochs < {sched.ogm_window}; AGM alpha {cfg.balance.agm_alpha:g};
-G-Blending holds out {cfg.balance.gb_holdout} training frames; modality-level resampling gamma
+G-Blending measures {cfg.balance.gb_holdout} frames of held-out whole training sequences; modality-level resampling gamma
 {cfg.balance.rs_gamma:g} in the window. Main table: seeds {', '.join(map(str, args.seeds))} (mean ± sample
 sd); sweeps: seed {args.seeds[0]} on {first} only (one seed: differences below ~1 mm are within
 seed-to-seed noise, see the paired table).
