@@ -26,7 +26,7 @@ import torch.nn as nn
 from sensors import posemath, schema
 from training import balance
 from training.config import Config
-from training.data import Split, evenly_spaced
+from training.data import Split, evenly_spaced, holdout_sequences
 from training.fisher import fisher_and_coalitions
 from training.fisher import summarize as fisher_summary
 from training.losses import mpjpe_loss
@@ -221,24 +221,6 @@ class Agm(Balancer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.running = state["running"]
-
-
-def holdout_sequences(train: Split, frames: int, per_sequence: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out frame indices, kept frame indices): ``frames`` frames evenly spread over whole
-    (env, subject, action) sequences, taken evenly through the sorted list of sequences; every
-    frame of those sequences leaves the kept set. At most a quarter of the sequences is held out;
-    with fewer than 4 sequences, evenly spaced frames instead."""
-    keys = np.char.add(np.char.add(train.meta["env"].astype(str), "/"),
-                       np.char.add(np.char.add(train.meta["subject"].astype(str), "/"), train.meta["action"].astype(str)))
-    seqs, inverse = np.unique(keys, return_inverse=True)
-    if len(seqs) < 4:
-        hold = evenly_spaced(len(train), min(frames, len(train) // 4))
-        return hold, np.setdiff1d(np.arange(len(train)), hold)
-    n_seq = min(len(seqs) // 4, max(1, -(-frames // per_sequence)))
-    chosen = evenly_spaced(len(seqs), n_seq)
-    out = np.isin(inverse, chosen)
-    pool = np.flatnonzero(out)
-    return pool[evenly_spaced(len(pool), min(frames, len(pool)))], np.flatnonzero(~out)
 
 
 class GBlending(Balancer):

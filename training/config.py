@@ -39,6 +39,12 @@ GROUPINGS = ("step", "theta0")
 OPTIMIZERS = ("adam", "sgd")
 FRAME_SELECTIONS = ("all", "complete")
 FISHER_MODES = ("per_sample", "per_batch")
+VALIDATION_SETS = ("sequences", "test")
+
+# Keys added after runs had been recorded, with the values that reproduce the behaviour from
+# before they existed: a saved config (a checkpoint's, a run's config.yaml) that lacks one of
+# them was trained with this value, not with today's default.
+LEGACY = {"data": {"validation": "test"}}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -86,7 +92,12 @@ class DataConfig:
     split: str = "S1"
     split_seed: int = 0  # seed of the S1 random split (MM-Fi's np.random.seed(seed + k))
     max_train: int = 0  # 0 = all training frames; else an evenly spaced subset
-    max_val: int = 0  # 0 = all test frames for the per-epoch validation
+    max_val: int = 0  # validation frames evaluated per epoch, evenly spaced (0 = all of them)
+    # the frames that choose best.pt: sequences = whole (env, subject, action) training recordings
+    # held out (never trained on); test = the protocol's test subset, which then also chooses the
+    # model it reports on (the behaviour before held-out validation; the study pins it)
+    validation: str = "sequences"
+    val_fraction: float = 0.1  # share of the training sequences held out when validation=sequences
     cache_dir: str = ""  # "" = read into memory; else memory-mapped arrays kept here (bounded memory)
     # all = every frame (absent modalities are presence 0); complete = drop frames where any enabled
     # modality is absent, as the MM-Fi toolbox drops frames with an empty modality
@@ -98,6 +109,12 @@ class DataConfig:
         _check(self.split in schema.SPLITS, f"data.split must be one of {list(schema.SPLITS)}, got {self.split!r}")
         _check(self.max_train >= 0 and self.max_val >= 0, "data.max_train and data.max_val must be >= 0")
         _check(self.frames in FRAME_SELECTIONS, f"data.frames must be one of {FRAME_SELECTIONS}, got {self.frames!r}")
+        _check(self.validation in VALIDATION_SETS,
+               f"data.validation must be one of {VALIDATION_SETS}, got {self.validation!r}: sequences holds out "
+               f"whole training recordings to choose best.pt, test chooses it on the test subset")
+        _check(0.0 < self.val_fraction <= 0.5,
+               f"data.val_fraction is the share of the training sequences held out for validation and must be "
+               f"in (0, 0.5], got {self.val_fraction}")
 
 
 @dataclass
@@ -222,9 +239,20 @@ def resolve(preset: str | None = None, config_file: str | None = None, flags: di
     return settings.build(Config, data, source=f"{where}, flags, {ENV_PREFIX}* environment or --set")
 
 
+def upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the ``LEGACY`` value of every key it predates (a copy)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for section, keys in LEGACY.items():
+        if isinstance(out.get(section), dict):
+            for key, value in keys.items():
+                out[section].setdefault(key, value)
+    return out
+
+
 def from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a config from ``Config.to_dict()`` (e.g. out of a checkpoint)."""
-    return settings.build(Config, values, source="saved config")
+    """Rebuild a config from ``Config.to_dict()`` (e.g. out of a checkpoint); keys it predates
+    take their ``LEGACY`` values, so an older run reads back as what it was trained with."""
+    return settings.build(Config, upgrade(values), source="saved config")
 
 
 def config_hash(cfg: Config) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from sensors import preprocess, schema
-from training.config import Config
+from training.config import Config, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,80 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
     if k <= 0 or k >= n:
         return np.arange(n)
     return np.linspace(0, n - 1, k).round().astype(np.int64)
+
+
+def sequence_ids(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(the split's distinct ``env/subject/action`` recordings, sorted; each frame's index into them)."""
+    m = split.meta
+    keys = np.char.add(np.char.add(m["env"].astype(str), "/"),
+                       np.char.add(np.char.add(m["subject"].astype(str), "/"), m["action"].astype(str)))
+    return np.unique(keys, return_inverse=True)
+
+
+def split_sequences(split: Split, n_sequences: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(held-out frame indices, kept frame indices, held-out recordings): every frame of
+    ``n_sequences`` whole recordings, taken evenly through the sorted list of recordings, leaves
+    the kept set. Whole recordings because frames interleaved with trained ones are near-copies
+    of them at 10 Hz: their error tracks the training error and says nothing of unseen recordings."""
+    seqs, inverse = sequence_ids(split)
+    chosen = evenly_spaced(len(seqs), n_sequences) if n_sequences > 0 else np.zeros(0, np.int64)
+    out = np.isin(inverse, chosen)
+    return np.flatnonzero(out), np.flatnonzero(~out), [str(k) for k in seqs[chosen]]
+
+
+def holdout_sequences(train: Split, frames: int, per_sequence: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """G-Blending's held-out frames: (held-out frame indices, kept frame indices), ``frames``
+    frames evenly spread over ceil(frames / per_sequence) whole recordings (``split_sequences``);
+    every frame of those recordings leaves the kept set. At most a quarter of the recordings is
+    held out; with fewer than 4 recordings, evenly spaced frames instead."""
+    seqs, _ = sequence_ids(train)
+    if len(seqs) < 4:
+        hold = evenly_spaced(len(train), min(frames, len(train) // 4))
+        return hold, np.setdiff1d(np.arange(len(train)), hold)
+    pool, kept, _ = split_sequences(train, min(len(seqs) // 4, max(1, -(-frames // per_sequence))))
+    return pool[evenly_spaced(len(pool), min(frames, len(pool)))], kept
+
+
+@dataclass
+class Validation:
+    """The frames that choose ``best.pt`` and where they come from."""
+
+    frames: Split                  # evaluated every epoch (at most data.max_val, evenly spaced)
+    source: str                    # "sequences" (held-out training recordings) or "test"
+    sequences: list[str] = field(default_factory=list)   # the held-out recordings (env/subject/action)
+    note: str = ""                 # why the test subset stands in for held-out recordings, if it does
+
+    def describe(self) -> dict[str, object]:
+        out: dict[str, object] = {"set": self.source, "frames": len(self.frames)}
+        if self.source == "sequences":
+            out["sequences"] = list(self.sequences)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def hold_out_validation(data: DataConfig, train: Split, test: Split) -> tuple[Split, Validation]:
+    """(the frames to train on, the validation set) per ``data.validation``.
+
+    ``sequences``: round(val_fraction x recordings) whole training recordings (at least one, and
+    one always stays for training) are held out of training and validate; too few recordings to
+    hold one out (fewer than 1 / (2 x val_fraction), or only one) falls back to the test subset,
+    saying so in ``Validation.note``. ``test``: the training frames are untouched and the test
+    subset validates, as before held-out validation existed."""
+    def on_test(note: str = "") -> tuple[Split, Validation]:
+        return train, Validation(test.take(evenly_spaced(len(test), data.max_val)), "test", note=note)
+
+    if data.validation == "test":
+        return on_test()
+    seqs, _ = sequence_ids(train)
+    n = min(int(np.floor(data.val_fraction * len(seqs) + 0.5)), len(seqs) - 1)
+    if n < 1:
+        return on_test(f"data.validation=sequences: {len(seqs)} training recording(s) are too few to hold out "
+                       f"{data.val_fraction:g} of them, so the test subset validates and chooses best.pt "
+                       f"(more recordings or a larger data.val_fraction avoid this)")
+    held, kept, keys = split_sequences(train, n)
+    val = train.take(held)
+    return train.take(kept), Validation(val.take(evenly_spaced(len(val), data.max_val)), "sequences", keys)
 
 
 def _data_fingerprint(root: Path) -> str:

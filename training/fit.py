@@ -70,4 +70,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{cfg.out}: test MPJPE {result['mpjpe']:.2f} mm, PA-MPJPE {result['pa_mpjpe']:.2f} mm "
               f"({result['frames']} frames); Shapley {result['shapley_fraction']:.1%} and Fisher "
               f"{result['fisher_fraction']:.1%} of training time")
+        val = result["validation"]
+        n = len(val.get("sequences", []))
+        where = (f"{n} held-out training recording{'s' if n != 1 else ''}" if val["set"] == "sequences"
+                 else "the test subset")
+        print(f"best.pt: epoch {result['best_epoch']}, validation MPJPE {result['best_val_mpjpe']:.2f} mm on {where} "
+              f"({val['frames']} frames)")
     return 0

@@ -131,8 +131,11 @@ def run_dir(out: Path, protocol: str, arm: Arm, seed: int) -> Path:
 
 def run_config(args: argparse.Namespace, arm: Arm, protocol: str, seed: int) -> config_mod.Config:
     flags = Schedule(args.epochs).overrides()
+    # validation=test: the study was started training on every training frame and reports the
+    # last-epoch model on the test subset (no selection enters its tables); its runs must stay
+    # comparable, so no recordings are held out of training here
     flags["data"] = {"root": args.data, "protocol": protocol, "split": arm.split,
-                     "cache_dir": str(Path(args.out) / "cache")}
+                     "cache_dir": str(Path(args.out) / "cache"), "validation": "test"}
     flags["model"] = {"modalities": list(arm.modalities), "fusion": arm.fusion}
     flags["balance"]["method"] = arm.balance
     flags["train"]["seed"] = seed

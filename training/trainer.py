@@ -8,6 +8,10 @@ Per epoch (the balancing method's hooks, ``training.balancers``, in brackets):
      backward [after_backward: gradient modulation]; optimiser step (Adam, or SGD + momentum).
   3. [epoch_end] validation (rank 0), log line, checkpoint.
 
+Validation (``data.validation``, ``training.data.hold_out_validation``): whole training
+recordings held out before training (default) or the test subset; it chooses ``best.pt``.
+``metrics.json`` is the last-epoch model on the test subset either way.
+
 Outputs in ``cfg.out``: config.yaml, log.jsonl, checkpoint.pt, best.pt, metrics.json, plots/.
 """
 
@@ -31,7 +35,7 @@ from training import balance, balancers, distributed
 from training import config as config_mod
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import Config
-from training.data import Split, batches, complete_frames, evenly_spaced, load_splits
+from training.data import Split, batches, complete_frames, evenly_spaced, hold_out_validation, load_splits
 from training.evaluate import evaluate_model, predict
 from training.losses import mpjpe_loss
 from training.model import PoseModel, build_model, count_parameters
@@ -59,19 +63,41 @@ def _seed_everything(cfg: Config) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _same_run(saved: dict[str, Any], cfg: Config) -> bool:
-    a, b = dict(saved), cfg.to_dict()
-    for d in (a, b):
-        d.pop("out", None)
-        d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "device", "tensorboard")}
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+RESUMABLE = ("epochs", "device", "tensorboard")  # train.* keys that may change on --resume
+
+
+def _config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """The ``section.key`` settings in which a checkpoint's config and ``cfg`` differ, ignoring
+    ``out`` and ``train.{epochs,device,tensorboard}``. The saved config is read back first, so a
+    key it predates counts as its ``config.LEGACY`` value (what that run was trained with)."""
+    try:
+        a = config_mod.from_dict(saved).to_dict()
+    except ValueError as err:
+        return [f"unreadable saved config ({err})"]
+    b = cfg.to_dict()
+    diff = []
+    for section in sorted(set(a) | set(b)):
+        if section == "out":
+            continue
+        x, y = a.get(section), b.get(section)
+        if not (isinstance(x, dict) and isinstance(y, dict)):
+            diff += [section] if x != y else []
+            continue
+        diff += [f"{section}.{k}" for k in sorted(set(x) | set(y))
+                 if not (section == "train" and k in RESUMABLE)
+                 and json.dumps(x.get(k), sort_keys=True) != json.dumps(y.get(k), sort_keys=True)]
+    return diff
 
 
 class Trainer:
     def __init__(self, cfg: Config, train: Split, test: Split, dist: distributed.DistInfo, progress: bool = True):
         self.cfg, self.train, self.test, self.dist = cfg, train, test, dist
         self.progress = progress and dist.is_main
-        self.val = test.take(evenly_spaced(len(test), cfg.data.max_val))
+        # held-out recordings leave the training frames before anything is fitted on them
+        train, self.validation = hold_out_validation(cfg.data, train, test)
+        if self.validation.note and dist.is_main:
+            log.warning("%s", self.validation.note)
+        self.val = self.validation.frames
         self.train_probe = train.take(evenly_spaced(len(train), min(len(train), max(len(self.val), 256))))
         self.out = Path(cfg.out)
         self.device = torch.device(dist.device)
@@ -94,6 +120,7 @@ class Trainer:
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
         self.history: list[dict[str, Any]] = []
         self.best = math.inf
+        self.best_epoch: int | None = None
         self.start_epoch = 0
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -112,9 +139,10 @@ class Trainer:
             log.info("no %s to resume from: starting from scratch", path)
             return
         state = read_checkpoint(path)
-        if not _same_run(state["config"], self.cfg):
-            raise ValueError(f"{path} was trained with a different config (only train.epochs may change on "
-                             f"--resume); use a new --out or the same config")
+        diff = _config_differences(state["config"], self.cfg)
+        if diff:
+            raise ValueError(f"{path} was trained with a different config ({', '.join(diff)} differ; only "
+                             f"train.epochs may change on --resume); use a new --out or the same config")
         self.model.load_state_dict(state["model"])
         bal = self.out / "balancer.pt"
         if bal.exists():
@@ -124,6 +152,8 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         self.history = list(state["history"])
         self.best = float(state["best"]) if state["best"] is not None else math.inf
+        best = [r for r in self.history if r.get("val_mpjpe") == self.best]
+        self.best_epoch = int(best[0]["epoch"]) if best else None
         log.info("resumed %s at epoch %d", path, self.start_epoch)
 
     # -- one epoch ---------------------------------------------------------------------------------
@@ -187,8 +217,8 @@ class Trainer:
         t0 = time.perf_counter()
         val = evaluate_model(self.model, self.val, with_shapley=False)
         tr = evaluate_model(self.model, self.train_probe, with_shapley=False)
-        rec.update(val_mpjpe=val["mpjpe"], val_pa_mpjpe=val["pa_mpjpe"], train_mpjpe=tr["mpjpe"],
-                   train_pa_mpjpe=tr["pa_mpjpe"])
+        rec.update(val_mpjpe=val["mpjpe"], val_pa_mpjpe=val["pa_mpjpe"], val_set=self.validation.source,
+                   train_mpjpe=tr["mpjpe"], train_pa_mpjpe=tr["pa_mpjpe"])
         rec["time"]["eval"] = time.perf_counter() - t0
         t = rec["time"]
         rec["shapley_fraction"] = t["shapley"] / t["train"] if t["train"] > 0 else 0.0
@@ -204,17 +234,17 @@ class Trainer:
             tmp = self.out / "balancer.pt.tmp"
             torch.save(extra, tmp)
             tmp.replace(self.out / "balancer.pt")
+        metrics = {"val_mpjpe": rec["val_mpjpe"], "val_pa_mpjpe": rec["val_pa_mpjpe"], "val_set": rec["val_set"]}
         save_checkpoint(self.out / "checkpoint.pt", self.model, self.cfg, rec["epoch"], self.optimizer,
-                        self.scheduler, {"val_mpjpe": rec["val_mpjpe"], "val_pa_mpjpe": rec["val_pa_mpjpe"]},
-                        self.history, min(self.best, rec["val_mpjpe"]))
+                        self.scheduler, metrics, self.history, min(self.best, rec["val_mpjpe"]))
         if rec["val_mpjpe"] < self.best:
-            self.best = rec["val_mpjpe"]
-            save_checkpoint(self.out / "best.pt", self.model, self.cfg, rec["epoch"], None, None,
-                            {"val_mpjpe": rec["val_mpjpe"], "val_pa_mpjpe": rec["val_pa_mpjpe"]}, self.history,
-                            self.best)
+            self.best, self.best_epoch = rec["val_mpjpe"], rec["epoch"]
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, rec["epoch"], None, None, metrics,
+                            self.history, self.best)
 
     def finish(self) -> dict[str, Any]:
-        """Final test metrics of the last-epoch model, summary timings, plots."""
+        """Final test metrics of the last-epoch model, summary timings, plots; ``best_val_mpjpe``
+        and ``best_epoch`` are best.pt's, on the validation set ``validation`` describes."""
         result = evaluate_model(self.model, self.test)
         hist = self.history
         total = {k: sum(r["time"].get(k, 0.0) for r in hist) for k in
@@ -223,7 +253,7 @@ class Trainer:
         out_w = [r["time"]["train"] for r in hist if not r["in_window"]]
         result.update(
             config_hash=config_mod.config_hash(self.cfg), epochs=len(hist), parameters=count_parameters(self.model),
-            best_val_mpjpe=self.best, time=total,
+            best_val_mpjpe=self.best, best_epoch=self.best_epoch, validation=self.validation.describe(), time=total,
             shapley_fraction=total["shapley"] / total["train"] if total["train"] else 0.0,
             fisher_fraction=total["fisher"] / total["train"] if total["train"] else 0.0,
             epoch_time_in_window=float(np.mean(in_w)) if in_w else None,
@@ -249,8 +279,11 @@ class Trainer:
                 from training import plots
 
                 tb = plots.tensorboard_writer(self.out)
-            log.info("training %s: %d parameters, %d train / %d val frames, balance=%s fusion=%s modalities=%s",
-                     self.out, count_parameters(self.model), len(self.train), len(self.val),
+            n = len(self.validation.sequences)
+            held = (f"{n} held-out training recording{'s' if n != 1 else ''}"
+                    if self.validation.source == "sequences" else "the test subset")
+            log.info("training %s: %d parameters, %d train / %d val frames (%s), balance=%s fusion=%s "
+                     "modalities=%s", self.out, count_parameters(self.model), len(self.train), len(self.val), held,
                      self.cfg.balance.method, self.cfg.model.fusion, ",".join(self.cfg.model.modalities))
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
             rec = self.train_epoch(epoch)
@@ -260,8 +293,9 @@ class Trainer:
                 self._write_epoch(rec)
                 if tb is not None:
                     plots.tensorboard_epoch(tb, rec)
-                log.info("epoch %d: loss %.4f (balance %+.4f) val MPJPE %.1f PA %.1f mm, shapley %s, %.1fs", epoch,
-                         rec["loss_task"], rec["loss_balance"], rec["val_mpjpe"], rec["val_pa_mpjpe"],
+                log.info("epoch %d: loss %.4f (balance %+.4f) val (%s) MPJPE %.1f PA %.1f mm, shapley %s, %.1fs",
+                         epoch, rec["loss_task"], rec["loss_balance"], rec["val_set"], rec["val_mpjpe"],
+                         rec["val_pa_mpjpe"],
                          " ".join(f"{m}={v:.2f}" for m, v in rec["shapley"].items()), rec["time"]["train"])
             distributed.barrier(self.dist)
         if tb is not None:
