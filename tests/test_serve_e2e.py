@@ -5,8 +5,8 @@ SIGTERM flushing the recorder."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
