@@ -35,6 +35,19 @@ A planar angle is undefined (NaN, and the smoothed value holds) while the limb l
 of the plane's normal: shoulder abduction with the arm straight forward, shoulder flexion with the
 arm straight out sideways, hip flexion with the thigh straight out sideways.
 
+Plausibility (``PlausibilityGate``, causal, before the smoothing): a planar angle is continuous in
+time, so each sample is unwrapped (+-360 deg) to the value nearest the channel's last plausible
+one, as ``numpy.unwrap`` does offline, when that is at most ``max_step_deg`` away (90 deg a tick
+at 10 Hz; a bigger turn is the projection passing near the plane's normal, as the arm swing of a
+jump does to shoulder abduction, and is taken as it is); then any sample outside the angle's physiological range
+(``PLAUSIBLE_RANGE_DEG``: normal adult ranges of motion with a margin, docs/rehab.md) is marked
+implausible and dropped (NaN: the smoothed value holds). A pose that puts a limb across the cut at
+-90/270 deg (an arm behind the back, a thigh pointing backwards) is outside every range, so a wild
+prediction can no longer turn a few degrees of jitter into a 300 deg "range of motion". After
+``reanchor_ticks`` without a plausible sample, or after an undefined one (the projection may turn
+by up to 180 deg while the limb passes the plane's normal), the continuity restarts from the
+wrapped value.
+
 Smoothing: a causal Butterworth low-pass (``scipy.signal``; order 2, 3 Hz at 10 Hz by default:
 well under 0.1 s of delay, keeps the content of exercise movements, which repeat at < 1 Hz but
 can start sharply, as a knee lifted in mark time) run tick by tick with its
@@ -123,6 +136,42 @@ def two(v: np.ndarray) -> np.ndarray:
     return v[..., None, :]
 
 
+# Physiological range (degrees) of each angle as defined here. Normal adult active ranges (AAOS,
+# tabulated by Norkin & White; Soucie et al. 2011; docs/rehab.md) widened by what the definition
+# adds (hip flexion against the trunk includes lumbar flexion; the trunk lean from the vertical
+# includes hip flexion) and a margin of 15-20 deg for skeleton and pose error. The gate is for gross
+# errors only: ground-truth exercise skeletons never leave these ranges (tests/test_rehab.py).
+PLAUSIBLE_RANGE_DEG: dict[str, tuple[float, float]] = {
+    "knee_flexion": (0.0, 165.0),           # flexion 0-135 (AAOS), 140-150 passive
+    "hip_flexion": (-50.0, 165.0),          # extension 30, flexion 120 (AAOS); + lumbar flexion
+    "hip_abduction": (-50.0, 75.0),         # adduction 30, abduction 45 (AAOS)
+    "elbow_flexion": (0.0, 165.0),          # flexion 0-150 (AAOS)
+    "shoulder_flexion": (-75.0, 210.0),     # extension 60, flexion 180 (AAOS)
+    "shoulder_abduction": (-65.0, 230.0),   # adduction 45, abduction 180 (AAOS); an arm overhead in a
+                                            # side bend passes over the head (generated A24/A25: 217)
+    "trunk_lean_sagittal": (-50.0, 135.0),  # thoracolumbar extension 25 / flexion 80 (AAOS) + hips
+    "trunk_lean_frontal": (-60.0, 60.0),    # lateral flexion 35 each side (AAOS) + pelvic tilt
+}
+PLANAR_ANGLES: tuple[str, ...] = ("hip_flexion", "shoulder_flexion", "shoulder_abduction", "trunk_lean_sagittal",
+                                  "trunk_lean_frontal")   # projected on a plane: wrapped into (-90, 270]
+PLANAR = np.array([a in PLANAR_ANGLES for a, _ in CHANNELS])
+PLAUSIBLE_LOW = np.array([PLAUSIBLE_RANGE_DEG[a][0] for a, _ in CHANNELS])
+PLAUSIBLE_HIGH = np.array([PLAUSIBLE_RANGE_DEG[a][1] for a, _ in CHANNELS])
+
+
+# Largest range of motion of one repetition (degrees): the joint's normal arc from one end of its
+# range to the other (AAOS, as above) plus 15 deg; knee and elbow: their whole plausible range.
+MAX_ROM_DEG: dict[str, float] = {
+    "knee_flexion": 165.0, "hip_flexion": 165.0, "hip_abduction": 90.0, "elbow_flexion": 165.0,
+    "shoulder_flexion": 255.0, "shoulder_abduction": 240.0, "trunk_lean_sagittal": 120.0, "trunk_lean_frontal": 85.0,
+}
+
+
+def max_rom_deg(angle: str) -> float:
+    """The largest physiological range of motion of one repetition of ``angle`` (degrees)."""
+    return MAX_ROM_DEG[angle]
+
+
 def joint_angles(joints: np.ndarray) -> np.ndarray:
     """joints [..., 17, 3] -> angles [..., N_CHANNELS] in degrees, ``CHANNELS`` order."""
     p = np.asarray(joints, np.float64)
@@ -155,6 +204,57 @@ def joint_angles(joints: np.ndarray) -> np.ndarray:
     trunk = _planar(np.stack([up, up], axis=-2), np.stack([fwd_w, lat_w], axis=-2), two(w))
     out = np.concatenate([limb[a] for a in LIMB_ANGLES] + [trunk], axis=-1)   # CHANNELS order
     return out
+
+
+def unwrap_towards(values: np.ndarray, reference: np.ndarray, max_step: float = 180.0) -> np.ndarray:
+    """``values + 360 k`` nearest ``reference`` (degrees, elementwise); ``values`` where the reference
+    is NaN or that nearest value is more than ``max_step`` away. Sample by sample against the
+    previous value, with the default ``max_step``, this is ``numpy.unwrap(period=360)``."""
+    v, r = np.asarray(values, np.float64), np.asarray(reference, np.float64)
+    k = np.round(np.where(np.isfinite(r), r - v, 0.0) / 360.0)
+    u = v + 360.0 * np.nan_to_num(k)
+    return np.where(np.abs(u - np.where(np.isfinite(r), r, u)) <= max_step, u, v)
+
+
+class PlausibilityGate:
+    """Causal, tick by tick, on ``N_CHANNELS`` raw angles (see the module doc): planar channels
+    unwrapped against their last plausible sample, then samples outside ``PLAUSIBLE_RANGE_DEG``
+    dropped (NaN). ``implausible`` counts the dropped samples per channel."""
+
+    def __init__(self, reanchor_ticks: int = 10, max_step_deg: float = 90.0):
+        if reanchor_ticks < 1 or not 0 < max_step_deg <= 180:
+            raise ValueError(f"reanchor_ticks must be >= 1 and max_step_deg in (0, 180], got {reanchor_ticks}, "
+                             f"{max_step_deg}")
+        self.reanchor_ticks, self.max_step_deg = int(reanchor_ticks), float(max_step_deg)
+        self.reference = np.full(N_CHANNELS, np.nan)      # last plausible (unwrapped) sample
+        self.missed = np.zeros(N_CHANNELS, np.int64)      # ticks since it
+        self.implausible = np.zeros(N_CHANNELS, np.int64)
+
+    def update(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """values [N_CHANNELS] degrees (NaN = undefined) -> (kept [N_CHANNELS], NaN where dropped or
+        undefined; implausible [N_CHANNELS] bool: dropped as outside the physiological range)."""
+        x = np.asarray(values, np.float64).reshape(N_CHANNELS)
+        reference = np.where(self.missed < self.reanchor_ticks, self.reference, np.nan)
+        x = np.where(PLANAR, unwrap_towards(x, reference, self.max_step_deg), x)
+        finite = np.isfinite(x)
+        implausible = finite & ((x < PLAUSIBLE_LOW) | (x > PLAUSIBLE_HIGH))
+        ok = finite & ~implausible
+        # An undefined sample (limb near the plane's normal) breaks the continuity: the projection
+        # may turn by up to 180 deg while the limb passes the normal, so the next one is taken as is.
+        self.reference = np.where(ok, x, np.where(finite, self.reference, np.nan))
+        self.missed = np.where(ok, 0, self.missed + 1)
+        self.implausible += implausible
+        return np.where(ok, x, np.nan), implausible
+
+
+def gate_series(angles: np.ndarray, reanchor_ticks: int = 10, max_step_deg: float = 90.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """angles [T, N_CHANNELS] -> (kept, implausible) of ``PlausibilityGate`` tick by tick (offline)."""
+    g = PlausibilityGate(reanchor_ticks, max_step_deg)
+    out = [g.update(a) for a in np.asarray(angles, np.float64)]
+    if not out:
+        return np.zeros((0, N_CHANNELS)), np.zeros((0, N_CHANNELS), bool)
+    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
 @dataclass(frozen=True)

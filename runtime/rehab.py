@@ -12,6 +12,13 @@ time. A switch ends the current segment (its repetition still falling is complet
 starts a new one. An empty or unknown code is the generic mode: every angle is watched, and the
 one that moved through the most range in counted repetitions is reported.
 
+Implausible angles (``runtime.angles.PlausibilityGate``): each raw angle is unwrapped against its
+last plausible sample and dropped when outside the joint's physiological range, before the
+smoothing, so the smoothed angle holds instead of following a wild pose across the planar cut.
+A repetition records the fraction of its ticks whose counted angle was dropped
+(``implausible_fraction``) and is low-confidence when that exceeds ``low_confidence_fraction``;
+a range over the physiological maximum is not counted (``Segment.rejected``).
+
 Pure (no I/O); ``runtime.pipeline`` calls it from ``step`` and puts the result on ``TickResult``.
 """
 
@@ -66,6 +73,7 @@ class Segment:
     start_ns: int
     end_tick: int = -1
     reps: list[dict] = field(default_factory=list)    # completed repetitions (Repetition.to_dict + extras)
+    rejected: int = 0                                 # ranges over the physiological maximum, not counted
 
     @property
     def code(self) -> str:
@@ -96,6 +104,7 @@ class RehabTick:
     last_rom_deg: float | None
     counted: list[Repetition] = field(default_factory=list)    # counted at this tick
     completed: list[dict] = field(default_factory=list)        # completed at this tick (with trust)
+    implausible: tuple[str, ...] = ()  # channel keys whose raw angle was dropped at this tick (held)
 
     def header(self) -> dict:
         """The ``rehab`` map of the pose message header (docs/wire.md)."""
@@ -111,7 +120,7 @@ class RehabTick:
 
 
 COMPLETED_KEYS = ("index", "side", "start_s", "end_s", "rom_deg", "peak_deg", "duration_s", "fused_fraction",
-                  "degraded", "low_confidence")
+                  "degraded", "implausible_fraction", "low_confidence")
 
 
 class RehabMonitor:
@@ -122,7 +131,10 @@ class RehabMonitor:
                                                                           rate_hz))
         self.trust = TrustTracker(TrustConfig(config.key_modalities, config.low_confidence_fraction,
                                               max(10, int(config.history_s * rate_hz))))
+        # continuity restarts after 1 s without a plausible sample; at most 900 deg/s is continuous
+        self.gate = ang.PlausibilityGate(max(1, round(rate_hz)), min(180.0, 900.0 / rate_hz))
         self._history: deque[tuple[int, np.ndarray]] = deque(maxlen=max(10, int(config.history_s * rate_hz)))
+        self._dropped: deque[tuple[int, np.ndarray]] = deque(maxlen=self._history.maxlen)   # implausible masks
         self._requests: deque[tuple[int, str, str | None]] = deque(maxlen=64)
         self.segments: deque[Segment] = deque(maxlen=MAX_SEGMENTS)
         self._wanted: tuple[str, str | None] = (config.exercise, None)
@@ -164,10 +176,11 @@ class RehabMonitor:
         self.segments.append(seg)
         self.last_rom = None
         if ex is None:
-            cfg = CounterConfig(min_rom_deg=GENERIC_MIN_ROM_DEG)
-            self._counters = {k: RepetitionCounter(cfg, side) for k, (_, side) in zip(ang.CHANNEL_KEYS, ang.CHANNELS)}
+            self._counters = {k: RepetitionCounter(CounterConfig(min_rom_deg=GENERIC_MIN_ROM_DEG,
+                                                                 max_rom_deg=ang.max_rom_deg(a)), side)
+                              for k, (a, side) in zip(ang.CHANNEL_KEYS, ang.CHANNELS)}
         else:
-            cfg = CounterConfig(min_rom_deg=ex.min_rom_deg)
+            cfg = CounterConfig(min_rom_deg=ex.min_rom_deg, max_rom_deg=ang.max_rom_deg(ex.angle))
             self._counters = {side: RepetitionCounter(cfg, side) for side in
                               (("left", "right") if ex.mode == "alternating" else
                                ("both",) if ex.mode == "both" else ex.sides)}
@@ -181,6 +194,7 @@ class RehabMonitor:
                 rep = counter.finish()
                 if rep is not None:
                     done.append(self._complete(seg, key, rep))
+            seg.rejected = sum(c.rejected for c in self._counters.values())
         return done
 
     def finish(self) -> list[dict]:
@@ -198,7 +212,10 @@ class RehabMonitor:
             seg = self._start_segment(tick, tick_ns)
         seg.end_tick = tick
         self.trust.add(tick, presence, degraded, shares)
-        raw = None if pose is None else ang.joint_angles(np.asarray(pose, np.float64))
+        raw = dropped = None
+        if pose is not None:
+            raw, dropped = self.gate.update(ang.joint_angles(np.asarray(pose, np.float64)))
+            self._dropped.append((tick, dropped))
         smoothed = self.filter.update(raw)
         counted: list[Repetition] = []
         if smoothed is not None:
@@ -215,7 +232,10 @@ class RehabMonitor:
         principal = self._principal_key(seg)
         count = (sum(c.count for c in self._counters.values()) if seg.exercise is not None
                  else (self._counters[principal].count if principal else 0))
-        return RehabTick(smoothed, seg.code, seg.session, principal, count, self.last_rom, counted, completed)
+        seg.rejected = sum(c.rejected for c in self._counters.values())
+        implausible = () if dropped is None else tuple(k for k, d in zip(ang.CHANNEL_KEYS, dropped) if d)
+        return RehabTick(smoothed, seg.code, seg.session, principal, count, self.last_rom, counted, completed,
+                         implausible)
 
     def _normalised_wanted(self) -> tuple[str, str | None]:
         code, session = self._wanted
@@ -256,8 +276,22 @@ class RehabMonitor:
                 d["side_rom_deg"] = {s: d["rom_by_channel_deg"].get(ang.channel_key(seg.exercise.angle, s))
                                      for s in ("left", "right")}
         d.update(self.trust.over(start, end))
+        d["implausible_fraction"] = self._implausible_fraction(seg, key, start, end)
+        if d["implausible_fraction"] > self.config.low_confidence_fraction:
+            d["low_confidence"] = True
         seg.reps.append(d)
         return d
+
+    def _implausible_fraction(self, seg: Segment, key: str, start: int, end: int) -> float:
+        """Fraction of the ticks start..end whose counted angle (either side for ``both``) was dropped."""
+        if seg.exercise is None:
+            idx = [ang.CHANNEL_KEYS.index(key)]
+        elif key == "both":
+            idx = [ang.CHANNEL_INDEX[(seg.exercise.angle, s)] for s in ("left", "right")]
+        else:
+            idx = [ang.CHANNEL_INDEX[(seg.exercise.angle, key)]]
+        rows = [bool(m[idx].any()) for t, m in self._dropped if start <= t <= end]
+        return round(float(np.mean(rows)), 3) if rows else 0.0
 
 
 def segment_summary(seg: Segment) -> dict:
@@ -273,6 +307,7 @@ def segment_summary(seg: Segment) -> dict:
            "duration_mean_s": _r(durs.mean()) if durs.size else None,
            "reps_per_min": None, "symmetry": None,
            "low_confidence": sum(bool(r.get("low_confidence")) for r in reps),
+           "rejected": seg.rejected,
            "fused_fraction": _r(np.mean([r["fused_fraction"] for r in reps if r.get("fused_fraction") is not None]))
            if reps else None}
     if len(reps) >= 2:

@@ -8,8 +8,9 @@ A repetition is a movement away from rest and back: a start valley, a peak, an e
 * ``rising``: the peak is tracked; when the signal has come back past the middle of the range
   (below ``peak - return_frac * (peak - start)``), the repetition is **counted** if its range
   reaches the minimum (``min_rom_deg``, raised to ``adapt_frac`` x the median range of the last
-  counted repetitions, so small wobbles between big movements do not count); otherwise it is
-  discarded and the counter goes back to ``idle``;
+  counted repetitions, so small wobbles between big movements do not count) and does not exceed
+  the physiological maximum (``max_rom_deg``: such a "repetition" is a jump of the signal, counted
+  in ``rejected``); otherwise it is discarded and the counter goes back to ``idle``;
 * ``falling``: the end valley is tracked; it is confirmed when the signal rises again by the
   entry margin (the next repetition starts there, with no gap) or stays above it for
   ``settle_s`` (a pause). The repetition is then complete, with its duration.
@@ -37,11 +38,15 @@ class CounterConfig:
     adapt_last: int = 5
     window_s: float = 5.0        # idle: the start valley is the minimum over this window
     settle_s: float = 1.0        # falling: a valley held this long ends the repetition
+    max_rom_deg: float = float("inf")   # larger ranges are not physiological: rejected, not counted
 
     def __post_init__(self):
         if self.min_rom_deg <= 0 or not 0 < self.enter_frac < 1 or not 0 < self.return_frac < 1:
             raise ValueError(f"repetition counter: need min_rom_deg > 0, enter_frac and return_frac in (0, 1); "
                              f"got {self.min_rom_deg}, {self.enter_frac}, {self.return_frac}")
+        if not self.max_rom_deg > self.min_rom_deg:
+            raise ValueError(f"repetition counter: max_rom_deg must exceed min_rom_deg, got {self.max_rom_deg} "
+                             f"<= {self.min_rom_deg}")
         if not 0 <= self.adapt_frac < 1 or self.window_s <= 0 or self.settle_s <= 0:
             raise ValueError(f"repetition counter: need adapt_frac in [0, 1), window_s and settle_s > 0; got "
                              f"{self.adapt_frac}, {self.window_s}, {self.settle_s}")
@@ -97,6 +102,7 @@ class RepetitionCounter:
         self._valley: Point | None = None
         self.pending: Repetition | None = None     # counted, end valley not yet confirmed
         self.count = 0
+        self.rejected = 0                          # ranges over max_rom_deg: not physiological
         self.roms: deque[float] = deque(maxlen=config.adapt_last)
 
     @property
@@ -139,6 +145,10 @@ class RepetitionCounter:
             return None
         if rom < self.min_rom:                       # too small: not a repetition
             self._to_idle(p, self._start)
+            return None
+        if rom > self.config.max_rom_deg:            # no joint moves that far: a jump of the signal
+            self.rejected += 1
+            self._to_idle(p, p)
             return None
         self.count += 1
         self.roms.append(rom)

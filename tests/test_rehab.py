@@ -214,6 +214,132 @@ def test_live_count_rises_before_the_repetition_ends_and_a_hold_at_the_top_is_on
     assert done[0].rom_deg == pytest.approx(90.0, abs=1.0)
 
 
+# ----------------------------------------------------------------------------------------------
+# Planar angles across their cut at -90/270 deg: continuity and the physiological gate
+# ----------------------------------------------------------------------------------------------
+def _wrap(deg: np.ndarray) -> np.ndarray:
+    """Into (-90, 270], as joint_angles gives planar angles."""
+    a = np.mod(np.asarray(deg, np.float64) + 90.0, 360.0) - 90.0
+    return np.where(a <= -90.0, a + 360.0, a)
+
+
+def test_unwrapping_tick_by_tick_is_numpy_unwrap():
+    rng = np.random.default_rng(0)
+    true = 200.0 + np.cumsum(rng.normal(0, 15, 300))          # wanders across 270 and back, several turns
+    raw = _wrap(true)
+    assert (np.abs(np.diff(raw)) > 180).sum() >= 2, "the series should cross the cut"
+    out, ref = [], np.nan
+    for x in raw:
+        ref = float(ang.unwrap_towards(x, ref))
+        out.append(ref)
+    np.testing.assert_allclose(out, np.unwrap(raw, period=360.0), atol=1e-9)
+    np.testing.assert_allclose(out, true - (true[0] - raw[0]), atol=1e-9)
+
+
+def _rom_of_counted(series: np.ndarray, angle: str, gate: bool) -> tuple[list[float], int]:
+    """ROMs counted on one channel of a raw angle series by the monitor's path (gate, causal
+    smoothing, counter with the angle's physiological maximum), or without the gate (the old path)."""
+    raw = np.zeros((len(series), ang.N_CHANNELS))
+    i = ang.CHANNEL_INDEX[(angle, "left")]
+    raw[:, i] = series
+    kept = ang.gate_series(raw)[0] if gate else raw
+    smooth = ang.smooth_series(kept)[:, i]
+    c = RepetitionCounter(CounterConfig(min_rom_deg=30.0, max_rom_deg=ang.max_rom_deg(angle) if gate else np.inf))
+    roms = []
+    for k, v in enumerate(smooth):
+        counted, _ = c.update(k, k / RATE, v)
+        if counted is not None:
+            roms.append(counted.rom_deg)
+    return roms, c.rejected
+
+
+@pytest.mark.parametrize("angle", ["shoulder_flexion", "shoulder_abduction", "hip_flexion"])
+def test_an_angle_jittering_across_its_cut_gives_no_unphysiological_range(angle):
+    """Three real repetitions (0 -> 120 -> 0 deg), then 10 s of a wild pose putting the limb near
+    the cut (true angle -90 +- 12 deg: it flips between about -80 and 260 once wrapped), then three
+    more repetitions. Without the gate the flips count as repetitions of 250-340 deg; with it they
+    are dropped and only the six real repetitions are counted, with their real range."""
+    rng = np.random.default_rng(1)
+    t = np.arange(30) / RATE
+    rep = 60.0 - 60.0 * np.cos(2 * np.pi * t / 3.0)             # 0 -> 120 -> 0 deg in 3 s
+    wild = -90.0 + rng.uniform(-12.0, 12.0, 100)
+    series = _wrap(np.concatenate([np.zeros(10), rep, rep, rep, wild, np.zeros(10), rep, rep, rep, np.zeros(20)]))
+    old, _ = _rom_of_counted(series, angle, gate=False)
+    assert max(old) > 250, "the scenario should reproduce the cross-cut ranges"
+    roms, rejected = _rom_of_counted(series, angle, gate=True)
+    assert len(roms) == 6 and rejected == 0, roms
+    np.testing.assert_allclose(roms, 120.0, atol=8.0)
+    assert max(roms) <= ang.max_rom_deg(angle) and max(roms) <= 180.0
+
+
+def test_the_monitor_drops_a_wild_arm_behind_the_back_and_marks_the_repetition():
+    """Live path with poses: shoulder flexion repetitions, then the arm jittering straight backwards
+    (shoulder flexion -90, the cut) for 5 s inside a repetition. The samples are dropped (listed in
+    ``RehabTick.implausible``), no range beyond the physiological one is reported, and a repetition
+    measured mostly on dropped samples is low-confidence."""
+    rng = np.random.default_rng(2)
+    t = np.arange(30) / RATE
+    up = 75.0 - 75.0 * np.cos(2 * np.pi * t / 3.0)              # 0 -> 150 -> 0 deg
+    flex = np.concatenate([np.zeros(10), up, up, up[:15], 270.0 + rng.uniform(-10, 10, 50), up[15:], up, np.zeros(20)])
+    mon = RehabMonitor(RehabConfig())                            # generic mode: every angle watched
+    outs = _feed(mon, [skeleton(sh_flex=a) for a in flex])
+    mon.finish()
+    i = ang.CHANNEL_INDEX[("shoulder_flexion", "left")]
+    wild = slice(10 + 75, 10 + 75 + 50)
+    assert all("shoulder_flexion_left" in o.implausible for o in outs[wild])
+    assert not any(o.implausible for o in outs[:80]) and mon.gate.implausible[i] == 50
+    smoothed = np.stack([o.angles for o in outs])[:, i]
+    assert smoothed.max() < 160 and smoothed.min() > -10      # held, never sweeping through the cut
+    reps = [r for r in mon.current.reps if r["channel"] == "shoulder_flexion_left"]
+    assert all(r["rom_deg"] <= 155 for r in reps) and len(reps) >= 4
+    held = [r for r in reps if r["implausible_fraction"] > 0.5]
+    assert held and all(r["low_confidence"] for r in held)
+    assert all(r["implausible_fraction"] == 0 and not r["low_confidence"] for r in reps if r["end_tick"] < 85)
+    assert all(r["rom_deg"] <= ang.max_rom_deg(ang.CHANNELS[ang.CHANNEL_KEYS.index(r["channel"])][0])
+               for r in mon.current.reps)
+
+
+def test_gate_continuity_restarts_after_a_second_without_a_plausible_sample():
+    g = ang.PlausibilityGate(reanchor_ticks=10)
+    i = ang.CHANNEL_INDEX[("shoulder_abduction", "left")]
+    x = np.zeros(ang.N_CHANNELS)
+    x[i] = 225.0                      # arm overhead, past the vertical
+    assert g.update(x)[0][i] == 225.0
+    x[i] = -55.0                      # 80 deg on through the cut (behind the head), 280 back the other way
+    kept = [g.update(x) for _ in range(12)]
+    assert all(np.isnan(k[i]) and d[i] for k, d in kept[:10])   # read as 305: dropped
+    assert kept[10][0][i] == -55.0 and not kept[10][1][i]         # after 1 s taken as it is
+    assert g.implausible[i] == 10
+    x[i] = 200.0
+    g.update(x)
+    x[i] = -20.0                      # 140 deg through the cut in one tick: the projection passed the normal
+    assert g.update(x)[0][i] == -20.0
+    for bad in ({"reanchor_ticks": 0}, {"max_step_deg": 0.0}, {"max_step_deg": 200.0}):
+        with pytest.raises(ValueError, match="reanchor_ticks"):
+            ang.PlausibilityGate(**bad)
+
+
+@pytest.mark.parametrize("action", list(schema.PROTOCOLS["P2"]))
+def test_ground_truth_exercises_never_leave_the_physiological_ranges(action):
+    for subject in ("S02", "S15"):
+        angles = ang.joint_angles(_generated(action, subject))
+        kept, dropped = ang.gate_series(angles)
+        assert not dropped.any(), [ang.CHANNEL_KEYS[i] for i in np.flatnonzero(dropped.any(axis=0))]
+        np.testing.assert_array_equal(np.isnan(kept), np.isnan(angles))
+        np.testing.assert_allclose(kept[np.isfinite(kept)], angles[np.isfinite(angles)])
+
+
+def test_counter_rejects_a_range_no_joint_has():
+    t = np.arange(200) / RATE
+    wave = 90.0 - 90.0 * np.cos(2 * np.pi * t / 4.0)            # 180 deg swings
+    c = RepetitionCounter(CounterConfig(min_rom_deg=20.0, max_rom_deg=150.0))
+    for k, v in enumerate(wave):
+        c.update(k, t[k], v)
+    assert c.count == 0 and c.rejected >= 4
+    with pytest.raises(ValueError, match="max_rom_deg"):
+        CounterConfig(min_rom_deg=40.0, max_rom_deg=30.0)
+
+
 def test_counter_settings_validate():
     with pytest.raises(ValueError, match="min_rom_deg"):
         CounterConfig(min_rom_deg=0)
