@@ -130,7 +130,7 @@ def closed_label_sets() -> dict[str, set[str]]:
     from exporters import metrics as m
     from sensors import schema
 
-    return {"modality": set(m.MODALITY_LABELS) | {schema.UNKNOWN_MODALITY}, "reason": set(m.DROP_REASONS),
+    return {"modality": set(m.MODALITY_LABELS) | {schema.UNKNOWN_MODALITY}, "reason": set(m.DROP_REASONS) | set(m.HANDSHAKE_FAILURE_REASONS),
             "outcome": set(m.TICK_OUTCOMES), "stage": set(m.STAGES),
             "alertstate": {"pending", "firing"}}
 

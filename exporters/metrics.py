@@ -27,7 +27,7 @@ from importlib import metadata
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
-from sensors import schema
+from sensors import keys, schema
 
 # Counters and histograms without their ``<name>_created`` gauges (see the module docstring).
 prometheus_client.disable_created_metrics()
@@ -35,6 +35,7 @@ prometheus_client.disable_created_metrics()
 # Closed label sets.
 MODALITY_LABELS: tuple[str, ...] = schema.MODALITIES
 DROP_REASONS: tuple[str, ...] = schema.DROP_REASONS
+HANDSHAKE_FAILURE_REASONS: tuple[str, ...] = keys.HANDSHAKE_FAILURE_REASONS   # refused sensor connections
 TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid", "dropped")
 TRAINING_DATA: tuple[str, ...] = ("synthetic", "real", "unknown")
 STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
@@ -62,6 +63,10 @@ class RuntimeMetrics:
         self.messages_dropped = Counter(
             "awc_messages_dropped_total", "Sensor messages dropped or lost, by reason",
             ["modality", "reason"], registry=r)
+        self.handshake_failures = Counter(
+            "awc_ingest_handshake_failures_total",
+            "Sensor connections refused at the CurveZMQ handshake, by reason (docs/security.md)", ["reason"],
+            registry=r)
         self.ticks = Counter("awc_ticks_total", "Sync ticks by outcome", ["outcome"], registry=r)
         self.received = Gauge(
             "awc_modality_received_ratio",
@@ -156,6 +161,8 @@ class RuntimeMetrics:
         for m in (*MODALITY_LABELS, schema.UNKNOWN_MODALITY):
             for reason in DROP_REASONS:
                 self.messages_dropped.labels(modality=m, reason=reason)
+        for reason in HANDSHAKE_FAILURE_REASONS:
+            self.handshake_failures.labels(reason=reason)
         for m in MODALITY_LABELS:
             self.messages_received.labels(modality=m)
             self.degradation_events.labels(modality=m)

@@ -87,14 +87,15 @@ def bench_loop(model: PoseModel, cfg: RuntimeConfig) -> Loop:
     return Loop(cfg, Pipeline(cfg, model), Outputs([], MetricsOutput(RuntimeMetrics(), cfg, model)))
 
 
-def bench_stages(model: PoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed: int = 0) -> dict:
+def bench_stages(model: PoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed: int = 0,
+                 progress: bool = True) -> dict:
     """Per-stage latency over ``n_ticks`` ticks driven directly (no sockets, no waiting)."""
     rng = np.random.default_rng(seed)
     pipe = bench_loop(model, cfg)
     frames = [[wire.encode(m) for m in synthetic_messages(k, (k + 1) * PERIOD_NS, rng)] for k in range(50)]
     stages: dict[str, list[float]] = {"decode": []}
     t0 = 1_700_000_000 * 10**9
-    for k in tqdm(range(n_ticks), desc="stages", unit="tick", leave=False):
+    for k in tqdm(range(n_ticks), desc="stages", unit="tick", leave=False, disable=not progress):
         t_ns = t0 + k * PERIOD_NS
         start = time.perf_counter()
         msgs = [wire.decode(f) for f in frames[k % len(frames)]]
@@ -132,7 +133,7 @@ def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0,
 
 
 def bench_end_to_end(model: PoseModel, cfg: RuntimeConfig, duration_s: float = 20.0, seed: int = 2,
-                     keys_dir: str | None = None) -> dict:
+                     keys_dir: str | None = None, progress: bool = True) -> dict:
     """Real sockets at 10 Hz: sensor PUB -> runtime -> pose SUB; latency and RSS over the run.
     With ``keys_dir`` (clients ``bench`` and ``viewer``) both sockets run CurveZMQ."""
     from runtime.serve import Runtime  # the full runtime, as `runtime serve` builds it
@@ -157,7 +158,7 @@ def bench_end_to_end(model: PoseModel, cfg: RuntimeConfig, duration_s: float = 2
     start = time.monotonic()
     next_rss = start
     k = 0
-    with tqdm(total=int(duration_s), desc="end to end", unit="s", leave=False) as bar:
+    with tqdm(total=int(duration_s), desc="end to end", unit="s", leave=False, disable=not progress) as bar:
         while time.monotonic() - start < duration_s:
             now = time.time_ns()
             for m in synthetic_messages(k, now, rng):
@@ -235,7 +236,7 @@ def _transport_latencies(kd: Path | None, frames: list[list[bytes]], n: int, gap
     return out
 
 
-def bench_curve_cost(model: PoseModel, cfg: RuntimeConfig, duration_s: float) -> dict:
+def bench_curve_cost(model: PoseModel, cfg: RuntimeConfig, duration_s: float, progress: bool = True) -> dict:
     """The latency cost of CurveZMQ: (1) transport alone, one sensor message at a time over loopback
     TCP, plaintext and CurveZMQ alternated in rounds so that load from other processes hits both
     alike; (2) end to end at 10 Hz, plaintext then CurveZMQ on both sockets (noisier)."""
@@ -260,7 +261,7 @@ def bench_curve_cost(model: PoseModel, cfg: RuntimeConfig, duration_s: float) ->
         for name, overrides, kdir in (("plaintext", ["security.plaintext=true"], None),
                                       ("curve", [f"security.keys_dir={kd}"], str(kd))):
             c = bench_config([*_plain_overrides(cfg), *overrides])
-            r = bench_end_to_end(model, c, duration_s, keys_dir=kdir)
+            r = bench_end_to_end(model, c, duration_s, keys_dir=kdir, progress=progress)
             out[name] = {k: r[k] for k in ("p50_ms", "p99_ms", "frames_sent", "poses_received")}
     out["p50_cost_ms"] = round(out["curve"]["p50_ms"] - out["plaintext"]["p50_ms"], 3)
     out["p99_cost_ms"] = round(out["curve"]["p99_ms"] - out["plaintext"]["p99_ms"], 3)
@@ -272,17 +273,18 @@ def _plain_overrides(cfg: RuntimeConfig) -> list[str]:
 
 
 def run_bench(model_path: str, duration_s: float = 20.0, stage_ticks: int = 500, throughput_s: float = 5.0,
-              threads: int = 2, overrides: list[str] | None = None, curve_s: float = 0.0) -> dict:
+              threads: int = 2, overrides: list[str] | None = None, curve_s: float = 0.0,
+              progress: bool = True) -> dict:
     cfg = bench_config([f"inference.intra_op_threads={threads}", *(overrides or [])])
     model = PoseModel.load(model_path, provider=cfg.inference.provider, intra_op_threads=threads)
     report = {"model": str(model_path), "provider": model.provider, "threads": threads,
               "fusion": model.metadata.fusion, "lidar_cap": model.metadata.lidar_cap,
               "cpu_count": os.cpu_count(), "targets": TARGETS}
-    report["stages"] = bench_stages(model, cfg, stage_ticks)
+    report["stages"] = bench_stages(model, cfg, stage_ticks, progress=progress)
     report["throughput"] = bench_throughput(model, cfg, throughput_s)
-    report["end_to_end_10hz"] = bench_end_to_end(model, cfg, duration_s)
+    report["end_to_end_10hz"] = bench_end_to_end(model, cfg, duration_s, progress=progress)
     if curve_s > 0:
-        report["curve_cost"] = bench_curve_cost(model, cfg, curve_s)
+        report["curve_cost"] = bench_curve_cost(model, cfg, curve_s, progress=progress)
     e2e, rss = report["end_to_end_10hz"], report["end_to_end_10hz"]["rss_mb"]
     report["meets"] = {"p99_end_to_end_ms": e2e["p99_ms"] <= TARGETS["p99_end_to_end_ms"],
                        "ticks_per_s": report["throughput"]["ticks_per_s"] >= TARGETS["ticks_per_s"],
@@ -337,6 +339,6 @@ def run(args: argparse.Namespace) -> int:
                   "--checkpoint RUN/best.pt --out awc.onnx`)", args.model)
         return 2
     report = run_bench(args.model, args.duration, args.stage_ticks, args.throughput_s, args.threads, args.set,
-                       curve_s=args.curve_s)
+                       curve_s=args.curve_s, progress=not args.no_progress)
     emit_report(args, report, format_report(report))
     return 0

@@ -31,9 +31,13 @@ Memory is bounded whatever arrives: at most ``rcvhwm`` messages wait in ZeroMQ (
 pairs in the sequence table.
 
 Security (docs/security.md): with ``curve`` (``sensors.keys.CurveServer``) the socket is a CurveZMQ
-server whose ZAP authenticator admits only the allow-listed sensor keys; failed handshakes
-(plaintext peers, unknown keys) are counted in ``counts["handshake_failed"]``. Without it the
-socket is plaintext, refused on a non-loopback endpoint unless ``force_plaintext``.
+server whose ZAP authenticator admits only the allow-listed sensor keys. Failed handshakes, seen
+by a socket monitor, are counted by reason (``sensors.keys.HANDSHAKE_FAILURE_REASONS``: unknown_key,
+wrong_server_key, mechanism_mismatch, aborted, other) in ``counts["handshake_failures"]`` (their sum
+in ``counts["handshake_failed"]``) and in ``awc_ingest_handshake_failures_total{reason}``, and
+logged (at most one line a second per reason: a client with a wrong server key retries ten times a
+second). Without it the socket is plaintext, refused on a non-loopback endpoint unless
+``force_plaintext``; a CurveZMQ client against it still shows up, as ``mechanism_mismatch``.
 
 The receive thread never dies silently: if it ends without ``stop()``, ``failure`` says why and
 ``on_exit`` (set by the runtime) is called, so the process stops and exits non-zero.
@@ -64,8 +68,6 @@ MAX_FRAME_BYTES = 2 * 1024 * 1024
 MAX_SOURCES = 1024                  # (topic, src) pairs tracked for sequence gaps
 MAX_SEQ_GAP = 100_000               # a larger forward jump is a restart, not 1e19 lost messages
 MAX_SOURCE_RATE_HZ = 2_000          # no sensor sends faster: bounds the gap the elapsed time can explain
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 def seq_gap(last: int | None, seq: int, elapsed_s: float | None = None) -> int | None:
@@ -115,7 +117,8 @@ class Ingest:
             keys.check_plaintext(self.endpoints, force_plaintext, "sensor ingest")
         self._auth = None
         self._monitor: zmq.Socket | None = None
-        self.handshake_failed = 0
+        self.handshake_failures: dict[str, int] = dict.fromkeys(keys.HANDSHAKE_FAILURE_REASONS, 0)
+        self._last_handshake_log: dict[str, float] = {}   # reason -> monotonic time of its last log line
         self.failure: BaseException | None = None
         self._clock_faults: dict[str, tuple[float, float]] = {}   # topic -> (offset s, monotonic time)
         self.on_exit: Callable[[Ingest], None] | None = None
@@ -143,7 +146,7 @@ class Ingest:
         if self.curve is not None:
             self._auth = self.curve.start_authenticator(self._ctx)   # ZAP handler before any peer arrives
             self.curve.apply(sock)
-        self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        self._monitor = sock.get_monitor_socket(keys.HANDSHAKE_FAILED_EVENTS)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.setsockopt(zmq.LINGER, 0)
@@ -225,11 +228,13 @@ class Ingest:
 
     @property
     def counts(self) -> dict:
-        """Snapshot: {"received": {topic: n}, "dropped": {topic: {reason: n}}, "restarts": n}."""
+        """Snapshot: {"received": {topic: n}, "dropped": {topic: {reason: n}}, "restarts": n,
+        "handshake_failed": n, "handshake_failures": {reason: n}}."""
         with self._lock:
             return {"received": dict(self._received),
                     "dropped": {t: dict(r) for t, r in self._dropped.items()},
-                    "restarts": self.restarts, "handshake_failed": self.handshake_failed}
+                    "restarts": self.restarts, "handshake_failed": sum(self.handshake_failures.values()),
+                    "handshake_failures": dict(self.handshake_failures)}
 
     def recent_clock_faults(self, within_s: float = 1.0) -> dict[str, float]:
         """topic -> capture time minus station clock (s) of its latest message dropped as ``clock``
@@ -278,17 +283,30 @@ class Ingest:
                 self.on_exit(self)
 
     def _read_monitor(self) -> None:
-        """Count failed handshakes (plaintext peer on a CurveZMQ socket, key not allow-listed)."""
+        """Count failed handshakes by reason (plaintext peer, key not allow-listed, wrong server key)."""
         while True:
             try:
                 event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] & _HANDSHAKE_FAILED:
-                with self._lock:
-                    self.handshake_failed += 1
-                log.warning("ingest: handshake refused from %s (%s)", event.get("endpoint", b"?"),
-                            zmq.Event(event["event"]).name)
+            if event["event"] & keys.HANDSHAKE_FAILED_EVENTS:
+                self.count_handshake_failure(keys.handshake_failure_reason(event["event"], event["value"]),
+                                             event.get("endpoint", b"?"))
+
+    def count_handshake_failure(self, reason: str, endpoint: bytes | str = b"?") -> None:
+        """Account one refused handshake (the receive thread calls it from the socket monitor)."""
+        if reason not in self.handshake_failures:
+            raise ValueError(f"handshake failure reason must be one of {keys.HANDSHAKE_FAILURE_REASONS}, got {reason!r}")
+        with self._lock:
+            self.handshake_failures[reason] += 1
+            n = self.handshake_failures[reason]
+        if self.metrics is not None:
+            self.metrics.handshake_failures.labels(reason=reason).inc()
+        now = time.monotonic()
+        if now - self._last_handshake_log.get(reason, -1e9) >= 1.0:   # a retrying client logs once a second
+            self._last_handshake_log[reason] = now
+            log.warning("ingest: handshake refused on %s (%s; %d so far): see docs/security.md",
+                        endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else endpoint, reason, n)
 
     def handle(self, frames: list) -> wire.Message | None:
         """Decode, account and queue one multipart message (called by the receive thread)."""

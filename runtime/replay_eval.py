@@ -207,10 +207,11 @@ def replay_config(cfg: RuntimeConfig, rate: float, clock: str | None, keys_dir: 
 def run_replay(model_path: str, data_root: str, protocol: str, split: str, subset: str = "test",
                rate: float = 0.0, faults: list[str] | None = None, cfg: RuntimeConfig | None = None,
                clock: str | None = None, max_frames: int | None = None, sequences: list[str] | None = None,
-               seed: int = 0, secure: bool = False, rehab_report: str | None = None) -> dict:
+               seed: int = 0, secure: bool = False, rehab_report: str | None = None, progress: bool = True) -> dict:
     """Serve ``model_path`` in-process, replay the dataset into it over ZeroMQ, return the report.
     ``secure``: CurveZMQ on both sockets, with a key directory made for this run.
-    ``rehab_report``: also write the rehabilitation report (runtime.report) of the pose stream there."""
+    ``rehab_report``: also write the rehabilitation report (runtime.report) of the pose stream there.
+    ``progress``: the replay's progress bar on stderr (``--no-progress`` switches it off)."""
     if secure:
         with tempfile.TemporaryDirectory(prefix="awc-replay-keys-") as tmp:
             kd = Path(tmp) / "keys"
@@ -218,13 +219,13 @@ def run_replay(model_path: str, data_root: str, protocol: str, split: str, subse
             keyfiles.add(kd, "replay", "sensor")
             keyfiles.add(kd, "viewer", "viewer")
             return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
-                               sequences, seed, str(kd), rehab_report)
+                               sequences, seed, str(kd), rehab_report, progress)
     return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
-                       sequences, seed, None, rehab_report)
+                       sequences, seed, None, rehab_report, progress)
 
 
 def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames, sequences,
-                seed, keys_dir: str | None, rehab_report: str | None = None) -> dict:
+                seed, keys_dir: str | None, rehab_report: str | None = None, progress: bool = True) -> dict:
     cfg = replay_config(cfg or RuntimeConfig(), rate, clock, keys_dir)
     sensor = viewer = None
     if keys_dir:
@@ -243,7 +244,7 @@ def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cf
     try:
         stats = replay(data_root, cfg.inputs.endpoints[0], protocol=protocol, split=split, subset=subset,
                        rate=rate, faults=parsed, send_gt=True, max_frames=max_frames, sequences=sequences,
-                       seed=seed, progress=True, curve=sensor)
+                       seed=seed, progress=progress, curve=sensor)
         _wait_for_quiet(rt, collector, cfg)
     finally:
         wall = time.monotonic() - start
@@ -362,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,
                             cfg, clock=args.clock, max_frames=args.max_frames, sequences=args.sequences,
                             seed=args.seed, secure=args.secure,
-                            rehab_report=args.rehab_report)
+                            rehab_report=args.rehab_report, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, ModelError, ReplayError, RuntimeError) as err:   # MMFiFormatError is a ValueError
         log.error("%s", err)
         return 2

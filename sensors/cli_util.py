@@ -5,7 +5,9 @@ Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run
 the module is imported only when its subcommand runs, so ``runtime --help`` stays fast and a
 station without torch never imports training code. Every command accepts ``--version``; every
 subcommand accepts ``--log-level`` (before or after its name) and ``--no-progress`` (no progress
-bars: tqdm is switched off for the whole process).
+bars: ``TQDM_DISABLE`` switches off every tqdm bar left at its default; a command whose library
+call takes ``progress`` passes ``progress=not args.no_progress``, since an explicit ``disable=``
+wins over the environment).
 """
 
 from __future__ import annotations

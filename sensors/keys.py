@@ -48,6 +48,35 @@ NETWORK_SCHEMES = ("tcp://", "udp://", "pgm://", "epgm://", "ws://", "wss://", "
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+# Why a peer's handshake on a CurveZMQ server socket failed, as seen by the socket monitor (closed
+# set: the ``reason`` label of ``awc_ingest_handshake_failures_total``, docs/security.md).
+HANDSHAKE_FAILURE_REASONS: tuple[str, ...] = (
+    "unknown_key",          # the ZAP authenticator refused the client's public key (not allow-listed)
+    "wrong_server_key",     # the client's HELLO does not open with this server's key (another runtime's server.key)
+    "mechanism_mismatch",   # the peer speaks another security mechanism (a plaintext client)
+    "aborted",              # the peer hung up mid-handshake (a plaintext client that saw the greeting, a port probe)
+    "other",                # any other handshake error (malformed handshake command, ZAP handler error)
+)
+HANDSHAKE_FAILED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_ZAP_DENIED = 400   # ZAP status code of a refused key (300 = try later, 500 = handler error)
+
+
+def handshake_failure_reason(event: int, value: int) -> str:
+    """The ``HANDSHAKE_FAILURE_REASONS`` entry of one socket-monitor event (``event``, ``value``):
+    the value is the ZAP status code for an AUTH failure, the ZMTP protocol error code for a
+    PROTOCOL failure, an errno for NO_DETAIL."""
+    if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return "unknown_key" if value == _ZAP_DENIED else "other"
+    if event & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return {zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "wrong_server_key",
+                zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "mechanism_mismatch"}.get(value, "other")
+    if event & zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return "aborted"
+    raise ValueError(f"socket-monitor event {event:#x} is not a failed handshake "
+                     f"(expected one of the HANDSHAKE_FAILED events {HANDSHAKE_FAILED_EVENTS:#x})")
+
+
 class KeyFileError(ValueError):
     """A key file or directory that cannot be used (message says what to do)."""
 

@@ -4,15 +4,20 @@ nothing in or out; key files and the plaintext guard."""
 from __future__ import annotations
 
 import stat
+import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
+from exporters.metrics import RuntimeMetrics
 from exporters.pose_publisher import PosePublisher, pose_message
-from runtime.config import free_loopback_port
+from runtime.config import RuntimeConfig, free_loopback_port
 from runtime.ingest import Ingest
+from runtime.serve import Runtime
 from sensors import keys, wire
 from sensors.publisher import SensorPublisher
 
@@ -85,20 +90,31 @@ def test_secured_ingest_takes_only_allow_listed_sensors(keydir):
     d, other = keydir
     port = free_loopback_port()
     ep = f"tcp://127.0.0.1:{port}"
-    ing = Ingest(ep, bind=True, curve=keys.CurveServer.from_dir(d, "sensor")).start()
+    metrics = RuntimeMetrics()
+    ing = Ingest(ep, bind=True, metrics=metrics, curve=keys.CurveServer.from_dir(d, "sensor")).start()
+
+    def refused(reason):
+        return metrics.registry.get_sample_value("awc_ingest_handshake_failures_total", {"reason": reason})
+
     try:
+        assert all(refused(r) == 0 for r in keys.HANDSHAKE_FAILURE_REASONS)   # series exist before any event
         # a plaintext publisher: no handshake, no subscription, nothing received
         with SensorPublisher(ep, src="plain") as plain:
             assert not plain.wait_connected(1.0)
             _send_rgb(plain, 20)
-        # a client whose key is not on the allow-list
-        with SensorPublisher(ep, src="intruder", curve=_client(other, "intruder", other)) as bad:
+        assert _wait(lambda: refused("aborted") + refused("mechanism_mismatch") >= 1)
+        # a client whose key is not on the allow-list (made with the same tooling, for this server)
+        with SensorPublisher(ep, src="intruder", curve=_client(other, "intruder", d)) as bad:
             assert not bad.wait_connected(1.0)
             _send_rgb(bad, 20)
-        # a client with a key for the right runtime... of another runtime (wrong server key)
+        assert _wait(lambda: refused("unknown_key") >= 1)
+        # an allow-listed client key, but the server key of another runtime
         with SensorPublisher(ep, src="wrong-server", curve=_client(d, "cam-1", other)) as wrong:
             assert not wrong.wait_connected(1.0)
-        assert _wait(lambda: ing.counts["handshake_failed"] >= 2)
+        assert _wait(lambda: refused("wrong_server_key") >= 1)
+        counts = ing.counts
+        assert counts["handshake_failed"] == sum(counts["handshake_failures"].values()) >= 3
+        assert counts["handshake_failures"] == {r: refused(r) for r in keys.HANDSHAKE_FAILURE_REASONS}
         assert ing.received_total() == 0 and ing.dropped_total() == 0
         # the allow-listed sensor gets through, encrypted
         with SensorPublisher(ep, src="cam-1", curve=_client(d, "cam-1")) as good:
@@ -108,6 +124,100 @@ def test_secured_ingest_takes_only_allow_listed_sensors(keydir):
         assert ing.get(1.0).src == "cam-1"
     finally:
         ing.stop()
+
+
+def test_handshake_failure_reasons_from_monitor_events():
+    auth, proto, none = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                         zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    assert keys.handshake_failure_reason(auth, 400) == "unknown_key"
+    assert keys.handshake_failure_reason(auth, 500) == "other"
+    assert keys.handshake_failure_reason(proto, zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) == "wrong_server_key"
+    assert keys.handshake_failure_reason(proto, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) == "mechanism_mismatch"
+    assert keys.handshake_failure_reason(proto, zmq.PROTOCOL_ERROR_ZMTP_MALFORMED_COMMAND_HELLO) == "other"
+    assert keys.handshake_failure_reason(none, 104) == "aborted"
+    with pytest.raises(ValueError, match="not a failed handshake"):
+        keys.handshake_failure_reason(zmq.EVENT_CONNECTED, 0)
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_secured_runtime_exports_refused_handshakes_and_keeps_serving(keydir, tiny_model):
+    """A live runtime with CurveZMQ keys, fed by an allow-listed sensor and read by an allow-listed
+    viewer: a plaintext publisher, an unknown key and a wrong server key each raise
+    awc_ingest_handshake_failures_total (scraped over HTTP) under their reason, get nothing in,
+    and the runtime stays ready with poses flowing."""
+    d, other = keydir
+    cfg = RuntimeConfig.from_dict({
+        "inputs": {"endpoints": [f"tcp://127.0.0.1:{free_loopback_port()}"]},
+        "output": {"endpoint": f"tcp://127.0.0.1:{free_loopback_port()}"},
+        "metrics": {"port": 0}, "security": {"keys_dir": str(d)}, "health": {"startup_grace_ticks": 0}})
+    rt = Runtime(cfg, tiny_model).start()
+    loop = threading.Thread(target=rt.run, daemon=True)
+    loop.start()
+    ep, halt, sent = cfg.inputs.endpoints[0], threading.Event(), [0]
+    ctx = zmq.Context()
+    viewer = ctx.socket(zmq.SUB)
+    _client(d, "viewer-1").apply(viewer)
+    viewer.setsockopt(zmq.SUBSCRIBE, b"")
+    viewer.connect(rt.pose_endpoint)
+
+    def sensor():
+        with SensorPublisher(ep, src="cam-1", curve=_client(d, "cam-1")) as good:
+            good.wait_connected(5.0)
+            while not halt.is_set():
+                sent[0] += 1
+                good.send("rgb", time.time_ns(), kpts=np.full((17, 2), 200.0, np.float32))
+                time.sleep(0.1)
+
+    def poses(n):
+        got = 0
+        for _ in range(10 * n + 50):
+            got += _recv_pose(viewer, 100) is not None
+            if got >= n:
+                return got
+        return got
+
+    feeder = threading.Thread(target=sensor, daemon=True)
+    feeder.start()
+    try:
+        assert poses(3) >= 3, "no pose reached the allow-listed viewer"
+        port = rt.http.port
+
+        def refused(reason):
+            return _scrape(port)[("awc_ingest_handshake_failures_total", (("reason", reason),))]
+
+        assert all(refused(r) == 0 for r in keys.HANDSHAKE_FAILURE_REASONS)
+        with SensorPublisher(ep, src="intruder", curve=_client(other, "intruder", d)) as bad:
+            assert not bad.wait_connected(1.0)
+            _send_rgb(bad, 10)
+        with SensorPublisher(ep, src="wrong-server", curve=_client(d, "cam-1", other)) as wrong:
+            assert not wrong.wait_connected(1.0)
+        with SensorPublisher(ep, src="plain") as plain:
+            assert not plain.wait_connected(1.0)
+            _send_rgb(plain, 10)
+        assert _wait(lambda: refused("unknown_key") >= 1 and refused("wrong_server_key") >= 1
+                     and refused("aborted") + refused("mechanism_mismatch") >= 1)
+        # still serving: ready, poses flowing to the viewer, nothing of the refused clients got in
+        assert rt.ingest.running and rt.readiness() == (True, "ready")
+        assert poses(3) >= 3
+        scraped = _scrape(port)
+        assert scraped[("awc_ready", ())] == 1.0
+        received = scraped[("awc_messages_received_total", (("modality", "rgb"),))]
+        assert 0 < received <= sent[0]
+        assert sum(v for (name, _), v in scraped.items() if name == "awc_messages_dropped_total") == 0
+    finally:
+        halt.set()
+        feeder.join(3)
+        rt.stop_event.set()
+        loop.join(5)
+        rt.close()
+        viewer.close(linger=0)
+        ctx.term()
 
 
 def _recv_pose(sock, timeout_ms=300):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -292,6 +293,35 @@ def test_runtime_replay_flags_the_faulted_modality_only_and_keeps_serving(tiny_d
     assert report["messages"]["suppressed_by_faults"]["lidar"] == 20
     shares = report["contribution_shares"]
     assert abs(sum(shares["label_free"].values()) - 1) < 1e-3 and shares["labelled"] is not None
+
+
+def _bars(stderr: str) -> set[str]:
+    """Names of the tqdm bars drawn on ``stderr`` ("replay:  50%|#####     | 10/20 [...]")."""
+    return set(re.findall(r"([A-Za-z][\w ]*): +\d+%\|", stderr))
+
+
+def test_runtime_replay_and_bench_draw_no_bar_with_no_progress(tiny_dataset, replay_model, capsys, monkeypatch):
+    """``--no-progress`` silences every bar of ``runtime replay`` and ``runtime bench`` (the replay's
+    bar was drawn anyway: its library call set ``disable=False`` explicitly, which wins over
+    TQDM_DISABLE); without it the replay shows its bar."""
+    from runtime.cli import main
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)   # the CLI sets it for the whole process: undone after
+    replay = ["replay", "--model", str(replay_model), "--data", str(tiny_dataset), "--protocol", "P1", "--split",
+              "S1", "--subset", "all", "--rate", "0", "--max-frames", "20", "--threads", "1", "--log-level", "WARNING"]
+    assert main(replay) == 0
+    assert "replay" in _bars(capsys.readouterr().err)
+    assert main([*replay, "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert _bars(out.err) == set() and _bars(out.out) == set(), out.err[-500:]
+    assert "poses" in out.out   # the report itself is still printed
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    bench = ["bench", "--model", str(replay_model), "--duration", "1", "--stage-ticks", "5", "--throughput-s", "0.2",
+             "--threads", "1", "--log-level", "WARNING", "--no-progress"]
+    assert main(bench) == 0
+    out = capsys.readouterr()
+    assert _bars(out.err) == set() and _bars(out.out) == set(), out.err[-500:]
+    assert "end to end at 10 Hz" in out.out
 
 
 @pytest.mark.slow

@@ -270,7 +270,7 @@ model small enough for 2 CPU cores, so compare the pattern, not the millimetres.
 
 ## Main table
 
-{chr(10).join(sections)}
+{(chr(10) * 2).join(sections)}
 
 ## Per-modality Shapley score over the epochs (plain vs AWC, seed {args.seeds[0]})
 
