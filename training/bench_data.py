@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps
     cfg.data.max_train = steps * cfg.train.batch_size
     cfg.data.max_val = 64
+    cfg.data.validation = "test"   # time exactly `steps` steps: no recordings held out of them
     cfg.out = str(Path(args.cache) / "run")
     sub = train.take(data_mod.evenly_spaced(len(train), cfg.data.max_train))
     test = train.take(data_mod.evenly_spaced(len(train), 64))
