@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -255,7 +256,8 @@ def describe(model: PoseModel) -> str:
         lines.append(f"baseline         MISSING ({m.baseline_missing_reason}): contribution drift cannot be judged")
     else:
         b = m.baseline
-        lines.append(f"baseline         {b.n_windows} windows of {b.window} frames ({b.n_frames} frames)")
+        lines.append(f"baseline         {b.n_windows} windows of {b.window} frames ({b.n_frames} frames)"
+                     f" {_baseline_set(b.source)}")
         lines.append("                 modality   share(label-free)  shapley   share(labels)")
         for i, mod in enumerate(m.modalities):
             lab = "-" if b.labelled is None else f"{b.labelled['shares'][i]:.3f}"
@@ -264,3 +266,14 @@ def describe(model: PoseModel) -> str:
     lines.append(f"provider         requested {model.requested_provider}, used {model.provider} "
                  f"(available: {', '.join(ort.get_available_providers())})")
     return "\n".join(lines)
+
+
+def _baseline_set(source: Mapping[str, Any]) -> str:
+    """Which frames the baseline was measured on (``awc.contribution_baseline.source.set``)."""
+    kind = source.get("set")
+    if kind == "sequences":
+        return f"on {source.get('sequences', '?')} held-out training recording(s), never trained on"
+    if kind == "test":
+        note = source.get("note")
+        return "on the test subset" + (f" ({note})" if note else "")
+    return f"on the {source.get('subset', 'unrecorded')} subset" + ("" if kind else " (set not recorded: older export)")

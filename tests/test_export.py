@@ -245,7 +245,7 @@ def test_training_export_measures_the_baseline_on_dataset_frames(tmp_path, tiny_
     assert training_cli.main(argv) == 0
     b = PoseModel.load(out, provider="cpu", intra_op_threads=1).metadata.baseline
     assert b is not None and b.window == 30 and b.n_frames == 240  # 256 frames hold 8 whole windows
-    assert b.source["protocol"] == cfg.data.protocol and b.source["subset"] == "test"
+    assert b.source["protocol"] == cfg.data.protocol and b.source["set"] == "sequences"   # held-out recordings
     for part in (b.label_free, b.labelled):
         assert np.isfinite(part["shares"]).all() and sum(part["shares"]) == pytest.approx(1.0)
 

@@ -1,23 +1,26 @@
 """The contribution baseline of an exported model: the live Shapley shares measured on validation
 frames (``CalibrationSet``, ``load_calibration``), with the runtime's own window, and stored in the
-ONNX metadata so the runtime can tell drift from normal (docs/export.md). ``training.export``
-re-exports these names.
+ONNX metadata so the runtime can tell drift from normal (docs/export.md). The validation frames are
+the training recordings the checkpoint's run held out (``validation_recordings``), or the test
+subset where that run validated on it. ``training.export`` re-exports these names.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
 from tqdm import tqdm
 
 from sensors import posemath, schema
-from sensors.mmfi import MMFiDataset, MMFiFormatError
+from sensors.mmfi import MMFiDataset, MMFiFormatError, SequenceKey
 from training.config import Config
+from training.data import META_KEYS, Split, complete_frames, evenly_spaced, hold_out_validation, load_split
 
 log = logging.getLogger("training.export")
 
@@ -47,7 +50,8 @@ class CalibrationSet:
     def __post_init__(self):
         n = len(self.targets)
         if n == 0:
-            raise ExportError("calibration set is empty: point --data at a dataset with test frames")
+            raise ExportError("calibration set is empty: point --data at a dataset with frames of the configured "
+                              "protocol and split, or pass --no-calibration")
         bad = {k: v.shape[0] for k, v in self.inputs.items() if v.shape[0] != n}
         if bad or len(self.sequence) != n or set(self.inputs) != set(schema.MODEL_INPUTS):
             raise ExportError(f"calibration arrays disagree: {n} targets, sequence {len(self.sequence)}, "
@@ -108,35 +112,99 @@ def measure_baseline(model_bytes: bytes, calibration: CalibrationSet, window: in
     return result
 
 
-def load_calibration(cfg: Config, data_root: str | Path | None = None, subset: str = "test",
+def load_calibration(cfg: Config, data_root: str | Path | None = None, subset: str = "validation",
                      max_frames: int = CALIBRATION_MAX_FRAMES, window: int = CALIBRATION_WINDOW,
                      progress: bool = True) -> CalibrationSet:
-    """Validation frames for the baseline: the config's dataset settings (root, protocol, split,
-    split seed) or ``data_root``; whole sequences spread evenly over the subset, only as many as
-    ``max_frames`` frames in windows of ``window`` need (each sequence is read once)."""
+    """Frames for the baseline: the config's dataset settings (root, protocol, split, split seed)
+    or ``data_root``; whole sequences spread evenly, only as many as ``max_frames`` frames in
+    windows of ``window`` need (each sequence is read once).
+
+    ``subset``: ``validation`` = the training recordings the checkpoint's run held out for
+    validation (``validation_recordings``: never trained on); when that run validated on the test
+    subset (``data.validation=test``, or too few recordings to hold one out) the test subset stands
+    in, with a warning, and ``source`` says so. ``train`` / ``test`` / ``all``: that subset."""
     root = Path(cfg.data.root if data_root is None else data_root)
     if not root.is_dir():
         raise ExportError(f"no calibration data: dataset root {root} not found. Point --data at an MM-Fi-format "
                           f"folder, or pass --no-calibration (the runtime then has no contribution baseline)")
     if not 1 <= window <= schema.FRAMES_PER_SEQUENCE:
         raise ExportError(f"calibration window must be 1..{schema.FRAMES_PER_SEQUENCE} frames, got {window}")
+    if subset != "validation":
+        ds = _dataset(cfg, root, subset)
+        return _read(ds, ds.keys, {**_source(cfg, root, subset), "set": subset}, max_frames, window, progress)
+    ds = _dataset(cfg, root, "train")
+    held, note = validation_recordings(cfg, ds, progress)
+    if note:
+        log.warning("contribution baseline on the test subset, not on held-out training recordings: %s", note)
+        test = _dataset(cfg, root, "test")
+        return _read(test, test.keys, {**_source(cfg, root, "test"), "set": "test", "note": note},
+                     max_frames, window, progress)
+    keys = [k for k in ds.keys if str(k) in set(held)]
+    if not keys:
+        raise ExportError(f"none of the held-out recordings {held} is under {root}; point --data at the run's dataset")
+    source = {**_source(cfg, root, "train"), "set": "sequences", "validation_fraction": cfg.data.val_fraction,
+              "held_out": held}
+    return _read(ds, keys, source, max_frames, window, progress)
+
+
+def validation_recordings(cfg: Config, train: MMFiDataset, progress: bool = True) -> tuple[list[str], str]:
+    """(the ``env/subject/action`` recordings the run of ``cfg`` held out of training to validate, "")
+    or ([], why that run validated on the test subset instead).
+
+    Derived as ``training fit`` derives them (``training.data``: ``load_splits`` keeps
+    ``data.max_train`` evenly spaced frames, ``data.frames=complete`` drops incomplete frames, then
+    ``hold_out_validation``), so they were never trained on. Only the per-frame recording names
+    are needed, except for ``data.frames=complete``, which reads the training subset's presence."""
+    if cfg.data.validation == "test":
+        return [], ("the checkpoint's run validated on the test subset (data.validation=test), so its "
+                    "training recordings hold no unseen frames")
+    per = schema.FRAMES_PER_SEQUENCE
+    meta = {f: np.repeat(np.array([getattr(k, f) for k in train.keys], dtype=str), per)
+            for f in ("env", "subject", "action")}
+    meta["frame"] = np.tile(np.arange(per, dtype=np.int64), len(train.keys))
+    tensors = {"joints": torch.zeros(len(train.keys) * per, 0)}
+    if cfg.data.frames == "complete":
+        data = replace(cfg.data, root=str(train.root))
+        tensors["presence"] = load_split(replace(cfg, data=data), "train", progress).tensors["presence"]
+    split = Split(tensors, meta)
+    if cfg.data.max_train:
+        split = split.take(evenly_spaced(len(split), cfg.data.max_train))
+    if cfg.data.frames == "complete":
+        split = complete_frames(split, cfg.model.modalities)
+    empty = Split({"joints": torch.zeros(0, 0)}, {k: np.zeros(0) for k in META_KEYS})
+    _, validation = hold_out_validation(cfg.data, split, empty)
+    if validation.source != "sequences":
+        return [], validation.note
+    return list(validation.sequences), ""
+
+
+def _dataset(cfg: Config, root: Path, subset: str) -> MMFiDataset:
     m = cfg.model
     try:
-        ds = MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
-                         seed=cfg.data.split_seed, rgb_window=m.rgb_window, lidar_cap=m.lidar_cap,
-                         mmwave_cap=m.mmwave_cap, modalities=schema.MODALITIES)
+        return MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
+                           seed=cfg.data.split_seed, rgb_window=m.rgb_window, lidar_cap=m.lidar_cap,
+                           mmwave_cap=m.mmwave_cap, modalities=schema.MODALITIES)
     except MMFiFormatError as err:
         raise ExportError(f"cannot read calibration data from {root}: {err}. Point --data at a dataset with "
                           f"{cfg.data.protocol}/{cfg.data.split} {subset} frames, or pass --no-calibration") from err
+
+
+def _source(cfg: Config, root: Path, subset: str) -> dict[str, Any]:
+    return {"root": root.name, "protocol": cfg.data.protocol, "split": cfg.data.split,
+            "split_seed": cfg.data.split_seed, "subset": subset}
+
+
+def _read(ds: MMFiDataset, keys: list[SequenceKey], source: dict[str, Any], max_frames: int, window: int,
+          progress: bool) -> CalibrationSet:
+    """Whole sequences of ``keys``, spread evenly, as many as ``max_frames`` frames need."""
     per_sequence = schema.FRAMES_PER_SEQUENCE // window * window
-    n_seq = min(len(ds.keys), max(1, -(-max_frames // per_sequence)))
-    keys = [ds.keys[i] for i in np.linspace(0, len(ds.keys) - 1, n_seq).round().astype(np.int64)]
-    parts = [ds.sequence_arrays(k) for k in tqdm(keys, desc="calibration sequences", unit="seq",
+    n_seq = min(len(keys), max(1, -(-max_frames // per_sequence)))
+    chosen = [keys[i] for i in np.linspace(0, len(keys) - 1, n_seq).round().astype(np.int64)]
+    parts = [ds.sequence_arrays(k) for k in tqdm(chosen, desc="calibration sequences", unit="seq",
                                                   disable=not progress)]
     inputs = {n: np.concatenate([p[n] for p in parts]) for n in schema.MODEL_INPUTS}
     targets = np.concatenate([p["joints"] for p in parts]).astype(np.float32)
-    sequence = np.repeat(np.arange(len(keys)), schema.FRAMES_PER_SEQUENCE)
-    source = {"root": root.name, "protocol": cfg.data.protocol, "split": cfg.data.split,
-              "split_seed": cfg.data.split_seed, "subset": subset, "sequences": len(keys),
-              "sequences_in_subset": len(ds.keys)}
+    sequence = np.repeat(np.arange(len(chosen)), schema.FRAMES_PER_SEQUENCE)
+    source = {**source, "sequences": len(chosen), "sequences_available": len(keys),
+              "recordings": [str(k) for k in chosen]}
     return CalibrationSet(inputs, targets, sequence, source).limit(max_frames, window)

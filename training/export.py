@@ -10,7 +10,8 @@ The graph runs the four encoders once and the fusion head over all 16 coalitions
 B is dynamic; the window R and the point caps are fixed by the model config. The opset and IR
 version are pinned so every onnxruntime the project supports (>= 1.20) can read the file.
 ``metadata_props`` (keys ``awc.*``, docs/export.md) describe inputs, preprocessing, units, the
-training config and the contribution baseline measured on validation data at export time.
+training config and the contribution baseline measured at export time on the validation recordings
+the checkpoint's run held out of training (or its test subset where that run validated on it).
 """
 
 from __future__ import annotations
@@ -306,7 +307,7 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: s
     model.to(device_mod.resolve(device)).eval()
     calibration = None
     if calibrate:
-        calibration = load_calibration(cfg, data_root, max_frames=max_calibration_frames,
+        calibration = load_calibration(cfg, data_root, "validation", max_frames=max_calibration_frames,
                                        window=calibration_window)
     metrics = checkpoint_metrics(info)
     return export_onnx(model, cfg, out_path, calibration=calibration, metrics=metrics, opset=opset,
@@ -344,14 +345,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/NAME/best.pt)")
     parser.add_argument("--out", required=True, help="ONNX file to write")
     parser.add_argument("--data", default=None,
-                        help="dataset for the contribution baseline (default: the checkpoint's data.root)")
+                        help="dataset for the contribution baseline (default: the checkpoint's data.root); "
+                             "the baseline is measured on the training recordings the checkpoint's run held out "
+                             "for validation, or on the test subset (with a warning) where that run validated on it")
     parser.add_argument("--no-calibration", action="store_true",
                         help="export without the contribution baseline (the runtime then cannot judge drift)")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--device", default="cpu",
                         help="where torch traces the model: cpu (default), auto, cuda or cuda:N; the file is the same")
     parser.add_argument("--calibration-frames", type=int, default=CALIBRATION_MAX_FRAMES,
-                        help="at most this many validation frames for the baseline")
+                        help="at most this many validation frames for the baseline (whole windows of whole recordings)")
     parser.add_argument("--calibration-window", type=int, default=CALIBRATION_WINDOW,
                         help="consecutive frames per baseline window (match the runtime's contributions window)")
 
