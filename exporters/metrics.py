@@ -35,7 +35,7 @@ prometheus_client.disable_created_metrics()
 # Closed label sets.
 MODALITY_LABELS: tuple[str, ...] = schema.MODALITIES
 DROP_REASONS: tuple[str, ...] = schema.DROP_REASONS
-HANDSHAKE_FAILURE_REASONS: tuple[str, ...] = keys.HANDSHAKE_FAILURE_REASONS   # refused sensor connections
+HANDSHAKE_FAILURE_REASONS: tuple[str, ...] = keys.HANDSHAKE_FAILURE_REASONS   # refused sensor/viewer connections
 TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid", "dropped")
 TRAINING_DATA: tuple[str, ...] = ("synthetic", "real", "unknown")
 STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
@@ -67,6 +67,10 @@ class RuntimeMetrics:
             "awc_ingest_handshake_failures_total",
             "Sensor connections refused at the CurveZMQ handshake, by reason (docs/security.md)", ["reason"],
             registry=r)
+        self.pose_handshake_failures = Counter(
+            "awc_pose_handshake_failures_total",
+            "Pose-stream (viewer) connections refused at the CurveZMQ handshake, by reason (docs/security.md)",
+            ["reason"], registry=r)
         self.ticks = Counter("awc_ticks_total", "Sync ticks by outcome", ["outcome"], registry=r)
         self.received = Gauge(
             "awc_modality_received_ratio",
@@ -163,6 +167,7 @@ class RuntimeMetrics:
                 self.messages_dropped.labels(modality=m, reason=reason)
         for reason in HANDSHAKE_FAILURE_REASONS:
             self.handshake_failures.labels(reason=reason)
+            self.pose_handshake_failures.labels(reason=reason)
         for m in MODALITY_LABELS:
             self.messages_received.labels(modality=m)
             self.degradation_events.labels(modality=m)

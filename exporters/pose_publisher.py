@@ -28,17 +28,28 @@ All arrays are in ``sensors.schema.MODALITIES`` order (rgb, lidar, mmwave, wifi)
 Security (docs/security.md): with ``curve`` (``sensors.keys.CurveServer`` of the ``viewer`` role)
 the socket is a CurveZMQ server and only allow-listed viewer keys can subscribe; the stream is
 encrypted. Readers use ``sensors.keys.CurveClient`` on their SUB socket. Without keys the socket is
-plaintext, refused on a non-loopback endpoint unless ``force_plaintext``.
+plaintext, refused on a non-loopback endpoint unless ``force_plaintext``. Refused handshakes (a
+viewer key not allow-listed, another runtime's server key, a plaintext reader) are seen by a socket
+monitor (``sensors.keys.HandshakeFailures``, the sensor ingest's code), read on every ``publish`` by
+the tick thread, counted by reason in ``handshake_failures()`` and, with ``metrics``, in
+``awc_pose_handshake_failures_total{reason}``, and logged at most once a second per reason.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
 
 from sensors import keys, schema, wire
+
+if TYPE_CHECKING:
+    from exporters.metrics import RuntimeMetrics
+
+log = logging.getLogger(__name__)
 
 
 def _floats(x) -> list[float] | None:
@@ -67,7 +78,8 @@ class PosePublisher:
     """PUB socket (bind or connect) sending ``pose`` messages; never blocks the tick loop."""
 
     def __init__(self, endpoint: str, bind: bool = True, send_hwm: int = 1000, context: zmq.Context | None = None,
-                 curve: keys.CurveServer | None = None, force_plaintext: bool = False):
+                 curve: keys.CurveServer | None = None, force_plaintext: bool = False,
+                 metrics: RuntimeMetrics | None = None):
         if curve is None:
             keys.check_plaintext([endpoint], force_plaintext, "pose stream")
         # A ZAP authenticator is one per context: a secured publisher gets a context of its own.
@@ -77,6 +89,9 @@ class PosePublisher:
         self.socket = self._ctx.socket(zmq.PUB)
         if curve is not None:
             curve.apply(self.socket)
+        on_failure = None if metrics is None else lambda r: metrics.pose_handshake_failures.labels(reason=r).inc()
+        self.handshakes = keys.HandshakeFailures("pose stream", on_failure, log)
+        self.handshakes.watch(self.socket)
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
         self.socket.setsockopt(zmq.LINGER, 1000)
         try:
@@ -92,7 +107,9 @@ class PosePublisher:
         self.dropped = 0
 
     def publish(self, msg: wire.Message) -> bool:
-        """Send without blocking; a full queue drops the message (counted) instead of stalling."""
+        """Send without blocking; a full queue drops the message (counted) instead of stalling.
+        Counts the handshakes refused since the last call first."""
+        self.handshakes.read()
         try:
             self.socket.send_multipart(wire.encode(msg), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -101,7 +118,14 @@ class PosePublisher:
         self.sent += 1
         return True
 
+    def handshake_failures(self) -> dict[str, int]:
+        """Refused handshakes by reason (``sensors.keys.HANDSHAKE_FAILURE_REASONS``) so far."""
+        return self.handshakes.counts()
+
     def close(self) -> None:
+        if not self.socket.closed:
+            self.handshakes.read()
+            self.handshakes.unwatch(self.socket)
         self.socket.close(linger=1000)
         if self._auth is not None:
             self._auth.stop()

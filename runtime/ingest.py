@@ -53,7 +53,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import zmq
-import zmq.utils.monitor
 
 from exporters.metrics import RuntimeMetrics
 from sensors import keys, schema, wire
@@ -116,9 +115,8 @@ class Ingest:
         if curve is None:
             keys.check_plaintext(self.endpoints, force_plaintext, "sensor ingest")
         self._auth = None
-        self._monitor: zmq.Socket | None = None
-        self.handshake_failures: dict[str, int] = dict.fromkeys(keys.HANDSHAKE_FAILURE_REASONS, 0)
-        self._last_handshake_log: dict[str, float] = {}   # reason -> monotonic time of its last log line
+        self.handshakes = keys.HandshakeFailures(
+            "ingest", None if metrics is None else lambda r: metrics.handshake_failures.labels(reason=r).inc(), log)
         self.failure: BaseException | None = None
         self._clock_faults: dict[str, tuple[float, float]] = {}   # topic -> (offset s, monotonic time)
         self.on_exit: Callable[[Ingest], None] | None = None
@@ -146,7 +144,7 @@ class Ingest:
         if self.curve is not None:
             self._auth = self.curve.start_authenticator(self._ctx)   # ZAP handler before any peer arrives
             self.curve.apply(sock)
-        self._monitor = sock.get_monitor_socket(keys.HANDSHAKE_FAILED_EVENTS)
+        self.handshakes.watch(sock)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.setsockopt(zmq.LINGER, 0)
@@ -189,9 +187,7 @@ class Ingest:
             self._ctx.term()
 
     def _close_sockets(self, sock: zmq.Socket) -> None:
-        if self._monitor is not None and not self._monitor.closed:
-            sock.disable_monitor()
-            self._monitor.close(linger=0)
+        self.handshakes.unwatch(sock)
         if not sock.closed:
             sock.close(linger=0)
         if self._auth is not None:
@@ -230,11 +226,12 @@ class Ingest:
     def counts(self) -> dict:
         """Snapshot: {"received": {topic: n}, "dropped": {topic: {reason: n}}, "restarts": n,
         "handshake_failed": n, "handshake_failures": {reason: n}}."""
+        handshakes = self.handshakes.counts()
         with self._lock:
             return {"received": dict(self._received),
                     "dropped": {t: dict(r) for t, r in self._dropped.items()},
-                    "restarts": self.restarts, "handshake_failed": sum(self.handshake_failures.values()),
-                    "handshake_failures": dict(self.handshake_failures)}
+                    "restarts": self.restarts, "handshake_failed": sum(handshakes.values()),
+                    "handshake_failures": handshakes}
 
     def recent_clock_faults(self, within_s: float = 1.0) -> dict[str, float]:
         """topic -> capture time minus station clock (s) of its latest message dropped as ``clock``
@@ -257,12 +254,12 @@ class Ingest:
         sock = self._sock
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
+        poller.register(self.handshakes.monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(self.poll_ms))
-                if self._monitor in ready:
-                    self._read_monitor()
+                if self.handshakes.monitor in ready:
+                    self.handshakes.read()
                 if sock not in ready:
                     continue
                 for _ in range(1000):  # a batch, then look at the stop flag again
@@ -282,31 +279,9 @@ class Ingest:
             if not self._stop.is_set() and self.on_exit is not None:
                 self.on_exit(self)
 
-    def _read_monitor(self) -> None:
-        """Count failed handshakes by reason (plaintext peer, key not allow-listed, wrong server key)."""
-        while True:
-            try:
-                event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] & keys.HANDSHAKE_FAILED_EVENTS:
-                self.count_handshake_failure(keys.handshake_failure_reason(event["event"], event["value"]),
-                                             event.get("endpoint", b"?"))
-
     def count_handshake_failure(self, reason: str, endpoint: bytes | str = b"?") -> None:
-        """Account one refused handshake (the receive thread calls it from the socket monitor)."""
-        if reason not in self.handshake_failures:
-            raise ValueError(f"handshake failure reason must be one of {keys.HANDSHAKE_FAILURE_REASONS}, got {reason!r}")
-        with self._lock:
-            self.handshake_failures[reason] += 1
-            n = self.handshake_failures[reason]
-        if self.metrics is not None:
-            self.metrics.handshake_failures.labels(reason=reason).inc()
-        now = time.monotonic()
-        if now - self._last_handshake_log.get(reason, -1e9) >= 1.0:   # a retrying client logs once a second
-            self._last_handshake_log[reason] = now
-            log.warning("ingest: handshake refused on %s (%s; %d so far): see docs/security.md",
-                        endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else endpoint, reason, n)
+        """Account one refused handshake (the receive thread does, from the socket monitor)."""
+        self.handshakes.count(reason, endpoint)
 
     def handle(self, frames: list) -> wire.Message | None:
         """Decode, account and queue one multipart message (called by the receive thread)."""

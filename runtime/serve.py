@@ -173,7 +173,7 @@ def build_outputs(cfg: RuntimeConfig, model: PoseModel, metrics: RuntimeMetrics,
     console, and the Prometheus metrics. The one place that decides what the runtime outputs."""
     _, pose_curve = curve_servers(cfg)
     publisher = PosePublisher(cfg.output.endpoint, cfg.output.bind, cfg.output.send_hwm, curve=pose_curve,
-                              force_plaintext=cfg.security.force_plaintext)
+                              force_plaintext=cfg.security.force_plaintext, metrics=metrics)
     outputs: list = [PublisherOutput(publisher, cfg.station), EventLog()]
     if cfg.recorder.path:
         path = Path(cfg.recorder.path)

@@ -436,8 +436,10 @@ def test_alertmanager_config_is_valid_and_routes_critical_alerts():
     targets = doc["inhibit_rules"][0]["target_matchers"][0]
     pattern = targets.split('"')[1]
     # What a runtime without poses explains is held back. Not the GPU fallback, nor refused sensor
-    # handshakes: a sensor with a wrong key may be why there are no poses.
-    causes = ("AwcGpuFallback", "AwcSensorHandshakeRefused")
+    # handshakes: a sensor with a wrong key may be why there are no poses; nor refused viewers,
+    # which a runtime without poses does not explain (someone reading the pose stream with a key
+    # not allow-listed is worth knowing about either way).
+    causes = ("AwcGpuFallback", "AwcSensorHandshakeRefused", "AwcViewerHandshakeRefused")
     for alert in alert_rules():
         name = alert["alert"]
         if (alert["labels"]["severity"] == "warning" and name not in causes) or name == "AwcRuntimeNotReady":

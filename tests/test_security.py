@@ -202,6 +202,16 @@ def test_secured_runtime_exports_refused_handshakes_and_keeps_serving(keydir, ti
             _send_rgb(plain, 10)
         assert _wait(lambda: refused("unknown_key") >= 1 and refused("wrong_server_key") >= 1
                      and refused("aborted") + refused("mechanism_mismatch") >= 1)
+        # a viewer whose key is not allow-listed: refused on the pose socket, counted there
+        intruder = ctx.socket(zmq.SUB)
+        _client(other, "intruder", d).apply(intruder)
+        intruder.setsockopt(zmq.SUBSCRIBE, b"")
+        intruder.connect(rt.pose_endpoint)
+        try:
+            assert _wait(lambda: _scrape(port)[("awc_pose_handshake_failures_total", (("reason", "unknown_key"),))] >= 1)
+            assert _recv_pose(intruder, 300) is None
+        finally:
+            intruder.close(linger=0)
         # still serving: ready, poses flowing to the viewer, nothing of the refused clients got in
         assert rt.ingest.running and rt.readiness() == (True, "ready")
         assert poses(3) >= 3
@@ -227,14 +237,24 @@ def _recv_pose(sock, timeout_ms=300):
 
 
 def test_secured_pose_stream_reaches_only_allowed_viewers(keydir):
+    """Over real sockets: only the allow-listed viewer receives poses; each refused reader (unknown
+    key, a sensor's key, another runtime's server key, plaintext) raises
+    awc_pose_handshake_failures_total under its reason, and the sensor counter stays at 0."""
     d, other = keydir
     ep = f"tcp://127.0.0.1:{free_loopback_port()}"
-    pub = PosePublisher(ep, curve=keys.CurveServer.from_dir(d, "viewer"))
+    metrics = RuntimeMetrics()
+    pub = PosePublisher(ep, curve=keys.CurveServer.from_dir(d, "viewer"), metrics=metrics)
     ctx = zmq.Context()
     socks = {}
+
+    def refused(reason, name="awc_pose_handshake_failures_total"):
+        return metrics.registry.get_sample_value(name, {"reason": reason})
+
     try:
-        for name, client in (("viewer", _client(d, "viewer-1")), ("intruder", _client(other, "intruder", other)),
-                             ("plain", None), ("sensor-key", _client(d, "cam-1"))):
+        assert all(refused(r) == 0 for r in keys.HANDSHAKE_FAILURE_REASONS)   # series exist before any event
+        for name, client in (("viewer", _client(d, "viewer-1")), ("intruder", _client(other, "intruder", d)),
+                             ("plain", None), ("sensor-key", _client(d, "cam-1")),
+                             ("wrong-server", _client(d, "viewer-1", other))):
             s = ctx.socket(zmq.SUB)
             if client is not None:
                 client.apply(s)
@@ -250,8 +270,13 @@ def test_secured_pose_stream_reaches_only_allowed_viewers(keydir):
                     got[name] += 1
             time.sleep(0.05)
         assert got["viewer"] > 10
-        # unknown key, plaintext, and a sensor's key (not a viewer) receive nothing
-        assert got["intruder"] == got["plain"] == got["sensor-key"] == 0
+        # unknown key, plaintext, a sensor's key (not a viewer), a wrong server key receive nothing
+        assert got["intruder"] == got["plain"] == got["sensor-key"] == got["wrong-server"] == 0
+        # and each was counted under its reason (the intruder and the sensor key: unknown_key)
+        assert refused("unknown_key") >= 2 and refused("wrong_server_key") >= 1
+        assert refused("aborted") + refused("mechanism_mismatch") >= 1
+        assert pub.handshake_failures() == {r: refused(r) for r in keys.HANDSHAKE_FAILURE_REASONS}
+        assert all(refused(r, "awc_ingest_handshake_failures_total") == 0 for r in keys.HANDSHAKE_FAILURE_REASONS)
     finally:
         for s in socks.values():
             s.close(linger=0)
