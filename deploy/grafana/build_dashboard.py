@@ -220,6 +220,15 @@ def inputs(lay: Layout) -> None:
                                f"(rate(awc_messages_dropped_total{{{SEL}}}[{RATE}])) > 0",
                                "{{station}} {{modality}} {{reason}}")], "reqps", minimum=0,
                        by_modality=False), 12, 8)
+    lay.add(timeseries("Refused CurveZMQ handshakes",
+                       "Handshakes refused in the last rate window on the sensor socket (a sensor with an "
+                       "unknown key, the wrong server key or no encryption: its data never arrives) and on "
+                       "the pose socket (a viewer or reader without an allowed key). Only non-zero series.",
+                       [target(f"sum by (station, reason) (increase(awc_ingest_handshake_failures_total"
+                               f"{{{SEL}}}[{RATE}])) > 0", "{{station}} sensor {{reason}}", "A"),
+                        target(f"sum by (station, reason) (increase(awc_pose_handshake_failures_total"
+                               f"{{{SEL}}}[{RATE}])) > 0", "{{station}} pose reader {{reason}}", "B")],
+                       "short", minimum=0, by_modality=False), 24, 8)
 
 
 def latency(lay: Layout) -> None:
