@@ -13,7 +13,7 @@ from runtime.model import PoseModel, describe
 from sensors.mmfi import MMFiDataset
 from training import config, distributed
 from training.calibration import load_calibration
-from training.data import complete_frames, load_splits, sequence_ids
+from training.data import load_splits, select_frames, sequence_ids
 from training.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -27,8 +27,7 @@ def _cfg(root, out, **data) -> config.Config:
 def _trainer(cfg: config.Config) -> Trainer:
     """The trainer as ``training fit`` builds it (training.trainer.fit, without the epochs)."""
     train, test = load_splits(cfg, progress=False)
-    if cfg.data.frames == "complete":
-        train, test = complete_frames(train, cfg.model.modalities), complete_frames(test, cfg.model.modalities)
+    train, test = select_frames(cfg, train), select_frames(cfg, test)
     return Trainer(cfg, train, test, distributed.setup("cpu"), progress=False)
 
 

@@ -20,7 +20,14 @@ from tqdm import tqdm
 from sensors import posemath, schema
 from sensors.mmfi import MMFiDataset, MMFiFormatError, SequenceKey
 from training.config import Config
-from training.data import META_KEYS, Split, complete_frames, evenly_spaced, hold_out_validation, load_split
+from training.data import (
+    META_KEYS,
+    Split,
+    hold_out_validation,
+    load_split,
+    select_frames,
+    subsample_training,
+)
 
 log = logging.getLogger("training.export")
 
@@ -151,9 +158,8 @@ def validation_recordings(cfg: Config, train: MMFiDataset, progress: bool = True
     """(the ``env/subject/action`` recordings the run of ``cfg`` held out of training to validate, "")
     or ([], why that run validated on the test subset instead).
 
-    Derived as ``training fit`` derives them (``training.data``: ``load_splits`` keeps
-    ``data.max_train`` evenly spaced frames, ``data.frames=complete`` drops incomplete frames, then
-    ``hold_out_validation``), so they were never trained on. Only the per-frame recording names
+    Derived with the functions ``training fit`` uses, in its order (``training.data``:
+    ``subsample_training``, ``select_frames``, ``hold_out_validation``), so they were never trained on. Only the per-frame recording names
     are needed, except for ``data.frames=complete``, which reads the training subset's presence."""
     if cfg.data.validation == "test":
         return [], ("the checkpoint's run validated on the test subset (data.validation=test), so its "
@@ -166,11 +172,7 @@ def validation_recordings(cfg: Config, train: MMFiDataset, progress: bool = True
     if cfg.data.frames == "complete":
         data = replace(cfg.data, root=str(train.root))
         tensors["presence"] = load_split(replace(cfg, data=data), "train", progress).tensors["presence"]
-    split = Split(tensors, meta)
-    if cfg.data.max_train:
-        split = split.take(evenly_spaced(len(split), cfg.data.max_train))
-    if cfg.data.frames == "complete":
-        split = complete_frames(split, cfg.model.modalities)
+    split = select_frames(cfg, subsample_training(cfg, Split(tensors, meta)))
     empty = Split({"joints": torch.zeros(0, 0)}, {k: np.zeros(0) for k in META_KEYS})
     _, validation = hold_out_validation(cfg.data, split, empty)
     if validation.source != "sequences":

@@ -277,9 +277,20 @@ def load_splits(cfg: Config, progress: bool = True) -> tuple[Split, Split]:
     if len(train) < 2 or len(test) < 1:
         raise ValueError(f"{cfg.data.root} {cfg.data.protocol}/{cfg.data.split} gives {len(train)} training and "
                          f"{len(test)} test frames; need at least 2 and 1 (is it the right protocol?)")
-    if cfg.data.max_train:
-        train = train.take(evenly_spaced(len(train), cfg.data.max_train))
-    return train, test
+    return subsample_training(cfg, train), test
+
+
+def subsample_training(cfg: Config, train: Split) -> Split:
+    """``data.max_train`` evenly spaced frames of ``train`` (all of them when 0): the first step of
+    the training frame selection (``load_splits``; ``training.calibration`` repeats it)."""
+    return train.take(evenly_spaced(len(train), cfg.data.max_train)) if cfg.data.max_train else train
+
+
+def select_frames(cfg: Config, split: Split) -> Split:
+    """The frames of ``split`` a run of ``cfg`` uses (``data.frames``): all, or ``complete_frames``.
+    The second step of the selection, after ``subsample_training`` and before
+    ``hold_out_validation``; ``training fit`` and ``training.calibration`` both call it."""
+    return complete_frames(split, cfg.model.modalities) if cfg.data.frames == "complete" else split
 
 
 def complete_frames(split: Split, modalities: tuple[str, ...]) -> Split:

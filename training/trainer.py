@@ -35,7 +35,7 @@ from training import balance, balancers, distributed
 from training import config as config_mod
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import Config
-from training.data import Split, batches, complete_frames, evenly_spaced, hold_out_validation, load_splits
+from training.data import Split, batches, evenly_spaced, hold_out_validation, load_splits, select_frames
 from training.evaluate import evaluate_model, predict
 from training.losses import mpjpe_loss
 from training.model import PoseModel, build_model, count_parameters
@@ -314,8 +314,7 @@ def fit(cfg: Config, train: Split | None = None, test: Split | None = None, resu
         _seed_everything(cfg)
         if train is None or test is None:
             train, test = load_splits(cfg, progress=progress and dist.is_main)
-        if cfg.data.frames == "complete":
-            train, test = complete_frames(train, cfg.model.modalities), complete_frames(test, cfg.model.modalities)
+        train, test = select_frames(cfg, train), select_frames(cfg, test)
         trainer = Trainer(cfg, train, test, dist, progress)
         if resume:
             trainer.resume()
