@@ -139,6 +139,10 @@ class RuntimeMetrics:
         self.joint_angle = Gauge(
             "awc_joint_angle_degrees", "Joint angle of the current pose, causally smoothed", ["angle", "side"],
             registry=r)
+        self.implausible_angles = Counter(
+            "awc_joint_angle_implausible_samples_total",
+            "Joint-angle samples dropped as outside the physiological range (held, not smoothed in)",
+            ["angle", "side"], registry=r)
         self.repetitions = Counter(
             "awc_rehab_repetitions_total", "Repetitions counted, by principal angle and side", ["angle", "side"],
             registry=r)
@@ -181,6 +185,7 @@ class RuntimeMetrics:
             self.tick_errors.labels(stage=stage)
         for angle, side in ANGLE_CHANNELS:
             self.joint_angle.labels(angle=angle, side=side)
+            self.implausible_angles.labels(angle=angle, side=side)
         for angle, side in REPETITION_CHANNELS:
             for m in (self.repetitions, self.low_confidence_repetitions, self.last_rom):
                 m.labels(angle=angle, side=side)

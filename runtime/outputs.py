@@ -21,6 +21,7 @@ import numpy as np
 
 from exporters.metrics import EXERCISE_LABELS, RuntimeMetrics
 from exporters.pose_publisher import pose_message
+from runtime import angles as ang
 from runtime.config import RuntimeConfig
 from runtime.pipeline import TickResult
 from sensors import schema
@@ -149,6 +150,9 @@ class MetricsOutput:
         if r.angles is not None:
             for (angle, side), value in zip(schema.ANGLE_CHANNELS, r.angles):
                 m.joint_angle.labels(angle=angle, side=side).set(float(value))
+        for key in r.implausible:
+            angle, side = ANGLE_LABELS[key]
+            m.implausible_angles.labels(angle=angle, side=side).inc()
         for rep in r.counted:
             angle, side = rehab_labels(r.principal, rep.side)
             m.repetitions.labels(angle=angle, side=side).inc()
@@ -162,6 +166,9 @@ class MetricsOutput:
                 m.exercise.labels(exercise=code).set(1.0 if code == r.exercise else 0.0)
             self._exercise = r.exercise
         m.exercise_repetitions.set(r.count)
+
+
+ANGLE_LABELS: dict[str, tuple[str, str]] = dict(zip(ang.CHANNEL_KEYS, schema.ANGLE_CHANNELS))  # key -> labels
 
 
 def rehab_labels(channel: str | None, side: str) -> tuple[str, str]:

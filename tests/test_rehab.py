@@ -272,11 +272,9 @@ def test_an_angle_jittering_across_its_cut_gives_no_unphysiological_range(angle)
     assert max(roms) <= ang.max_rom_deg(angle) and max(roms) <= 180.0
 
 
-def test_the_monitor_drops_a_wild_arm_behind_the_back_and_marks_the_repetition():
-    """Live path with poses: shoulder flexion repetitions, then the arm jittering straight backwards
-    (shoulder flexion -90, the cut) for 5 s inside a repetition. The samples are dropped (listed in
-    ``RehabTick.implausible``), no range beyond the physiological one is reported, and a repetition
-    measured mostly on dropped samples is low-confidence."""
+def _wild_arm():
+    """(monitor, ticks): shoulder flexion repetitions with 5 s of the left arm jittering straight
+    backwards (shoulder flexion -90, the cut) inside one of them."""
     rng = np.random.default_rng(2)
     t = np.arange(30) / RATE
     up = 75.0 - 75.0 * np.cos(2 * np.pi * t / 3.0)              # 0 -> 150 -> 0 deg
@@ -284,6 +282,15 @@ def test_the_monitor_drops_a_wild_arm_behind_the_back_and_marks_the_repetition()
     mon = RehabMonitor(RehabConfig())                            # generic mode: every angle watched
     outs = _feed(mon, [skeleton(sh_flex=a) for a in flex])
     mon.finish()
+    return mon, outs
+
+
+def test_the_monitor_drops_a_wild_arm_behind_the_back_and_marks_the_repetition():
+    """Live path with poses: shoulder flexion repetitions, then the arm jittering straight backwards
+    (shoulder flexion -90, the cut) for 5 s inside a repetition. The samples are dropped (listed in
+    ``RehabTick.implausible``), no range beyond the physiological one is reported, and a repetition
+    measured mostly on dropped samples is low-confidence."""
+    mon, outs = _wild_arm()
     i = ang.CHANNEL_INDEX[("shoulder_flexion", "left")]
     wild = slice(10 + 75, 10 + 75 + 50)
     assert all("shoulder_flexion_left" in o.implausible for o in outs[wild])
@@ -297,6 +304,26 @@ def test_the_monitor_drops_a_wild_arm_behind_the_back_and_marks_the_repetition()
     assert all(r["implausible_fraction"] == 0 and not r["low_confidence"] for r in reps if r["end_tick"] < 85)
     assert all(r["rom_deg"] <= ang.max_rom_deg(ang.CHANNELS[ang.CHANNEL_KEYS.index(r["channel"])][0])
                for r in mon.current.reps)
+
+
+def test_dropped_angle_samples_are_counted_in_prometheus(tiny_model):
+    """The wild-arm ticks of the monitor above, through the runtime's metrics output: every dropped
+    sample counts once on its own (angle, side) series, and no other series moves."""
+    from tests.test_pipeline import _cfg, _run_data_clock, frame_messages
+
+    rng = np.random.default_rng(1)
+    pipe, _ = _run_data_clock(tiny_model, [m for k in range(3) for m in frame_messages(k, rng)], cfg=_cfg())
+    reg = pipe.outputs.metrics.registry
+    name = "awc_joint_angle_implausible_samples_total"
+    # every series exists (the untrained model's own poses may already have dropped some samples)
+    before = {(a, s): reg.get_sample_value(name, {"angle": a, "side": s}) for a, s in schema.ANGLE_CHANNELS}
+    assert None not in before.values()
+    _, outs = _wild_arm()
+    for o in outs:
+        pipe.outputs.metrics._rehab(o)
+    added = {k: reg.get_sample_value(name, {"angle": k[0], "side": k[1]}) - before[k] for k in before}
+    assert added.pop(("shoulder_flexion", "left")) == sum("shoulder_flexion_left" in o.implausible for o in outs) == 50
+    assert set(added.values()) == {0.0}
 
 
 def test_gate_continuity_restarts_after_a_second_without_a_plausible_sample():

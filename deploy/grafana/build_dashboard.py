@@ -304,7 +304,13 @@ def rehab(lay: Layout) -> None:
                        "degree", by_modality=False), 8, 8)
     lay.add(timeseries("Repetition rate", "Repetitions per minute, by principal angle and side.",
                        [target(f"60 * sum by (station, angle, side) (rate(awc_rehab_repetitions_total{{{SEL}}}"
-                               f"[{RATE}]))", "{{station}} {{angle}} {{side}}")], "none", by_modality=False), 24, 6)
+                               f"[{RATE}]))", "{{station}} {{angle}} {{side}}")], "none", by_modality=False), 16, 6)
+    lay.add(timeseries("Dropped angle samples", "Raw joint-angle samples per minute dropped as outside the "
+                       "physiological range (docs/rehab.md): gross pose errors. A steady rate on one angle means "
+                       "its repetitions are measured on held values (see low-confidence repetitions).",
+                       [target(f"60 * sum by (station, angle, side) (rate(awc_joint_angle_implausible_samples_total"
+                               f"{{{SEL}}}[{RATE}])) > 0", "{{station}} {{angle}} {{side}}")], "none",
+                       by_modality=False), 8, 6)
 
 
 def templating() -> dict:
