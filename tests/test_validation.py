@@ -67,13 +67,41 @@ def test_held_out_recordings_are_whole_and_never_trained_on(tmp_path):
     assert len(kept) == 6 * 20                                  # every frame of the two recordings left
     assert _keys(kept).isdisjoint(val.sequences) and _keys(val.frames) == set(val.sequences)
     assert len(val.frames) == 30                                # data.max_val of the 40 held-out frames
-    assert val.describe() == {"set": "sequences", "frames": 30, "sequences": val.sequences}
+    assert val.describe() == {"set": "sequences", "frames": 30, "unit": "recording", "sequences": val.sequences}
     # the rule is deterministic and spread through the sorted recordings, not the first ones
     assert val.sequences == ["E01/S01/A02", "E01/S08/A03"] == hold_out_validation(cfg.data, train, test)[1].sequences
     # the Trainer fits (mean pose, balancer, optimiser) on the kept frames only
     trainer = _trainer(cfg, train, test)
     assert len(trainer.train) == 120 and _keys(trainer.train).isdisjoint(trainer.validation.sequences)
     assert torch.allclose(trainer.model.mean_pose.cpu(), kept.tensors["joints"].mean(dim=0))
+
+
+def test_cross_subject_splits_hold_out_whole_subjects(tmp_path):
+    """S2 and S3 test on unseen people, so validation holds out every recording of whole training
+    subjects (round(val_fraction x subjects)); S1 holds out single recordings."""
+    cfg = _cfg(tmp_path, val_fraction=0.25, split="S2")
+    a = fake_arrays(8 * 3 * 10, cfg.model, 0)             # 8 subjects x 3 actions x 10 frames
+    seq = np.repeat(np.arange(24), 10)
+    a["env"] = np.array(["E01"] * len(seq))
+    a["subject"] = np.array([f"S{s // 3 + 1:02d}" for s in seq])
+    a["action"] = np.array([schema.PROTOCOLS["P1"][s % 3] for s in seq])
+    a["frame"] = np.tile(np.arange(10), 24)
+    train, test = from_arrays(a, cfg.model.modalities), fake_split(48, cfg.model, 1)
+    kept, val = hold_out_validation(cfg.data, train, test)
+    held_subjects = {r.split("/")[1] for r in val.sequences}
+    assert val.unit == "subject" and held_subjects == {"S01", "S08"}            # round(0.25 x 8), spread
+    assert len(val.sequences) == 6 and len(kept) == 6 * 3 * 10                  # all three recordings of each
+    assert held_subjects.isdisjoint(set(kept.meta["subject"].tolist()))
+    assert val.describe()["unit"] == "subject"
+    for split in ("S1", "S3"):
+        cfg.data.split = split
+        unit = hold_out_validation(cfg.data, train, test)[1].unit
+        assert unit == ("recording" if split == "S1" else "subject")
+    # two subjects are too few to hold one out at 0.1: the test subset stands in, and says why
+    cfg.data.split, cfg.data.val_fraction = "S2", 0.1
+    few = train.take(np.flatnonzero(np.isin(train.meta["subject"], ["S01", "S02"])))
+    _, fallback = hold_out_validation(cfg.data, few, test)
+    assert fallback.source == "test" and "2 training subject(s) are too few" in fallback.note
 
 
 def test_best_pt_is_chosen_on_the_held_out_recordings(tmp_path):

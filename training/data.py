@@ -104,15 +104,35 @@ def sequence_ids(split: Split) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(keys, return_inverse=True)
 
 
-def split_sequences(split: Split, n_sequences: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+# What a validation hold-out groups by, per split: the unit the split generalises across (S2 tests
+# unseen subjects, S3 unseen rooms; with only three training rooms a held-out room would take a third
+# of the data, so S3 holds out subjects too, the next unit that is unseen at test time).
+HOLDOUT_UNIT: dict[str, str] = {"S1": "recording", "S2": "subject", "S3": "subject"}
+
+
+def group_ids(split: Split, unit: str = "recording") -> tuple[np.ndarray, np.ndarray]:
+    """(the split's distinct groups, sorted; each frame's index into them): ``recording`` =
+    ``env/subject/action`` (``sequence_ids``), ``subject`` = ``env/subject``."""
+    if unit == "recording":
+        return sequence_ids(split)
+    if unit != "subject":
+        raise ValueError(f"unknown hold-out unit {unit!r}: recording or subject")
+    m = split.meta
+    return np.unique(np.char.add(np.char.add(m["env"].astype(str), "/"), m["subject"].astype(str)),
+                     return_inverse=True)
+
+
+def split_sequences(split: Split, n_groups: int, unit: str = "recording") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(held-out frame indices, kept frame indices, held-out recordings): every frame of
-    ``n_sequences`` whole recordings, taken evenly through the sorted list of recordings, leaves
-    the kept set. Whole recordings because frames interleaved with trained ones are near-copies
-    of them at 10 Hz: their error tracks the training error and says nothing of unseen recordings."""
-    seqs, inverse = sequence_ids(split)
-    chosen = evenly_spaced(len(seqs), n_sequences) if n_sequences > 0 else np.zeros(0, np.int64)
+    ``n_groups`` whole recordings (``unit="recording"``) or whole subjects (``"subject"``), taken
+    evenly through the sorted list of them, leaves the kept set. Whole recordings because frames
+    interleaved with trained ones are near-copies of them at 10 Hz: their error tracks the training
+    error and says nothing of unseen recordings; whole subjects where the test's are unseen."""
+    groups, inverse = group_ids(split, unit)
+    chosen = evenly_spaced(len(groups), n_groups) if n_groups > 0 else np.zeros(0, np.int64)
     out = np.isin(inverse, chosen)
-    return np.flatnonzero(out), np.flatnonzero(~out), [str(k) for k in seqs[chosen]]
+    seqs, seq_of = sequence_ids(split)
+    return np.flatnonzero(out), np.flatnonzero(~out), [str(k) for k in seqs[np.unique(seq_of[out])]]
 
 
 def holdout_sequences(train: Split, frames: int, per_sequence: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +156,12 @@ class Validation:
     source: str                    # "sequences" (held-out training recordings) or "test"
     sequences: list[str] = field(default_factory=list)   # the held-out recordings (env/subject/action)
     note: str = ""                 # why the test subset stands in for held-out recordings, if it does
+    unit: str = "recording"        # what was held out whole: "recording" or "subject" (HOLDOUT_UNIT)
 
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = {"set": self.source, "frames": len(self.frames)}
         if self.source == "sequences":
+            out["unit"] = self.unit
             out["sequences"] = list(self.sequences)
         if self.note:
             out["note"] = self.note
@@ -149,25 +171,30 @@ class Validation:
 def hold_out_validation(data: DataConfig, train: Split, test: Split) -> tuple[Split, Validation]:
     """(the frames to train on, the validation set) per ``data.validation``.
 
-    ``sequences``: round(val_fraction x recordings) whole training recordings (at least one, and
-    one always stays for training) are held out of training and validate; too few recordings to
-    hold one out (fewer than 1 / (2 x val_fraction), or only one) falls back to the test subset,
-    saying so in ``Validation.note``. ``test``: the training frames are untouched and the test
-    subset validates, as before held-out validation existed."""
+    ``sequences``: whole training recordings are held out of training and validate. They are
+    grouped by the unit the split generalises across (``HOLDOUT_UNIT``): S1 holds out
+    round(val_fraction x recordings) recordings, S2 and S3 round(val_fraction x subjects) whole
+    subjects (every recording of theirs), so that validation, like the test, sees no frame of the
+    held-out people. At least one group is held out and one always stays for training; too few
+    groups to hold one out (fewer than 1 / (2 x val_fraction), or only one) falls back to the test
+    subset, saying so in ``Validation.note``. ``test``: the training frames are untouched and the
+    test subset validates, as before held-out validation existed."""
     def on_test(note: str = "") -> tuple[Split, Validation]:
         return train, Validation(test.take(evenly_spaced(len(test), data.max_val)), "test", note=note)
 
     if data.validation == "test":
         return on_test()
-    seqs, _ = sequence_ids(train)
-    n = min(int(np.floor(data.val_fraction * len(seqs) + 0.5)), len(seqs) - 1)
+    unit = HOLDOUT_UNIT.get(data.split, "recording")
+    groups, _ = group_ids(train, unit)
+    n = min(int(np.floor(data.val_fraction * len(groups) + 0.5)), len(groups) - 1)
     if n < 1:
-        return on_test(f"data.validation=sequences: {len(seqs)} training recording(s) are too few to hold out "
+        return on_test(f"data.validation=sequences: {len(groups)} training {unit}(s) are too few to hold out "
                        f"{data.val_fraction:g} of them, so the test subset validates and chooses best.pt "
-                       f"(more recordings or a larger data.val_fraction avoid this)")
-    held, kept, keys = split_sequences(train, n)
+                       f"(more {unit}s or a larger data.val_fraction avoid this)")
+    held, kept, keys = split_sequences(train, n, unit)
     val = train.take(held)
-    return train.take(kept), Validation(val.take(evenly_spaced(len(val), data.max_val)), "sequences", keys)
+    return train.take(kept), Validation(val.take(evenly_spaced(len(val), data.max_val)), "sequences", keys,
+                                        unit=unit)
 
 
 def _data_fingerprint(root: Path) -> str:

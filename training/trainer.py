@@ -282,6 +282,9 @@ class Trainer:
             n = len(self.validation.sequences)
             held = (f"{n} held-out training recording{'s' if n != 1 else ''}"
                     if self.validation.source == "sequences" else "the test subset")
+            if self.validation.source == "sequences" and self.validation.unit == "subject":
+                k = len({r.rsplit("/", 1)[0] for r in self.validation.sequences})
+                held += f" of {k} whole subject{'s' if k != 1 else ''}"
             log.info("training %s: %d parameters, %d train / %d val frames (%s), balance=%s fusion=%s "
                      "modalities=%s", self.out, count_parameters(self.model), len(self.train), len(self.val), held,
                      self.cfg.balance.method, self.cfg.model.fusion, ",".join(self.cfg.model.modalities))
