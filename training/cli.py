@@ -12,6 +12,7 @@ COMMANDS = {
     "evaluate": ("training.evaluate", "MPJPE / PA-MPJPE of a checkpoint, per action and overall"),
     "export": ("training.export", "export a checkpoint to a self-describing ONNX file"),
     "study": ("training.study", "AWC vs plain training and the paper's baselines over seeds, P1 and P2, sweeps; report"),
+    "probe": ("training.probe", "linear probe of each modality's encoder in trained models (under-optimised modalities)"),
     "config": ("training.config", "show every config key with its type, default and resolved value"),
     "bench-export": ("training.bench_export", "per-frame latency: onnxruntime vs torch, coalitions"),
 }
