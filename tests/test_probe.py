@@ -46,5 +46,6 @@ def test_probe_command_on_a_trained_run(tmp_path, tiny_dataset, capsys):
     probe = rows[0]["probe"]
     assert set(probe) == {"rgb", "lidar", "wifi"}                  # the disabled modality is skipped
     assert all(np.isfinite(p["mpjpe"]) and 0 < p["pa_mpjpe"] <= p["mpjpe"] for p in probe.values())
-    assert "| run | rgb | lidar | mmwave | wifi |" in printed and "| — |" in printed
+    assert "| run | rgb | lidar | mmwave | wifi | mean pose |" in printed and "| — |" in printed
+    assert rows[0]["mean_pose_mpjpe"] > 0
     assert main(["probe", str(tmp_path / "nothing-here")]) == 2    # a missing checkpoint: one line, exit 2
