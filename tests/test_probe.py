@@ -32,6 +32,25 @@ def test_the_probe_reads_pose_from_informative_features_and_none_from_noise():
     assert good["alpha"] in ALPHAS and bad["alpha"] in ALPHAS    # chosen from the grid
 
 
+def test_alpha_is_chosen_over_whole_recordings_so_recording_state_is_not_learnt():
+    """Features that only name the recording (a random code per recording, as a radio channel's
+    state): within a recording they predict its pose perfectly, across recordings nothing. Chosen
+    over whole recordings, the probe regularises to about the mean pose on unseen recordings
+    instead of mapping unseen codes to arbitrary poses."""
+    rng = np.random.default_rng(1)
+    n_rec, per = 40, 30
+    rec = np.repeat(np.arange(n_rec), per)
+    pose = rng.normal(0.0, 0.15, (n_rec, schema.N_JOINTS, 3))[rec] + rng.normal(0, 0.01, (n_rec * per, schema.N_JOINTS, 3))
+    code = rng.normal(size=(n_rec, 64))[rec] + rng.normal(0, 0.05, (n_rec * per, 64))
+    tr, te = rec < 30, rec >= 30
+    mean_pose = float(np.linalg.norm(pose[te] - pose[tr].mean(axis=0), axis=-1).mean() * 1000)
+    grouped = linear_probe(code[tr], pose[tr], code[te], pose[te], groups=rec[tr])
+    assert grouped["alpha"] >= 1e3 and grouped["mpjpe"] < 1.05 * mean_pose
+    # the same fit with little regularisation (what a split between frames picks) is far worse
+    loose = linear_probe(code[tr], pose[tr], code[te], pose[te], groups=np.arange(tr.sum()) % 5)
+    assert loose["alpha"] < grouped["alpha"] and loose["mpjpe"] > 1.2 * mean_pose
+
+
 def test_probe_command_on_a_trained_run(tmp_path, tiny_dataset, capsys):
     out = tmp_path / "run"
     common = ["--data", str(tiny_dataset), "--no-progress"]
