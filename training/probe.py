@@ -77,7 +77,9 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 
     n_groups = len(np.unique(groups)) if groups is not None else 0
     cv = GroupKFold(min(folds, n_groups)) if n_groups >= 2 else KFold(folds)
-    search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": ALPHAS}, cv=cv,
+    # SVD: encoder features are often collinear (dead or duplicated units), which the small alphas
+    # of the grid leave ill-conditioned for a Cholesky solve
+    search = GridSearchCV(make_pipeline(StandardScaler(), Ridge(solver="svd")), {"ridge__alpha": ALPHAS}, cv=cv,
                           scoring="neg_mean_squared_error")
     search.fit(train_x, train_y.reshape(len(train_y), -1), groups=groups)
     pred = search.predict(test_x).reshape(test_y.shape)
