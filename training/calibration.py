@@ -159,8 +159,9 @@ def validation_recordings(cfg: Config, train: MMFiDataset, progress: bool = True
     or ([], why that run validated on the test subset instead).
 
     Derived with the functions ``training fit`` uses, in its order (``training.data``:
-    ``subsample_training``, ``select_frames``, ``hold_out_validation``), so they were never trained on. Only the per-frame recording names
-    are needed, except for ``data.frames=complete``, which reads the training subset's presence."""
+    ``subsample_training``, ``select_frames``, ``hold_out_validation``), so they were never trained
+    on. Only the per-frame recording names are needed, except for ``data.frames=complete``, which
+    reads the training subset's presence."""
     if cfg.data.validation == "test":
         return [], ("the checkpoint's run validated on the test subset (data.validation=test), so its "
                     "training recordings hold no unseen frames")

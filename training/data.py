@@ -98,10 +98,7 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
 
 def sequence_ids(split: Split) -> tuple[np.ndarray, np.ndarray]:
     """(the split's distinct ``env/subject/action`` recordings, sorted; each frame's index into them)."""
-    m = split.meta
-    keys = np.char.add(np.char.add(m["env"].astype(str), "/"),
-                       np.char.add(np.char.add(m["subject"].astype(str), "/"), m["action"].astype(str)))
-    return np.unique(keys, return_inverse=True)
+    return group_ids(split, "recording")
 
 
 # What a validation hold-out groups by, per split: the unit the split generalises across (S2 tests
@@ -110,16 +107,19 @@ def sequence_ids(split: Split) -> tuple[np.ndarray, np.ndarray]:
 HOLDOUT_UNIT: dict[str, str] = {"S1": "recording", "S2": "subject", "S3": "subject"}
 
 
+UNIT_FIELDS: dict[str, tuple[str, ...]] = {"recording": ("env", "subject", "action"), "subject": ("env", "subject")}
+
+
 def group_ids(split: Split, unit: str = "recording") -> tuple[np.ndarray, np.ndarray]:
     """(the split's distinct groups, sorted; each frame's index into them): ``recording`` =
-    ``env/subject/action`` (``sequence_ids``), ``subject`` = ``env/subject``."""
-    if unit == "recording":
-        return sequence_ids(split)
-    if unit != "subject":
-        raise ValueError(f"unknown hold-out unit {unit!r}: recording or subject")
-    m = split.meta
-    return np.unique(np.char.add(np.char.add(m["env"].astype(str), "/"), m["subject"].astype(str)),
-                     return_inverse=True)
+    ``env/subject/action``, ``subject`` = ``env/subject`` (``UNIT_FIELDS``)."""
+    if unit not in UNIT_FIELDS:
+        raise ValueError(f"unknown hold-out unit {unit!r}: one of {sorted(UNIT_FIELDS)}")
+    fields = [split.meta[f].astype(str) for f in UNIT_FIELDS[unit]]
+    keys = fields[0]
+    for f in fields[1:]:
+        keys = np.char.add(np.char.add(keys, "/"), f)
+    return np.unique(keys, return_inverse=True)
 
 
 def split_sequences(split: Split, n_groups: int, unit: str = "recording") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -309,7 +309,7 @@ def load_splits(cfg: Config, progress: bool = True) -> tuple[Split, Split]:
 
 def subsample_training(cfg: Config, train: Split) -> Split:
     """``data.max_train`` evenly spaced frames of ``train`` (all of them when 0): the first step of
-    the training frame selection (``load_splits``; ``training.calibration`` repeats it)."""
+    the training frame selection (``load_splits`` and ``training.calibration`` call it)."""
     return train.take(evenly_spaced(len(train), cfg.data.max_train)) if cfg.data.max_train else train
 
 
