@@ -28,27 +28,30 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def _torchrun_fit(args: list[str], out: Path) -> None:
+def _fit_single_and_torchrun(data: Path, tmp_path: Path, extra: list[str]) -> tuple[list[dict], list[dict]]:
+    """AWC on the tiny preset, once in this process and once as a 2-process torchrun (gloo): the
+    two per-epoch logs, checked to have the same epochs and optimiser steps."""
+    common = ["--preset", "tiny", "--data", str(data), "--balance", "awc", "--no-progress",
+              "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.plots=false", *extra]
+    assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0  # also fills the array cache
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_loopback_port()), "-m", "training", "fit", *args, "--out", str(out)]
+           str(free_loopback_port()), "-m", "training", "fit", *common, "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    single, ddp = _log(tmp_path / "single"), _log(tmp_path / "ddp")
+    assert len(ddp) == len(single) == 2
+    assert [b["steps"] for b in ddp] == [a["steps"] for a in single]
+    return single, ddp
 
 
 def test_torchrun_two_processes_match_single_process(tiny_dataset, tmp_path):
-    common = ["--preset", "tiny", "--data", str(tiny_dataset), "--balance", "awc", "--no-progress",
-              "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.plots=false",
-              "--set", "balance.group_by=theta0",
-              # every training frame: 256 = 8 batches of 32 split evenly over 2 ranks (held-out
-              # recordings would leave 213 frames and an odd last batch, i.e. unequal shards)
-              "--set", "data.validation=test"]
-    assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0  # also fills the array cache
-    _torchrun_fit(common, tmp_path / "ddp")
-    single, ddp = _log(tmp_path / "single"), _log(tmp_path / "ddp")
-    assert len(ddp) == len(single) == 2
+    single, ddp = _fit_single_and_torchrun(tiny_dataset, tmp_path, [
+        "--set", "balance.group_by=theta0",
+        # every training frame: 256 = 8 batches of 32 split evenly over 2 ranks (held-out
+        # recordings would leave 213 frames and an odd last batch, i.e. unequal shards)
+        "--set", "data.validation=test"])
     for a, b in zip(single, ddp, strict=True):
-        assert b["steps"] == a["steps"]
         assert b["loss_task"] == pytest.approx(a["loss_task"], rel=1e-4)
         assert b["loss_balance"] == pytest.approx(a["loss_balance"], rel=1e-3, abs=1e-9)
         assert b["val_mpjpe"] == pytest.approx(a["val_mpjpe"], rel=1e-3)
@@ -63,15 +66,9 @@ def test_torchrun_two_processes_match_single_process(tiny_dataset, tmp_path):
 
 def test_torchrun_with_held_out_validation_recordings(tiny_dataset, tmp_path):
     """The default validation (a held-out training recording, 213 training frames: unequal shards)
-    under torchrun: same steps, the same held-out recording, losses and validation within 0.1 %."""
-    common = ["--preset", "tiny", "--data", str(tiny_dataset), "--balance", "awc", "--no-progress",
-              "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.plots=false"]
-    assert main(["fit", *common, "--out", str(tmp_path / "single")]) == 0
-    _torchrun_fit(common, tmp_path / "ddp")
-    single, ddp = _log(tmp_path / "single"), _log(tmp_path / "ddp")
-    assert len(ddp) == len(single) == 2
+    under torchrun: the same held-out recording, losses and validation within 0.1 %."""
+    single, ddp = _fit_single_and_torchrun(tiny_dataset, tmp_path, [])
     for a, b in zip(single, ddp, strict=True):
-        assert b["steps"] == a["steps"]
         assert b["loss_task"] == pytest.approx(a["loss_task"], rel=1e-3)
         assert b["val_mpjpe"] == pytest.approx(a["val_mpjpe"], rel=1e-3)
     ms, md = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("single", "ddp"))
