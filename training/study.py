@@ -92,6 +92,10 @@ def main_arms() -> list[Arm]:
     return out
 
 
+SGD_NOTE = "S1 concat sgd (lr 0.01, momentum 0.9)"
+COMPLETE_NOTE = "S1 concat adam, complete frames only (train and test)"
+
+
 def sweep_arms(alpha_s: float, alpha_i: float, window: int, epochs: int) -> list[Arm]:
     all4, out = schema.MODALITIES, []
     grid = [(0.0, alpha_i), (alpha_s, 0.0), (0.1 * alpha_s, 0.1 * alpha_i), (10 * alpha_s, 10 * alpha_i),
@@ -103,15 +107,20 @@ def sweep_arms(alpha_s: float, alpha_i: float, window: int, epochs: int) -> list
     for k in sorted({max(1, round(f * epochs)) for f in (0.1, 0.2, 0.6, 1.0)} - {window}):
         out.append(Arm(f"awc-K{k}", all4, "awc", overrides=(f"balance.window={k}",), group="window",
                        note=f"K={k}"))
-    out += [Arm("all-attention-none", all4, "none", fusion="attention", group="attention"),
-            Arm("all-attention-awc", all4, "awc", fusion="attention", group="attention"),
-            Arm("all-none-S2", all4, "none", split="S2", group="s2"),
-            Arm("all-awc-S2", all4, "awc", split="S2", group="s2"),
-            Arm("all-none-sgd", all4, "none", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd"),
-            Arm("all-ogm-ge-sgd", all4, "ogm-ge", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd"),
-            Arm("all-awc-groups-theta0", all4, "awc", overrides=("balance.group_by=theta0",), group="grouping"),
-            Arm("all-none-complete", all4, "none", overrides=("data.frames=complete",), group="frames"),
-            Arm("all-awc-complete", all4, "awc", overrides=("data.frames=complete",), group="frames")]
+    out += [Arm("all-attention-none", all4, "none", fusion="attention", group="attention", note="S1 attention adam"),
+            Arm("all-attention-awc", all4, "awc", fusion="attention", group="attention", note="S1 attention adam"),
+            Arm("all-none-S2", all4, "none", split="S2", group="s2", note="S2 concat adam"),
+            Arm("all-awc-S2", all4, "awc", split="S2", group="s2", note="S2 concat adam"),
+            Arm("all-none-sgd", all4, "none", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd",
+                note=SGD_NOTE),
+            Arm("all-ogm-ge-sgd", all4, "ogm-ge", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd",
+                note=SGD_NOTE),
+            Arm("all-awc-groups-theta0", all4, "awc", overrides=("balance.group_by=theta0",), group="grouping",
+                note="S1 concat adam, groups at theta0"),
+            Arm("all-none-complete", all4, "none", overrides=("data.frames=complete",), group="frames",
+                note=COMPLETE_NOTE),
+            Arm("all-awc-complete", all4, "awc", overrides=("data.frames=complete",), group="frames",
+                note=COMPLETE_NOTE)]
     return out
 
 

@@ -140,16 +140,14 @@ def shapley_table(found: Runs, arms: list[study.Arm]) -> str:
 
 
 def sweep_table(found: Runs, arms: list[study.Arm], reference: dict[str, str]) -> str:
-    lines = ["| run | setting | MPJPE (mm) | PA-MPJPE (mm) |", "|---|---|---|---|"]
-    for name, setting in reference.items():
-        runs = found.get(name, [])
+    """One row per run: the main arms' seed-0 runs named in ``reference`` first, then ``arms``; the
+    test-frame count shows where an arm is scored on other frames (S2, complete frames)."""
+    lines = ["| run | setting | test frames | MPJPE (mm) | PA-MPJPE (mm) |", "|---|---|---|---|---|"]
+    rows = [(f"{name} (main, same seed)", setting, found.get(name, [])[:1]) for name, setting in reference.items()]
+    rows += [(arm.name, arm.note or f"{arm.split} {arm.fusion}", found.get(arm.name, [])) for arm in arms]
+    for name, setting, runs in rows:
         if runs:
-            lines.append(f"| {name} (main, same seed) | {setting} | {_ms([runs[0]['mpjpe']])} | "
-                         f"{_ms([runs[0]['pa_mpjpe']])} |")
-    for arm in arms:
-        runs = found.get(arm.name, [])
-        if runs:
-            lines.append(f"| {arm.name} | {arm.note or arm.split + ' ' + arm.fusion} | {_ms([r['mpjpe'] for r in runs])} | "
+            lines.append(f"| {name} | {setting} | {runs[0]['frames']} | {_ms([r['mpjpe'] for r in runs])} | "
                          f"{_ms([r['pa_mpjpe'] for r in runs])} |")
     return "\n".join(lines)
 
