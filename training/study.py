@@ -82,7 +82,22 @@ class Arm:
     split: str = "S1"
     overrides: tuple[str, ...] = ()  # section.key=value on top of the study's config
     group: str = "main"
-    note: str = ""
+    note: str = ""  # the setting a sweep row shows; empty: derived from the arm (``setting``)
+
+    @property
+    def setting(self) -> str:
+        """What sets the arm apart, for the report: split, fusion, optimiser and any grouping or
+        frame selection, read off its fields and overrides (or the explicit ``note``)."""
+        if self.note:
+            return self.note
+        o = dict(item.split("=", 1) for item in self.overrides)
+        optimiser = o.get("train.optimizer", "adam")
+        if optimiser == "sgd":
+            optimiser += f" (lr {o.get('train.lr', '?')}, momentum {o.get('train.momentum', 0.9)})"
+        extra = [f"groups at {o['balance.group_by']}"] if "balance.group_by" in o else []
+        if o.get("data.frames") == "complete":
+            extra.append("complete frames only (train and test)")
+        return ", ".join([f"{self.split} {self.fusion} {optimiser}", *extra])
 
 
 def main_arms() -> list[Arm]:
@@ -90,10 +105,6 @@ def main_arms() -> list[Arm]:
     out.append(Arm("rgb+lidar", ("rgb", "lidar"), "none"))
     out += [Arm(m, (m,), "none") for m in schema.MODALITIES]
     return out
-
-
-SGD_NOTE = "S1 concat sgd (lr 0.01, momentum 0.9)"
-COMPLETE_NOTE = "S1 concat adam, complete frames only (train and test)"
 
 
 def sweep_arms(alpha_s: float, alpha_i: float, window: int, epochs: int) -> list[Arm]:
@@ -107,20 +118,15 @@ def sweep_arms(alpha_s: float, alpha_i: float, window: int, epochs: int) -> list
     for k in sorted({max(1, round(f * epochs)) for f in (0.1, 0.2, 0.6, 1.0)} - {window}):
         out.append(Arm(f"awc-K{k}", all4, "awc", overrides=(f"balance.window={k}",), group="window",
                        note=f"K={k}"))
-    out += [Arm("all-attention-none", all4, "none", fusion="attention", group="attention", note="S1 attention adam"),
-            Arm("all-attention-awc", all4, "awc", fusion="attention", group="attention", note="S1 attention adam"),
-            Arm("all-none-S2", all4, "none", split="S2", group="s2", note="S2 concat adam"),
-            Arm("all-awc-S2", all4, "awc", split="S2", group="s2", note="S2 concat adam"),
-            Arm("all-none-sgd", all4, "none", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd",
-                note=SGD_NOTE),
-            Arm("all-ogm-ge-sgd", all4, "ogm-ge", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd",
-                note=SGD_NOTE),
-            Arm("all-awc-groups-theta0", all4, "awc", overrides=("balance.group_by=theta0",), group="grouping",
-                note="S1 concat adam, groups at theta0"),
-            Arm("all-none-complete", all4, "none", overrides=("data.frames=complete",), group="frames",
-                note=COMPLETE_NOTE),
-            Arm("all-awc-complete", all4, "awc", overrides=("data.frames=complete",), group="frames",
-                note=COMPLETE_NOTE)]
+    out += [Arm("all-attention-none", all4, "none", fusion="attention", group="attention"),
+            Arm("all-attention-awc", all4, "awc", fusion="attention", group="attention"),
+            Arm("all-none-S2", all4, "none", split="S2", group="s2"),
+            Arm("all-awc-S2", all4, "awc", split="S2", group="s2"),
+            Arm("all-none-sgd", all4, "none", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd"),
+            Arm("all-ogm-ge-sgd", all4, "ogm-ge", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd"),
+            Arm("all-awc-groups-theta0", all4, "awc", overrides=("balance.group_by=theta0",), group="grouping"),
+            Arm("all-none-complete", all4, "none", overrides=("data.frames=complete",), group="frames"),
+            Arm("all-awc-complete", all4, "awc", overrides=("data.frames=complete",), group="frames")]
     return out
 
 

@@ -144,7 +144,7 @@ def sweep_table(found: Runs, arms: list[study.Arm], reference: dict[str, str]) -
     test-frame count shows where an arm is scored on other frames (S2, complete frames)."""
     lines = ["| run | setting | test frames | MPJPE (mm) | PA-MPJPE (mm) |", "|---|---|---|---|---|"]
     rows = [(f"{name} (main, same seed)", setting, found.get(name, [])[:1]) for name, setting in reference.items()]
-    rows += [(arm.name, arm.note or f"{arm.split} {arm.fusion}", found.get(arm.name, [])) for arm in arms]
+    rows += [(arm.name, arm.setting, found.get(arm.name, [])) for arm in arms]
     for name, setting, runs in rows:
         if runs:
             lines.append(f"| {name} | {setting} | {runs[0]['frames']} | {_ms([r['mpjpe'] for r in runs])} | "
@@ -288,7 +288,7 @@ Attention fusion, cross-subject split S2, SGD + momentum (lr 0.01) for OGM-GE, g
 toolbox frame selection (drop frames with an absent modality):
 
 {sweep_table(sweeps, group('attention') + group('s2') + group('sgd') + group('grouping') + group('frames'),
-             {"all-none": "S1 concat adam", "all-awc": "S1 concat adam", "all-ogm-ge": "S1 concat adam"})}
+             {a.name: a.setting for a in study.main_arms() if a.name in ("all-none", "all-awc", "all-ogm-ge")})}
 
 ## Overheads (per-epoch phase timings in log.jsonl, {first})
 
