@@ -42,7 +42,7 @@ class FeatureBuilder:
 
     def __init__(self, rgb_window: int = schema.DEFAULT_RGB_WINDOW, lidar_cap: int = schema.DEFAULT_LIDAR_CAP,
                  mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP,
-                 mmwave_columns: tuple[str, ...] = schema.MMWAVE_COLUMNS):
+                 mmwave_columns: tuple[str, ...] = schema.MMWAVE_COLUMNS, lidar_crop: bool = True):
         if min(rgb_window, lidar_cap, mmwave_cap) < 1:
             raise ValueError(f"rgb_window, lidar_cap and mmwave_cap must be >= 1, got {rgb_window}, "
                              f"{lidar_cap}, {mmwave_cap}")
@@ -51,12 +51,13 @@ class FeatureBuilder:
             raise ValueError(f"model mmwave_columns {list(mmwave_columns)} must be a permutation of the wire's "
                              f"{list(schema.MMWAVE_COLUMNS)}")
         self.rgb_window, self.lidar_cap, self.mmwave_cap = rgb_window, lidar_cap, mmwave_cap
+        self.lidar_crop = bool(lidar_crop)
         self._mmwave_order = [schema.MMWAVE_COLUMNS.index(c) for c in mmwave_columns]
         self._rgb_history: deque[np.ndarray | None] = deque(maxlen=rgb_window)
 
     @classmethod
     def from_metadata(cls, meta) -> FeatureBuilder:
-        return cls(meta.rgb_window, meta.lidar_cap, meta.mmwave_cap, tuple(meta.mmwave_columns))
+        return cls(meta.rgb_window, meta.lidar_cap, meta.mmwave_cap, tuple(meta.mmwave_columns), meta.lidar_crop)
 
     def build(self, tick) -> TickFeatures:
         """tick: TickInputs (``samples``: modality -> SyncedSample | None, ``wifi_packets``)."""
@@ -75,5 +76,5 @@ class FeatureBuilder:
             wifi = tuple(preprocess.resample_packets(p, schema.WIFI_PACKETS) for p in packets)
         inputs = preprocess.frame_inputs(list(self._rgb_history), points["lidar"], points["mmwave"], wifi,
                                          rgb_window=self.rgb_window, lidar_cap=self.lidar_cap,
-                                         mmwave_cap=self.mmwave_cap)
+                                         mmwave_cap=self.mmwave_cap, lidar_crop=self.lidar_crop)
         return TickFeatures({k: v[None] for k, v in inputs.items()}, inputs["presence"].copy())

@@ -84,6 +84,7 @@ class ModelMetadata:
     baseline: ContributionBaseline | None
     baseline_missing_reason: str
     producer: Mapping[str, Any]
+    lidar_crop: bool = True   # LiDAR cropped to the body before the cap (absent = true: older exports)
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:
@@ -116,6 +117,7 @@ class ModelMetadata:
             baseline=baseline,
             baseline_missing_reason=missing,
             producer=reader.json("producer", dict),
+            lidar_crop=reader.flag("lidar_crop", default=True),
         )
         meta.validate(source)
         return meta
@@ -150,7 +152,7 @@ class ModelMetadata:
             "schema_version": self.schema_version, "fusion": self.fusion, "config_hash": self.config_hash,
             "enabled_modalities": list(self.enabled_modalities),
             "modalities": list(self.modalities), "rgb_window": self.rgb_window,
-            "lidar_cap": self.lidar_cap, "mmwave_cap": self.mmwave_cap,
+            "lidar_cap": self.lidar_cap, "lidar_crop": self.lidar_crop, "mmwave_cap": self.mmwave_cap,
             "mmwave_columns": list(self.mmwave_columns),
             "inputs": {k: v.describe() for k, v in self.inputs.items()},
             "outputs": {k: v.describe() for k, v in self.outputs.items()},
@@ -191,6 +193,16 @@ class _PropReader:
             return int(raw)
         except ValueError:
             raise ModelError(f"{self.source}: metadata {schema.META_PREFIX}{key} must be an integer, got {raw!r}") from None
+
+    def flag(self, key: str, default: bool) -> bool:
+        """A "true"/"false" key; ``default`` when the key predates the file (older exports)."""
+        if schema.META_PREFIX + key not in self.props:
+            return default
+        raw = self.text(key)
+        if raw not in ("true", "false"):
+            raise ModelError(f"{self.source}: metadata {schema.META_PREFIX}{key} must be 'true' or 'false', "
+                             f"got {raw[:40]!r}; re-export the model")
+        return raw == "true"
 
     def json(self, key: str, kind: type | None = None) -> Any:
         """The JSON value of ``key``; with ``kind`` (dict or list) it must be of that type."""

@@ -246,7 +246,8 @@ def describe(model: PoseModel) -> str:
         f"fusion           {m.fusion} over {', '.join(m.enabled_modalities)}",
         f"config hash      {m.config_hash}",
         f"producer         {json.dumps(m.producer)}",
-        f"rgb window       {m.rgb_window} frames; point caps lidar {m.lidar_cap}, mmwave {m.mmwave_cap}",
+        f"rgb window       {m.rgb_window} frames; point caps lidar {m.lidar_cap}"
+        f"{'' if m.lidar_crop else ' (raw scan, not cropped)'}, mmwave {m.mmwave_cap}",
         f"mmwave columns   {', '.join(m.mmwave_columns)}",
         "inputs           " + "; ".join(s.describe() for s in m.inputs.values()),
         "outputs          " + "; ".join(s.describe() for s in m.outputs.values()),

@@ -160,10 +160,12 @@ class MMFiDataset:
                  seed: int = 0, rgb_window: int = schema.DEFAULT_RGB_WINDOW,
                  lidar_cap: int = schema.DEFAULT_LIDAR_CAP, mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP,
                  modalities: Sequence[str] = schema.MODALITIES,
-                 mmwave_columns: Sequence[str] = schema.MMWAVE_COLUMNS, missing: str = "absent") -> None:
+                 mmwave_columns: Sequence[str] = schema.MMWAVE_COLUMNS, missing: str = "absent",
+                 lidar_crop: bool = True) -> None:
         self.root = Path(root)
         self.protocol, self.split, self.subset, self.seed = protocol, split, subset, int(seed)
         self.rgb_window, self.lidar_cap, self.mmwave_cap = int(rgb_window), int(lidar_cap), int(mmwave_cap)
+        self.lidar_crop = bool(lidar_crop)
         self.modalities = tuple(modalities)
         self.mmwave_columns = tuple(mmwave_columns)
         self.missing_policy = missing
@@ -257,7 +259,8 @@ class MMFiDataset:
 
     def _inputs(self, rgb_frames, lidar, mmwave, csi) -> dict[str, np.ndarray]:
         return preprocess.frame_inputs(rgb_frames, lidar, mmwave, csi, rgb_window=self.rgb_window,
-                                       lidar_cap=self.lidar_cap, mmwave_cap=self.mmwave_cap)
+                                       lidar_cap=self.lidar_cap, mmwave_cap=self.mmwave_cap,
+                                       lidar_crop=self.lidar_crop)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         key, t = self.locate(index)

@@ -93,14 +93,16 @@ def crop_lidar(points: np.ndarray, crop: LidarCrop = LIDAR_CROP) -> np.ndarray:
     return points[keep]
 
 
-def point_input(modality: str, points: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+def point_input(modality: str, points: np.ndarray, cap: int,
+                lidar_crop: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The model input of a point modality: non-finite rows dropped, LiDAR cropped to the body
-    (``crop_lidar``), then sampled or padded to ``cap`` (``sample_points``). The one rule training
+    (``crop_lidar``; ``lidar_crop=False`` keeps the raw scan, floor and walls, as the official
+    toolbox feeds it), then sampled or padded to ``cap`` (``sample_points``). The one rule training
     and the runtime both use. Returns (float32 [cap, columns], bool mask [cap])."""
     columns = len(schema.MODALITY_SPECS[modality].columns)
     points = np.asarray(points, dtype=np.float32).reshape(-1, columns)
     points = points[np.isfinite(points).all(axis=1)]
-    if modality == "lidar":
+    if modality == "lidar" and lidar_crop:
         points = crop_lidar(points)
     return sample_points(points, cap, columns)
 
@@ -193,16 +195,17 @@ _causal_window = rgb_window   # frame_inputs' keyword ``rgb_window`` shadows the
 
 def frame_inputs(rgb_frames: list[np.ndarray | None], lidar: np.ndarray | None, mmwave: np.ndarray | None,
                  wifi: tuple[np.ndarray, np.ndarray] | None, *, rgb_window: int, lidar_cap: int,
-                 mmwave_cap: int) -> dict[str, np.ndarray]:
+                 mmwave_cap: int, lidar_crop: bool = True) -> dict[str, np.ndarray]:
     """The model inputs of one frame (``schema.MODEL_INPUTS``, shapes ``schema.model_shapes`` without
     the batch axis): THE rule from raw frames to what the model sees, used by the MM-Fi reader
     (training, calibration) and the runtime's ticks alike.
 
     rgb_frames: the last <= ``rgb_window`` keypoint frames [17, 2] px, oldest first, last = now
     (None = absent); lidar [N, 3] m; mmwave [N, 5] in ``schema.MMWAVE_COLUMNS`` order; wifi
-    (amplitude, phase) each [3, 114, 10] as MM-Fi stores a frame. None = absent. A modality is
-    present when its current frame is (for points: at least one finite point, so an empty radar
-    frame is absent); absent inputs are all zero and the presence mask says 0.
+    (amplitude, phase) each [3, 114, 10] as MM-Fi stores a frame. None = absent. ``lidar_crop``:
+    see ``point_input`` (a model records it; the runtime applies what its model was trained with).
+    A modality is present when its current frame is (for points: at least one finite point, so an
+    empty radar frame is absent); absent inputs are all zero and the presence mask says 0.
     """
     shapes = schema.model_shapes(rgb_window, lidar_cap, mmwave_cap, batch=None)
     presence = np.zeros(schema.N_MODALITIES, dtype=np.float32)
@@ -215,7 +218,7 @@ def frame_inputs(rgb_frames: list[np.ndarray | None], lidar: np.ndarray | None, 
     for name, points, cap in (("lidar", lidar, lidar_cap), ("mmwave", mmwave, mmwave_cap)):
         columns = len(schema.MODALITY_SPECS[name].columns)
         pts = np.zeros((0, columns), np.float32) if points is None else points
-        out[name], out[f"{name}_mask"] = point_input(name, pts, cap)
+        out[name], out[f"{name}_mask"] = point_input(name, pts, cap, lidar_crop)
         presence[schema.MODALITY_INDEX[name]] = float(out[f"{name}_mask"].any())
     if wifi is not None:
         out["wifi"] = wifi_input(*wifi)

@@ -92,3 +92,56 @@ def test_training_inputs_and_onnx_runtime_inputs_agree_on_a_raw_scan(onnx_model,
     with torch.no_grad():
         pose_torch = torch_model(*[torch.from_numpy(np.asarray(train[k])[None]) for k in schema.MODEL_INPUTS])
     np.testing.assert_allclose(pose_onnx, pose_torch.numpy(), atol=1e-4)
+
+
+def test_a_raw_scan_model_is_served_on_the_raw_scan(tmp_path):
+    """``model.lidar_crop=false`` (the official toolbox's pipeline: the raw scan, floor and walls,
+    sampled to the cap) is recorded in the export, and the runtime then samples the raw scan exactly
+    as the training reader does; a file from before the key existed reads as cropped."""
+    import onnx
+    from fixtures.export_models import tiny_model
+
+    from runtime.features import FeatureBuilder
+    from runtime.metadata import ModelError, ModelMetadata
+    from runtime.model import PoseModel
+    from runtime.sync import SyncedSample, TickInputs
+    from training.export import export_onnx
+
+    model, cfg = tiny_model()
+    cfg.model.lidar_crop = False
+    path = export_onnx(model, cfg, tmp_path / "raw.onnx", calibration=None, metrics={"mpjpe_mm": 1.0})
+    meta = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
+    assert meta.lidar_crop is False and meta.summary()["lidar_crop"] is False
+    cloud, _ = _scene(2)
+    seq = tmp_path / "E01" / "S01" / "A02"
+    (seq / schema.MMFI_FOLDERS["lidar"]).mkdir(parents=True)
+    cloud.astype("<f8").tofile(mmfi.frame_path(seq, "lidar", 0))
+    train = preprocess.frame_inputs([None], mmfi.read_frame(seq, "lidar", 0), None, None, rgb_window=meta.rgb_window,
+                                    lidar_cap=meta.lidar_cap, mmwave_cap=meta.mmwave_cap, lidar_crop=False)
+    sample = SyncedSample(arrays={"points": cloud.astype("<f4")}, t_ns=0, skew_s=0.0, src="t", seq=0)
+    tick = TickInputs(tick_ns=0, index=0, samples={"lidar": sample}, wifi_packets=schema.WIFI_PACKETS)
+    served = FeatureBuilder.from_metadata(meta).build(tick).inputs
+    np.testing.assert_array_equal(served["lidar"][0], train["lidar"])
+    # Not cropped: the plain sample of the whole scan, floor included.
+    np.testing.assert_array_equal(train["lidar"], preprocess.sample_points(cloud, meta.lidar_cap, 3)[0])
+    floor_z = np.percentile(cloud[:, 2], 5)
+    assert np.mean(np.abs(train["lidar"][:, 2] - floor_z) < 0.03) > 0.1
+    # An export from before the key existed is read as cropped; a bad value is refused by name.
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    del props[schema.META_PREFIX + "lidar_crop"]
+    assert ModelMetadata.from_props(props, source="old").lidar_crop is True
+    props[schema.META_PREFIX + "lidar_crop"] = "maybe"
+    with pytest.raises(ModelError, match="lidar_crop"):
+        ModelMetadata.from_props(props, source="bad")
+
+
+def test_lidar_crop_setting_reaches_the_cache_key_and_old_configs_read_as_cropped():
+    from training import config as config_mod
+    from training.data import _cache_key
+
+    cropped = config_mod.resolve(flags={"data": {"root": "."}})
+    raw = config_mod.resolve(flags={"data": {"root": "."}, "model": {"lidar_crop": False}})
+    assert _cache_key(cropped, "train") != _cache_key(raw, "train")
+    saved = cropped.to_dict()
+    del saved["model"]["lidar_crop"]   # a run recorded before the setting existed
+    assert config_mod.from_dict(saved).model.lidar_crop is True

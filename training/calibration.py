@@ -186,7 +186,7 @@ def _dataset(cfg: Config, root: Path, subset: str) -> MMFiDataset:
     try:
         return MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
                            seed=cfg.data.split_seed, rgb_window=m.rgb_window, lidar_cap=m.lidar_cap,
-                           mmwave_cap=m.mmwave_cap, modalities=schema.MODALITIES)
+                           mmwave_cap=m.mmwave_cap, modalities=schema.MODALITIES, lidar_crop=m.lidar_crop)
     except MMFiFormatError as err:
         raise ExportError(f"cannot read calibration data from {root}: {err}. Point --data at a dataset with "
                           f"{cfg.data.protocol}/{cfg.data.split} {subset} frames, or pass --no-calibration") from err

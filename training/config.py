@@ -44,7 +44,7 @@ VALIDATION_SETS = ("sequences", "test")
 # Keys added after runs had been recorded, with the values that reproduce the behaviour from
 # before they existed: a saved config (a checkpoint's, a run's config.yaml) that lacks one of
 # them was trained with this value, not with today's default.
-LEGACY = {"data": {"validation": "test"}}
+LEGACY = {"data": {"validation": "test"}, "model": {"lidar_crop": True}}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -60,6 +60,10 @@ class ModelConfig:
     dim: int = 64  # feature width of every encoder output [B, dim]
     rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R = the TCN's receptive field
     lidar_cap: int = schema.DEFAULT_LIDAR_CAP
+    # LiDAR cropped to the body before the cap (sensors.preprocess.crop_lidar); false = the raw
+    # scan (floor, walls) sampled to the cap, as the official MM-Fi toolbox feeds it (an ablation
+    # of the pipeline; the exported model records it and the runtime applies it)
+    lidar_crop: bool = True
     mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP
     knn: int = 16  # neighbours per point in the point-transformer layer
     point_layers: int = 1

@@ -213,6 +213,8 @@ def _cache_key(cfg: Config, subset: str) -> str:
          "seed": cfg.data.split_seed, "subset": subset, "window": cfg.model.rgb_window,
          "lidar_cap": cfg.model.lidar_cap, "mmwave_cap": cfg.model.mmwave_cap, "schema": schema.SCHEMA_VERSION,
          "preprocess": hashlib.sha256(Path(preprocess.__file__).read_bytes()).hexdigest()[:16]}
+    if not cfg.model.lidar_crop:   # only when set: the key of a cropped (default) cache stays as it was
+        d["lidar_crop"] = False
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -233,7 +235,7 @@ def _dataset(cfg: Config, subset: str):
                                 f"(E01/S01/A02/...) or generate one with `sensors simulate --preset bench`")
     return MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
                        seed=cfg.data.split_seed, rgb_window=cfg.model.rgb_window, lidar_cap=cfg.model.lidar_cap,
-                       mmwave_cap=cfg.model.mmwave_cap, modalities=schema.MODALITIES)
+                       mmwave_cap=cfg.model.mmwave_cap, modalities=schema.MODALITIES, lidar_crop=cfg.model.lidar_crop)
 
 
 def build_mapped(cfg: Config, subset: str, folder: Path, progress: bool = True, dataset=None) -> Path:

@@ -61,7 +61,8 @@ PREPROCESSING = {
            "(last = now), missing frames edge-padded, each normalised by normalize_keypoints "
            "(u / 640 * 2 - 1, v / 640 * 2 - 480 / 640)",
     "lidar": "sensors.preprocess.point_input('lidar', points, lidar_cap): non-finite rows dropped; "
-             "crop_lidar (floor slab, range box, radius around the median; LIDAR_CROP) keeps the body; "
+             "crop_lidar (floor slab, range box, radius around the median; LIDAR_CROP) keeps the body "
+             "(lidar_crop false: the raw scan is kept); "
              "then sensors.preprocess.sample_points: more than the cap -> evenly spaced rows (np.linspace, order kept); "
              "fewer -> zero padding; lidar_mask True on real points",
     "mmwave": "sensors.preprocess.point_input('mmwave', points, mmwave_cap): sample_points as lidar, no "
@@ -244,6 +245,7 @@ def base_metadata(cfg: Config, dims: ModelDims, metrics: Mapping[str, Any], opse
         "outputs": json.dumps(outputs),
         "rgb_window": str(dims.rgb_window),
         "lidar_cap": str(dims.lidar_cap),
+        "lidar_crop": "true" if cfg.model.lidar_crop else "false",
         "mmwave_cap": str(dims.mmwave_cap),
         "mmwave_columns": json.dumps(list(schema.MMWAVE_COLUMNS)),
         "units": json.dumps(UNITS),

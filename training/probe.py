@@ -99,7 +99,7 @@ def probe_run(path: Path, checkpoint: str, data: str | None, test_frames: int, t
         cfg.data.root = data
     key = (cfg.data.root, cfg.data.protocol, cfg.data.split, cfg.data.split_seed, cfg.data.max_train,
            cfg.data.frames, tuple(cfg.model.modalities), cfg.model.rgb_window, cfg.model.lidar_cap,
-           cfg.model.mmwave_cap)
+           cfg.model.mmwave_cap, cfg.model.lidar_crop)
     if key not in loaded:
         loaded.clear()
         train, test = load_splits(cfg, progress=progress)
