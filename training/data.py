@@ -211,10 +211,9 @@ def _cache_key(cfg: Config, subset: str) -> str:
     d = {"root": str(Path(cfg.data.root).resolve()), "data": _data_fingerprint(Path(cfg.data.root)),
          "protocol": cfg.data.protocol, "split": cfg.data.split,
          "seed": cfg.data.split_seed, "subset": subset, "window": cfg.model.rgb_window,
-         "lidar_cap": cfg.model.lidar_cap, "mmwave_cap": cfg.model.mmwave_cap, "schema": schema.SCHEMA_VERSION,
+         "lidar_cap": cfg.model.lidar_cap, "lidar_crop": cfg.model.lidar_crop, "mmwave_cap": cfg.model.mmwave_cap,
+         "schema": schema.SCHEMA_VERSION,
          "preprocess": hashlib.sha256(Path(preprocess.__file__).read_bytes()).hexdigest()[:16]}
-    if not cfg.model.lidar_crop:   # only when set: the key of a cropped (default) cache stays as it was
-        d["lidar_crop"] = False
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
