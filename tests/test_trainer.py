@@ -174,16 +174,16 @@ def test_study_plan_schedule_and_claims(tmp_path):
     import argparse
     import os
 
-    from training import study
+    from training import study, study_arms
 
     p = argparse.ArgumentParser()
     study.add_arguments(p)
     args = p.parse_args(["--out", str(tmp_path), "--seeds", "0", "1", "2"])
-    sched = study.Schedule(30)
+    sched = study_arms.Schedule(30)
     assert (sched.window, sched.lr_step, sched.ogm_window) == (12, 18, 15)
     jobs = study.planned(args)
     main = [(pr, a.name, s) for pr, a, s in jobs if a.group == "main"]
-    assert len(main) == 2 * 3 * (len(study.METHODS) + 1 + 4)  # P1 + P2, 3 seeds, 12 arms
+    assert len(main) == 2 * 3 * (len(study_arms.METHODS) + 1 + 4)  # P1 + P2, 3 seeds, 12 arms
     sweeps = [(pr, a, s) for pr, a, s in jobs if a.group != "main"]
     assert all(pr == "P1" and s == 0 for pr, _, s in sweeps)
     names = {a.name for _, a, _ in sweeps}

@@ -15,7 +15,7 @@ from training_fakes import fake_arrays, fake_split
 
 from sensors import schema
 from sensors.settings import ConfigError
-from training import config, distributed, study
+from training import config, distributed, study, study_arms
 from training.checkpoint import load_checkpoint, read_checkpoint
 from training.data import (
     Split,
@@ -193,7 +193,7 @@ def test_study_resumes_and_skips_runs_from_before_the_setting(tmp_path, monkeypa
     train, test = recorded_split(8, 20, cfg), fake_split(48, cfg.model, 1)
     cfg.train.epochs = 1
     fit(cfg, train, test, progress=False)                        # interrupted after one epoch ...
-    out = study.run_dir(tmp_path / "study", "P1", arm, 0)
+    out = study_arms.run_dir(tmp_path / "study", "P1", arm, 0)
     ckpt = out / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False)
     del state["config"]["data"]["validation"], state["config"]["data"]["val_fraction"]

@@ -102,13 +102,19 @@ class Balancer:
 
 class Proximal(Balancer):
     """``awc`` (Fisher weights) and ``uniform`` (c_m * I): L_AWC inside the learning window, with
-    the superior/inferior groups from the step scores (Algorithm 1) or from theta0."""
+    the superior/inferior groups from the step scores (Algorithm 1), from theta0, or frozen from the
+    first window epoch's scores (``group_by=first_epoch``: that epoch trains unconstrained).
+
+    Logged per window epoch: ``penalty_grad_ratio``, the norm of L_AWC's gradient over the norm of
+    the task loss's gradient on each group's encoders (mean over the steps), which says what an
+    alpha means on this loss and Fisher estimator."""
 
     def __init__(self, ctx: Context, weighting: str):
         super().__init__(ctx)
         self.weighting = weighting
         self.fisher_idx = torch.from_numpy(evenly_spaced(len(ctx.train), self.bc.fisher_samples))
         self.anchors = self.weights = self.alphas = None
+        self.frozen: list[str] | None = None   # group_by=first_epoch: the groups once measured
 
     def _set_groups(self, phi: np.ndarray) -> None:
         self.groups = balance.kmeans_groups(phi, self.enabled)
@@ -118,8 +124,10 @@ class Proximal(Balancer):
         self.active = epoch < self.bc.window
         self.phi_sum, self.n, self.superior_steps, self.changes = np.zeros(schema.N_MODALITIES), 0, \
             np.zeros(schema.N_MODALITIES), 0
-        if not self.active:
-            self.anchors = None
+        self.grad_sq = {balance.SUPERIOR: np.zeros(2), balance.INFERIOR: np.zeros(2)}   # penalty, task
+        self.ratio_sum, self.ratio_n = defaultdict(float), defaultdict(int)
+        if not self.active or (self.bc.group_by == "first_epoch" and self.frozen is None):
+            self.anchors = None   # outside the window, or the measuring epoch of first_epoch
             return {}
         ctx, t0 = self.ctx, time.perf_counter()
         shard = ctx.shard(self.fisher_idx)
@@ -131,7 +139,10 @@ class Proximal(Balancer):
         self._times["fisher"] += t1 - t0
         v = coalition_values(ctx.gather(coal), ctx.gather(ctx.train.tensors["joints"][shard].to(ctx.device)))
         phi0 = posemath.shapley_values(v)
-        self._set_groups(phi0)
+        if self.frozen is not None:
+            self.groups, self.alphas = self.frozen, balance.group_alphas(self.frozen, self.bc)
+        else:
+            self._set_groups(phi0)
         self._times["shapley"] += time.perf_counter() - t1
         return {"shapley_theta0": _named(phi0), "groups_theta0": dict(zip(schema.MODALITIES, self.groups, strict=True)),
                 "fisher": fisher_summary(fisher, ctx.model)}
@@ -141,6 +152,8 @@ class Proximal(Balancer):
             return
         self.phi_sum += phi
         self.n += 1
+        if self.anchors is None:   # first_epoch's measuring epoch: scores only
+            return
         if self.bc.group_by == "step":
             before = self.groups
             self._set_groups(self.phi_sum / self.n)
@@ -153,12 +166,47 @@ class Proximal(Balancer):
         self.penalty = balance.awc_loss(self.ctx.model, self.anchors, self.weights, self.alphas)
         return task + self.penalty
 
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Accumulate |grad L_AWC|^2 and |grad L_task|^2 per group: the penalty's gradient is
+        alpha F (theta - theta0) in closed form, the task's is what backward left minus it."""
+        if self.anchors is None:
+            return
+        for m, params in self.ctx.model.encoder_parameters().items():
+            group = self.groups[schema.MODALITY_INDEX[m]]
+            if group not in self.grad_sq:
+                continue
+            a = self.alphas[m]
+            for n, p in params:
+                if p.grad is None:
+                    continue
+                name = f"encoders.{m}.{n}"
+                pen = a * self.weights[name] * (p - self.anchors[name])
+                self.grad_sq[group] += [float(pen.pow(2).sum()), float((p.grad - pen).pow(2).sum())]
+        for g, (pen, task) in self.grad_sq.items():
+            if task > 0:
+                self.ratio_sum[g] += float(np.sqrt(pen / task))
+                self.ratio_n[g] += 1
+        self.grad_sq = {g: np.zeros(2) for g in self.grad_sq}
+
     def epoch_end(self) -> dict[str, Any]:
         if not self.active:
             return {}
+        if self.anchors is None:   # first_epoch: freeze this epoch's groups for the rest of the window
+            self.frozen = balance.kmeans_groups(self.phi_sum / max(self.n, 1), self.enabled)
+            self.groups, self.alphas = self.frozen, balance.group_alphas(self.frozen, self.bc)
+            return {"groups": dict(zip(schema.MODALITIES, self.groups, strict=True)), "groups_frozen": True,
+                    "alphas": dict(self.alphas), "constrained": False}
+        ratio = {g: self.ratio_sum[g] / self.ratio_n[g] for g in self.ratio_sum}
         return {"groups": dict(zip(schema.MODALITIES, self.groups, strict=True)),
                 "superior_fraction": _named(self.superior_steps / max(self.n, 1)), "group_changes": self.changes,
-                "alphas": dict(self.alphas)}
+                "alphas": dict(self.alphas), "penalty_grad_ratio": ratio}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen": self.frozen} if self.frozen is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.frozen = state.get("frozen")
 
 
 class OgmGe(Balancer):

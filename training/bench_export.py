@@ -8,6 +8,12 @@ side in one run, interleaved in blocks so machine load hits every variant alike:
                     single-coalition frame)
 * ``ort 16 coal``   the served graph: encoders once, fusion head for all 16 coalitions
 * ``ort 16 runs``   16 separate plain runs, one per coalition mask (what the coalition graph avoids)
+* ``ort 16 coal daz`` the served graph with onnxruntime's ``session.set_denormal_as_zero``: whether
+                    flushing subnormals (as training does, docs/training.md) would speed up serving;
+                    the largest output difference to ``ort 16 coal`` is printed beside it
+
+``--checkpoint RUN/best.pt`` measures a trained model (its own preset and weights) instead of a
+preset's untrained one: subnormal values only appear in trained weights and activations.
 
 Targets (small preset, 2-core CPU): ort pose <= 0.5 x torch eager; ort 16 coal <= 1.5 x ort pose.
 Prints figures; it is not a test.
@@ -45,6 +51,7 @@ class BenchConfig:
     warmup: int = 20
     iters: int = 200
     seed: int = 0
+    checkpoint: str | None = None   # a trained model instead of the presets' untrained ones
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -67,8 +74,10 @@ def frame_inputs(dims: ModelDims, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+def _session(path: Path, threads: int, denormal_as_zero: bool = False) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    if denormal_as_zero:
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -76,17 +85,23 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def variants(preset: str, cfg_bench: BenchConfig, workdir: Path) -> tuple[dict[str, Callable[[], object]], int]:
-    """name -> zero-argument callable that processes one frame; and the model's parameter count."""
+def variants(preset: str, cfg_bench: BenchConfig, workdir: Path) -> tuple[dict[str, Callable[[], object]], int, str]:
+    """name -> zero-argument callable that processes one frame; the model's parameter count and fusion."""
     torch.manual_seed(cfg_bench.seed)
-    cfg = resolve(preset=preset, flags={"model": {"fusion": cfg_bench.fusion}})
-    model = build_model(cfg.model).eval()
+    if cfg_bench.checkpoint:
+        from training.checkpoint import load_checkpoint
+
+        model, cfg, _ = load_checkpoint(cfg_bench.checkpoint)
+    else:
+        cfg = resolve(preset=preset, flags={"model": {"fusion": cfg_bench.fusion}})
+        model = build_model(cfg.model).eval()
     dims = ModelDims.from_config(cfg)
     full = workdir / f"{preset}_coalitions.onnx"
     plain = workdir / f"{preset}_pose.onnx"
     export_onnx(model, cfg, full, calibration=None, no_calibration_reason="latency benchmark")
     export_pose_only(model, dims, plain)
     s_full, s_plain = _session(full, cfg_bench.threads), _session(plain, cfg_bench.threads)
+    s_daz = _session(full, cfg_bench.threads, denormal_as_zero=True)
     feed = frame_inputs(dims, cfg_bench.seed)
     args = to_torch(feed)
     per_coalition = []
@@ -108,7 +123,8 @@ def variants(preset: str, cfg_bench: BenchConfig, workdir: Path) -> tuple[dict[s
         "ort pose": lambda: s_plain.run(["pose"], feed),
         "ort 16 coal": lambda: s_full.run(list(schema.MODEL_OUTPUTS), feed),
         "ort 16 runs": sixteen_runs,
-    }, n_params
+        "ort 16 coal daz": lambda: s_daz.run(list(schema.MODEL_OUTPUTS), feed),
+    }, n_params, cfg.model.fusion
 
 
 def measure(fns: dict[str, Callable[[], object]], warmup: int, iters: int, block: int = 10
@@ -131,10 +147,11 @@ def measure(fns: dict[str, Callable[[], object]], warmup: int, iters: int, block
     return {name: np.asarray(t[:iters]) for name, t in times.items()}
 
 
-def report(preset: str, n_params: int, times: dict[str, np.ndarray], bench: BenchConfig) -> str:
+def report(preset: str, n_params: int, times: dict[str, np.ndarray], bench: BenchConfig, diff: float,
+           fusion: str) -> str:
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     p90 = {k: float(np.percentile(v, 90)) * 1e3 for k, v in times.items()}
-    lines = [f"preset {preset}, fusion {bench.fusion}, {n_params / 1e6:.2f} M parameters, batch 1, "
+    lines = [f"preset {preset}, fusion {fusion}, {n_params / 1e6:.2f} M parameters, batch 1, "
              f"torch and onnxruntime threads {bench.threads}, warm-up {bench.warmup}, {bench.iters} timed calls "
              f"(torch {torch.__version__}, onnxruntime {ort.__version__})",
              "| variant | median ms | p90 ms |", "|---|---:|---:|"]
@@ -142,12 +159,15 @@ def report(preset: str, n_params: int, times: dict[str, np.ndarray], bench: Benc
     r1 = med["ort pose"] / med["torch eager"]
     r2 = med["ort 16 coal"] / med["ort pose"]
     r3 = med["ort 16 runs"] / med["ort pose"]
+    r4 = med["ort 16 coal daz"] / med["ort 16 coal"]
     lines += [
         f"ort pose / torch eager      = {r1:.2f}  (target <= {TARGET_ORT_VS_TORCH}: "
         f"{'met' if r1 <= TARGET_ORT_VS_TORCH else 'NOT met'})",
         f"ort 16 coal / ort pose      = {r2:.2f}  (target <= {TARGET_COALITIONS_VS_PLAIN}: "
         f"{'met' if r2 <= TARGET_COALITIONS_VS_PLAIN else 'NOT met'})",
         f"ort 16 runs / ort pose      = {r3:.2f}",
+        f"ort 16 coal daz / 16 coal   = {r4:.2f}  (denormals as zero; largest output difference "
+        f"{diff:.1e})",
     ]
     return "\n".join(lines)
 
@@ -157,8 +177,12 @@ def bench(cfg: BenchConfig) -> str:
     out = []
     with tempfile.TemporaryDirectory(prefix="awc_bench_") as tmp:
         for preset in cfg.presets:
-            fns, n_params = variants(preset, cfg, Path(tmp))
-            out.append(report(preset, n_params, measure(fns, cfg.warmup, cfg.iters), cfg))
+            fns, n_params, fusion = variants(preset, cfg, Path(tmp))
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(fns["ort 16 coal"](), fns["ort 16 coal daz"](),
+                                                                  strict=True))
+            out.append(report(cfg.checkpoint or preset, n_params, measure(fns, cfg.warmup, cfg.iters), cfg, diff, fusion))
+            if cfg.checkpoint:
+                break   # the checkpoint's own preset: one model
     return "\n\n".join(out)
 
 
@@ -169,10 +193,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--iters", type=int, default=200, help="timed calls per variant (interleaved in blocks of 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", help="measure this trained model (a run's best.pt) instead of --preset")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(presets=tuple(args.preset), fusion=args.fusion, threads=args.threads,
-                      warmup=args.warmup, iters=args.iters, seed=args.seed)
+                      warmup=args.warmup, iters=args.iters, seed=args.seed, checkpoint=args.checkpoint)
     print(bench(cfg))
     return 0

@@ -14,6 +14,7 @@ COMMANDS = {
     "study": ("training.study", "AWC vs plain training and the paper's baselines over seeds, P1 and P2, sweeps; report"),
     "probe": ("training.probe", "linear probe of each modality's encoder in trained models (under-optimised modalities)"),
     "config": ("training.config", "show every config key with its type, default and resolved value"),
+    "bench": ("training.bench_train", "training speed early vs late in a run (from its checkpoint), per phase"),
     "bench-export": ("training.bench_export", "per-frame latency: onnxruntime vs torch, coalitions"),
 }
 

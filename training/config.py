@@ -35,7 +35,7 @@ from sensors.settings import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FUSIONS = ("concat", "mlp", "attention")
 BALANCES = ("none", "awc", "ogm-ge", "g-blending", "agm", "modality-level", "uniform")
-GROUPINGS = ("step", "theta0")
+GROUPINGS = ("step", "theta0", "first_epoch")
 OPTIMIZERS = ("adam", "sgd")
 FRAME_SELECTIONS = ("all", "complete")
 FISHER_MODES = ("per_sample", "per_batch")
@@ -132,7 +132,9 @@ class BalanceConfig:
     alpha_s: float = 20000.0  # weight of the superior group's constraint
     alpha_i: float = 10000.0  # weight of the inferior group's constraint
     group_by: str = "step"  # step: K-Means on the running mean of the mini-batch Shapley scores,
-    #                         refreshed every step (Algorithm 1); theta0: once per epoch at theta0
+    #                         refreshed every step (Algorithm 1); theta0: once per epoch at theta0;
+    #                         first_epoch: the first window epoch trains unconstrained and measures,
+    #                         then its mean scores' groups stay frozen for the rest of the window
     fisher_samples: int = 256  # fixed training subset for the Fisher (evenly spaced indices)
     fisher_mode: str = "per_sample"  # per_sample (torch.func) or per_batch (mini-batch squared grads)
     fisher_chunk: int = 32  # samples per vmap chunk / per mini-batch

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from sensors import schema
-from training import study
+from training import study_arms
 
 Runs = dict[str, list[dict[str, Any]]]  # arm name -> finished runs (metrics + log + seed)
 
 
-def collect(out: Path, protocol: str, arms: list[study.Arm]) -> Runs:
+def collect(out: Path, protocol: str, arms: list[study_arms.Arm]) -> Runs:
     found: Runs = {}
     for arm in arms:
         for path in sorted((out / protocol).glob(f"{arm.name}-s*/metrics.json")):
@@ -45,10 +45,10 @@ def _paper(name: str, protocol: str) -> str:
     return f"{p[0]:.2f} / {p[1]:.2f}" if p[1] is not None else f"{p[0]:.1f} / —"
 
 
-PAPER_P1 = study.PAPER
+PAPER_P1 = study_arms.PAPER
 
 
-def accuracy_table(found: Runs, arms: list[study.Arm], protocol: str) -> str:
+def accuracy_table(found: Runs, arms: list[study_arms.Arm], protocol: str) -> str:
     lines = ["| run | modalities | balance | seeds | MPJPE (mm) | PA-MPJPE (mm) | paper (P1) MPJPE / PA |",
              "|---|---|---|---|---|---|---|"]
     for arm in arms:
@@ -60,7 +60,7 @@ def accuracy_table(found: Runs, arms: list[study.Arm], protocol: str) -> str:
     return "\n".join(lines)
 
 
-def paired_table(found: Runs, methods: tuple[str, ...] = study.METHODS[1:]) -> str:
+def paired_table(found: Runs, methods: tuple[str, ...] = study_arms.METHODS[1:]) -> str:
     """Per seed: method - none (same seed, same data order), MPJPE and PA-MPJPE, mm."""
     base = {r["seed"]: r for r in found.get("all-none", [])}
     lines = ["| method − none | seeds | ΔMPJPE per seed (mm) | ΔMPJPE mean ± sd | ΔPA-MPJPE mean ± sd | "
@@ -125,7 +125,7 @@ def bench_checks(found: Runs) -> str:
     return "\n\n".join(out)
 
 
-def shapley_table(found: Runs, arms: list[study.Arm]) -> str:
+def shapley_table(found: Runs, arms: list[study_arms.Arm]) -> str:
     lines = ["| run | " + " | ".join(schema.MODALITIES) + " | AWC superior share in the window |",
              "|---|" + "---|" * (len(schema.MODALITIES) + 1)]
     for arm in arms:
@@ -139,7 +139,7 @@ def shapley_table(found: Runs, arms: list[study.Arm]) -> str:
     return "\n".join(lines)
 
 
-def sweep_table(found: Runs, arms: list[study.Arm], reference: dict[str, str]) -> str:
+def sweep_table(found: Runs, arms: list[study_arms.Arm], reference: dict[str, str]) -> str:
     """One row per run: the main arms' seed-0 runs named in ``reference`` first, then ``arms``; the
     test-frame count shows where an arm is scored on other frames (S2, complete frames)."""
     lines = ["| run | setting | test frames | MPJPE (mm) | PA-MPJPE (mm) |", "|---|---|---|---|---|"]
@@ -182,6 +182,42 @@ def overheads(found: Runs) -> str:
     return text
 
 
+SLOW_LATE = 1.3   # a run whose late steps take longer than this x its early ones is flagged
+LOOP_PHASES = ("data", "forward", "shapley", "backward")   # the method's own phases (Fisher) excluded
+
+
+def loop_step_seconds(epoch: dict[str, Any]) -> float:
+    """Seconds per training step of one epoch's loop (the same work in every epoch of a run)."""
+    return sum(epoch["time"].get(p, 0.0) for p in LOOP_PHASES) / max(int(epoch.get("steps", 1)), 1)
+
+
+def late_over_early(log: list[dict[str, Any]]) -> float | None:
+    """Median step time of the last fifth of the epochs over that of the first fifth (None: < 5 epochs)."""
+    if len(log) < 5:
+        return None
+    k = max(1, len(log) // 5)
+    early, late = [loop_step_seconds(e) for e in log[:k]], [loop_step_seconds(e) for e in log[-k:]]
+    return float(np.median(late) / np.median(early)) if np.median(early) > 0 else None
+
+
+def speed_check(by_protocol: dict[str, Runs]) -> str:
+    """The runs whose late epochs ran much slower than their early ones (a machine or numerics
+    problem, e.g. subnormal floats; docs/training.md, "Training speed")."""
+    ratios = {f"{p}/{name}-s{r['seed']}": late_over_early(r["log"])
+              for p, found in by_protocol.items() for name, runs in found.items() for r in runs}
+    ratios = {k: v for k, v in ratios.items() if v is not None}
+    if not ratios:
+        return "(no finished run of 5 epochs or more yet)"
+    slow = sorted((k for k, v in ratios.items() if v > SLOW_LATE), key=lambda k: -ratios[k])
+    head = (f"Time per training step (data, forward, Shapley, backward), median of the last fifth of the epochs "
+            f"over the first fifth: {np.median(list(ratios.values())):.2f}x at the median of {len(ratios)} runs, "
+            f"{len(slow)} run{'s' if len(slow) != 1 else ''} above {SLOW_LATE}x")
+    if not slow:
+        return head + "."
+    shown = ", ".join(f"{k} {ratios[k]:.2f}x" for k in slow[:12]) + (" ..." if len(slow) > 12 else "")
+    return head + f" (wall clock: the machine's other load moves it too): {shown}."
+
+
 def shapley_figure(found: dict[str, Runs], path: Path, report: Path) -> str:
     """Figure-4-style: per-modality Shapley score (training steps, mean per epoch) over epochs,
     plain vs AWC, the first seed, one panel per protocol."""
@@ -215,12 +251,12 @@ def shapley_figure(found: dict[str, Runs], path: Path, report: Path) -> str:
 
 def write_report(args: argparse.Namespace, path: Path, figure: Path) -> str:
     out = Path(args.out)
-    arms = study.all_arms(args)
+    arms = study_arms.all_arms(args)
     main = [a for a in arms if a.group == "main"]
     by_protocol = {p: collect(out, p, arms) for p in dict.fromkeys([*args.protocols, args.sweep_protocol])}
-    cfg = study._base_config(args)
-    sched = study.Schedule(args.epochs)
-    notes = path.read_text().split(study.NOTES_MARKER, 1)[1] if path.exists() and study.NOTES_MARKER in \
+    cfg = study_arms.base_config(args)
+    sched = study_arms.Schedule(args.epochs)
+    notes = path.read_text().split(study_arms.NOTES_MARKER, 1)[1] if path.exists() and study_arms.NOTES_MARKER in \
         path.read_text() else ""
     first = args.sweep_protocol
     sweeps = by_protocol[first]
@@ -236,7 +272,7 @@ def write_report(args: argparse.Namespace, path: Path, figure: Path) -> str:
         if checks:
             sections.append(f"What the benchmark must show of real MM-Fi ({p}; the paper's Table 3 is P1):\n\n{checks}")
 
-    def group(g: str) -> list[study.Arm]:
+    def group(g: str) -> list[study_arms.Arm]:
         return [a for a in arms if a.group == g]
 
     a_s, a_i = cfg.balance.alpha_s, cfg.balance.alpha_i
@@ -288,7 +324,7 @@ Attention fusion, cross-subject split S2, SGD + momentum (lr 0.01) for OGM-GE, g
 toolbox frame selection (drop frames with an absent modality):
 
 {sweep_table(sweeps, group('attention') + group('s2') + group('sgd') + group('grouping') + group('frames'),
-             {a.name: a.setting for a in study.main_arms() if a.name in ("all-none", "all-awc", "all-ogm-ge")})}
+             {a.name: a.setting for a in study_arms.main_arms() if a.name in ("all-none", "all-awc", "all-ogm-ge")})}
 
 ## Overheads (per-epoch phase timings in log.jsonl, {first})
 
@@ -296,7 +332,9 @@ toolbox frame selection (drop frames with an absent modality):
 
 Targets: Shapley <= 1 % of training time (concat); an AWC epoch inside the window <= 1.3x a plain epoch.
 
-{study.NOTES_MARKER}{notes}"""
+Late epochs against early ones: {speed_check(by_protocol)}
+
+{study_arms.NOTES_MARKER}{notes}"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text

@@ -172,8 +172,9 @@ class Trainer:
         n_steps = max(1, math.ceil(len(self.train) / cfg.train.batch_size))
         for step, idx in enumerate(tqdm(steps, total=n_steps, desc=f"epoch {epoch}", leave=False,
                                         disable=not self.progress)):
-            t0 = time.perf_counter()
+            t_data = time.perf_counter()
             b = {k: v.to(self.device, non_blocking=True) for k, v in self.train.batch(idx).items()}
+            t0 = time.perf_counter()
             pose, feats = self.step_module(b)
             task = mpjpe_loss(pose, b["joints"])
             t1 = time.perf_counter()
@@ -190,12 +191,14 @@ class Trainer:
             bal.after_backward()
             self.optimizer.step()
             t4 = time.perf_counter()
+            times["data"] += t0 - t_data
             times["forward"] += (t1 - t0) + (t3 - t2)
             times["shapley"] += t2 - t1
             times["backward"] += t4 - t3
             sums["task"] += float(task.detach())
             sums["balance"] += float(loss.detach()) - float(task.detach())
             sums["steps"] += 1
+            sums["frames"] += len(idx)
         self.scheduler.step()
         totals = self._reduce(torch.tensor([sums["task"], sums["balance"], sums["steps"]], dtype=torch.float64,
                                            device=self.device)).cpu()
@@ -211,6 +214,9 @@ class Trainer:
             groups = balance.kmeans_groups(phi_sum / max(n_shapley, 1), cfg.model.modalities)
             rec["groups"] = dict(zip(schema.MODALITIES, groups, strict=True))
         rec["time"] = dict(times)
+        # frames of this rank per second of the whole epoch (Fisher and theta0 scores included): the
+        # figure that shows a slowdown late in a run (study report: "late/early epoch time")
+        rec["frames_per_s"] = sums["frames"] / times["train"] if times["train"] > 0 else 0.0
         return rec
 
     def validate(self, rec: dict[str, Any]) -> None:
@@ -248,7 +254,7 @@ class Trainer:
         result = evaluate_model(self.model, self.test)
         hist = self.history
         total = {k: sum(r["time"].get(k, 0.0) for r in hist) for k in
-                 ("train", "forward", "backward", "shapley", "fisher", "eval")}
+                 ("train", "data", "forward", "backward", "shapley", "fisher", "eval")}
         in_w = [r["time"]["train"] for r in hist if r["in_window"]]
         out_w = [r["time"]["train"] for r in hist if not r["in_window"]]
         result.update(
@@ -296,10 +302,11 @@ class Trainer:
                 self._write_epoch(rec)
                 if tb is not None:
                     plots.tensorboard_epoch(tb, rec)
-                log.info("epoch %d: loss %.4f (balance %+.4f) val (%s) MPJPE %.1f PA %.1f mm, shapley %s, %.1fs",
-                         epoch, rec["loss_task"], rec["loss_balance"], rec["val_set"], rec["val_mpjpe"],
-                         rec["val_pa_mpjpe"],
-                         " ".join(f"{m}={v:.2f}" for m, v in rec["shapley"].items()), rec["time"]["train"])
+                log.info("epoch %d: loss %.4f (balance %+.4f) val (%s) MPJPE %.1f PA %.1f mm, shapley %s, "
+                         "%.1f s (%.0f frames/s, eval %.1f s)", epoch, rec["loss_task"], rec["loss_balance"],
+                         rec["val_set"], rec["val_mpjpe"], rec["val_pa_mpjpe"],
+                         " ".join(f"{m}={v:.2f}" for m, v in rec["shapley"].items()), rec["time"]["train"],
+                         rec["frames_per_s"], rec["time"]["eval"])
             distributed.barrier(self.dist)
         if tb is not None:
             tb.close()
