@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class FairArm(Arm):
     stage: str = "main"
     protocols: tuple[str, ...] = ("P1", "P2")
     seeds: tuple[int, ...] = (0, 1, 2)
-    schedule: StepSchedule = field(default_factory=StepSchedule)
+    schedule: StepSchedule | None = None   # None: the plan's SCHEDULE
 
 
 def _alpha(scale: float, base: config_mod.BalanceConfig) -> tuple[str, ...]:
@@ -197,7 +197,7 @@ def run_config(args: argparse.Namespace, arm: FairArm, protocol: str, seed: int)
 
 def arm_schedule(arm: FairArm) -> StepSchedule:
     o = dict(item.split("=", 1) for item in arm.overrides if item.startswith("schedule."))
-    s = arm.schedule
+    s = arm.schedule or SCHEDULE
     return StepSchedule(int(o.get("schedule.total", s.total)), int(o.get("schedule.window", s.window)),
                         int(o.get("schedule.lr_step", s.lr_step)))
 

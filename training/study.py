@@ -37,6 +37,7 @@ import numpy as np
 
 from sensors import schema
 from sensors.cli_util import add_list_argument, add_set_argument
+from sensors.settings import ConfigError
 from training import fair_plan, study_arms
 from training.study_arms import NOTES_MARKER, Arm
 
@@ -193,8 +194,7 @@ def check_args(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     error = check_args(args)
     if error:
-        log.error("%s", error)
-        return 2
+        raise ConfigError(error)   # the CLI's one-line usage error, exit code 2
     if args.decide:
         return decide(args)
     args.report = args.report or str(Path(args.out) / "results.md")
