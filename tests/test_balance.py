@@ -8,7 +8,7 @@ import torch
 from training_fakes import fake_split
 
 from sensors import posemath, schema
-from training import balance, config
+from training import balance_math, config
 from training.fisher import diagonal_fisher, encoder_names, fisher_and_coalitions
 from training.losses import mpjpe_loss
 from training.model import build_model
@@ -164,14 +164,14 @@ def test_awc_loss_zero_at_anchor_and_pulls_back_with_group_weight():
     weights = {n: torch.rand_like(p) + 0.5 for n, p in model.named_parameters() if n.startswith("encoders.")}
     anchors = {n: p.detach().clone() for n, p in model.named_parameters() if n in weights}
     alphas = {"rgb": 20.0, "lidar": 0.0, "mmwave": 0.0, "wifi": 10.0}
-    assert float(balance.awc_loss(model, anchors, weights, alphas).detach()) == 0.0
+    assert float(balance_math.awc_loss(model, anchors, weights, alphas).detach()) == 0.0
     deltas = {}
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n in weights:
                 deltas[n] = torch.randn_like(p) * 0.1
                 p.add_(deltas[n])
-    loss = balance.awc_loss(model, anchors, weights, alphas)
+    loss = balance_math.awc_loss(model, anchors, weights, alphas)
     expected = sum(alphas[n.split(".")[1]] * (weights[n] * deltas[n].pow(2)).sum() / 2 for n in weights)
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
     loss.backward()
@@ -184,19 +184,19 @@ def test_awc_loss_zero_at_anchor_and_pulls_back_with_group_weight():
 
 
 def test_kmeans_groups():
-    assert balance.kmeans_groups(np.array([30.0, 28.0, 5.0, 3.0])) == ["S", "S", "I", "I"]
-    assert balance.kmeans_groups(np.array([2.0, 30.0, 1.0, 3.0])) == ["I", "S", "I", "I"]
-    assert balance.kmeans_groups(np.array([4.0, 4.0, 4.0, 4.0])) == ["S", "S", "S", "S"]
-    assert balance.kmeans_groups(np.array([9.0, 1.0, 0.0, 0.0]), ("rgb", "lidar")) == ["S", "I", "-", "-"]
-    assert balance.kmeans_groups(np.array([9.0, 0.0, 0.0, 0.0]), ("rgb",)) == ["S", "-", "-", "-"]
-    cfg = config.BalanceConfig(alpha_s=7.0, alpha_i=3.0)
-    assert balance.group_alphas(["S", "I", "-", "S"], cfg) == {"rgb": 7.0, "lidar": 3.0, "mmwave": 0.0, "wifi": 7.0}
+    assert balance_math.kmeans_groups(np.array([30.0, 28.0, 5.0, 3.0])) == ["S", "S", "I", "I"]
+    assert balance_math.kmeans_groups(np.array([2.0, 30.0, 1.0, 3.0])) == ["I", "S", "I", "I"]
+    assert balance_math.kmeans_groups(np.array([4.0, 4.0, 4.0, 4.0])) == ["S", "S", "S", "S"]
+    assert balance_math.kmeans_groups(np.array([9.0, 1.0, 0.0, 0.0]), ("rgb", "lidar")) == ["S", "I", "-", "-"]
+    assert balance_math.kmeans_groups(np.array([9.0, 0.0, 0.0, 0.0]), ("rgb",)) == ["S", "-", "-", "-"]
+    cfg = config.BalanceConfig(awc=config.AwcConfig(alpha_s=7.0, alpha_i=3.0))
+    assert balance_math.group_alphas(["S", "I", "-", "S"], cfg) == {"rgb": 7.0, "lidar": 3.0, "mmwave": 0.0, "wifi": 7.0}
 
 
 def test_uniform_weights_are_mean_fisher_per_encoder():
     model, data = _tiny_model_and_data()
     fisher = diagonal_fisher(model, data, torch.arange(6), chunk=6)
-    uni = balance.uniform_weights(fisher, model)
+    uni = balance_math.uniform_weights(fisher, model)
     for names in encoder_names(model).values():
         mean = torch.cat([fisher[n].reshape(-1) for n in names]).mean()
         for n in names:
@@ -204,10 +204,10 @@ def test_uniform_weights_are_mean_fisher_per_encoder():
 
 
 def test_ogm_coefficients_slow_down_only_the_dominant_modality():
-    k = balance.ogm_coefficients(np.array([40.0, 10.0, 10.0, 10.0]), schema.MODALITIES, alpha=0.5)
+    k = balance_math.ogm_coefficients(np.array([40.0, 10.0, 10.0, 10.0]), schema.MODALITIES, alpha=0.5)
     assert k[0] == pytest.approx(1 - np.tanh(0.5 * 3.0))
     np.testing.assert_allclose(k[1:], 1.0)
-    np.testing.assert_allclose(balance.ogm_coefficients(np.array([40.0, 1, 1, 1]), ("rgb",), 0.5), 1.0)
+    np.testing.assert_allclose(balance_math.ogm_coefficients(np.array([40.0, 1, 1, 1]), ("rgb",), 0.5), 1.0)
 
 
 def test_modulate_gradients_scales_and_adds_noise_identically_for_one_seed():
@@ -215,7 +215,7 @@ def test_modulate_gradients_scales_and_adds_noise_identically_for_one_seed():
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     coeffs = np.array([0.25, 1.0, 1.0, 1.0])
-    balance.modulate_gradients(model, coeffs, noise=False, generator=torch.Generator().manual_seed(0))
+    balance_math.modulate_gradients(model, coeffs, noise=False, generator=torch.Generator().manual_seed(0))
     assert torch.all(model.encoders["rgb"].expand.weight.grad == 0.25)
     assert torch.all(model.encoders["wifi"].out[0].weight.grad == 1.0)
     assert torch.all(model.head[0].weight.grad == 1.0)  # the head is not modulated
@@ -225,7 +225,7 @@ def test_modulate_gradients_scales_and_adds_noise_identically_for_one_seed():
             p.grad = torch.randn_like(p) if p.grad is None else p.grad.clone()
         w = model.encoders["rgb"].expand.weight
         w.grad = torch.ones_like(w)
-        balance.modulate_gradients(model, coeffs, noise=True, generator=torch.Generator().manual_seed(3))
+        balance_math.modulate_gradients(model, coeffs, noise=True, generator=torch.Generator().manual_seed(3))
         grads.append(w.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
     assert not torch.all(grads[0] == 0.25)

@@ -47,7 +47,7 @@ def _fit_single_and_torchrun(data: Path, tmp_path: Path, extra: list[str]) -> tu
 
 def test_torchrun_two_processes_match_single_process(tiny_dataset, tmp_path):
     single, ddp = _fit_single_and_torchrun(tiny_dataset, tmp_path, [
-        "--set", "balance.group_by=theta0",
+        "--set", "balance.awc.group_by=theta0",
         # every training frame: 256 = 8 batches of 32 split evenly over 2 ranks (held-out
         # recordings would leave 213 frames and an odd last batch, i.e. unequal shards)
         "--set", "data.validation=test"])

@@ -12,7 +12,7 @@ import torch
 from training_fakes import fake_split
 
 from sensors import schema
-from training import balancers, config, fair_plan, study
+from training import balance_methods, config, fair_plan, study
 from training.cli import main
 from training.losses import mpjpe_loss
 from training.model import build_model
@@ -61,14 +61,14 @@ def test_stages_open_as_their_decisions_are_written(tmp_path):
     alpha = fair_plan.jobs(_args(tmp_path, "--stage", "alpha"))
     assert {a.name for _, a, _ in alpha} == {"awc-x0.1", "awc-x0.01", "awc-x0.001", "awc-per-batch"}
     x = fair_plan.run_config(_args(tmp_path), next(a for _, a, _ in alpha if a.name == "awc-x0.001"), "P1", 0)
-    assert (x.balance.alpha_s, x.balance.alpha_i) == (20.0, 10.0)
+    assert (x.balance.awc.alpha_s, x.balance.awc.alpha_i) == (20.0, 10.0)
     (tmp_path / "choice.json").write_text(json.dumps({"alpha_scale": 0.01, "window": 1800}))
     every = fair_plan.jobs(_args(tmp_path, "--stage", "all"))
     arms = {a.name: a for _, a, _ in every}
     assert {"awc-best-w900", "all-awc-frozen", "all-uniform", "all-awc-val-S2", "all-awc-late-lr"} <= set(arms)
     assert len({(p, a.name, s) for p, a, s in every}) == len(every)   # a run shared by two stages: once
     frozen = fair_plan.run_config(_args(tmp_path), arms["all-awc-frozen"], "P1", 0)
-    assert (frozen.balance.group_by, frozen.balance.alpha_i, frozen.balance.alpha_s) == ("first_epoch", 0.0, 200.0)
+    assert (frozen.balance.awc.group_by, frozen.balance.awc.alpha_i, frozen.balance.awc.alpha_s) == ("first_epoch", 0.0, 200.0)
     assert fair_plan.arm_schedule(arms["all-awc-frozen"]).window == 1800
     assert fair_plan.arm_schedule(arms["all-awc-late-lr"]) == fair_plan.LATE_LR
     assert fair_plan.run_config(_args(tmp_path), arms["all-awc-val-S2"], "P1", 2).data.split == "S2"
@@ -129,13 +129,13 @@ def _step(model, bal, batch, phi):
 
 
 def test_frozen_groups_variant_measures_then_constrains_the_early_leader():
-    cfg = config.resolve("tiny", flags={"balance": {"method": "awc", "window": 3, "group_by": "first_epoch",
-                                                    "alpha_i": 0.0}})
+    cfg = config.resolve("tiny", flags={"balance": {"method": "awc", "window": 3,
+                                                    "awc": {"group_by": "first_epoch", "alpha_i": 0.0}}})
     torch.manual_seed(0)
     model = build_model(cfg.model)
     train = fake_split(64, cfg.model)
     model.set_mean_pose(train.tensors["joints"].mean(dim=0))
-    bal = balancers.make(balancers.Context(model, cfg, train, torch.device("cpu")))
+    bal = balance_methods.make(balance_methods.Context(model, cfg, train, torch.device("cpu")))
     b = train.batch(torch.arange(16))
     assert bal.epoch_start(0) == {} and bal.active                   # measuring epoch: no Fisher
     assert _step(model, bal, b, np.array([9.0, 2.0, 1.0, 0.5])) == 0.0   # unconstrained
@@ -146,11 +146,11 @@ def test_frozen_groups_variant_measures_then_constrains_the_early_leader():
     _step(model, bal, b, np.zeros(4))
     penalty = _step(model, bal, b, np.array([0.0, 30.0, 0.0, 0.0]))   # LiDAR leads now: groups stay
     assert penalty > 0 and bal.groups == ["S", "I", "I", "I"]
-    assert bal.alphas == {"rgb": cfg.balance.alpha_s, "lidar": 0.0, "mmwave": 0.0, "wifi": 0.0}
+    assert bal.alphas == {"rgb": cfg.balance.awc.alpha_s, "lidar": 0.0, "mmwave": 0.0, "wifi": 0.0}
     ratio = bal.epoch_end()["penalty_grad_ratio"]
     assert ratio["S"] > 0 and ratio["I"] == 0.0                       # alpha_I = 0: no pull on the others
     # a resumed run keeps the frozen groups
-    again = balancers.make(balancers.Context(model, cfg, train, torch.device("cpu")))
+    again = balance_methods.make(balance_methods.Context(model, cfg, train, torch.device("cpu")))
     again.load_state_dict(bal.state_dict())
     again.epoch_start(2)
     assert again.groups == ["S", "I", "I", "I"] and again.anchors is not None
@@ -162,7 +162,7 @@ def test_penalty_gradient_ratio_matches_autograd():
     model = build_model(cfg.model)
     train = fake_split(64, cfg.model)
     model.set_mean_pose(train.tensors["joints"].mean(dim=0))
-    bal = balancers.make(balancers.Context(model, cfg, train, torch.device("cpu")))
+    bal = balance_methods.make(balance_methods.Context(model, cfg, train, torch.device("cpu")))
     bal.epoch_start(0)
     b = train.batch(torch.arange(16))
     _step(model, bal, b, np.array([9.0, 2.0, 1.0, 0.5]))   # theta moves away from theta0

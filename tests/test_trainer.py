@@ -128,8 +128,8 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def test_config_validation_and_overrides(tmp_path):
-    cfg = config.resolve("small", overrides=["train.lr=3e-4", "model.modalities=[rgb,wifi]", "balance.alpha_s=5"])
-    assert cfg.train.lr == 3e-4 and cfg.model.modalities == ("rgb", "wifi") and cfg.balance.alpha_s == 5.0
+    cfg = config.resolve("small", overrides=["train.lr=3e-4", "model.modalities=[rgb,wifi]", "balance.awc.alpha_s=5"])
+    assert cfg.train.lr == 3e-4 and cfg.model.modalities == ("rgb", "wifi") and cfg.balance.awc.alpha_s == 5.0
     assert config.config_hash(cfg) == config.config_hash(config.from_dict(cfg.to_dict()))
     cfg.out = "elsewhere"
     assert config.config_hash(cfg) == config.config_hash(config.from_dict(cfg.to_dict()))
@@ -142,7 +142,7 @@ def test_config_validation_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="subset of"):
         config.resolve(flags={"model": {"modalities": ["rgb", "radar"]}})
     paper = config.resolve("paper")
-    assert (paper.balance.alpha_s, paper.balance.alpha_i, paper.balance.window) == (20000.0, 10000.0, 20)
+    assert (paper.balance.awc.alpha_s, paper.balance.awc.alpha_i, paper.balance.window) == (20000.0, 10000.0, 20)
     assert (paper.train.epochs, paper.train.batch_size, paper.train.lr_step) == (50, 192, 30)
 
 

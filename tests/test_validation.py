@@ -174,7 +174,7 @@ def test_study_runs_train_on_the_same_frames_as_before(tmp_path):
         trainer = _trainer(cfg, train, test)
         # before held-out validation: every training frame (minus G-Blending's own held-out
         # recordings) was trained on and the evenly spaced test frames validated
-        before = holdout_sequences(train, cfg.balance.gb_holdout)[1] if name == "all-g-blending" else np.arange(160)
+        before = holdout_sequences(train, cfg.balance.g_blending.holdout)[1] if name == "all-g-blending" else np.arange(160)
         assert torch.equal(trainer.train.tensors["joints"], train.tensors["joints"][before])
         assert np.array_equal(trainer.train.meta["subject"], train.meta["subject"][before])
         assert torch.equal(trainer.val.tensors["joints"],

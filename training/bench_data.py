@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch:
         cfg.train.batch_size = args.batch
     if args.fisher_samples:
-        cfg.balance.fisher_samples = args.fisher_samples
-        cfg.balance.fisher_chunk = min(cfg.balance.fisher_chunk, args.fisher_samples)
+        cfg.balance.awc.fisher_samples = args.fisher_samples
+        cfg.balance.awc.fisher_chunk = min(cfg.balance.awc.fisher_chunk, args.fisher_samples)
     if args.fisher_chunk:
-        cfg.balance.fisher_chunk = args.fisher_chunk
+        cfg.balance.awc.fisher_chunk = args.fisher_chunk
     steps = args.steps
     cfg.data.max_train = steps * cfg.train.batch_size
     cfg.data.max_val = 64
@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     step_s = (times.get("train", wall) - fisher) / steps
     steps_per_epoch = math.ceil(report["build"]["frames"] / cfg.train.batch_size)
     report.update(steps_measured=steps, step_s=step_s, fisher_s=fisher, times=times, train_batch=cfg.train.batch_size,
-                  fisher_samples=cfg.balance.fisher_samples, steps_per_epoch=steps_per_epoch,
+                  fisher_samples=cfg.balance.awc.fisher_samples, steps_per_epoch=steps_per_epoch,
                   epoch_s_extrapolated=steps_per_epoch * step_s + fisher, rss_peak_mb=rss_peak_mb(),
                   anon_end_mb=rss_now_mb("RssAnon"))
     print(f"{args.preset} on {args.device} ({args.threads} threads), batch {cfg.train.batch_size}: {step_s:.2f} s/step "
-          f"over {steps} steps, Fisher pass over {cfg.balance.fisher_samples} samples {fisher:.1f} s; "
+          f"over {steps} steps, Fisher pass over {cfg.balance.awc.fisher_samples} samples {fisher:.1f} s; "
           f"{steps_per_epoch} steps/epoch -> ~{report['epoch_s_extrapolated'] / 3600:.2f} h per epoch (extrapolated); "
           f"peak RSS {report['rss_peak_mb']:.0f} MB (mapped file pages included), process memory at the end "
           f"{report['anon_end_mb']:.0f} MB", flush=True)

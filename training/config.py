@@ -34,7 +34,11 @@ from sensors.settings import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FUSIONS = ("concat", "mlp", "attention")
-BALANCES = ("none", "awc", "ogm-ge", "g-blending", "agm", "modality-level", "uniform")
+# The balancing methods, in the study's order, and the config section each one reads (None: only
+# the shared keys). training.balance_methods.METHODS maps the same names to their training hooks.
+METHOD_SECTIONS = {"none": None, "awc": "awc", "ogm-ge": "ogm_ge", "g-blending": "g_blending", "agm": "agm",
+                   "modality-level": "modality_level", "uniform": "awc"}
+BALANCES = tuple(METHOD_SECTIONS)
 GROUPINGS = ("step", "theta0", "first_epoch")
 OPTIMIZERS = ("adam", "sgd")
 FRAME_SELECTIONS = ("all", "complete")
@@ -45,6 +49,14 @@ VALIDATION_SETS = ("sequences", "test")
 # before they existed: a saved config (a checkpoint's, a run's config.yaml) that lacks one of
 # them was trained with this value, not with today's default.
 LEGACY = {"data": {"validation": "test"}, "model": {"lidar_crop": True}}
+# balance keys of the flat layout before the per-method sections -> where they live now (configs
+# and checkpoints written then, and YAML files or --set items that still use them, read as moved)
+MOVED = {"alpha_s": ("awc.alpha_s",), "alpha_i": ("awc.alpha_i",), "group_by": ("awc.group_by",),
+         "fisher_samples": ("awc.fisher_samples", "modality_level.samples"),
+         "fisher_mode": ("awc.fisher_mode",), "fisher_chunk": ("awc.fisher_chunk",),
+         "ogm_alpha": ("ogm_ge.alpha",), "ogm_noise": ("ogm_ge.noise",), "ogm_window": ("ogm_ge.window",),
+         "agm_alpha": ("agm.alpha",), "agm_momentum": ("agm.momentum",), "gb_holdout": ("g_blending.holdout",),
+         "gb_super_epoch": ("g_blending.super_epoch",), "rs_gamma": ("modality_level.gamma",)}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -122,11 +134,9 @@ class DataConfig:
 
 
 @dataclass
-class BalanceConfig:
-    """Modality balancing: AWC (DESIGN §4), its baselines and ablations (docs/training.md)."""
+class AwcConfig:
+    """``awc`` and its ``uniform`` ablation: the Fisher-weighted (or uniform) proximal term."""
 
-    method: str = "none"
-    window: int = 20  # learning window K: AWC / uniform / modality-level act in epochs 0..K-1
     # alpha multiplies sum_i F_ii (theta_i - theta0_i)^2 / 2 with F the Fisher of L_MPJPE in metres:
     # the penalty is in metres, like the task loss (docs/training.md: what 20k means here)
     alpha_s: float = 20000.0  # weight of the superior group's constraint
@@ -138,30 +148,83 @@ class BalanceConfig:
     fisher_samples: int = 256  # fixed training subset for the Fisher (evenly spaced indices)
     fisher_mode: str = "per_sample"  # per_sample (torch.func) or per_batch (mini-batch squared grads)
     fisher_chunk: int = 32  # samples per vmap chunk / per mini-batch
+
+    def validate(self) -> None:
+        _check(self.fisher_mode in FISHER_MODES,
+               f"balance.awc.fisher_mode must be one of {FISHER_MODES}, got {self.fisher_mode!r}")
+        _check(self.group_by in GROUPINGS, f"balance.awc.group_by must be one of {GROUPINGS}, got {self.group_by!r}")
+        _check(self.alpha_s >= 0 and self.alpha_i >= 0, "balance.awc.alpha_s and alpha_i must be >= 0")
+        _check(self.fisher_samples >= 1 and self.fisher_chunk >= 1,
+               "balance.awc.fisher_samples and fisher_chunk must be >= 1")
+
+
+@dataclass
+class OgmGeConfig:
+    """OGM-GE (Peng et al., CVPR 2022) adapted to regression."""
+
+    alpha: float = 0.5  # modulation strength
+    noise: bool = True  # the Gaussian gradient noise (the GE part)
+    window: int = -1  # modulates in epochs 0..window-1 (-1 = every epoch)
+
+    def validate(self) -> None:
+        _check(self.alpha >= 0 and self.window >= -1, "balance.ogm_ge.alpha must be >= 0 and window >= -1")
+
+
+@dataclass
+class AgmConfig:
+    """AGM (Li et al., ICCV 2023)."""
+
+    alpha: float = 1.0  # strength per relative deviation of a modality's Shapley score
+    momentum: float = 0.9  # running average of the step scores
+
+    def validate(self) -> None:
+        _check(self.alpha >= 0 and 0.0 <= self.momentum < 1.0,
+               "balance.agm.alpha must be >= 0 and momentum in [0, 1)")
+
+
+@dataclass
+class GBlendingConfig:
+    """G-Blending (Wang et al., CVPR 2020), online."""
+
+    holdout: int = 256  # training frames held out to measure generalisation / overfitting
+    super_epoch: int = 3  # epochs between weight re-estimations
+
+    def validate(self) -> None:
+        _check(self.holdout >= 2 and self.super_epoch >= 1,
+               f"balance.g_blending.holdout must be >= 2 and super_epoch >= 1, got {self.holdout}, {self.super_epoch}")
+
+
+@dataclass
+class ModalityLevelConfig:
+    """Modality-level resampling (Wei et al., CVPR 2024)."""
+
+    gamma: float = 1.0  # fraction re-fed = gamma * relative contribution gap
+    samples: int = 256  # training frames whose modality-level Shapley scores pick the modality
+
+    def validate(self) -> None:
+        _check(self.gamma >= 0 and self.samples >= 1, "balance.modality_level.gamma must be >= 0 and samples >= 1")
+
+
+@dataclass
+class BalanceConfig:
+    """Modality balancing: ``method`` and the settings every method shares, then one section per
+    method (``METHOD_SECTIONS``): AWC (docs/training.md), its baselines and ablations."""
+
+    method: str = "none"
+    window: int = 20  # learning window K: AWC / uniform / modality-level act in epochs 0..K-1
     shapley_every: int = 1  # compute the training Shapley scores every N steps
-    ogm_alpha: float = 0.5  # OGM-GE modulation strength
-    ogm_noise: bool = True  # OGM-GE's Gaussian gradient noise (the GE part)
-    ogm_window: int = -1  # OGM-GE modulates in epochs 0..ogm_window-1 (-1 = every epoch)
-    agm_alpha: float = 1.0  # AGM strength (per relative deviation of a modality's Shapley score)
-    agm_momentum: float = 0.9  # AGM running average of the step scores
-    gb_holdout: int = 256  # G-Blending: training frames held out to measure generalisation/overfitting
-    gb_super_epoch: int = 3  # G-Blending: epochs between weight re-estimations (its "super-epoch")
-    rs_gamma: float = 1.0  # modality-level resampling: fraction re-fed = gamma * relative contribution gap
+    awc: AwcConfig = field(default_factory=AwcConfig)
+    ogm_ge: OgmGeConfig = field(default_factory=OgmGeConfig)
+    agm: AgmConfig = field(default_factory=AgmConfig)
+    g_blending: GBlendingConfig = field(default_factory=GBlendingConfig)
+    modality_level: ModalityLevelConfig = field(default_factory=ModalityLevelConfig)
 
     def validate(self) -> None:
         _check(self.method in BALANCES, f"balance.method must be one of {BALANCES}, got {self.method!r}")
-        _check(self.fisher_mode in FISHER_MODES,
-               f"balance.fisher_mode must be one of {FISHER_MODES}, got {self.fisher_mode!r}")
         _check(self.window >= 0, f"balance.window must be >= 0, got {self.window}")
-        _check(self.group_by in GROUPINGS, f"balance.group_by must be one of {GROUPINGS}, got {self.group_by!r}")
-        _check(self.ogm_window >= -1, f"balance.ogm_window must be >= -1, got {self.ogm_window}")
-        _check(0.0 <= self.agm_momentum < 1.0 and self.agm_alpha >= 0 and self.ogm_alpha >= 0 and self.rs_gamma >= 0,
-               "balance.agm_momentum must be in [0, 1); agm_alpha, ogm_alpha, rs_gamma >= 0")
-        _check(self.gb_holdout >= 2 and self.gb_super_epoch >= 1,
-               f"balance.gb_holdout must be >= 2 and gb_super_epoch >= 1, got {self.gb_holdout}, {self.gb_super_epoch}")
-        _check(self.alpha_s >= 0 and self.alpha_i >= 0, "balance.alpha_s and balance.alpha_i must be >= 0")
-        _check(self.fisher_samples >= 1 and self.fisher_chunk >= 1 and self.shapley_every >= 1,
-               "balance.fisher_samples, fisher_chunk and shapley_every must be >= 1")
+        _check(self.shapley_every >= 1, f"balance.shapley_every must be >= 1, got {self.shapley_every}")
+        for section in (self.awc, self.ogm_ge, self.agm, self.g_blending, self.modality_level):
+            section.validate()
 
 
 @dataclass
@@ -235,24 +298,39 @@ def resolve(preset: str | None = None, config_file: str | None = None, flags: di
     """Defaults <- preset <- YAML file <- flags (nested dict) <- environment <- ``section.key=value``."""
     data: dict[str, Any] = {}
     if preset:
-        settings.deep_merge(data, settings.read_yaml(preset_path(preset), "preset"))
+        settings.deep_merge(data, move_balance_keys(settings.read_yaml(preset_path(preset), "preset")))
     if config_file:
-        settings.deep_merge(data, settings.read_yaml(config_file, "training config"))
-    settings.deep_merge(data, flags or {})
-    settings.apply_env(data, ENV_PREFIX, environ)
-    settings.apply_overrides(data, overrides)
+        settings.deep_merge(data, move_balance_keys(settings.read_yaml(config_file, "training config")))
+    settings.deep_merge(data, move_balance_keys(flags or {}))
+    move_balance_keys(settings.apply_env(data, ENV_PREFIX, environ))   # each layer moved before the next
+    move_balance_keys(settings.apply_overrides(data, overrides))
     where = ", ".join(x for x in (f"preset {preset}" if preset else "", config_file or "") if x) or "defaults"
     return settings.build(Config, data, source=f"{where}, flags, {ENV_PREFIX}* environment or --set")
 
 
+def move_balance_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Balance keys of the flat layout (``MOVED``) moved into their method's section, in place."""
+    bal = data.get("balance")
+    if isinstance(bal, dict):
+        for old, targets in MOVED.items():
+            if old in bal:
+                value = bal.pop(old)
+                for target in targets:
+                    section, key = target.split(".")
+                    bal.setdefault(section, {})[key] = value
+    return data
+
+
 def upgrade(values: dict[str, Any]) -> dict[str, Any]:
-    """A saved config with the ``LEGACY`` value of every key it predates (a copy)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    """A saved config with the ``LEGACY`` value of every key it predates and its balance keys in
+    today's sections (a copy)."""
+    out = {k: {**v, **({s: dict(x) for s, x in v.items() if isinstance(x, dict)})} if isinstance(v, dict) else v
+           for k, v in values.items()}
     for section, keys in LEGACY.items():
         if isinstance(out.get(section), dict):
             for key, value in keys.items():
                 out[section].setdefault(key, value)
-    return out
+    return move_balance_keys(out)
 
 
 def from_dict(values: dict[str, Any]) -> Config:

@@ -86,7 +86,7 @@ class FairArm(Arm):
 
 
 def _alpha(scale: float, base: config_mod.BalanceConfig) -> tuple[str, ...]:
-    return (f"balance.alpha_s={scale * base.alpha_s:g}", f"balance.alpha_i={scale * base.alpha_i:g}")
+    return (f"balance.awc.alpha_s={scale * base.awc.alpha_s:g}", f"balance.awc.alpha_i={scale * base.awc.alpha_i:g}")
 
 
 def _window(steps: int) -> tuple[str, ...]:
@@ -106,7 +106,7 @@ def alpha_arms(base: config_mod.BalanceConfig, choice: dict[str, Any] | None) ->
     arms = [FairArm(f"awc-x{s:g}", all4, "awc", overrides=_alpha(s, base), note=f"alpha x{s:g}", **one)
             for s in ALPHA_SCALES[1:]]
     arms.append(FairArm("awc-per-batch", all4, "awc", note="per-batch Fisher (chunk = batch), alpha x1",
-                        overrides=("balance.fisher_mode=per_batch", "balance.fisher_chunk=64"), **one))
+                        overrides=("balance.awc.fisher_mode=per_batch", "balance.awc.fisher_chunk=64"), **one))
     if choice and "alpha_scale" in choice:
         s = choice["alpha_scale"]
         arms += [FairArm(f"awc-best-w{w}", all4, "awc", overrides=_alpha(s, base) + _window(w),
@@ -122,8 +122,8 @@ def main_arms(base: config_mod.BalanceConfig, choice: dict[str, Any] | None, cap
             FairArm("mmwave", ("mmwave",), "none"), FairArm("wifi", ("wifi",), "none")]
     if choice and "window" in choice:
         val = _alpha(choice["alpha_scale"], base) + _window(choice["window"])
-        frozen = (f"balance.alpha_s={choice['alpha_scale'] * base.alpha_s:g}", "balance.alpha_i=0",
-                  "balance.group_by=first_epoch", *_window(choice["window"]))
+        frozen = (f"balance.awc.alpha_s={choice['alpha_scale'] * base.awc.alpha_s:g}", "balance.awc.alpha_i=0",
+                  "balance.awc.group_by=first_epoch", *_window(choice["window"]))
         arms += [FairArm("all-awc-val", all4, "awc", overrides=val, note="validated alpha and window"),
                  FairArm("all-awc-frozen", all4, "awc", overrides=frozen, note="groups of epoch 0 frozen, alpha_I 0"),
                  FairArm("all-uniform", all4, "uniform", overrides=val, note="validated alpha and window")]

@@ -48,7 +48,7 @@ class Schedule:
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         return {"train": {"epochs": self.epochs, "lr_step": self.lr_step},
-                "balance": {"window": self.window, "ogm_window": self.ogm_window}}
+                "balance": {"window": self.window, "ogm_ge": {"window": self.ogm_window}}}
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Arm:
         optimiser = o.get("train.optimizer", "adam")
         if optimiser == "sgd":
             optimiser += f" (lr {o.get('train.lr', '?')}, momentum {o.get('train.momentum', 0.9)})"
-        extra = [f"groups at {o['balance.group_by']}"] if "balance.group_by" in o else []
+        extra = [f"groups at {o['balance.awc.group_by']}"] if "balance.awc.group_by" in o else []
         if o.get("data.frames") == "complete":
             extra.append("complete frames only (train and test)")
         return ", ".join([f"{self.split} {self.fusion} {optimiser}", *extra])
@@ -90,8 +90,8 @@ def sweep_arms(alpha_s: float, alpha_i: float, window: int, epochs: int) -> list
     grid = [(0.0, alpha_i), (alpha_s, 0.0), (0.1 * alpha_s, 0.1 * alpha_i), (10 * alpha_s, 10 * alpha_i),
             (alpha_i, alpha_s), (alpha_s, alpha_s)]
     for a_s, a_i in grid:
-        out.append(Arm(f"awc-aS{a_s:g}-aI{a_i:g}", all4, "awc", overrides=(f"balance.alpha_s={a_s}",
-                                                                         f"balance.alpha_i={a_i}"),
+        out.append(Arm(f"awc-aS{a_s:g}-aI{a_i:g}", all4, "awc", overrides=(f"balance.awc.alpha_s={a_s}",
+                                                                         f"balance.awc.alpha_i={a_i}"),
                        group="alpha", note=f"alpha_S={a_s:g}, alpha_I={a_i:g}"))
     for k in sorted({max(1, round(f * epochs)) for f in (0.1, 0.2, 0.6, 1.0)} - {window}):
         out.append(Arm(f"awc-K{k}", all4, "awc", overrides=(f"balance.window={k}",), group="window",
@@ -102,7 +102,7 @@ def sweep_arms(alpha_s: float, alpha_i: float, window: int, epochs: int) -> list
             Arm("all-awc-S2", all4, "awc", split="S2", group="s2"),
             Arm("all-none-sgd", all4, "none", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd"),
             Arm("all-ogm-ge-sgd", all4, "ogm-ge", overrides=("train.optimizer=sgd", "train.lr=0.01"), group="sgd"),
-            Arm("all-awc-groups-theta0", all4, "awc", overrides=("balance.group_by=theta0",), group="grouping"),
+            Arm("all-awc-groups-theta0", all4, "awc", overrides=("balance.awc.group_by=theta0",), group="grouping"),
             Arm("all-none-complete", all4, "none", overrides=("data.frames=complete",), group="frames"),
             Arm("all-awc-complete", all4, "awc", overrides=("data.frames=complete",), group="frames")]
     return out
@@ -114,7 +114,7 @@ def base_config(args: argparse.Namespace) -> config_mod.Config:
 
 def all_arms(args: argparse.Namespace) -> list[Arm]:
     base = base_config(args)
-    return main_arms() + sweep_arms(base.balance.alpha_s, base.balance.alpha_i, base.balance.window,
+    return main_arms() + sweep_arms(base.balance.awc.alpha_s, base.balance.awc.alpha_i, base.balance.window,
                                     base.train.epochs)
 
 

@@ -275,7 +275,7 @@ def write_report(args: argparse.Namespace, path: Path, figure: Path) -> str:
     def group(g: str) -> list[study_arms.Arm]:
         return [a for a in arms if a.group == g]
 
-    a_s, a_i = cfg.balance.alpha_s, cfg.balance.alpha_i
+    a_s, a_i = cfg.balance.awc.alpha_s, cfg.balance.awc.alpha_i
     ref_awc = {"all-awc": f"alpha_S={a_s:g}, alpha_I={a_i:g}, K={sched.window}"}
     text = f"""# Study results
 
@@ -292,10 +292,10 @@ frames per protocol, frames `{cfg.data.frames}`, evaluation on {args.test_frames
 frames (last-epoch model). Schedule at the paper's proportions: {sched.epochs} epochs, batch
 {cfg.train.batch_size}, {cfg.train.optimizer} {cfg.train.lr:g} (x{cfg.train.lr_gamma:g} at epoch {sched.lr_step}),
 learning window K = {sched.window}, alpha_S / alpha_I = {a_s:g} / {a_i:g}, groups from the step scores
-(`group_by={cfg.balance.group_by}`), Fisher over {cfg.balance.fisher_samples} frames ({cfg.balance.fisher_mode});
-OGM-GE alpha {cfg.balance.ogm_alpha:g} in epochs < {sched.ogm_window}; AGM alpha {cfg.balance.agm_alpha:g};
-G-Blending measures {cfg.balance.gb_holdout} frames of held-out whole training sequences; modality-level resampling gamma
-{cfg.balance.rs_gamma:g} in the window. Main table: seeds {', '.join(map(str, args.seeds))} (mean ± sample
+(`group_by={cfg.balance.awc.group_by}`), Fisher over {cfg.balance.awc.fisher_samples} frames ({cfg.balance.awc.fisher_mode});
+OGM-GE alpha {cfg.balance.ogm_ge.alpha:g} in epochs < {sched.ogm_window}; AGM alpha {cfg.balance.agm.alpha:g};
+G-Blending measures {cfg.balance.g_blending.holdout} frames of held-out whole training sequences; modality-level resampling gamma
+{cfg.balance.modality_level.gamma:g} in the window. Main table: seeds {', '.join(map(str, args.seeds))} (mean ± sample
 sd); sweeps: seed {args.seeds[0]} on {first} only (one seed: differences below ~1 mm are within
 seed-to-seed noise, see the paired table).
 

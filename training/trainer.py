@@ -1,6 +1,6 @@
 """The training loop shared by every balancing method, single process or torchrun/DDP.
 
-Per epoch (the balancing method's hooks, ``training.balancers``, in brackets):
+Per epoch (the balancing method's hooks, ``training.balance_methods``, in brackets):
   1. [epoch_start] e.g. AWC inside the learning window: diagonal Fisher and anchors at theta0.
   2. mini-batch steps: encode once -> fuse -> L_MPJPE; the 16-coalition Shapley scores of the
      (global) batch from the same features, no grad [observe: AWC regroups the modalities by
@@ -31,7 +31,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from sensors import schema
-from training import balance, balancers, distributed
+from training import balance_math, balance_methods, distributed
 from training import config as config_mod
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.config import Config
@@ -104,10 +104,10 @@ class Trainer:
         self.model = build_model(cfg.model)
         self.model.set_mean_pose(train.tensors["joints"].mean(dim=0))
         self.model.to(self.device)
-        self.ctx = balancers.Context(self.model, cfg, train, self.device, gather=self._gather,
+        self.ctx = balance_methods.Context(self.model, cfg, train, self.device, gather=self._gather,
                                      reduce=self._reduce if dist.enabled else None, shard=self._shard,
                                      world=dist.world)
-        self.balancer = balancers.make(self.ctx)
+        self.balancer = balance_methods.make(self.ctx)
         self.train = self.ctx.train = self.balancer.split_training_set(train)
         params = list(self.model.parameters()) + self.balancer.extra_parameters()
         tc = cfg.train
@@ -211,7 +211,7 @@ class Trainer:
         for phase, seconds in bal.take_times().items():  # the method's own phases (Fisher, theta0 scores)
             times[phase] += seconds
         if "groups" not in rec:
-            groups = balance.kmeans_groups(phi_sum / max(n_shapley, 1), cfg.model.modalities)
+            groups = balance_math.kmeans_groups(phi_sum / max(n_shapley, 1), cfg.model.modalities)
             rec["groups"] = dict(zip(schema.MODALITIES, groups, strict=True))
         rec["time"] = dict(times)
         # frames of this rank per second of the whole epoch (Fisher and theta0 scores included): the

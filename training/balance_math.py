@@ -1,5 +1,5 @@
 """Modality balancing: the math of each method, pure functions (the training hooks that call
-them are in ``training.balancers``).
+them are in ``training.balance_methods``).
 
 * ``awc`` (DESIGN §4, Eq. 6-8): K-Means (k=2) on the Shapley scores splits the modalities into a
   superior and an inferior group; inside the learning window (epochs < K) the loss gets
@@ -63,7 +63,7 @@ def kmeans_groups(phi: np.ndarray, enabled: tuple[str, ...] = schema.MODALITIES)
 
 def group_alphas(groups: list[str], cfg: BalanceConfig) -> dict[str, float]:
     """modality -> alpha of its group (0 for disabled modalities)."""
-    a = {SUPERIOR: cfg.alpha_s, INFERIOR: cfg.alpha_i, DISABLED: 0.0}
+    a = {SUPERIOR: cfg.awc.alpha_s, INFERIOR: cfg.awc.alpha_i, DISABLED: 0.0}
     return {m: a[g] for m, g in zip(schema.MODALITIES, groups, strict=True)}
 
 

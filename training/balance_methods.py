@@ -1,4 +1,4 @@
-"""The balancing methods as hooks of the training loop (the math is in ``training.balance``).
+"""The balancing methods as hooks of the training loop (the math is in ``training.balance_math``).
 
 The loop (``training.trainer``) calls, per epoch and per mini-batch:
 
@@ -8,7 +8,9 @@ The loop (``training.trainer``) calls, per epoch and per mini-batch:
     loss.backward(); b.after_backward()             (gradient modulation)
     b.epoch_end()                   -> log fields
 
-``make(name, ctx)`` builds one; every method keeps its own state, nothing is shared.
+``make(ctx)`` builds the one ``ctx.cfg.balance.method`` names (``METHODS``, the registry); every
+method keeps its own state and reads its own config section (``balance.awc``, ``balance.ogm_ge``
+...), nothing is shared.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from sensors import posemath, schema
-from training import balance
+from training import balance_math
 from training.config import Config
 from training.data import Split, evenly_spaced, holdout_sequences
 from training.fisher import fisher_and_coalitions
@@ -103,7 +105,7 @@ class Balancer:
 class Proximal(Balancer):
     """``awc`` (Fisher weights) and ``uniform`` (c_m * I): L_AWC inside the learning window, with
     the superior/inferior groups from the step scores (Algorithm 1), from theta0, or frozen from the
-    first window epoch's scores (``group_by=first_epoch``: that epoch trains unconstrained).
+    first window epoch's scores (``awc.group_by=first_epoch``: that epoch trains unconstrained).
 
     Logged per window epoch: ``penalty_grad_ratio``, the norm of L_AWC's gradient over the norm of
     the task loss's gradient on each group's encoders (mean over the steps), which says what an
@@ -112,35 +114,35 @@ class Proximal(Balancer):
     def __init__(self, ctx: Context, weighting: str):
         super().__init__(ctx)
         self.weighting = weighting
-        self.fisher_idx = torch.from_numpy(evenly_spaced(len(ctx.train), self.bc.fisher_samples))
+        self.fisher_idx = torch.from_numpy(evenly_spaced(len(ctx.train), self.bc.awc.fisher_samples))
         self.anchors = self.weights = self.alphas = None
-        self.frozen: list[str] | None = None   # group_by=first_epoch: the groups once measured
+        self.frozen: list[str] | None = None   # awc.group_by=first_epoch: the groups once measured
 
     def _set_groups(self, phi: np.ndarray) -> None:
-        self.groups = balance.kmeans_groups(phi, self.enabled)
-        self.alphas = balance.group_alphas(self.groups, self.bc)
+        self.groups = balance_math.kmeans_groups(phi, self.enabled)
+        self.alphas = balance_math.group_alphas(self.groups, self.bc)
 
     def epoch_start(self, epoch: int) -> dict[str, Any]:
         self.active = epoch < self.bc.window
         self.phi_sum, self.n, self.superior_steps, self.changes = np.zeros(schema.N_MODALITIES), 0, \
             np.zeros(schema.N_MODALITIES), 0
-        self.grad_sq = {balance.SUPERIOR: np.zeros(2), balance.INFERIOR: np.zeros(2)}   # penalty, task
+        self.grad_sq = {balance_math.SUPERIOR: np.zeros(2), balance_math.INFERIOR: np.zeros(2)}   # penalty, task
         self.ratio_sum, self.ratio_n = defaultdict(float), defaultdict(int)
-        if not self.active or (self.bc.group_by == "first_epoch" and self.frozen is None):
+        if not self.active or (self.bc.awc.group_by == "first_epoch" and self.frozen is None):
             self.anchors = None   # outside the window, or the measuring epoch of first_epoch
             return {}
         ctx, t0 = self.ctx, time.perf_counter()
         shard = ctx.shard(self.fisher_idx)
-        fisher, coal = fisher_and_coalitions(ctx.model, ctx.train, shard, self.bc.fisher_mode, self.bc.fisher_chunk,
+        fisher, coal = fisher_and_coalitions(ctx.model, ctx.train, shard, self.bc.awc.fisher_mode, self.bc.awc.fisher_chunk,
                                              ctx.reduce)
-        self.weights = fisher if self.weighting == "fisher" else balance.uniform_weights(fisher, ctx.model)
+        self.weights = fisher if self.weighting == "fisher" else balance_math.uniform_weights(fisher, ctx.model)
         self.anchors = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if n in self.weights}
         t1 = time.perf_counter()
         self._times["fisher"] += t1 - t0
         v = coalition_values(ctx.gather(coal), ctx.gather(ctx.train.tensors["joints"][shard].to(ctx.device)))
         phi0 = posemath.shapley_values(v)
         if self.frozen is not None:
-            self.groups, self.alphas = self.frozen, balance.group_alphas(self.frozen, self.bc)
+            self.groups, self.alphas = self.frozen, balance_math.group_alphas(self.frozen, self.bc)
         else:
             self._set_groups(phi0)
         self._times["shapley"] += time.perf_counter() - t1
@@ -154,16 +156,16 @@ class Proximal(Balancer):
         self.n += 1
         if self.anchors is None:   # first_epoch's measuring epoch: scores only
             return
-        if self.bc.group_by == "step":
+        if self.bc.awc.group_by == "step":
             before = self.groups
             self._set_groups(self.phi_sum / self.n)
             self.changes += int(before != self.groups)
-        self.superior_steps += [g == balance.SUPERIOR for g in self.groups]
+        self.superior_steps += [g == balance_math.SUPERIOR for g in self.groups]
 
     def loss(self, task: Tensor, feats: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         if self.anchors is None:
             return task
-        self.penalty = balance.awc_loss(self.ctx.model, self.anchors, self.weights, self.alphas)
+        self.penalty = balance_math.awc_loss(self.ctx.model, self.anchors, self.weights, self.alphas)
         return task + self.penalty
 
     @torch.no_grad()
@@ -193,8 +195,8 @@ class Proximal(Balancer):
         if not self.active:
             return {}
         if self.anchors is None:   # first_epoch: freeze this epoch's groups for the rest of the window
-            self.frozen = balance.kmeans_groups(self.phi_sum / max(self.n, 1), self.enabled)
-            self.groups, self.alphas = self.frozen, balance.group_alphas(self.frozen, self.bc)
+            self.frozen = balance_math.kmeans_groups(self.phi_sum / max(self.n, 1), self.enabled)
+            self.groups, self.alphas = self.frozen, balance_math.group_alphas(self.frozen, self.bc)
             return {"groups": dict(zip(schema.MODALITIES, self.groups, strict=True)), "groups_frozen": True,
                     "alphas": dict(self.alphas), "constrained": False}
         ratio = {g: self.ratio_sum[g] / self.ratio_n[g] for g in self.ratio_sum}
@@ -211,24 +213,24 @@ class Proximal(Balancer):
 
 class OgmGe(Balancer):
     """OGM-GE: the dominant modality's weight gradients scaled by 1 - tanh(alpha (rho - 1)), Gaussian
-    noise on every encoder's weight gradients, in epochs < ogm_window."""
+    noise on every encoder's weight gradients, in epochs < ``ogm_ge.window``."""
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.noise = torch.Generator()
 
     def epoch_start(self, epoch: int) -> dict[str, Any]:
-        self.active = self.bc.ogm_window < 0 or epoch < self.bc.ogm_window
+        self.active = self.bc.ogm_ge.window < 0 or epoch < self.bc.ogm_ge.window
         self.noise.manual_seed(self.cfg.train.seed * 7_919 + epoch)
         self.k_sum, self.n, self.coeffs = np.zeros(schema.N_MODALITIES), 0, None
         return {}
 
     def observe(self, phi: np.ndarray, v: np.ndarray) -> None:
-        self.coeffs = balance.ogm_coefficients(balance.single_modality_values(v), self.enabled, self.bc.ogm_alpha)
+        self.coeffs = balance_math.ogm_coefficients(balance_math.single_modality_values(v), self.enabled, self.bc.ogm_ge.alpha)
 
     def after_backward(self) -> None:
         if self.active and self.coeffs is not None:
-            balance.modulate_gradients(self.ctx.model, self.coeffs, self.bc.ogm_noise, self.noise)
+            balance_math.modulate_gradients(self.ctx.model, self.coeffs, self.bc.ogm_ge.noise, self.noise)
             self.k_sum += self.coeffs
             self.n += 1
 
@@ -251,13 +253,13 @@ class Agm(Balancer):
         return {}
 
     def observe(self, phi: np.ndarray, v: np.ndarray) -> None:
-        mom = self.bc.agm_momentum
+        mom = self.bc.agm.momentum
         self.running = phi.copy() if self.running is None else mom * self.running + (1.0 - mom) * phi
-        self.coeffs = balance.agm_coefficients(self.running, self.enabled, self.bc.agm_alpha)
+        self.coeffs = balance_math.agm_coefficients(self.running, self.enabled, self.bc.agm.alpha)
 
     def after_backward(self) -> None:
         if self.coeffs is not None:
-            balance.scale_encoder_gradients(self.ctx.model, self.coeffs)
+            balance_math.scale_encoder_gradients(self.ctx.model, self.coeffs)
             self.k_sum += self.coeffs
             self.n += 1
 
@@ -273,8 +275,8 @@ class Agm(Balancer):
 
 class GBlending(Balancer):
     """G-Blending (online): one uni-modal head per enabled modality beside the fused head; the loss
-    is sum_k w_k L_k over the branches, w re-estimated every ``gb_super_epoch`` epochs from the
-    losses on ``gb_holdout`` held-out training frames and as many training frames at the start and
+    is sum_k w_k L_k over the branches, w re-estimated every ``g_blending.super_epoch`` epochs from the
+    losses on ``g_blending.holdout`` held-out training frames and as many training frames at the start and
     end of that super-epoch (w_k ∝ G_k / O_k^2)."""
 
     active = True
@@ -291,10 +293,10 @@ class GBlending(Balancer):
     def split_training_set(self, train: Split) -> Split:
         """Hold out whole sequences, so the held-out loss stands for unseen recordings as the paper's
         held-out split does (frames interleaved with trained ones are near-copies of them at 10 Hz,
-        and their loss tracks the training loss: O ~ 0 and G / O^2 explodes). ``gb_holdout`` frames
-        spread over ceil(gb_holdout / 16) sequences are measured; the rest of those sequences is
+        and their loss tracks the training loss: O ~ 0 and G / O^2 explodes). ``g_blending.holdout`` frames
+        spread over ceil(holdout / 16) sequences are measured; the rest of those sequences is
         not trained on either. Fewer than 4 sequences: frames, as a fallback."""
-        hold, rest = holdout_sequences(train, self.bc.gb_holdout)
+        hold, rest = holdout_sequences(train, self.bc.g_blending.holdout)
         self.holdout, self.probe = train.take(hold), train.take(rest[evenly_spaced(len(rest), len(hold))])
         return train.take(rest)
 
@@ -320,11 +322,11 @@ class GBlending(Balancer):
         return out
 
     def epoch_start(self, epoch: int) -> dict[str, Any]:
-        if epoch % self.bc.gb_super_epoch != 0 and self.prev is not None:
+        if epoch % self.bc.g_blending.super_epoch != 0 and self.prev is not None:
             return {"gblend_weights": dict(zip(self.branches, map(float, self.w), strict=True))}
         now = (self._losses(self.holdout), self._losses(self.probe))
         if self.prev is not None:
-            self.w = balance.gblend_weights(self.prev[0], self.prev[1], now[0], now[1])
+            self.w = balance_math.gblend_weights(self.prev[0], self.prev[1], now[0], now[1])
         self.prev = now
         return {"gblend_weights": dict(zip(self.branches, map(float, self.w), strict=True)),
                 "gblend_holdout_loss": dict(zip(self.branches, map(float, now[0]), strict=True))}
@@ -359,7 +361,7 @@ class ModalityLevel(Balancer):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self.idx = torch.from_numpy(evenly_spaced(len(ctx.train), self.bc.fisher_samples))
+        self.idx = torch.from_numpy(evenly_spaced(len(ctx.train), self.bc.modality_level.samples))
         self.gen = torch.Generator()
 
     @torch.no_grad()
@@ -383,7 +385,7 @@ class ModalityLevel(Balancer):
         t0 = time.perf_counter()
         phi = self._scores()
         self._times["shapley"] += time.perf_counter() - t0
-        self.low, self.p = balance.resample_plan(phi, self.enabled, self.bc.rs_gamma)
+        self.low, self.p = balance_math.resample_plan(phi, self.enabled, self.bc.modality_level.gamma)
         return {"resample": {"modality": schema.MODALITIES[self.low], "fraction": self.p, "scores": _named(phi)}}
 
     def loss(self, task: Tensor, feats: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
@@ -400,12 +402,20 @@ class ModalityLevel(Balancer):
         return task + mpjpe_loss(pose, batch["joints"][pick]) * (float(pick.sum()) / n)
 
 
+# The one registry of balancing methods: name -> training hooks. The names, their order and the
+# config section each reads are ``training.config.METHOD_SECTIONS`` (torch-free, for the config
+# layer); tests/test_balancers.py checks that the two list the same methods.
+METHODS: dict[str, Callable[[Context], Balancer]] = {
+    "none": Balancer,
+    "awc": lambda ctx: Proximal(ctx, "fisher"),
+    "ogm-ge": OgmGe,
+    "g-blending": GBlending,
+    "agm": Agm,
+    "modality-level": ModalityLevel,
+    "uniform": lambda ctx: Proximal(ctx, "uniform"),
+}
+
+
 def make(ctx: Context) -> Balancer:
     """The balancer of ``ctx.cfg.balance.method``."""
-    method = ctx.cfg.balance.method
-    makers: dict[str, Callable[[], Balancer]] = {
-        "none": lambda: Balancer(ctx), "awc": lambda: Proximal(ctx, "fisher"),
-        "uniform": lambda: Proximal(ctx, "uniform"), "ogm-ge": lambda: OgmGe(ctx), "agm": lambda: Agm(ctx),
-        "g-blending": lambda: GBlending(ctx), "modality-level": lambda: ModalityLevel(ctx),
-    }
-    return makers[method]()
+    return METHODS[ctx.cfg.balance.method](ctx)
