@@ -6,6 +6,7 @@ cross-subject rows, the postponed-lr runs, convergence, and the training-speed c
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,19 @@ def gradient_scale(found: Runs) -> str:
             cell = {g: _ms([r[g] for r in ratios if g in r], 3) for g in ("S", "I")}
             lines.append(f"| {name} | {cell['S']} | {cell['I']} | {len(ratios)} |")
     return "\n".join(lines) if len(lines) > 2 else "(no AWC run has finished yet)"
+
+
+def mechanism(args: argparse.Namespace, found: Runs, cap: int | None) -> str:
+    """Encoder probes (``<out>/encoder-probe.json``, ``training probe``) and, for the AWC runs, the
+    share of window steps each modality spent in the constrained superior group."""
+    from training import probe
+
+    path = Path(args.out) / "encoder-probe.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    text = probe.table(rows) if rows else "(no encoder probe yet: `training probe RUN ... --json OUT/encoder-probe.json`)"
+    arms = [a for a in fair_plan.all_arms(args) if a.name in FOUR[:4]] if cap else []
+    return text + "\n\nShapley scores of the final models and the superior share in AWC's window:\n\n" + \
+        study_report.shapley_table(found, arms) if arms else text
 
 
 def main_table(found: Runs, names: list[str]) -> str:
@@ -159,6 +173,10 @@ AWC's alpha (x the paper's 20k / 10k) and window, P1 seed 0:
 The penalty's gradient against the task loss's on each group's encoders (what alpha means here):
 
 {gradient_scale(by_protocol['P1'])}
+
+## Mechanism (P1)
+
+{mechanism(args, by_protocol['P1'], cap)}
 
 ## Main table
 
