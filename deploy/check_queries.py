@@ -128,7 +128,7 @@ def known_series() -> dict[str, set[str]]:
 
 def closed_label_sets() -> dict[str, set[str]]:
     from exporters import metrics as m
-    from sensors import schema
+    from sensors.core import schema
 
     return {"modality": set(m.MODALITY_LABELS) | {schema.UNKNOWN_MODALITY}, "reason": set(m.DROP_REASONS) | set(m.HANDSHAKE_FAILURE_REASONS),
             "outcome": set(m.TICK_OUTCOMES), "stage": set(m.STAGES),

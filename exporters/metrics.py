@@ -27,7 +27,7 @@ from importlib import metadata
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
-from sensors import keys, schema
+from sensors.core import keys, schema
 
 # Counters and histograms without their ``<name>_created`` gauges (see the module docstring).
 prometheus_client.disable_created_metrics()

@@ -23,14 +23,14 @@ station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msg
 ``rehab``          map: joint angles, exercise, repetition count, last range of motion, the last
                    completed repetition with its trust (``runtime.rehab.RehabTick.header``; docs/wire.md)
 =================  ==================================================================================
-All arrays are in ``sensors.schema.MODALITIES`` order (rgb, lidar, mmwave, wifi).
+All arrays are in ``sensors.core.schema.MODALITIES`` order (rgb, lidar, mmwave, wifi).
 
-Security (docs/security.md): with ``curve`` (``sensors.keys.CurveServer`` of the ``viewer`` role)
+Security (docs/security.md): with ``curve`` (``sensors.core.keys.CurveServer`` of the ``viewer`` role)
 the socket is a CurveZMQ server and only allow-listed viewer keys can subscribe; the stream is
-encrypted. Readers use ``sensors.keys.CurveClient`` on their SUB socket. Without keys the socket is
+encrypted. Readers use ``sensors.core.keys.CurveClient`` on their SUB socket. Without keys the socket is
 plaintext, refused on a non-loopback endpoint unless ``force_plaintext``. Refused handshakes (a
 viewer key not allow-listed, another runtime's server key, a plaintext reader) are seen by a socket
-monitor (``sensors.keys.HandshakeFailures``, the sensor ingest's code), read on every ``publish`` by
+monitor (``sensors.core.keys.HandshakeFailures``, the sensor ingest's code), read on every ``publish`` by
 the tick thread, counted by reason in ``handshake_failures()`` and, with ``metrics``, in
 ``awc_pose_handshake_failures_total{reason}``, and logged at most once a second per reason.
 """
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zmq
 
-from sensors import keys, schema, wire
+from sensors.core import keys, schema, wire
 
 if TYPE_CHECKING:
     from exporters.metrics import RuntimeMetrics
@@ -119,7 +119,7 @@ class PosePublisher:
         return True
 
     def handshake_failures(self) -> dict[str, int]:
-        """Refused handshakes by reason (``sensors.keys.HANDSHAKE_FAILURE_REASONS``) so far."""
+        """Refused handshakes by reason (``sensors.core.keys.HANDSHAKE_FAILURE_REASONS``) so far."""
         return self.handshakes.counts()
 
     def close(self) -> None:

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from sensors import schema
+from sensors.core import schema
 
 J = schema.JOINT_INDEX
 ANGLE_NAMES, LIMB_ANGLES, TRUNK_ANGLES = schema.ANGLE_NAMES, schema.LIMB_ANGLES, schema.TRUNK_ANGLES

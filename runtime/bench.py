@@ -38,9 +38,9 @@ from runtime.loop import Loop
 from runtime.model import PoseModel
 from runtime.outputs import MetricsOutput, Outputs
 from runtime.pipeline import Pipeline
-from sensors import keys as keyfiles
-from sensors import schema, wire
-from sensors.cli_util import add_report_arguments, add_set_argument, emit_report
+from sensors.core import keys as keyfiles
+from sensors.core import schema, wire
+from sensors.core.cli_util import add_report_arguments, add_set_argument, emit_report
 
 log = logging.getLogger(__name__)
 

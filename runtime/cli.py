@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensors.cli_util import run_subcommands
+from sensors.core.cli_util import run_subcommands
 
 COMMANDS = {
     "serve": ("runtime.serve", "ingest the four sensor streams over ZeroMQ and serve fused poses"),
@@ -12,7 +12,7 @@ COMMANDS = {
     "info": ("runtime.model", "check an ONNX model and print its metadata and provider"),
     "report": ("runtime.report", "rehabilitation session report (HTML) of a pose recording"),
     "rehab-eval": ("runtime.rehab_eval", "accuracy of repetition counts and ranges of motion on a generated dataset"),
-    "keys": ("sensors.keys", "CurveZMQ keys: init a key directory, add/revoke/list client keys"),
+    "keys": ("sensors.core.keys", "CurveZMQ keys: init a key directory, add/revoke/list client keys"),
     "view": ("runtime.view.command", "live station viewer: a web page of the pose stream or of a recording"),
 }
 

@@ -1,5 +1,5 @@
 """Typed runtime configuration: the dataclasses below (their defaults are THE defaults), loaded by
-the shared config layer ``sensors.settings``: YAML file + ``AWC_RUNTIME_SECTION__KEY`` environment
+the shared config layer ``sensors.core.settings``: YAML file + ``AWC_RUNTIME_SECTION__KEY`` environment
 variables + ``--set section.key=value`` overrides, each key and value checked.
 
 ``RuntimeConfig.load(path, overrides)`` builds the config; ``runtime config show`` lists every key
@@ -22,7 +22,7 @@ from runtime.degradation import DegradationConfig
 from runtime.health import HealthConfig
 from runtime.rehab import RehabConfig
 from runtime.sync import SyncConfig
-from sensors import schema, settings
+from sensors.core import schema, settings
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 ENV_PREFIX = "AWC_RUNTIME_"
@@ -239,7 +239,7 @@ class RuntimeConfig:
 
 # ---------------------------------------------------------------------- `runtime config show`
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sensors.cli_util import add_set_argument
+    from sensors.core.cli_util import add_set_argument
 
     p.add_argument("action", choices=("show",), help="show: every key, its type, default and resolved value")
     p.add_argument("--config", default=None, help="YAML file of the keys to change")

@@ -19,7 +19,7 @@ from typing import TextIO
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 _J = schema.JOINT_INDEX
 

@@ -1,7 +1,7 @@
 """Live Shapley contributions over a sliding window of ticks (pure, torch-free).
 
 Every tick the model gives the prediction of all 16 coalitions (``coalition_poses`` [16, 17, 3],
-bitmask order of ``sensors.schema``). Over the last N ticks:
+bitmask order of ``sensors.core.schema``). Over the last N ticks:
 
 * label-free: the profit of coalition S is the Pearson profit (``posemath.pearson_profit``) of its
   predictions against the full prediction of the present modalities;
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 
 # For each coalition c and presence index p: the coalition that is really evaluated, c & p.
 _EFFECTIVE = np.array([[c & p for c in range(schema.N_COALITIONS)] for p in range(schema.N_COALITIONS)])

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.angles import ANGLE_NAMES, LIMB_ANGLES
-from sensors import schema
+from sensors.core import schema
 
 MODES = ("left", "right", "both", "alternating", "none")
 UNKNOWN = "unknown"

@@ -1,4 +1,4 @@
-"""Synced tick -> model inputs (batch 1), by ``sensors.preprocess.frame_inputs``, the same rule
+"""Synced tick -> model inputs (batch 1), by ``sensors.core.preprocess.frame_inputs``, the same rule
 the MM-Fi reader uses for training.
 
 What the runtime adds around it: the RGB keypoints of the last R ticks (the causal window; ticks
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import preprocess, schema
+from sensors.core import preprocess, schema
 
 
 @dataclass(frozen=True)

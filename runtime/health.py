@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 COMPONENTS: tuple[str, ...] = ("missing", "stale", "clock", "loss", "non_finite", "points", "frozen", "range", "noise")
 # Smallest roughness reference per modality (px, m, m, dB): a perfectly still scene is not "noise-free".

@@ -3,7 +3,7 @@
 One SUB socket binds (the default: sensors connect) or connects to one or more endpoints and
 subscribes to everything, so that a message of any other topic is counted as ``unknown_topic``
 instead of vanishing inside ZeroMQ's prefix filter; the input topics and ``gt`` are accepted.
-Every message is decoded with ``sensors.wire.decode``;
+Every message is decoded with ``sensors.core.wire.decode``;
 valid ones go, in arrival order, into a bounded queue the pipeline reads with ``get``/``drain``.
 
 Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reasons, where
@@ -30,9 +30,9 @@ Memory is bounded whatever arrives: at most ``rcvhwm`` messages wait in ZeroMQ (
 ``MAX_FRAME_BYTES``), ``queue_size`` decoded ones in the queue, and ``MAX_SOURCES`` (topic, src)
 pairs in the sequence table.
 
-Security (docs/security.md): with ``curve`` (``sensors.keys.CurveServer``) the socket is a CurveZMQ
+Security (docs/security.md): with ``curve`` (``sensors.core.keys.CurveServer``) the socket is a CurveZMQ
 server whose ZAP authenticator admits only the allow-listed sensor keys. Failed handshakes, seen
-by a socket monitor, are counted by reason (``sensors.keys.HANDSHAKE_FAILURE_REASONS``: unknown_key,
+by a socket monitor, are counted by reason (``sensors.core.keys.HANDSHAKE_FAILURE_REASONS``: unknown_key,
 wrong_server_key, mechanism_mismatch, aborted, other) in ``counts["handshake_failures"]`` (their sum
 in ``counts["handshake_failed"]``) and in ``awc_ingest_handshake_failures_total{reason}``, and
 logged (at most one line a second per reason: a client with a wrong server key retries ten times a
@@ -55,7 +55,7 @@ from collections.abc import Callable
 import zmq
 
 from exporters.metrics import RuntimeMetrics
-from sensors import keys, schema, wire
+from sensors.core import keys, schema, wire
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from runtime.model import ModelError
 from runtime.outputs import Outputs
 from runtime.pipeline import Pipeline, StepInputs, TickResult
 from runtime.sync import Due, Synchronizer, TickClock
-from sensors import schema
-from sensors.wire import Message
+from sensors.core import schema
+from sensors.core.wire import Message
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (schema.SCHEMA_VERSION,)
 EXPORT_HINT = "export it with `training export --checkpoint RUN/best.pt --out awc.onnx`"

@@ -6,7 +6,7 @@ picks the execution provider, and ``PoseModel.run`` validates every input before
 
 Model inputs and outputs: names ``schema.MODEL_INPUTS`` / ``MODEL_OUTPUTS``, shapes
 ``schema.model_shapes`` (R, Cl, Cm from the metadata), built from frames by
-``sensors.preprocess.frame_inputs``; ``pose`` [B, 17, 3] metres (camera frame) and
+``sensors.core.preprocess.frame_inputs``; ``pose`` [B, 17, 3] metres (camera frame) and
 ``coalition_poses`` [B, 16, 17, 3] (coalition c uses ``schema.COALITION_MASKS[c] * presence``).
 
 ``runtime info --model awc.onnx`` prints the metadata, the contribution baseline and the
@@ -34,7 +34,7 @@ from runtime.metadata import (
     TensorSpec,
     expected_specs,
 )
-from sensors import schema
+from sensors.core import schema
 
 __all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "PROVIDERS", "SUPPORTED_SCHEMA_VERSIONS", "ContributionBaseline",
            "ModelError", "ModelMetadata", "PoseModel", "TensorSpec", "choose_providers", "expected_specs"]
@@ -150,7 +150,7 @@ class PoseModel:
             if spec.dtype == "float32" and not np.isfinite(arr).all():
                 bad = int((~np.isfinite(arr)).sum())
                 raise ModelError(f"input {name!r} holds {bad} NaN/inf values; preprocess with "
-                                 f"sensors.preprocess (which repairs CSI and drops non-finite points)")
+                                 f"sensors.core.preprocess (which repairs CSI and drops non-finite points)")
         presence = inputs["presence"]
         if not np.isin(presence, (0.0, 1.0)).all():
             raise ModelError(f"presence must hold only 0 and 1, got values {np.unique(presence)[:8].tolist()}")

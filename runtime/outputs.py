@@ -24,7 +24,7 @@ from exporters.pose_publisher import pose_message
 from runtime import angles as ang
 from runtime.config import RuntimeConfig
 from runtime.pipeline import TickResult
-from sensors import schema
+from sensors.core import schema
 
 log = logging.getLogger(__name__)
 

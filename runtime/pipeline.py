@@ -37,7 +37,7 @@ from runtime.features import FeatureBuilder
 from runtime.health import InputHealth, InputHealthChecker
 from runtime.rehab import RehabMonitor, RehabTick
 from runtime.sync import TickInputs
-from sensors import schema
+from sensors.core import schema
 
 OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid")
 MODALITY_INPUTS = schema.MODALITY_INPUTS   # model inputs of each modality, for masking one out

@@ -33,7 +33,7 @@ from runtime import angles as ang
 from runtime.exercises import EXERCISES, GENERIC_MIN_ROM_DEG, UNKNOWN, Exercise, get_exercise
 from runtime.repetitions import CounterConfig, Repetition, RepetitionCounter
 from runtime.trust import TrustConfig, TrustTracker
-from sensors import schema
+from sensors.core import schema
 
 MAX_SEGMENTS = 200          # segments kept in memory (the live runtime needs only the current one)
 

@@ -31,7 +31,8 @@ import numpy as np
 from runtime import angles as ang
 from runtime.exercises import EXERCISES, Exercise
 from runtime.rehab import RehabConfig, RehabMonitor, Segment
-from sensors import mmfi, schema
+from sensors import mmfi
+from sensors.core import schema
 from sensors.simulate.truth import read_truth
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,10 @@ import zmq
 from runtime.config import RuntimeConfig, free_loopback_port
 from runtime.model import ModelError
 from runtime.serve import Runtime, add_config_arguments, config_from_args, load_model
-from sensors import keys as keyfiles
-from sensors import mmfi, posemath, schema, wire
-from sensors.cli_util import add_list_argument, add_report_arguments, emit_report
+from sensors import mmfi
+from sensors.core import keys as keyfiles
+from sensors.core import posemath, schema, wire
+from sensors.core.cli_util import add_list_argument, add_report_arguments, emit_report
 from sensors.faults import parse_fault
 from sensors.replay import ReplayError, replay
 

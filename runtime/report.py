@@ -32,7 +32,7 @@ import numpy as np
 from runtime import angles as ang
 from runtime.exercises import EXERCISES
 from runtime.rehab import RehabConfig, RehabMonitor, Segment, segment_summary, symmetry_of
-from sensors import schema
+from sensors.core import schema
 
 log = logging.getLogger(__name__)
 MAX_FIGURE_SEGMENTS = 200     # segments drawn (a longer recording lists the rest in the tables only)

@@ -47,8 +47,8 @@ from runtime.model import ModelError, PoseModel
 from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, RecorderOutput
 from runtime.pipeline import Pipeline
 from runtime.sdnotify import Notifier
-from sensors import keys
-from sensors.cli_util import add_list_argument, add_set_argument
+from sensors.core import keys
+from sensors.core.cli_util import add_list_argument, add_set_argument
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Every time is passed in, in ns since the Unix epoch. At each tick, per modality:
 
 WiFi is a stream of CSI packets: the tick takes every packet captured in
 (tick − ``wifi_window_s``, tick], oldest first, concatenated to [P, 3, 114] (runtime.features resamples
-them to the model's 10 with ``sensors.preprocess.resample_packets``); when that window is empty
+them to the model's 10 with ``sensors.core.preprocess.resample_packets``); when that window is empty
 (a burst of packets straddling the tick has not arrived yet), the window ending at the newest
 packet no older than the maximum age is used instead, as for the other modalities. Ground truth
 (``gt``) is the nearest sample within the tolerance. Buffers are bounded ring buffers sorted by
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sensors import schema
-from sensors.wire import Message
+from sensors.core import schema
+from sensors.core.wire import Message
 
 SYNC_TOPICS: tuple[str, ...] = (*schema.MODALITIES, schema.GT_TOPIC)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""awc-pose sensors: schema, MM-Fi reader, synthetic generator, wire codec, publishers.
+"""awc-pose sensors: the shared core (``sensors.core``) and the sensor side: MM-Fi reader, synthetic
+generator, replay and live publishers, fault injection, fuzzing.
 
-Imports nothing of the project's other packages and never imports torch.
+The sensor side imports ``sensors.core`` and nothing of the project's other packages; neither
+imports torch (docs/architecture.md).
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensors.cli_util import run_subcommands
+from sensors.core.cli_util import run_subcommands
 
 COMMANDS = {
     "simulate": ("sensors.simulate.cli", "write a synthetic dataset in MM-Fi's exact layout and formats"),

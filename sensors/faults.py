@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 FAULT_KINDS: tuple[str, ...] = ("stop", "freeze", "noise", "nan", "skew")
 DEFAULT_PARAM: dict[str, dict[str, float]] = {

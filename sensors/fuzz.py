@@ -45,8 +45,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from sensors import keys, schema, wire
-from sensors.cli_util import add_report_arguments, emit_report
+from sensors.core import keys, schema, wire
+from sensors.core.cli_util import add_report_arguments, emit_report
 
 FUZZ_TOPICS = ("rgb", "lidar", "mmwave", "wifi", "pose")   # valid gt messages are not exported as metrics
 HOSTILE = [None, True, False, 0, 1, -1, 2 ** 31, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1, -(2 ** 63), 1.0, -0.0,

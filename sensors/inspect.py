@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sensors import mmfi, schema, splits
+from sensors import mmfi, splits
+from sensors.core import schema
 from sensors.mmfi import MMFiFormatError, SequenceKey
 
 MAX_PROBLEMS_LISTED = 20

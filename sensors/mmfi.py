@@ -27,7 +27,7 @@ Policies (docs/mmfi.md explains them):
   expected and what came.
 
 ``MMFiDataset`` selects the sequences of a protocol/split/subset and turns frames into model inputs,
-only through ``sensors.preprocess``; nothing is read before it is asked for.
+only through ``sensors.core.preprocess``; nothing is read before it is asked for.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sensors import preprocess, schema, splits
+from sensors import splits
+from sensors.core import preprocess, schema
 from sensors.mmfi_files import (
     CSI_KEYS,
     FRAME_STATUSES,

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
-from sensors import schema
+from sensors.core import schema
 
 log = logging.getLogger("sensors.mmfi")
 

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import zmq
 
-from sensors import keys, wire
+from sensors.core import keys, wire
 
 
 def default_src() -> str:

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sensors import keys as keyfiles
-from sensors import mmfi, schema, wire
-from sensors.cli_util import add_client_key_arguments, add_list_argument
+from sensors import mmfi
+from sensors.core import keys as keyfiles
+from sensors.core import schema, wire
+from sensors.core.cli_util import add_client_key_arguments, add_list_argument
 from sensors.faults import Fault, FaultInjector, parse_fault
 from sensors.publisher import SensorPublisher
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 SUBSETS: tuple[str, ...] = ("train", "test", "all")
 S1_TRAIN_SUBJECTS = 32  # floor(0.8 * 40), the official toolbox's ratio

@@ -13,7 +13,7 @@ import zmq
 
 from runtime.config import RuntimeConfig, free_loopback_port
 from runtime.serve import Runtime
-from sensors import schema, wire
+from sensors.core import schema, wire
 
 FRAME_NS = schema.FRAME_PERIOD_NS
 

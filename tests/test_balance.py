@@ -7,7 +7,7 @@ import pytest
 import torch
 from training_fakes import fake_split
 
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 from training import balance_math, config
 from training.fisher import diagonal_fisher, encoder_names, fisher_and_coalitions
 from training.losses import mpjpe_loss

@@ -9,7 +9,7 @@ import torch
 from sklearn.cluster import KMeans
 from training_fakes import fake_arrays, fake_split
 
-from sensors import schema
+from sensors.core import schema
 from training import balance_math, balance_methods, config
 from training.data import from_arrays
 from training.losses import mpjpe_loss

@@ -10,7 +10,7 @@ from runtime import cli as runtime_cli
 from runtime.serve import add_arguments as serve_arguments
 from runtime.serve import config_from_args
 from sensors import cli as sensors_cli
-from sensors.cli_util import add_list_argument
+from sensors.core.cli_util import add_list_argument
 
 
 @pytest.mark.parametrize("main", [runtime_cli.main, sensors_cli.main])

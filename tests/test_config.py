@@ -1,4 +1,4 @@
-"""The one config layer (sensors.settings) as training and the runtime use it."""
+"""The one config layer (sensors.core.settings) as training and the runtime use it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import yaml
 
 from runtime.config import DEFAULT_CONFIG, RuntimeConfig, SyncSettings
 from runtime.sync import SyncConfig
-from sensors import settings
+from sensors.core import settings
 from training import config as training_config
 
 DERIVED = {"health.tolerance_s", "health.max_age_s"}   # follow sync.* unless set

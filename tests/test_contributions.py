@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runtime.contributions import ContributionConfig, ContributionTracker, effective_coalitions
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 
 ALL = np.ones(schema.N_MODALITIES, np.float32)
 

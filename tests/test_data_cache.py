@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 from training import data
 from training.config import from_dict
 

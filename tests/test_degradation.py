@@ -17,7 +17,7 @@ import pytest
 
 from runtime.degradation import DegradationConfig, DegradationMonitor, leave_one_out_disagreement
 from runtime.health import HealthConfig, InputHealthChecker
-from sensors import schema
+from sensors.core import schema
 
 CFG = DegradationConfig()
 HCFG = HealthConfig()

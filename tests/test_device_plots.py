@@ -115,7 +115,7 @@ def test_log_loss_axis_leaves_out_zero_awc_instead_of_diving(tmp_path):
 def test_skeleton_sides_equal_axes_and_per_frame_error(tmp_path):
     import matplotlib.pyplot as plt
 
-    from sensors import schema
+    from sensors.core import schema
     from training import plots
 
     assert plots.edge_side(0, 4) == "left" and plots.edge_side(8, 14) == "right" and plots.edge_side(7, 8) == "centre"

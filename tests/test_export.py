@@ -11,7 +11,7 @@ import torch
 from fixtures.export_models import export_tiny, random_calibration, tiny_config, tiny_model
 
 from runtime.model import PoseModel
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 from training import export
 from training.config import FUSIONS, config_hash
 
@@ -113,7 +113,7 @@ def test_metadata_describes_the_model(exported):
     assert meta.inputs["wifi"].shape == (None, *schema.WIFI_INPUT_SHAPE)
     assert meta.mmwave_columns == schema.MMWAVE_COLUMNS
     for fn in ("rgb_window", "sample_points", "wifi_input", "clean_csi", "resample_packets"):
-        assert any(f"sensors.preprocess.{fn}" in text for text in meta.preprocessing.values()), fn
+        assert any(f"sensors.core.preprocess.{fn}" in text for text in meta.preprocessing.values()), fn
     assert set(meta.units) >= {*schema.MODALITIES, "pose"}
 
 

@@ -14,7 +14,7 @@ from exporters.http import HttpExporter
 from exporters.metrics import RuntimeMetrics
 from exporters.pose_publisher import PosePublisher, pose_message
 from exporters.recorder import JsonlRecorder, NpzRecorder, open_recorder, stack_records
-from sensors import schema, wire
+from sensors.core import schema, wire
 
 
 def _get(url: str) -> tuple[int, str]:

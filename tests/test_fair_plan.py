@@ -11,7 +11,7 @@ import pytest
 import torch
 from training_fakes import fake_split
 
-from sensors import schema
+from sensors.core import schema
 from training import balance_methods, config, fair_plan, study
 from training.cli import main
 from training.losses import mpjpe_loss

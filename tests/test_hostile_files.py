@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from sensors import inspect as mmfi_inspect
-from sensors import mmfi, schema
+from sensors import mmfi
+from sensors.core import schema
 from tests.test_mmfi_reader import write_sequence
 
 

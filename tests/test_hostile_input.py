@@ -12,7 +12,7 @@ import pytest
 import zmq
 from test_serve_e2e import ServeProcess, export_tiny_model, pose_subscriber
 
-from sensors import schema, wire
+from sensors.core import schema, wire
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,6 @@
-"""A station installs no torch: sensors, runtime and exporters never import torch or training."""
+"""The layering (docs/architecture.md): a station installs no torch, so sensors, runtime and
+exporters never import torch or training; the shared core (sensors.core) imports nothing of the
+sensor side; exporters import only the core of sensors."""
 
 from __future__ import annotations
 
@@ -14,15 +16,28 @@ TORCH_FREE = ("sensors", "runtime", "exporters")
 FORBIDDEN = ("torch", "training", "onnxscript")
 
 
-def _imports(path: Path) -> set[str]:
+def _modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, by full dotted name (``from a.b import c`` gives ``a.b`` and
+    ``a.b.c``: c may be a module)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(a.name.split(".")[0] for a in node.names)
+            names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level packages ``path`` imports."""
+    return {n.split(".")[0] for n in _modules(path)}
+
+
+def _ours(path: Path, *packages: str) -> set[str]:
+    """The modules of ``packages`` that ``path`` imports."""
+    return {n for n in _modules(path) if n.split(".")[0] in packages}
 
 
 @pytest.mark.parametrize("package", TORCH_FREE)
@@ -38,6 +53,23 @@ def test_sensors_imports_no_other_project_package():
     for f in sorted((REPO / "sensors").rglob("*.py")):
         bad = _imports(f) & {"training", "runtime", "exporters"}
         assert not bad, f"{f.relative_to(REPO)} imports {sorted(bad)}: sensors must import nothing of ours"
+
+
+def test_core_imports_nothing_of_the_sensor_side():
+    """sensors.core is what every side shares: it imports nothing of ours outside itself."""
+    files = sorted((REPO / "sensors" / "core").rglob("*.py"))
+    assert len(files) > 5
+    for f in files:
+        bad = sorted(n for n in _ours(f, "sensors", "training", "runtime", "exporters")
+                     if n != "sensors.core" and not n.startswith("sensors.core."))
+        assert not bad, f"{f.relative_to(REPO)} imports {bad}: the shared core imports only sensors.core"
+
+
+def test_exporters_import_only_the_core_of_sensors():
+    """Exporters (metrics, pose stream, recorders) stand on the shared core, not on the sensor side."""
+    for f in sorted((REPO / "exporters").rglob("*.py")):
+        bad = sorted(n for n in _ours(f, "sensors") if n != "sensors.core" and not n.startswith("sensors.core."))
+        assert not bad, f"{f.relative_to(REPO)} imports {bad}: exporters import only sensors.core of sensors"
 
 
 def test_importing_runtime_modules_loads_no_torch():

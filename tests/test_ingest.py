@@ -11,7 +11,7 @@ import zmq
 
 from exporters.metrics import RuntimeMetrics
 from runtime.ingest import Ingest
-from sensors import schema, wire
+from sensors.core import schema, wire
 from sensors.publisher import SensorPublisher
 
 T0 = 1_767_225_600_000_000_000

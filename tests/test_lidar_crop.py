@@ -7,7 +7,8 @@ import pytest
 import torch
 from fixtures.export_models import export_tiny
 
-from sensors import mmfi, preprocess, schema
+from sensors import mmfi
+from sensors.core import preprocess, schema
 from sensors.simulate.environment import ENVIRONMENTS
 from sensors.simulate.lidar import LidarConfig, camera_to_sensor, scan
 

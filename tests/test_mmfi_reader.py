@@ -12,7 +12,8 @@ import pytest
 import scipy.io
 
 from sensors import inspect as mmfi_inspect
-from sensors import mmfi, preprocess, schema
+from sensors import mmfi
+from sensors.core import preprocess, schema
 from sensors.mmfi import MMFiDataset, MMFiFormatError, SequenceKey
 
 T = schema.FRAMES_PER_SEQUENCE

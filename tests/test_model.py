@@ -9,7 +9,7 @@ import pytest
 import torch
 from training_fakes import fake_split
 
-from sensors import schema
+from sensors.core import schema
 from training import config
 from training.model import build_model
 from training.shapley import COALITION_MASKS

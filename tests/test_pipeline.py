@@ -15,8 +15,8 @@ from runtime.ingest import Ingest
 from runtime.loop import Loop
 from runtime.outputs import MetricsOutput, Outputs, RecorderOutput, record_of
 from runtime.pipeline import Pipeline
-from sensors import schema
-from sensors.wire import Message
+from sensors.core import schema
+from sensors.core.wire import Message
 
 T0 = 1_700_000_000_000_000_000   # a whole multiple of 100 ms
 PERIOD = schema.FRAME_PERIOD_NS
@@ -102,7 +102,7 @@ def test_rgb_window_uses_the_keypoints_of_the_previous_ticks(tiny_model):
     kpts = [m.arrays["kpts"] for m in messages if m.topic == "rgb"]
     _, results = _run_data_clock(tiny_model, messages, cfg=RuntimeConfig.from_dict(
         {"sync": {"clock": "data"}, "recorder": {"record_inputs": True}}))
-    from sensors.preprocess import rgb_window
+    from sensors.core.preprocess import rgb_window
 
     r = tiny_model.metadata.rgb_window
     want = rgb_window(kpts[-r:], r)

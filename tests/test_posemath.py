@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 
 
 def test_mpjpe_is_mean_euclidean_error_in_mm():

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch").set_num_threads(1)
 pytest.importorskip("sklearn")
 
-from sensors import schema  # noqa: E402
+from sensors.core import schema  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.probe import ALPHAS, linear_probe  # noqa: E402
 

@@ -248,7 +248,7 @@ def stop(p: subprocess.Popen) -> None:
 # --- tests (in file order: the fault starts FAULT_AFTER_S into the replay) ----------------------------
 
 def test_runtime_series_arrive_with_the_station_label(stack):
-    from sensors import schema
+    from sensors.core import schema
 
     up = stack.wait("the runtime target up", lambda: stack.query(f'up{{job="awc-runtime", station="{STATION}"}} == 1'))
     assert up[0]["metric"]["instance"].startswith("127.0.0.1:")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate import realism
 
 

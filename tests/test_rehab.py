@@ -13,7 +13,7 @@ import pytest
 from runtime import angles as ang
 from runtime.rehab import RehabConfig, RehabMonitor, segment_summary
 from runtime.repetitions import CounterConfig, RepetitionCounter
-from sensors import schema
+from sensors.core import schema
 
 T0 = 1_700_000_000_000_000_000   # capture time of frame 0 in tests.test_pipeline.frame_messages
 J = schema.JOINT_INDEX

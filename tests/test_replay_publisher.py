@@ -16,7 +16,8 @@ import zmq
 
 from exporters.metrics import RuntimeMetrics
 from runtime.ingest import Ingest
-from sensors import cli, faults, mmfi, schema, splits, wire
+from sensors import cli, faults, mmfi, splits
+from sensors.core import schema, wire
 from sensors.publisher import SensorPublisher
 from sensors.replay import ReplayError, replay
 

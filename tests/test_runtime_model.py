@@ -21,7 +21,7 @@ from runtime.model import (
     PoseModel,
     choose_providers,
 )
-from sensors import schema
+from sensors.core import schema
 
 torch.set_num_threads(1)
 HAS_CUDA = CUDA_PROVIDER in ort.get_available_providers()

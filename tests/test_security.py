@@ -18,7 +18,7 @@ from exporters.pose_publisher import PosePublisher, pose_message
 from runtime.config import RuntimeConfig, free_loopback_port
 from runtime.ingest import Ingest
 from runtime.serve import Runtime
-from sensors import keys, wire
+from sensors.core import keys, wire
 from sensors.publisher import SensorPublisher
 
 

@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from runtime.config import free_loopback_port
-from sensors import schema, wire
+from sensors.core import schema, wire
 
 REPO = Path(__file__).resolve().parents[1]
 PERIOD = schema.FRAME_PERIOD_NS

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate import GeneratorConfig, generate_sequence, kinematics, mmwave, simulate
 from sensors.simulate.body import bone_lengths, make_subject
 from sensors.simulate.cli import check_output

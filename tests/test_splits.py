@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sensors import schema, splits
+from sensors import splits
+from sensors.core import schema
 
 # P1, seed 0: test subjects of each action, computed once with the official toolbox's code path
 # (np.random.seed(rs); idx = np.random.permutation(40); rs += 1 per action; idx[32:] is test).

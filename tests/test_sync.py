@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from runtime.sync import Due, SyncConfig, Synchronizer, TickClock
-from sensors import schema
-from sensors.wire import Message
+from sensors.core import schema
+from sensors.core.wire import Message
 
 MS = 1_000_000
 T0 = 1_767_225_600_000_000_000  # on the 100 ms grid

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from runtime.health import COMPONENTS, HealthConfig, InputHealthChecker
 from runtime.sync import SyncConfig, Synchronizer
-from sensors import schema, wire
+from sensors.core import schema, wire
 
 NOW = 1_700_000_000_000_000_000
 MS = 1_000_000

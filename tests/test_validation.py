@@ -13,8 +13,8 @@ import pytest
 import torch
 from training_fakes import fake_arrays, fake_split
 
-from sensors import schema
-from sensors.settings import ConfigError
+from sensors.core import schema
+from sensors.core.settings import ConfigError
 from training import config, distributed, study, study_arms
 from training.checkpoint import load_checkpoint, read_checkpoint
 from training.data import (

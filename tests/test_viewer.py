@@ -25,7 +25,7 @@ from runtime.view.bench import synthetic_pose  # noqa: E402
 from runtime.view.frames import frame_from_message, load_recording, page_config  # noqa: E402
 from runtime.view.hub import Hub, SubscriberConfig  # noqa: E402
 from runtime.view.launch import connect_endpoint  # noqa: E402
-from sensors import schema, wire  # noqa: E402
+from sensors.core import schema, wire  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JOINTS = np.arange(51, dtype=np.float32).reshape(17, 3) / 100

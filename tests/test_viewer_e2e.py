@@ -15,7 +15,7 @@ import pytest
 
 from runtime.config import free_loopback_port
 from runtime.view.browser import find_browser
-from sensors import schema
+from sensors.core import schema
 from tests.test_serve_e2e import ServeProcess, export_tiny_model
 
 REPLAY_FRAMES = 180          # 18 s at rate 1

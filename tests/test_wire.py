@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from sensors import schema, wire
+from sensors.core import schema, wire
 
 T0 = 1_700_000_000_000_000_000
 REPO = Path(__file__).resolve().parents[1]

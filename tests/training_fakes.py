@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 from training.config import ModelConfig
 from training.data import Split, from_arrays
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sensors import schema
+from sensors.core import schema
 from training.config import BalanceConfig
 from training.model import PoseModel
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 from training import balance_math
 from training.config import Config
 from training.data import Split, evenly_spaced, holdout_sequences

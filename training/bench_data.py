@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sensors import schema
+from sensors.core import schema
 from training import config as config_mod
 from training import data as data_mod
 

@@ -33,8 +33,8 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from sensors import schema
-from sensors.cli_util import add_list_argument
+from sensors.core import schema
+from sensors.core.cli_util import add_list_argument
 from training.config import FUSIONS, resolve
 from training.export import ModelDims, export_onnx, export_pose_only, to_torch
 from training.model import build_model

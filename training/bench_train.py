@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sensors.settings import ConfigError
+from sensors.core.settings import ConfigError
 from training import config as config_mod
 from training import data as data_mod
 from training import distributed

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 from sensors.mmfi import MMFiDataset, MMFiFormatError, SequenceKey
 from training.config import Config
 from training.data import (

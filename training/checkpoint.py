@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sensors import schema
+from sensors.core import schema
 from training import config as config_mod
 from training.model import PoseModel, build_model
 

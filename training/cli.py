@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from sensors.cli_util import run_subcommands
-from sensors.settings import ConfigError
+from sensors.core.cli_util import run_subcommands
+from sensors.core.settings import ConfigError
 
 COMMANDS = {
     "fit": ("training.fit", "train a model (AWC or a baseline) on MM-Fi or a generated dataset"),

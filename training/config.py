@@ -1,5 +1,5 @@
 """Typed training configuration: dataclasses that validate themselves (their defaults are THE
-defaults), loaded by the shared config layer ``sensors.settings`` (the runtime's too).
+defaults), loaded by the shared config layer ``sensors.core.settings`` (the runtime's too).
 
 A run's configuration is resolved in this order, later wins:
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from sensors import schema, settings
-from sensors.settings import ConfigError
+from sensors.core import schema, settings
+from sensors.core.settings import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FUSIONS = ("concat", "mlp", "attention")
@@ -72,7 +72,7 @@ class ModelConfig:
     dim: int = 64  # feature width of every encoder output [B, dim]
     rgb_window: int = schema.DEFAULT_RGB_WINDOW  # causal keypoint window R = the TCN's receptive field
     lidar_cap: int = schema.DEFAULT_LIDAR_CAP
-    # LiDAR cropped to the body before the cap (sensors.preprocess.crop_lidar); false = the raw
+    # LiDAR cropped to the body before the cap (sensors.core.preprocess.crop_lidar); false = the raw
     # scan (floor, walls) sampled to the cap, as the official MM-Fi toolbox feeds it (an ablation
     # of the pipeline; the exported model records it and the runtime applies it)
     lidar_crop: bool = True
@@ -355,7 +355,7 @@ def save(cfg: Config, path: str | Path) -> None:
 
 # ---------------------------------------------------------------------- `training config show`
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sensors.cli_util import add_set_argument
+    from sensors.core.cli_util import add_set_argument
 
     p.add_argument("action", choices=("show",), help="show: every key, its type, default and resolved value")
     p.add_argument("--preset", help="base preset from training/configs: small, paper, tiny")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sensors import preprocess, schema
+from sensors.core import preprocess, schema
 from training.config import Config, DataConfig
 
 log = logging.getLogger(__name__)

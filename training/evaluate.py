@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 from training.data import Split, evenly_spaced
 from training.shapley import coalition_masks, coalition_values
 

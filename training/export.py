@@ -34,7 +34,7 @@ import onnx
 import torch
 from torch import nn
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate.writer import dataset_kind
 from training.calibration import (
     CALIBRATION_MAX_FRAMES,
@@ -57,23 +57,23 @@ IR_VERSION = 10  # onnxruntime 1.20 reads IR <= 10; onnx 1.23 would write 11 by 
 OPSETS = range(14, 22)  # what IR 10 and onnxruntime 1.20 both cover (opset 21 is onnxruntime 1.20's newest)
 
 PREPROCESSING = {
-    "rgb": "sensors.preprocess.rgb_window(frames, rgb_window): causal window of the last R frames "
+    "rgb": "sensors.core.preprocess.rgb_window(frames, rgb_window): causal window of the last R frames "
            "(last = now), missing frames edge-padded, each normalised by normalize_keypoints "
            "(u / 640 * 2 - 1, v / 640 * 2 - 480 / 640)",
-    "lidar": "sensors.preprocess.point_input('lidar', points, lidar_cap): non-finite rows dropped; "
+    "lidar": "sensors.core.preprocess.point_input('lidar', points, lidar_cap): non-finite rows dropped; "
              "crop_lidar (floor slab, range box, radius around the median; LIDAR_CROP) keeps the body "
              "(lidar_crop false: the raw scan is kept); "
-             "then sensors.preprocess.sample_points: more than the cap -> evenly spaced rows (np.linspace, order kept); "
+             "then sensors.core.preprocess.sample_points: more than the cap -> evenly spaced rows (np.linspace, order kept); "
              "fewer -> zero padding; lidar_mask True on real points",
-    "mmwave": "sensors.preprocess.point_input('mmwave', points, mmwave_cap): sample_points as lidar, no "
+    "mmwave": "sensors.core.preprocess.point_input('mmwave', points, mmwave_cap): sample_points as lidar, no "
               "crop; empty frames give an all-False mask",
-    "wifi": "sensors.preprocess.resample_packets(packets [P,3,114]) -> [3,114,10] for amplitude and "
-            "phase, then sensors.preprocess.wifi_input(amp, phase): sensors.preprocess.clean_csi (inf -> "
-            "NaN -> mean of the finite values of the same packet slice), sensors.preprocess.minmax per "
+    "wifi": "sensors.core.preprocess.resample_packets(packets [P,3,114]) -> [3,114,10] for amplitude and "
+            "phase, then sensors.core.preprocess.wifi_input(amp, phase): sensors.core.preprocess.clean_csi (inf -> "
+            "NaN -> mean of the finite values of the same packet slice), sensors.core.preprocess.minmax per "
             "frame to [0, 1], amplitude (packets 0..9) then phase (10..19)",
     "presence": "1.0 where the modality has data for the frame, 0.0 where absent (inputs zero-filled); "
                 "a point cloud counts as present when it holds at least one finite point (as "
-                "sensors.preprocess.frame_inputs decides); the same mask as a Shapley coalition "
+                "sensors.core.preprocess.frame_inputs decides); the same mask as a Shapley coalition "
                 "(bit i = MODALITIES[i])",
 }
 UNITS = {

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 from training import config as config_mod
 from training.study_arms import Arm, run_dir
 

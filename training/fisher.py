@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call, grad, vmap
 
-from sensors import schema
+from sensors.core import schema
 from training.data import Split
 from training.losses import mpjpe_loss
 from training.model import PoseModel

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sensors.cli_util import add_list_argument, add_set_argument
+from sensors.core.cli_util import add_list_argument, add_set_argument
 from training import config as config_mod
 from training.config import BALANCES, FUSIONS
 

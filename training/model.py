@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sensors import schema
+from sensors.core import schema
 from training.config import ModelConfig
 
 MASK_FILL = -1e4  # attention logit of a masked neighbour: exp() underflows to exactly 0 in float32

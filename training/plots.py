@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from sensors import posemath, schema  # noqa: E402
+from sensors.core import posemath, schema  # noqa: E402
 
 FORMATS = ("png", "svg")
 # Human3.6M-17: left side 4-6 (leg) and 11-13 (arm), right side 1-3 and 14-16, the rest centre.

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 
 log = logging.getLogger(__name__)
 

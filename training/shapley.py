@@ -6,7 +6,7 @@ prediction and ground truth across the batch, v(empty) = 0. The encoders run onc
 fusion head runs over the 16 coalitions, without gradients.
 
 The math shared with the runtime (Shapley weights, the numpy profit) lives in the torch-free
-``sensors.posemath``; ``pearson_profit`` here is its torch twin (a test checks they agree).
+``sensors.core.posemath``; ``pearson_profit`` here is its torch twin (a test checks they agree).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from sensors import posemath, schema
+from sensors.core import posemath, schema
 
 COALITION_MASKS = torch.from_numpy(schema.COALITION_MASKS)  # [16, 4] float32, bitmask order
 

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from sensors import schema
-from sensors.cli_util import add_list_argument, add_set_argument
-from sensors.settings import ConfigError
+from sensors.core import schema
+from sensors.core.cli_util import add_list_argument, add_set_argument
+from sensors.core.settings import ConfigError
 from training import fair_plan, study_arms
 from training.study_arms import NOTES_MARKER, Arm
 

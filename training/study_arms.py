@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensors import schema
+from sensors.core import schema
 from training import config as config_mod
 
 NOTES_MARKER = "<!-- notes: everything below this line is kept when the study rewrites the file -->"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 from training import study_arms
 
 Runs = dict[str, list[dict[str, Any]]]  # arm name -> finished runs (metrics + log + seed)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from sensors import schema
+from sensors.core import schema
 from training import balance_math, balance_methods, distributed
 from training import config as config_mod
 from training.checkpoint import read_checkpoint, save_checkpoint

@@ -25,7 +25,7 @@ import numpy as np
 from exporters.pose_publisher import PosePublisher, pose_message
 from runtime.config import free_loopback_port
 from runtime.view.browser import headless_chromium
-from sensors import schema
+from sensors.core import schema
 
 
 def skeleton_sequence(action: str = "A12", seed: int = 0) -> np.ndarray:

@@ -14,7 +14,7 @@ import logging
 
 from runtime.view.hub import SubscriberConfig
 from runtime.view.server import ViewConfig, serve_view
-from sensors.cli_util import add_client_key_arguments
+from sensors.core.cli_util import add_client_key_arguments
 from sensors.replay import client_keys
 
 log = logging.getLogger(__name__)

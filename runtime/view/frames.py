@@ -11,7 +11,7 @@ A frame is a flat dict of JSON values:
 ``outcome``         ``fused`` / ``partial`` / ``empty``
 ``joints``          [17][3] metres, camera frame (x right, y down, z depth), or None
 ``gt``              [17][3] ground truth the tick used, or None
-``presence``        [4] 0/1 per modality (``sensors.schema.MODALITIES`` order)
+``presence``        [4] 0/1 per modality (``sensors.core.schema.MODALITIES`` order)
 ``shares``          [4] label-free contribution shares (sum 1), or None before the first window
 ``shapley``         [4] label-free Shapley values, or None
 ``degradation``     [4] degradation score in [0, 1]
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sensors import schema, wire
+from sensors.core import schema, wire
 
 # Header keys of the pose message that carry rehabilitation outputs; passed through as they come.
 REHAB_KEYS: tuple[str, ...] = ("rehab",)

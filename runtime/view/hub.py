@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from runtime.view.frames import frame_from_message
-from sensors import keys, schema, wire
+from sensors.core import keys, schema, wire
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate import kinematics, lidar, mmwave, rgb, truth, wifi
 from sensors.simulate.body import BodyConfig, make_subject, place
 from sensors.simulate.environment import get_environment

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 
 @dataclass(frozen=True)

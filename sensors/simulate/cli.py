@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate.presets import PRESETS
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sensors import schema
+from sensors.core import schema
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate.body import Subject
 
 J = schema.JOINT_INDEX

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate.body import BONE_RADIUS_M
 
 J = schema.JOINT_INDEX

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate.body import BONE_RADIUS_M
 from sensors.simulate.lidar import TORSO_SIDE_RADIUS_M, TORSO_SIDES, camera_to_sensor
 

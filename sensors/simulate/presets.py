@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 S1_TRAIN_SUBJECTS = 32  # the official toolbox's floor(0.8 * 40)
 

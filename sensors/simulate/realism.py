@@ -25,8 +25,9 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sensors import mmfi, posemath, preprocess, schema
-from sensors.cli_util import add_report_arguments, emit_report
+from sensors import mmfi
+from sensors.core import posemath, preprocess, schema
+from sensors.core.cli_util import add_report_arguments, emit_report
 from sensors.simulate.body import bone_lengths
 from sensors.simulate.presets import s1_test_subjects
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 # Detector jitter s.d. (pixels at the reference focal length and 3.2 m) per COCO keypoint:
 # nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 TRUTH_FILE = "rehab_truth.json"
 TRUTH_VERSION = 1

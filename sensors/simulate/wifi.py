@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 SPEED_OF_LIGHT = 299_792_458.0
 J = schema.JOINT_INDEX

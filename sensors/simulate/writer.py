@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from sensors import schema
+from sensors.core import schema
 from sensors.simulate.truth import write_truth
 
 

@@ -11,7 +11,7 @@ from math import factorial
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 PEARSON_EPS = 1e-8  # a coordinate whose std is below this gets correlation 0, not NaN
 

@@ -97,7 +97,7 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {
 }
 
 # ----------------------------------------------------------------------------------------------
-# Model inputs (after preprocessing, see sensors.preprocess). B = batch.
+# Model inputs (after preprocessing, see sensors.core.preprocess). B = batch.
 # ----------------------------------------------------------------------------------------------
 # rgb         float32 [B, R, 17, 2]    normalised keypoints, causal window of R frames (last = now)
 # lidar       float32 [B, Cl, 3]       points sampled/padded to the cap Cl

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 WIRE_VERSION = 1
 INPUT_TOPICS: tuple[str, ...] = schema.MODALITIES
@@ -72,7 +72,7 @@ ARRAY_SPECS: dict[str, tuple[ArraySpec, ...]] = {
             ArraySpec("score", "<f4", (_KP,), required=False, finite=True)),
     "lidar": (ArraySpec("points", "<f4", (None, len(schema.LIDAR_COLUMNS)), finite=True),),
     "mmwave": (ArraySpec("points", "<f4", (None, len(schema.MMWAVE_COLUMNS)), finite=True),),
-    # NaN/inf in CSI are allowed: the official cleaning (sensors.preprocess.clean_csi) repairs them.
+    # NaN/inf in CSI are allowed: the official cleaning (sensors.core.preprocess.clean_csi) repairs them.
     "wifi": (ArraySpec("amp", "<f4", (None, _A, _S)), ArraySpec("phase", "<f4", (None, _A, _S))),
     schema.GT_TOPIC: (ArraySpec("joints", "<f4", (_J, 3), finite=True),),
     schema.POSE_TOPIC: (ArraySpec("joints", "<f4", (_J, 3)),

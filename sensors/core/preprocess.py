@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 
 def normalize_keypoints(kpts: np.ndarray) -> np.ndarray:

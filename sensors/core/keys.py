@@ -18,7 +18,7 @@ public key. Rotation: ``add`` a new client key, restart the runtime, move the cl
 Used by: ``runtime.ingest.Ingest`` and ``exporters.pose_publisher.PosePublisher`` (servers),
 ``sensors.publisher.SensorPublisher`` / ``sensors replay --keys`` and pose-stream readers (clients):
 
-    from sensors import keys
+    from sensors.core import keys
     sock = ctx.socket(zmq.SUB)
     keys.CurveClient.load("DIR/clients/viewer-1.key_secret", "DIR/server.key").apply(sock)
     sock.connect("tcp://127.0.0.1:5556")
@@ -278,7 +278,7 @@ class CurveServer:
 
     def start_authenticator(self, ctx: zmq.Context) -> ThreadAuthenticator:
         """ZAP handler of ``ctx`` admitting only the allow-listed keys (start before binding)."""
-        auth = ThreadAuthenticator(ctx, log=logging.getLogger("sensors.keys.zap"))
+        auth = ThreadAuthenticator(ctx, log=logging.getLogger("sensors.core.keys.zap"))
         auth.start()
         auth.configure_curve(domain="*", location=str(self.allowed_dir))
         return auth
