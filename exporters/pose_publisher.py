@@ -21,7 +21,7 @@ station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msg
 ``outcome``        ``fused`` (all four present) or ``partial``
 ``gt``             [17][3] ground-truth joints the tick used (replay with ``gt`` only), else nil
 ``rehab``          map: joint angles, exercise, repetition count, last range of motion, the last
-                   completed repetition with its trust (``runtime.rehab.RehabTick.header``; docs/wire.md)
+                   completed repetition with its trust (``runtime.rehab.monitor.RehabTick.header``; docs/wire.md)
 =================  ==================================================================================
 All arrays are in ``sensors.core.schema.MODALITIES`` order (rgb, lidar, mmwave, wifi).
 

@@ -10,8 +10,8 @@ COMMANDS = {
     "bench": ("runtime.bench", "latency and throughput figures of the pipeline"),
     "config": ("runtime.config", "show every config key with its type, default and resolved value"),
     "info": ("runtime.model", "check an ONNX model and print its metadata and provider"),
-    "report": ("runtime.report", "rehabilitation session report (HTML) of a pose recording"),
-    "rehab-eval": ("runtime.rehab_eval", "accuracy of repetition counts and ranges of motion on a generated dataset"),
+    "report": ("runtime.rehab.report", "rehabilitation session report (HTML) of a pose recording"),
+    "rehab-eval": ("runtime.rehab.evaluate", "accuracy of repetition counts and ranges of motion on a generated dataset"),
     "keys": ("sensors.core.keys", "CurveZMQ keys: init a key directory, add/revoke/list client keys"),
     "view": ("runtime.view.command", "live station viewer: a web page of the pose stream or of a recording"),
 }

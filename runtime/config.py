@@ -20,7 +20,7 @@ import yaml
 from runtime.contributions import ContributionConfig
 from runtime.degradation import DegradationConfig
 from runtime.health import HealthConfig
-from runtime.rehab import RehabConfig
+from runtime.rehab.monitor import RehabConfig
 from runtime.sync import SyncConfig
 from sensors.core import schema, settings
 

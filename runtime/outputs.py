@@ -21,9 +21,9 @@ import numpy as np
 
 from exporters.metrics import EXERCISE_LABELS, RuntimeMetrics
 from exporters.pose_publisher import pose_message
-from runtime import angles as ang
 from runtime.config import RuntimeConfig
 from runtime.pipeline import TickResult
+from runtime.rehab import angles as ang
 from sensors.core import schema
 
 log = logging.getLogger(__name__)

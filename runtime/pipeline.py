@@ -35,7 +35,7 @@ from runtime.contributions import Contributions, ContributionTracker
 from runtime.degradation import DegradationMonitor, DegradationResult, leave_one_out_disagreement
 from runtime.features import FeatureBuilder
 from runtime.health import InputHealth, InputHealthChecker
-from runtime.rehab import RehabMonitor, RehabTick
+from runtime.rehab.monitor import RehabMonitor, RehabTick
 from runtime.sync import TickInputs
 from sensors.core import schema
 
@@ -78,7 +78,7 @@ class StepInputs:
     lead_s: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES))
     # ^ newest capture time of the modality minus the clock's "now" (s; > 0 = a sensor clock ahead)
     exercise: list[tuple[int, str, str | None]] = field(default_factory=list)
-    # ^ (capture t_ns, exercise, session) from input headers since the last tick (runtime.rehab)
+    # ^ (capture t_ns, exercise, session) from input headers since the last tick (runtime.rehab.monitor)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class TickResult:
     empty: np.ndarray = field(default_factory=lambda: np.zeros(schema.N_MODALITIES, np.float32))
     # ^ 1 = that message was an empty point cloud (the sensor runs but saw nothing; absent to the model)
     points: dict[str, np.ndarray] | None = None   # lidar/mmwave points used, when output.forward_points > 0
-    rehab: RehabTick | None = None        # joint angles, repetitions (runtime.rehab), when enabled
+    rehab: RehabTick | None = None        # joint angles, repetitions (runtime.rehab.monitor), when enabled
 
 
 def forwarded_points(samples: dict, cap: int) -> dict[str, np.ndarray] | None:

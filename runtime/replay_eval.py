@@ -211,7 +211,7 @@ def run_replay(model_path: str, data_root: str, protocol: str, split: str, subse
                seed: int = 0, secure: bool = False, rehab_report: str | None = None, progress: bool = True) -> dict:
     """Serve ``model_path`` in-process, replay the dataset into it over ZeroMQ, return the report.
     ``secure``: CurveZMQ on both sockets, with a key directory made for this run.
-    ``rehab_report``: also write the rehabilitation report (runtime.report) of the pose stream there.
+    ``rehab_report``: also write the rehabilitation report (runtime.rehab.report) of the pose stream there.
     ``progress``: the replay's progress bar on stderr (``--no-progress`` switches it off)."""
     if secure:
         with tempfile.TemporaryDirectory(prefix="awc-replay-keys-") as tmp:
@@ -261,7 +261,7 @@ def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cf
                           fault_windows)
     report["pose_stream_invalid"] = collector.invalid
     if rehab_report:
-        from runtime.report import records_from_poses, write_report  # matplotlib only when asked
+        from runtime.rehab.report import records_from_poses, write_report  # matplotlib only when asked
 
         data = write_report(records_from_poses(collector.poses), rehab_report,
                             source=f"runtime replay of {data_root} ({protocol}/{split}/{subset})")
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     text = format_report(report)
     if "rehab" in report:
-        from runtime.report import format_summary
+        from runtime.rehab.report import format_summary
 
         text += "\n\n" + format_summary(report["rehab"]) + f"\nrehabilitation report: {report['rehab']['report']}"
     emit_report(args, report, text)

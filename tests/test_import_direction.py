@@ -129,3 +129,12 @@ def test_base_dependencies_hold_no_training_only_package():
     assert any(d.startswith("scikit-learn") for d in extras["train"]) and any(d.startswith("onnx>") for d in extras["train"])
     assert not any("onnxscript" in d for group in extras.values() for d in group)
     assert any(d.startswith("scikit-learn") for d in extras["sim"])
+
+
+def test_rehabilitation_imports_nothing_of_the_runtime_outside_it():
+    """runtime.rehab is a sub-package the pipeline calls; it never reaches back into the runtime."""
+    files = sorted((REPO / "runtime" / "rehab").rglob("*.py"))
+    assert len(files) >= 7
+    for f in files:
+        bad = sorted(n for n in _ours(f, "runtime") if n != "runtime.rehab" and not n.startswith("runtime.rehab."))
+        assert not bad, f"{f.relative_to(REPO)} imports {bad}: runtime.rehab imports only runtime.rehab of the runtime"

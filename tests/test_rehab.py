@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from runtime import angles as ang
-from runtime.rehab import RehabConfig, RehabMonitor, segment_summary
-from runtime.repetitions import CounterConfig, RepetitionCounter
+from runtime.rehab import angles as ang
+from runtime.rehab.monitor import RehabConfig, RehabMonitor, segment_summary
+from runtime.rehab.repetitions import CounterConfig, RepetitionCounter
 from sensors.core import schema
 
 T0 = 1_700_000_000_000_000_000   # capture time of frame 0 in tests.test_pipeline.frame_messages
@@ -405,8 +405,8 @@ def _feed(mon: RehabMonitor, joints, start_tick=0, presence=None, degraded=None)
 
 
 def test_monitor_counts_squats_with_symmetry_and_mark_time_per_side():
-    from runtime.exercises import EXERCISES
-    from runtime.rehab_eval import true_repetitions
+    from runtime.rehab.evaluate import true_repetitions
+    from runtime.rehab.exercises import EXERCISES
     from sensors.simulate.truth import truth_of
 
     squat, channels = _kinematics("A12")
@@ -525,7 +525,7 @@ def test_rehab_reaches_the_pose_stream_the_recorder_and_the_metrics(tiny_model):
 # ----------------------------------------------------------------------------------------------
 def test_report_from_a_recording_is_self_contained_html(tmp_path):
     pytest.importorskip("matplotlib")
-    from runtime import report
+    from runtime.rehab import report
 
     squat, lunge = _generated("A12"), _generated("A10")
     path = tmp_path / "poses.jsonl"
@@ -555,7 +555,7 @@ def report_args(path, out, json_out):
 
 
 def test_report_refuses_a_file_that_is_no_recording(tmp_path):
-    from runtime import report
+    from runtime.rehab import report
 
     bad = tmp_path / "x.jsonl"
     bad.write_text('{"a": 1}\n')
@@ -568,8 +568,8 @@ def test_report_refuses_a_file_that_is_no_recording(tmp_path):
 
 
 def test_generator_truth_side_file_and_rehab_eval_on_it(tiny_dataset):
-    from runtime import rehab_eval
-    from runtime.exercises import EXERCISES
+    from runtime.rehab import evaluate as rehab_eval
+    from runtime.rehab.exercises import EXERCISES
     from sensors.simulate.truth import read_truth
 
     seq = tiny_dataset / "E01" / "S02" / "A02"

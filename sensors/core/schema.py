@@ -254,7 +254,7 @@ def frame_file_name(modality: str, frame: int) -> str:
     return f"frame{frame + 1:03d}{MMFI_SUFFIX[modality]}"
 
 
-# Joint angles of the rehabilitation outputs (runtime.angles defines them; docs/rehab.md): names,
+# Joint angles of the rehabilitation outputs (runtime.rehab.angles defines them; docs/rehab.md): names,
 # sides, and the (angle, side) channels in the order of every angle array and of the metric labels.
 ANGLE_NAMES: tuple[str, ...] = ("knee_flexion", "hip_flexion", "hip_abduction", "elbow_flexion",
                                 "shoulder_flexion", "shoulder_abduction", "trunk_lean_sagittal",

@@ -1,7 +1,7 @@
 """Exercise models of MM-Fi's rehabilitation protocol P2: which angle each exercise works, on
 which side, and how repetitions of it are counted.
 
-``mode`` says how the principal angle (``runtime.angles`` names) is read:
+``mode`` says how the principal angle (``runtime.rehab.angles`` names) is read:
 
 * ``left`` / ``right``: one side's angle (the working limb); the other side is reported beside it;
 * ``both``: both limbs move together; repetitions are counted on the mean of the two sides, and
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.angles import ANGLE_NAMES, LIMB_ANGLES
+from runtime.rehab.angles import ANGLE_NAMES, LIMB_ANGLES
 from sensors.core import schema
 
 MODES = ("left", "right", "both", "alternating", "none")
@@ -31,7 +31,7 @@ UNKNOWN = "unknown"
 class Exercise:
     code: str                      # MM-Fi action code, or "unknown"
     name: str
-    angle: str                     # principal angle (runtime.angles.ANGLE_NAMES)
+    angle: str                     # principal angle (runtime.rehab.angles.ANGLE_NAMES)
     mode: str                      # see the module doc
     motion: str                    # the expected movement, for the report
     min_rom_deg: float = 20.0      # smallest range of motion counted as a repetition

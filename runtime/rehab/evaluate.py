@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import angles as ang
-from runtime.exercises import EXERCISES, Exercise
-from runtime.rehab import RehabConfig, RehabMonitor, Segment
+from runtime.rehab import angles as ang
+from runtime.rehab.exercises import EXERCISES, Exercise
+from runtime.rehab.monitor import RehabConfig, RehabMonitor, Segment
 from sensors import mmfi
 from sensors.core import schema
 from sensors.simulate.truth import read_truth
@@ -126,7 +126,7 @@ def evaluate_ground_truth(root, protocol: str = "P2", config: RehabConfig | None
 
 def evaluate_recording(root, path) -> list[dict]:
     """Per replayed sequence (session): the monitor on the recorded predicted poses."""
-    from runtime.report import load_records, run_monitor  # report imports matplotlib lazily
+    from runtime.rehab.report import load_records, run_monitor  # report imports matplotlib lazily
 
     records = load_records(path)
     rows = []

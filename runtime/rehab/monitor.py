@@ -12,7 +12,7 @@ time. A switch ends the current segment (its repetition still falling is complet
 starts a new one. An empty or unknown code is the generic mode: every angle is watched, and the
 one that moved through the most range in counted repetitions is reported.
 
-Implausible angles (``runtime.angles.PlausibilityGate``): each raw angle is unwrapped against its
+Implausible angles (``runtime.rehab.angles.PlausibilityGate``): each raw angle is unwrapped against its
 last plausible sample and dropped when outside the joint's physiological range, before the
 smoothing, so the smoothed angle holds instead of following a wild pose across the planar cut.
 A repetition records the fraction of its ticks whose counted angle was dropped
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime import angles as ang
-from runtime.exercises import EXERCISES, GENERIC_MIN_ROM_DEG, UNKNOWN, Exercise, get_exercise
-from runtime.repetitions import CounterConfig, Repetition, RepetitionCounter
-from runtime.trust import TrustConfig, TrustTracker
+from runtime.rehab import angles as ang
+from runtime.rehab.exercises import EXERCISES, GENERIC_MIN_ROM_DEG, UNKNOWN, Exercise, get_exercise
+from runtime.rehab.repetitions import CounterConfig, Repetition, RepetitionCounter
+from runtime.rehab.trust import TrustConfig, TrustTracker
 from sensors.core import schema
 
 MAX_SEGMENTS = 200          # segments kept in memory (the live runtime needs only the current one)

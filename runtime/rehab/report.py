@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import angles as ang
-from runtime.exercises import EXERCISES
-from runtime.rehab import RehabConfig, RehabMonitor, Segment, segment_summary, symmetry_of
+from runtime.rehab import angles as ang
+from runtime.rehab.exercises import EXERCISES
+from runtime.rehab.monitor import RehabConfig, RehabMonitor, Segment, segment_summary, symmetry_of
 from sensors.core import schema
 
 log = logging.getLogger(__name__)
