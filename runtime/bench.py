@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from exporters.metrics import RuntimeMetrics
 from runtime.config import RuntimeConfig, free_loopback_port
+from runtime.inference import OnnxPoseModel
 from runtime.loop import Loop
-from runtime.model import PoseModel
 from runtime.outputs import MetricsOutput, Outputs
 from runtime.pipeline import Pipeline
 from sensors.core import keys as keyfiles
@@ -82,12 +82,12 @@ def _summary_ms(seconds) -> dict[str, float]:
     return {"p50_ms": round(_pct(ms, 50), 3), "p99_ms": round(_pct(ms, 99), 3), "mean_ms": round(float(ms.mean()), 3)}
 
 
-def bench_loop(model: PoseModel, cfg: RuntimeConfig) -> Loop:
+def bench_loop(model: OnnxPoseModel, cfg: RuntimeConfig) -> Loop:
     """The loop as ``runtime serve`` builds it, with the metrics as its only output (no sockets)."""
     return Loop(cfg, Pipeline(cfg, model), Outputs([], MetricsOutput(RuntimeMetrics(), cfg, model)))
 
 
-def bench_stages(model: PoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed: int = 0,
+def bench_stages(model: OnnxPoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed: int = 0,
                  progress: bool = True) -> dict:
     """Per-stage latency over ``n_ticks`` ticks driven directly (no sockets, no waiting)."""
     rng = np.random.default_rng(seed)
@@ -112,7 +112,7 @@ def bench_stages(model: PoseModel, cfg: RuntimeConfig, n_ticks: int = 500, seed:
     return out
 
 
-def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0, seed: int = 1) -> dict:
+def bench_throughput(model: OnnxPoseModel, cfg: RuntimeConfig, seconds: float = 5.0, seed: int = 1) -> dict:
     """Fused ticks per second, decode + feed + tick back to back on one thread."""
     rng = np.random.default_rng(seed)
     pipe = bench_loop(model, cfg)
@@ -132,7 +132,7 @@ def bench_throughput(model: PoseModel, cfg: RuntimeConfig, seconds: float = 5.0,
     return {"ticks": k, "fused": int(fused), "seconds": round(elapsed, 2), "ticks_per_s": round(k / elapsed, 1)}
 
 
-def bench_end_to_end(model: PoseModel, cfg: RuntimeConfig, duration_s: float = 20.0, seed: int = 2,
+def bench_end_to_end(model: OnnxPoseModel, cfg: RuntimeConfig, duration_s: float = 20.0, seed: int = 2,
                      keys_dir: str | None = None, progress: bool = True) -> dict:
     """Real sockets at 10 Hz: sensor PUB -> runtime -> pose SUB; latency and RSS over the run.
     With ``keys_dir`` (clients ``bench`` and ``viewer``) both sockets run CurveZMQ."""
@@ -236,7 +236,7 @@ def _transport_latencies(kd: Path | None, frames: list[list[bytes]], n: int, gap
     return out
 
 
-def bench_curve_cost(model: PoseModel, cfg: RuntimeConfig, duration_s: float, progress: bool = True) -> dict:
+def bench_curve_cost(model: OnnxPoseModel, cfg: RuntimeConfig, duration_s: float, progress: bool = True) -> dict:
     """The latency cost of CurveZMQ: (1) transport alone, one sensor message at a time over loopback
     TCP, plaintext and CurveZMQ alternated in rounds so that load from other processes hits both
     alike; (2) end to end at 10 Hz, plaintext then CurveZMQ on both sockets (noisier)."""
@@ -276,7 +276,7 @@ def run_bench(model_path: str, duration_s: float = 20.0, stage_ticks: int = 500,
               threads: int = 2, overrides: list[str] | None = None, curve_s: float = 0.0,
               progress: bool = True) -> dict:
     cfg = bench_config([f"inference.intra_op_threads={threads}", *(overrides or [])])
-    model = PoseModel.load(model_path, provider=cfg.inference.provider, intra_op_threads=threads)
+    model = OnnxPoseModel.load(model_path, provider=cfg.inference.provider, intra_op_threads=threads)
     report = {"model": str(model_path), "provider": model.provider, "threads": threads,
               "fusion": model.metadata.fusion, "lidar_cap": model.metadata.lidar_cap,
               "cpu_count": os.cpu_count(), "targets": TARGETS}

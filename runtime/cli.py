@@ -6,10 +6,10 @@ from sensors.core.cli_util import run_subcommands
 
 COMMANDS = {
     "serve": ("runtime.serve", "ingest the four sensor streams over ZeroMQ and serve fused poses"),
-    "replay": ("runtime.replay_eval", "offline validation: replay a dataset through the real pipeline"),
+    "replay": ("runtime.replay", "offline validation: replay a dataset through the real pipeline"),
     "bench": ("runtime.bench", "latency and throughput figures of the pipeline"),
     "config": ("runtime.config", "show every config key with its type, default and resolved value"),
-    "info": ("runtime.model", "check an ONNX model and print its metadata and provider"),
+    "info": ("runtime.inference", "check an ONNX model and print its metadata and provider"),
     "report": ("runtime.rehab.report", "rehabilitation session report (HTML) of a pose recording"),
     "rehab-eval": ("runtime.rehab.evaluate", "accuracy of repetition counts and ranges of motion on a generated dataset"),
     "keys": ("sensors.core.keys", "CurveZMQ keys: init a key directory, add/revoke/list client keys"),

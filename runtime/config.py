@@ -26,7 +26,6 @@ from sensors.core import schema, settings
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 ENV_PREFIX = "AWC_RUNTIME_"
-CLOCK_MODES = ("wall", "data")
 PROVIDERS = ("auto", "cpu", "cuda")
 
 
@@ -102,35 +101,6 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
-class SyncSettings(SyncConfig):
-    """``runtime.sync.SyncConfig`` (rate, tolerance, maximum age, WiFi window, buffer) plus the
-    clock that drives the ticks; see docs/runtime.md."""
-
-    clock: str = "wall"        # wall: real time; data: ticks follow capture times (fast replay)
-    delay_s: float = 0.01      # a tick runs this long after its time (late messages); data clock: >= tolerance
-    phase_lock: bool = True    # wall clock: tick grid on the capture phase of the first camera/LiDAR/radar message
-    data_flush_s: float = 0.5  # data clock: with no message for this long, run the last due tick
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0 < self.rate_hz <= 1000:
-            raise ValueError(f"sync.rate_hz must be in (0, 1000], got {self.rate_hz}")
-        if not self.tolerance_s < _max_age(self.max_age_s):
-            raise ValueError(f"sync needs tolerance_s < max_age_s, got {self.tolerance_s}, {self.max_age_s}")
-        if self.buffer_len < 2:
-            raise ValueError(f"sync.buffer_len must be >= 2, got {self.buffer_len}")
-        if not 0 <= self.delay_s < 1 / self.rate_hz or self.data_flush_s <= 0:
-            raise ValueError(f"sync.delay_s must be in [0, 1/rate_hz) and data_flush_s > 0, got {self.delay_s}, "
-                             f"{self.data_flush_s}")
-        if self.clock not in CLOCK_MODES:
-            raise ValueError(f"sync.clock must be one of {CLOCK_MODES}, got {self.clock!r}")
-
-
-def _max_age(max_age_s: float | dict) -> float:
-    return max(max_age_s.values(), default=0.3) if isinstance(max_age_s, dict) else max_age_s
-
-
-@dataclass(frozen=True)
 class InferenceConfig:
     provider: str = "auto"
     require_gpu: bool = False
@@ -188,7 +158,7 @@ class RuntimeConfig:
     inputs: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    sync: SyncSettings = field(default_factory=SyncSettings)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     contributions: ContributionConfig = field(default_factory=ContributionConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -209,10 +179,11 @@ class RuntimeConfig:
         data = settings.deep_merge({}, data or {})
         sync, health = data.get("sync") or {}, data.setdefault("health", {})
         if isinstance(sync, dict) and isinstance(health, dict):
-            defaults = SyncSettings()
+            defaults = SyncConfig()
             health.setdefault("tolerance_s", sync.get("tolerance_s", defaults.tolerance_s))
             max_age = sync.get("max_age_s", defaults.max_age_s)
-            health.setdefault("max_age_s", max_age if not isinstance(max_age, dict) else _max_age(max_age))
+            health.setdefault("max_age_s", max_age if not isinstance(max_age, dict)
+                              else max(max_age.values(), default=defaults.max_age_s))
         return settings.build(cls, data, source=source)
 
     @classmethod

@@ -279,10 +279,6 @@ class Ingest:
             if not self._stop.is_set() and self.on_exit is not None:
                 self.on_exit(self)
 
-    def count_handshake_failure(self, reason: str, endpoint: bytes | str = b"?") -> None:
-        """Account one refused handshake (the receive thread does, from the socket monitor)."""
-        self.handshakes.count(reason, endpoint)
-
     def handle(self, frames: list) -> wire.Message | None:
         """Decode, account and queue one multipart message (called by the receive thread)."""
         start = time.perf_counter()

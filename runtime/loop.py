@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.config import RuntimeConfig
-from runtime.model import ModelError
+from runtime.inference import ModelError
 from runtime.outputs import Outputs
 from runtime.pipeline import Pipeline, StepInputs, TickResult
 from runtime.sync import Due, Synchronizer, TickClock
@@ -68,7 +68,7 @@ class Loop:
         self.config = config
         self.pipeline = pipeline
         self.outputs = outputs or Outputs()
-        self.sync = Synchronizer(config.sync)   # SyncSettings is a SyncConfig
+        self.sync = Synchronizer(config.sync)
         self.stats = stats or RunStats()
         self.last_tick_wall: float | None = None   # monotonic time of the last tick
         self.last_pose_wall: float | None = None   # monotonic time of the last tick with a pose (readiness)

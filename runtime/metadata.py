@@ -1,6 +1,6 @@
 """The self-description of an exported model: the ``awc.*`` metadata entries of the ONNX file
 (docs/export.md), parsed into typed values and checked against this release's schema. Torch-free;
-``runtime.model`` loads the file and re-exports these names.
+``runtime.inference`` loads the file and re-exports these names.
 """
 
 from __future__ import annotations

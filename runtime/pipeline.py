@@ -127,7 +127,7 @@ def forwarded_points(samples: dict, cap: int) -> dict[str, np.ndarray] | None:
 
 
 class Pipeline:
-    """The per-tick stages of one station around a loaded ``PoseModel``."""
+    """The per-tick stages of one station around a loaded ``OnnxPoseModel``."""
 
     def __init__(self, config: RuntimeConfig, model):
         self.config = config

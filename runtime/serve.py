@@ -41,9 +41,9 @@ from exporters.pose_publisher import PosePublisher
 from exporters.recorder import open_recorder
 from runtime.config import RuntimeConfig
 from runtime.console import ConsoleView
+from runtime.inference import ModelError, OnnxPoseModel
 from runtime.ingest import Ingest
 from runtime.loop import Loop, RunStats
-from runtime.model import ModelError, PoseModel
 from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, RecorderOutput
 from runtime.pipeline import Pipeline
 from runtime.sdnotify import Notifier
@@ -159,15 +159,15 @@ def curve_servers(cfg: RuntimeConfig) -> tuple[keys.CurveServer | None, keys.Cur
     return None, None
 
 
-def load_model(cfg: RuntimeConfig, path: str | Path) -> PoseModel:
+def load_model(cfg: RuntimeConfig, path: str | Path) -> OnnxPoseModel:
     inf = cfg.inference
-    model = PoseModel.load(path, provider=inf.provider, require_gpu=inf.require_gpu,
+    model = OnnxPoseModel.load(path, provider=inf.provider, require_gpu=inf.require_gpu,
                            intra_op_threads=inf.intra_op_threads)
     log.info("inference provider: %s (requested %s)", model.provider, inf.provider)
     return model
 
 
-def build_outputs(cfg: RuntimeConfig, model: PoseModel, metrics: RuntimeMetrics, console: bool = False,
+def build_outputs(cfg: RuntimeConfig, model: OnnxPoseModel, metrics: RuntimeMetrics, console: bool = False,
                   stats: RunStats | None = None) -> Outputs:
     """Pose PUB, recorder (saving the resolved config beside it), degradation log lines, the optional
     console, and the Prometheus metrics. The one place that decides what the runtime outputs."""
@@ -191,7 +191,7 @@ class Runtime:
     brings up everything but the loop; ``run`` ticks until ``stop`` is set; ``close`` tears it down
     in order (ingest, outputs flushed, HTTP)."""
 
-    def __init__(self, cfg: RuntimeConfig, model: PoseModel, console: bool = False):
+    def __init__(self, cfg: RuntimeConfig, model: OnnxPoseModel, console: bool = False):
         self.cfg = cfg
         self.metrics = RuntimeMetrics()
         self.stop_event = threading.Event()
@@ -271,7 +271,7 @@ class Runtime:
             self.http.stop()
 
 
-def serve(cfg: RuntimeConfig, model: PoseModel, console: bool = False, duration_s: float | None = None,
+def serve(cfg: RuntimeConfig, model: OnnxPoseModel, console: bool = False, duration_s: float | None = None,
           view_port: int | None = None) -> RunStats:
     """Serve until SIGINT/SIGTERM or ``duration_s``; outputs are flushed on the way out. With
     ``view_port``, the station viewer runs beside it in its own process (stopped on the way out)."""

@@ -38,35 +38,58 @@ from sensors.core.wire import Message
 SYNC_TOPICS: tuple[str, ...] = (*schema.MODALITIES, schema.GT_TOPIC)
 
 
+CLOCK_MODES = ("wall", "data")
+
+
 @dataclass(frozen=True)
 class SyncConfig:
+    """The ``sync`` section of the runtime config: how samples are matched to ticks (rate,
+    tolerance, maximum age, WiFi window, buffer) and the clock that drives the ticks
+    (docs/runtime.md)."""
+
     rate_hz: float = 10.0
     tolerance_s: float = 0.05          # nearest sample to the tick within this (either side)
     max_age_s: dict | float = 0.3      # else the newest within this age; a dict gives it per modality
     wifi_window_s: float = 0.1         # WiFi: the packets of the last 100 ms
     buffer_len: int = 64               # per-modality ring buffer, in messages
+    clock: str = "wall"        # wall: real time; data: ticks follow capture times (fast replay)
+    delay_s: float = 0.01      # a tick runs this long after its time (late messages); data clock: >= tolerance
+    phase_lock: bool = True    # wall clock: tick grid on the capture phase of the first camera/LiDAR/radar message
+    data_flush_s: float = 0.5  # data clock: with no message for this long, run the last due tick
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
-        if not (math.isfinite(self.rate_hz) and self.rate_hz > 0):
-            raise ValueError(f"sync rate_hz must be a positive number, got {self.rate_hz}")
+        if not (math.isfinite(self.rate_hz) and 0 < self.rate_hz <= 1000):
+            raise ValueError(f"sync.rate_hz must be in (0, 1000], got {self.rate_hz}")
         if not self.tolerance_s >= 0:
-            raise ValueError(f"sync tolerance_s must be >= 0 s, got {self.tolerance_s}")
+            raise ValueError(f"sync.tolerance_s must be >= 0 s, got {self.tolerance_s}")
         if isinstance(self.max_age_s, dict):
             unknown = set(self.max_age_s) - set(schema.MODALITIES)
             if unknown:
-                raise ValueError(f"sync max_age_s keys must be modalities {schema.MODALITIES}, got {sorted(unknown)}")
+                raise ValueError(f"sync.max_age_s keys must be modalities {schema.MODALITIES}, got {sorted(unknown)}")
             ages = list(self.max_age_s.values())
         else:
             ages = [self.max_age_s]
         if not all(isinstance(a, int | float) and a >= 0 for a in ages):
-            raise ValueError(f"sync max_age_s must be >= 0 s (a number or a dict per modality), got {self.max_age_s}")
+            raise ValueError(f"sync.max_age_s must be >= 0 s (a number or a dict per modality), got {self.max_age_s}")
+        if not self.tolerance_s < self.largest_max_age_s:
+            raise ValueError(f"sync needs tolerance_s < max_age_s, got {self.tolerance_s}, {self.max_age_s}")
         if not self.wifi_window_s > 0:
-            raise ValueError(f"sync wifi_window_s must be > 0 s, got {self.wifi_window_s}")
-        if not (isinstance(self.buffer_len, int) and self.buffer_len >= 1):
-            raise ValueError(f"sync buffer_len must be an integer >= 1, got {self.buffer_len}")
+            raise ValueError(f"sync.wifi_window_s must be > 0 s, got {self.wifi_window_s}")
+        if not (isinstance(self.buffer_len, int) and self.buffer_len >= 2):
+            raise ValueError(f"sync.buffer_len must be an integer >= 2, got {self.buffer_len}")
+        if not 0 <= self.delay_s < 1 / self.rate_hz or self.data_flush_s <= 0:
+            raise ValueError(f"sync.delay_s must be in [0, 1/rate_hz) and data_flush_s > 0, got {self.delay_s}, "
+                             f"{self.data_flush_s}")
+        if self.clock not in CLOCK_MODES:
+            raise ValueError(f"sync.clock must be one of {CLOCK_MODES}, got {self.clock!r}")
+
+    @property
+    def largest_max_age_s(self) -> float:
+        """The maximum age (s); of a per-modality dict, the largest (0.3 s for an empty dict)."""
+        return max(self.max_age_s.values(), default=0.3) if isinstance(self.max_age_s, dict) else self.max_age_s
 
     @property
     def period_ns(self) -> int:

@@ -43,8 +43,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def tiny_model(tmp_path_factory):
     """An untrained ``tiny`` model exported to ONNX and loaded for the runtime (one per test module)."""
     pytest.importorskip("torch").set_num_threads(1)
-    from runtime.model import PoseModel
+    from runtime.inference import OnnxPoseModel
     from training.export import export_untrained
 
     path = export_untrained(tmp_path_factory.mktemp("model") / "tiny.onnx", preset="tiny", seed=0)
-    return PoseModel.load(path, provider="cpu", intra_op_threads=1)
+    return OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from runtime.config import DEFAULT_CONFIG, RuntimeConfig, SyncSettings
+from runtime.config import DEFAULT_CONFIG, RuntimeConfig
 from runtime.sync import SyncConfig
 from sensors.core import settings
 from training import config as training_config
@@ -40,8 +40,9 @@ def test_an_explicit_health_key_is_kept_and_staleness_follows_the_sync_otherwise
     assert RuntimeConfig.load(None, ["sync.max_age_s=0.5"]).health.max_age_s == 0.5
 
 
-def test_the_sync_settings_are_the_synchronizer_config_plus_the_clock():
-    assert issubclass(SyncSettings, SyncConfig)
+def test_the_sync_section_is_the_synchronizer_config_with_the_clock():
+    cfg = RuntimeConfig.load(None, ["sync.clock=data"])
+    assert type(cfg.sync) is SyncConfig and cfg.sync.clock == "data"
     with pytest.raises(ValueError, match="buffer_len"):
         RuntimeConfig.load(None, ["sync.buffer_len=1"])
 

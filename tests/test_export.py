@@ -10,7 +10,7 @@ import pytest
 import torch
 from fixtures.export_models import export_tiny, random_calibration, tiny_config, tiny_model
 
-from runtime.model import PoseModel
+from runtime.inference import OnnxPoseModel
 from sensors.core import posemath, schema
 from training import export
 from training.config import FUSIONS, config_hash
@@ -57,7 +57,7 @@ def torch_reference(model, x: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 @pytest.mark.parametrize("batch", [1, 5])
 def test_onnx_matches_torch_for_every_fusion(exported, fusion, batch):
     model, cfg, path = exported[fusion]
-    runtime = PoseModel.load(path, provider="cpu", intra_op_threads=1)
+    runtime = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1)
     x = parity_inputs(export.ModelDims.from_config(cfg), batch, seed=batch)
     pose, coalitions = runtime.run(x)
     ref_pose, ref_coalitions = torch_reference(model, x)
@@ -75,7 +75,7 @@ def test_absent_modality_changes_no_coalition(exported):
     """Coalition c uses COALITION_MASKS[c] * presence: with lidar absent, coalitions that differ
     only by the lidar bit predict the same pose."""
     model, cfg, path = exported["attention"]
-    runtime = PoseModel.load(path, provider="cpu", intra_op_threads=1)
+    runtime = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1)
     x = parity_inputs(export.ModelDims.from_config(cfg), 2, seed=7)
     x["presence"][:] = [1.0, 0.0, 1.0, 1.0]
     _, coalitions = runtime.run(x)
@@ -103,7 +103,7 @@ def test_opset_outside_what_onnxruntime_120_reads_is_refused(tmp_path):
 
 def test_metadata_describes_the_model(exported):
     model, cfg, path = exported["mlp"]
-    meta = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
+    meta = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
     assert meta.schema_version == schema.SCHEMA_VERSION and meta.modalities == schema.MODALITIES
     assert (meta.rgb_window, meta.lidar_cap, meta.mmwave_cap) == (cfg.model.rgb_window, cfg.model.lidar_cap,
                                                                   cfg.model.mmwave_cap)
@@ -119,7 +119,7 @@ def test_metadata_describes_the_model(exported):
 
 def test_baseline_shares_are_finite_nonnegative_and_sum_to_one(exported):
     for fusion, (_, _, path) in exported.items():
-        b = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata.baseline
+        b = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1).metadata.baseline
         assert b is not None, fusion
         # 2 sequences of 130 frames -> 4 whole 30-frame windows each.
         assert b.window == export.CALIBRATION_WINDOW == 30 and b.n_windows == 8 and b.n_frames == 240
@@ -139,7 +139,7 @@ def test_baseline_equals_shapley_of_torch_predictions(exported):
     for idx in cal.windows(export.CALIBRATION_WINDOW):
         pose, coalitions = torch_reference(model, {k: v[idx] for k, v in cal.inputs.items()})
         phis.append(posemath.shapley_values(posemath.coalition_values(coalitions, pose)))
-    b = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata.baseline
+    b = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1).metadata.baseline
     np.testing.assert_allclose(b.label_free["shapley"], np.mean(phis, axis=0), atol=1e-3)
     # Label-free efficiency: the values sum to v(full) - v(empty) = the 51 coordinates agreeing.
     assert sum(b.label_free["shapley"]) == pytest.approx(51.0, abs=1e-3)
@@ -163,7 +163,7 @@ def test_calibration_windows_stay_inside_sequences():
 
 def test_no_calibration_records_the_baseline_as_missing(tmp_path):
     _, _, path = export_tiny(tmp_path / "m.onnx", calibrate=False)
-    meta = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
+    meta = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
     assert meta.baseline is None and "without calibration" in meta.baseline_missing_reason
 
 
@@ -175,7 +175,7 @@ def test_calibration_refuses_a_missing_dataset(tmp_path):
 def test_export_is_deterministic_and_batch_independent(tmp_path):
     a = export_tiny(tmp_path / "a.onnx", calibrate=False)[2]
     b = export_tiny(tmp_path / "b.onnx", calibrate=False)[2]
-    ma, mb = (PoseModel.load(p, provider="cpu", intra_op_threads=1) for p in (a, b))
+    ma, mb = (OnnxPoseModel.load(p, provider="cpu", intra_op_threads=1) for p in (a, b))
     x = parity_inputs(export.ModelDims.from_config(tiny_config()), 4, seed=3)
     pose_a, coal_a = ma.run(x)
     np.testing.assert_array_equal(pose_a, mb.run(x)[0])
@@ -216,7 +216,7 @@ def test_training_export_refuses_without_data_unless_told(tmp_path, caplog):
     assert "no-such-dataset not found" in caplog.text and "--no-calibration" in caplog.text
     assert not out.exists()
     assert training_cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-calibration"]) == 0
-    runtime = PoseModel.load(out, provider="cpu", intra_op_threads=1)
+    runtime = OnnxPoseModel.load(out, provider="cpu", intra_op_threads=1)
     assert runtime.metadata.baseline is None and "--no-calibration" in runtime.metadata.baseline_missing_reason
     assert runtime.metadata.validation_metrics == {"mpjpe_mm": 99.5, "pa_mpjpe_mm": 61.0}
     x = parity_inputs(export.ModelDims.from_config(tiny_config("mlp")), 3, seed=2)
@@ -230,7 +230,7 @@ def test_export_records_training_data_kind_and_date(tmp_path, tiny_dataset):
     _, cfg, ckpt = _checkpoint(tmp_path, tiny_dataset)
     out = tmp_path / "awc.onnx"
     assert training_cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-calibration"]) == 0
-    producer = PoseModel.load(out, provider="cpu", intra_op_threads=1).metadata.producer
+    producer = OnnxPoseModel.load(out, provider="cpu", intra_op_threads=1).metadata.producer
     assert producer["training_data"] == "synthetic"
     assert producer["exported_at"].endswith("+00:00") and producer["exported_at"][:2] == "20"
 
@@ -243,7 +243,7 @@ def test_training_export_measures_the_baseline_on_dataset_frames(tmp_path, tiny_
     argv = ["export", "--checkpoint", str(ckpt), "--out", str(out), "--data", str(tiny_dataset),
             "--calibration-frames", "256"]
     assert training_cli.main(argv) == 0
-    b = PoseModel.load(out, provider="cpu", intra_op_threads=1).metadata.baseline
+    b = OnnxPoseModel.load(out, provider="cpu", intra_op_threads=1).metadata.baseline
     assert b is not None and b.window == 30 and b.n_frames == 240  # 256 frames hold 8 whole windows
     assert b.source["protocol"] == cfg.data.protocol and b.source["set"] == "sequences"   # held-out recordings
     for part in (b.label_free, b.labelled):
@@ -254,7 +254,7 @@ def test_export_untrained_is_deterministic_with_a_dataset_baseline(tmp_path, tin
     a = export.export_untrained(tmp_path / "a.onnx", fusion="attention", preset="tiny", seed=1,
                                 data_root=tiny_dataset, max_calibration_frames=128)
     b = export.export_untrained(tmp_path / "b.onnx", fusion="attention", preset="tiny", seed=1)
-    ma, mb = (PoseModel.load(p, provider="cpu", intra_op_threads=1) for p in (a, b))
+    ma, mb = (OnnxPoseModel.load(p, provider="cpu", intra_op_threads=1) for p in (a, b))
     assert ma.metadata.fusion == "attention" and ma.metadata.baseline is not None
     assert mb.metadata.baseline is None
     x = ma.empty_inputs(2)

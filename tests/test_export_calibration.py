@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import torch
 
-from runtime.model import PoseModel, describe
+from runtime.inference import OnnxPoseModel, describe
 from sensors.mmfi import MMFiDataset
 from training import config, distributed
 from training.calibration import load_calibration
@@ -105,11 +105,11 @@ def test_training_export_records_the_calibration_set(tmp_path, tiny_dataset):
         out[validation] = tmp_path / f"{validation}.onnx"
         argv = ["export", "--checkpoint", str(ckpt), "--out", str(out[validation]), "--calibration-frames", "60"]
         assert training_cli.main(argv) == 0
-    held = PoseModel.load(out["sequences"], provider="cpu", intra_op_threads=1)
+    held = OnnxPoseModel.load(out["sequences"], provider="cpu", intra_op_threads=1)
     source = held.metadata.baseline.source
     assert source["set"] == "sequences" and source["held_out"] == ["E01/S02/A02"]   # 1 of 6 (val_fraction 0.1)
     assert held.metadata.validation_metrics["val_set"] == "sequences"
     assert "held-out training recording(s), never trained on" in describe(held)
-    fallback = PoseModel.load(out["test"], provider="cpu", intra_op_threads=1)
+    fallback = OnnxPoseModel.load(out["test"], provider="cpu", intra_op_threads=1)
     assert fallback.metadata.baseline.source["set"] == "test"
     assert "on the test subset (the checkpoint's run validated on the test subset" in describe(fallback)

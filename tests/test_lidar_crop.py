@@ -58,10 +58,10 @@ def test_crop_edge_cases():
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
-    from runtime.model import PoseModel
+    from runtime.inference import OnnxPoseModel
 
     torch_model, cfg, path = export_tiny(tmp_path_factory.mktemp("crop") / "m.onnx", calibrate=False)
-    return torch_model, cfg, PoseModel.load(path, provider="cpu", intra_op_threads=1)
+    return torch_model, cfg, OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1)
 
 
 def test_training_inputs_and_onnx_runtime_inputs_agree_on_a_raw_scan(onnx_model, tmp_path):
@@ -103,15 +103,15 @@ def test_a_raw_scan_model_is_served_on_the_raw_scan(tmp_path):
     from fixtures.export_models import tiny_model
 
     from runtime.features import FeatureBuilder
+    from runtime.inference import OnnxPoseModel
     from runtime.metadata import ModelError, ModelMetadata
-    from runtime.model import PoseModel
     from runtime.sync import SyncedSample, TickInputs
     from training.export import export_onnx
 
     model, cfg = tiny_model()
     cfg.model.lidar_crop = False
     path = export_onnx(model, cfg, tmp_path / "raw.onnx", calibration=None, metrics={"mpjpe_mm": 1.0})
-    meta = PoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
+    meta = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1).metadata
     assert meta.lidar_crop is False and meta.summary()["lidar_crop"] is False
     cloud, _ = _scene(2)
     seq = tmp_path / "E01" / "S01" / "A02"

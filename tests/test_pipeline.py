@@ -181,7 +181,7 @@ def test_a_non_finite_pose_is_an_invalid_tick_and_the_gauges_recover(tiny_model)
 
 
 def test_a_bad_tick_is_counted_and_the_loop_goes_on(tiny_model, caplog):
-    from runtime.model import ModelError
+    from runtime.inference import ModelError
 
     class Flaky:
         metadata, provider, requested_provider = tiny_model.metadata, tiny_model.provider, "cpu"

@@ -1,4 +1,4 @@
-"""runtime.model: refusing files it cannot serve, provider choice, input validation, `runtime info`."""
+"""runtime.inference: refusing files it cannot serve, provider choice, input validation, `runtime info`."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import torch
 from fixtures.export_models import export_tiny
 
 from runtime import cli as runtime_cli
-from runtime.model import (
+from runtime.inference import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     ModelError,
     ModelMetadata,
-    PoseModel,
+    OnnxPoseModel,
     choose_providers,
 )
 from sensors.core import schema
@@ -34,7 +34,7 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(model_path):
-    return PoseModel.load(model_path, provider="cpu", intra_op_threads=1)
+    return OnnxPoseModel.load(model_path, provider="cpu", intra_op_threads=1)
 
 
 def _edited(src, dst, **props):
@@ -58,26 +58,26 @@ def test_truncated_file_is_refused(model_path, tmp_path):
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError, match=r"cannot load .*cut\.onnx.*truncated, corrupt or not ONNX.*re-export"):
-        PoseModel.load(bad, provider="cpu")
+        OnnxPoseModel.load(bad, provider="cpu")
 
 
 def test_file_that_is_not_onnx_is_refused(tmp_path):
     text = tmp_path / "notes.onnx"
     text.write_text("this is a text file, not a model\n" * 20)
     with pytest.raises(ModelError, match=r"notes\.onnx .*not ONNX"):
-        PoseModel.load(text, provider="cpu")
+        OnnxPoseModel.load(text, provider="cpu")
     checkpoint = tmp_path / "best.pt"
     torch.save({"weights": torch.zeros(3)}, checkpoint)
     with pytest.raises(ModelError, match=r"zip archive \(a PyTorch checkpoint\?\).*training export"):
-        PoseModel.load(checkpoint, provider="cpu")
+        OnnxPoseModel.load(checkpoint, provider="cpu")
 
 
 def test_missing_and_empty_files_are_refused(tmp_path):
     with pytest.raises(ModelError, match=r"does not exist.*training export"):
-        PoseModel.load(tmp_path / "absent.onnx", provider="cpu")
+        OnnxPoseModel.load(tmp_path / "absent.onnx", provider="cpu")
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(ModelError, match=r"empty \(0 bytes\)"):
-        PoseModel.load(tmp_path / "empty.onnx", provider="cpu")
+        OnnxPoseModel.load(tmp_path / "empty.onnx", provider="cpu")
 
 
 def test_model_without_our_metadata_is_refused(model_path, tmp_path):
@@ -85,13 +85,13 @@ def test_model_without_our_metadata_is_refused(model_path, tmp_path):
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "plain.onnx"))
     with pytest.raises(ModelError, match=r"lacks the metadata key 'awc\.schema_version'.*training export"):
-        PoseModel.load(tmp_path / "plain.onnx", provider="cpu")
+        OnnxPoseModel.load(tmp_path / "plain.onnx", provider="cpu")
 
 
 def test_incompatible_schema_version_is_refused(model_path, tmp_path):
     bad = _edited(model_path, tmp_path / "v99.onnx", schema_version="99")
     with pytest.raises(ModelError, match=r"schema version 99; this runtime serves schema version\(s\) \[1\]"):
-        PoseModel.load(bad, provider="cpu")
+        OnnxPoseModel.load(bad, provider="cpu")
 
 
 def test_metadata_that_disagrees_with_the_graph_is_refused(model_path, tmp_path):
@@ -102,10 +102,10 @@ def test_metadata_that_disagrees_with_the_graph_is_refused(model_path, tmp_path)
     bad = _edited(model_path, tmp_path / "caps.onnx", lidar_cap=str(cap), inputs=json.dumps(inputs))
     with pytest.raises(ModelError, match=r"graph input is lidar float32 \[B, 48, 3\] but the metadata declares "
                                          r"lidar float32 \[B, 96, 3\]"):
-        PoseModel.load(bad, provider="cpu")
+        OnnxPoseModel.load(bad, provider="cpu")
     inconsistent = _edited(model_path, tmp_path / "window.onnx", rgb_window="3")
     with pytest.raises(ModelError, match=r"metadata is inconsistent"):
-        PoseModel.load(inconsistent, provider="cpu")
+        OnnxPoseModel.load(inconsistent, provider="cpu")
 
 
 def test_bad_baseline_is_refused(model_path, tmp_path):
@@ -114,13 +114,13 @@ def test_bad_baseline_is_refused(model_path, tmp_path):
     baseline["label_free"]["shares"] = [0.5, 0.5, 0.5, float("nan")]
     bad = _edited(model_path, tmp_path / "b.onnx", contribution_baseline=json.dumps(baseline))
     with pytest.raises(ModelError, match=r"label_free\.shares must be 4 finite numbers"):
-        PoseModel.load(bad, provider="cpu")
+        OnnxPoseModel.load(bad, provider="cpu")
     broken = _edited(model_path, tmp_path / "j.onnx", units="{not json")
     with pytest.raises(ModelError, match=r"awc\.units is not valid JSON"):
-        PoseModel.load(broken, provider="cpu")
+        OnnxPoseModel.load(broken, provider="cpu")
     wrong_type = _edited(model_path, tmp_path / "t.onnx", units="[1, 2]")
     with pytest.raises(ModelError, match=r"awc\.units must be a JSON object"):
-        PoseModel.load(wrong_type, provider="cpu")
+        OnnxPoseModel.load(wrong_type, provider="cpu")
 
 
 # -- providers ------------------------------------------------------------------------------------
@@ -129,18 +129,18 @@ def test_require_gpu_fails_fast_without_cuda(tmp_path):
     t0 = time.perf_counter()
     # Fails before touching the file: the GPU check names the problem, not the missing file.
     with pytest.raises(ModelError, match=r"GPU is required .*no CUDAExecutionProvider.*awc-pose\[gpu\]"):
-        PoseModel.load(tmp_path / "not-read.onnx", provider="cuda", require_gpu=True)
+        OnnxPoseModel.load(tmp_path / "not-read.onnx", provider="cuda", require_gpu=True)
     with pytest.raises(ModelError, match="GPU is required"):
-        PoseModel.load(tmp_path / "not-read.onnx", provider="auto", require_gpu=True)
+        OnnxPoseModel.load(tmp_path / "not-read.onnx", provider="auto", require_gpu=True)
     assert time.perf_counter() - t0 < 1.0
 
 
 def test_provider_really_used_is_reported(model_path, model):
     assert model.provider == CPU_PROVIDER and model.requested_provider == "cpu" and not model.gpu_fallback
-    auto = PoseModel.load(model_path, provider="auto", intra_op_threads=1)
+    auto = OnnxPoseModel.load(model_path, provider="auto", intra_op_threads=1)
     assert auto.provider == (CUDA_PROVIDER if HAS_CUDA else CPU_PROVIDER)
     if not HAS_CUDA:
-        asked = PoseModel.load(model_path, provider="cuda", intra_op_threads=1)
+        asked = OnnxPoseModel.load(model_path, provider="cuda", intra_op_threads=1)
         assert asked.provider == CPU_PROVIDER and asked.requested_provider == "cuda" and asked.gpu_fallback
 
 

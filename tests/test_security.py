@@ -290,7 +290,7 @@ def test_secured_end_to_end_replay_matches_the_plaintext_one(tiny_dataset, tmp_p
     plaintext replay: same count, same accuracy to the last digit, same contribution shares."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from runtime.replay_eval import run_replay
+    from runtime.replay import run_replay
     from training.export import export_untrained
 
     model = export_untrained(tmp_path / "tiny.onnx", preset="tiny", seed=0)

@@ -194,7 +194,7 @@ def replay_model(tmp_path_factory):
 
 @pytest.mark.slow
 def test_replay_into_serve_poses_match_offline_inference_and_counters_add_up(tiny_dataset, replay_model, tmp_path):
-    from runtime.model import PoseModel
+    from runtime.inference import OnnxPoseModel
     from sensors import mmfi
     from sensors.replay import replay
 
@@ -236,7 +236,7 @@ def test_replay_into_serve_poses_match_offline_inference_and_counters_add_up(tin
 
     # The streamed poses are the model's output on the synced inputs (recorded at each tick) ...
     data = np.load(rec)
-    model = PoseModel.load(replay_model, provider="cpu", intra_op_threads=1)
+    model = OnnxPoseModel.load(replay_model, provider="cpu", intra_op_threads=1)
     by_tick = {p.extra["tick"]: p for p in poses}
     inputs = {k: data[f"input_{k}"] for k in schema.MODEL_INPUTS}
     pose, coalitions = model.run(inputs)

@@ -281,7 +281,6 @@ class Config:
         return d
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "balance": BalanceConfig, "train": TrainConfig}
 ENV_PREFIX = "AWC_TRAINING_"
 
 

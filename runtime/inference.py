@@ -1,8 +1,8 @@
 """Load and run the exported pose model with onnxruntime (torch-free).
 
 The ONNX file describes itself (``training export`` writes the metadata, see docs/export.md):
-``PoseModel.load`` parses and checks that metadata, refuses a file it cannot serve and says why,
-picks the execution provider, and ``PoseModel.run`` validates every input before inference.
+``OnnxPoseModel.load`` parses and checks that metadata, refuses a file it cannot serve and says why,
+picks the execution provider, and ``OnnxPoseModel.run`` validates every input before inference.
 
 Model inputs and outputs: names ``schema.MODEL_INPUTS`` / ``MODEL_OUTPUTS``, shapes
 ``schema.model_shapes`` (R, Cl, Cm from the metadata), built from frames by
@@ -37,7 +37,7 @@ from runtime.metadata import (
 from sensors.core import schema
 
 __all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "PROVIDERS", "SUPPORTED_SCHEMA_VERSIONS", "ContributionBaseline",
-           "ModelError", "ModelMetadata", "PoseModel", "TensorSpec", "choose_providers", "expected_specs"]
+           "ModelError", "ModelMetadata", "OnnxPoseModel", "TensorSpec", "choose_providers", "expected_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def choose_providers(requested: str, require_gpu: bool, available: Sequence[str]
 # ----------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------
-class PoseModel:
+class OnnxPoseModel:
     """An onnxruntime session over an exported awc-pose model, with its checked metadata."""
 
     def __init__(self, session: ort.InferenceSession, metadata: ModelMetadata, path: Path,
@@ -97,7 +97,7 @@ class PoseModel:
 
     @classmethod
     def load(cls, path: str | Path, provider: str = "auto", require_gpu: bool = False,
-             intra_op_threads: int = 2) -> PoseModel:
+             intra_op_threads: int = 2) -> OnnxPoseModel:
         """Open, check and prepare ``path``. Raises ModelError saying what is wrong and how to fix it."""
         path = Path(path)
         providers = choose_providers(provider, require_gpu, ort.get_available_providers())
@@ -131,7 +131,7 @@ class PoseModel:
         extra = sorted(names - set(schema.MODEL_INPUTS))
         if missing or extra:
             raise ModelError(f"model inputs must be exactly {list(schema.MODEL_INPUTS)}; missing {missing}, "
-                             f"unexpected {extra}. Start from PoseModel.empty_inputs().")
+                             f"unexpected {extra}. Start from OnnxPoseModel.empty_inputs().")
         batch = None
         for name, spec in self.metadata.inputs.items():
             arr = inputs[name]
@@ -222,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        model = PoseModel.load(args.model, provider=args.provider, require_gpu=args.require_gpu,
+        model = OnnxPoseModel.load(args.model, provider=args.provider, require_gpu=args.require_gpu,
                                intra_op_threads=args.threads)
     except ModelError as err:
         log.error("%s", err)
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(model: PoseModel) -> str:
+def describe(model: OnnxPoseModel) -> str:
     """Human-readable summary of a loaded model."""
     m = model.metadata
     lines = [

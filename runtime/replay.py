@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 
 from runtime.config import RuntimeConfig, free_loopback_port
-from runtime.model import ModelError
+from runtime.inference import ModelError
 from runtime.serve import Runtime, add_config_arguments, config_from_args, load_model
 from sensors import mmfi
 from sensors.core import keys as keyfiles
