@@ -1,9 +1,10 @@
-"""Synced tick -> model inputs (batch 1), by ``sensors.core.preprocess.frame_inputs``, the same rule
-the MM-Fi reader uses for training.
+"""Synced tick -> model inputs (batch 1), by ``sensors.core.preprocess.frame_inputs`` and the
+model's contract (``sensors.core.contract.ModelContract``: the runtime's model metadata is one),
+the same rule the MM-Fi reader uses for training.
 
-What the runtime adds around it: the RGB keypoints of the last R ticks (the causal window; ticks
-without keypoints are edge-padded from their neighbours), mmWave columns reordered from the wire's
-to the model's ``mmwave_columns`` when they differ, and the CSI packets of the sync window
+What the runtime adds around it, per kind of modality (``schema.ModalitySpec.kind``): the keypoints
+of the last R ticks (the causal window; ticks without keypoints are edge-padded from their
+neighbours), the points of the synced message, and the CSI packets of the sync window
 ([P, 3, 114], any P >= 1) resampled to one frame of 10 (``preprocess.resample_packets``).
 Absent modalities are zero-filled with presence 0 (the same mask as a Shapley coalition); an
 empty point cloud (no detections, a normal radar frame) arrived but is absent to the model.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sensors.core import preprocess, schema
+from sensors.core.contract import ModelContract
 
 
 @dataclass(frozen=True)
@@ -25,56 +27,45 @@ class TickFeatures:
     presence: np.ndarray            # float32 [4]
 
 
-def wifi_packets_of(tick) -> tuple[np.ndarray, np.ndarray] | None:
-    """(amp [P, 3, 114], phase [P, 3, 114]) of the tick's CSI window (``runtime.sync`` puts the
-    packets of the window in the wifi sample), or None when absent."""
-    sample = tick.samples.get("wifi")
+def csi_packets_of(spec: schema.ModalitySpec, sample) -> tuple[np.ndarray, ...] | None:
+    """(amp [P, 3, 114], phase [P, 3, 114]) of a CSI modality's sync window (``runtime.sync`` puts
+    the packets of the window in its sample), or None when absent or unusable."""
     if sample is None:
         return None
-    amp, phase = np.asarray(sample.arrays["amp"]), np.asarray(sample.arrays["phase"])
-    if amp.ndim != 3 or amp.shape[0] == 0 or amp.shape != phase.shape:
+    arrays = tuple(np.asarray(sample.arrays[a.name]) for a in spec.wire)
+    if arrays[0].ndim != 3 or arrays[0].shape[0] == 0 or any(a.shape != arrays[0].shape for a in arrays):
         return None
-    return amp, phase
+    return arrays
 
 
 class FeatureBuilder:
-    """Holds the RGB keypoint history; ``build`` once per tick, in tick order."""
+    """Holds the keypoint history; ``build`` once per tick, in tick order."""
 
-    def __init__(self, rgb_window: int = schema.DEFAULT_RGB_WINDOW, lidar_cap: int = schema.DEFAULT_LIDAR_CAP,
-                 mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP,
-                 mmwave_columns: tuple[str, ...] = schema.MMWAVE_COLUMNS, lidar_crop: bool = True):
-        if min(rgb_window, lidar_cap, mmwave_cap) < 1:
-            raise ValueError(f"rgb_window, lidar_cap and mmwave_cap must be >= 1, got {rgb_window}, "
-                             f"{lidar_cap}, {mmwave_cap}")
-        unknown = set(mmwave_columns) - set(schema.MMWAVE_COLUMNS)
-        if unknown or len(mmwave_columns) != len(schema.MMWAVE_COLUMNS):
-            raise ValueError(f"model mmwave_columns {list(mmwave_columns)} must be a permutation of the wire's "
-                             f"{list(schema.MMWAVE_COLUMNS)}")
-        self.rgb_window, self.lidar_cap, self.mmwave_cap = rgb_window, lidar_cap, mmwave_cap
-        self.lidar_crop = bool(lidar_crop)
-        self._mmwave_order = [schema.MMWAVE_COLUMNS.index(c) for c in mmwave_columns]
-        self._rgb_history: deque[np.ndarray | None] = deque(maxlen=rgb_window)
+    def __init__(self, contract: ModelContract | None = None):
+        self.contract = contract if contract is not None else ModelContract()
+        self._history: dict[str, deque[np.ndarray | None]] = {
+            m: deque(maxlen=self.contract.size(s)) for m, s in schema.MODALITY_SPECS.items()
+            if s.kind == schema.KEYPOINTS}
 
     @classmethod
-    def from_metadata(cls, meta) -> FeatureBuilder:
-        return cls(meta.rgb_window, meta.lidar_cap, meta.mmwave_cap, tuple(meta.mmwave_columns), meta.lidar_crop)
+    def from_metadata(cls, meta: ModelContract) -> FeatureBuilder:
+        """For a loaded model (``runtime.metadata.ModelMetadata`` is a ModelContract)."""
+        return cls(meta)
 
     def build(self, tick) -> TickFeatures:
-        """tick: TickInputs (``samples``: modality -> SyncedSample | None, ``wifi_packets``)."""
-        rgb = tick.samples.get("rgb")
-        self._rgb_history.append(None if rgb is None else np.asarray(rgb.arrays["kpts"], np.float32))
-        points = {}
-        for m in ("lidar", "mmwave"):
+        """tick: TickInputs (``samples``: modality -> SyncedSample | None)."""
+        frames: dict[str, object] = {}
+        for m, spec in schema.MODALITY_SPECS.items():
             sample = tick.samples.get(m)
-            pts = None if sample is None else np.asarray(sample.arrays["points"])
-            if m == "mmwave" and pts is not None and pts.size:
-                pts = pts[:, self._mmwave_order]
-            points[m] = pts
-        wifi = None
-        packets = wifi_packets_of(tick)
-        if packets is not None:
-            wifi = tuple(preprocess.resample_packets(p, schema.WIFI_PACKETS) for p in packets)
-        inputs = preprocess.frame_inputs(list(self._rgb_history), points["lidar"], points["mmwave"], wifi,
-                                         rgb_window=self.rgb_window, lidar_cap=self.lidar_cap,
-                                         mmwave_cap=self.mmwave_cap, lidar_crop=self.lidar_crop)
+            if spec.kind == schema.KEYPOINTS:
+                history = self._history[m]
+                history.append(None if sample is None else np.asarray(sample.arrays[spec.wire[0].name], np.float32))
+                frames[m] = list(history)
+            elif spec.kind == schema.POINTS:
+                frames[m] = None if sample is None else np.asarray(sample.arrays[spec.wire[0].name])
+            else:
+                packets = csi_packets_of(spec, sample)
+                frames[m] = None if packets is None else tuple(
+                    preprocess.resample_packets(p, spec.shape[-1]) for p in packets)
+        inputs = preprocess.frame_inputs(frames, self.contract)
         return TickFeatures({k: v[None] for k, v in inputs.items()}, inputs["presence"].copy())

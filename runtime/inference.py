@@ -32,12 +32,11 @@ from runtime.metadata import (
     ModelError,
     ModelMetadata,
     TensorSpec,
-    expected_specs,
 )
 from sensors.core import schema
 
 __all__ = ["CPU_PROVIDER", "CUDA_PROVIDER", "PROVIDERS", "SUPPORTED_SCHEMA_VERSIONS", "ContributionBaseline",
-           "ModelError", "ModelMetadata", "OnnxPoseModel", "TensorSpec", "choose_providers", "expected_specs"]
+           "ModelError", "ModelMetadata", "OnnxPoseModel", "TensorSpec", "choose_providers"]
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from sensors import splits
 from sensors.core import preprocess, schema
+from sensors.core.contract import ModelContract
 from sensors.mmfi_files import (
     CSI_KEYS,
     FRAME_STATUSES,
@@ -158,15 +159,14 @@ class MMFiDataset:
     """
 
     def __init__(self, root: str | Path, protocol: str = "P1", split: str = "S1", subset: str = "train",
-                 seed: int = 0, rgb_window: int = schema.DEFAULT_RGB_WINDOW,
-                 lidar_cap: int = schema.DEFAULT_LIDAR_CAP, mmwave_cap: int = schema.DEFAULT_MMWAVE_CAP,
+                 seed: int = 0, contract: ModelContract | None = None,
                  modalities: Sequence[str] = schema.MODALITIES,
-                 mmwave_columns: Sequence[str] = schema.MMWAVE_COLUMNS, missing: str = "absent",
-                 lidar_crop: bool = True) -> None:
+                 mmwave_columns: Sequence[str] = schema.MMWAVE_COLUMNS, missing: str = "absent") -> None:
+        """``contract``: the model the inputs are made for (window, caps, crop; the default
+        contract without); ``mmwave_columns``: the column order of the mmWave files on disk."""
         self.root = Path(root)
         self.protocol, self.split, self.subset, self.seed = protocol, split, subset, int(seed)
-        self.rgb_window, self.lidar_cap, self.mmwave_cap = int(rgb_window), int(lidar_cap), int(mmwave_cap)
-        self.lidar_crop = bool(lidar_crop)
+        self.contract = contract if contract is not None else ModelContract()
         self.modalities = tuple(modalities)
         self.mmwave_columns = tuple(mmwave_columns)
         self.missing_policy = missing
@@ -191,9 +191,6 @@ class MMFiDataset:
         unknown = [m for m in self.modalities if m not in schema.MODALITIES]
         if unknown or not self.modalities:
             raise ValueError(f"modalities must be a non-empty subset of {schema.MODALITIES}, got {self.modalities}")
-        for name in ("rgb_window", "lidar_cap", "mmwave_cap"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         _check_policy(self.missing_policy)
 
     def _nothing_selected(self, found: list[SequenceKey]) -> str:
@@ -249,8 +246,8 @@ class MMFiDataset:
                 log.warning("%s: %s values with NaN/inf: the frame is treated as absent (presence 0); "
                             "further ones are counted (MMFiDataset.invalid), not logged",
                             frame_path(seq, modality, frame), modality)
-        if modality == "mmwave" and value is not None:
-            value = value[:, self._mmwave_perm]
+        if schema.MODALITY_SPECS[modality].columns_key and value is not None:
+            value = value[:, self._mmwave_perm]   # disk order -> schema order
         return value
 
     def _ground_truth(self, key: SequenceKey) -> np.ndarray:
@@ -258,17 +255,21 @@ class MMFiDataset:
             self._gt = (key, read_ground_truth(key.path(self.root)))
         return self._gt[1]
 
-    def _inputs(self, rgb_frames, lidar, mmwave, csi) -> dict[str, np.ndarray]:
-        return preprocess.frame_inputs(rgb_frames, lidar, mmwave, csi, rgb_window=self.rgb_window,
-                                       lidar_cap=self.lidar_cap, mmwave_cap=self.mmwave_cap,
-                                       lidar_crop=self.lidar_crop)
+    def _inputs(self, raw_of, t: int) -> dict[str, np.ndarray]:
+        """Model inputs of frame ``t``; ``raw_of(modality, frame)`` gives a raw frame. Keypoint
+        modalities get the causal window of frames ending at ``t``."""
+        frames: dict[str, Any] = {}
+        for m, spec in schema.MODALITY_SPECS.items():
+            if spec.kind == schema.KEYPOINTS:
+                first = max(0, t - self.contract.size(spec) + 1)
+                frames[m] = [raw_of(m, j) for j in range(first, t + 1)] if m in self.modalities else []
+            else:
+                frames[m] = raw_of(m, t)
+        return preprocess.frame_inputs(frames, self.contract)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         key, t = self.locate(index)
-        first = max(0, t - self.rgb_window + 1)
-        rgb = [self._read(key, "rgb", j) for j in range(first, t + 1)] if "rgb" in self.modalities else []
-        sample: dict[str, Any] = self._inputs(rgb, self._read(key, "lidar", t), self._read(key, "mmwave", t),
-                                              self._read(key, "wifi", t))
+        sample: dict[str, Any] = self._inputs(lambda m, j: self._read(key, m, j), t)
         sample["joints"] = self._ground_truth(key)[t].copy()
         sample.update(env=key.env, subject=key.subject, action=key.action, frame=t)
         return sample
@@ -281,26 +282,18 @@ class MMFiDataset:
 
     def _empty_arrays(self, n: int) -> dict[str, np.ndarray]:
         """Zeroed numeric model inputs and joints for ``n`` frames."""
-        return {
-            "rgb": np.zeros((n, self.rgb_window, schema.N_KEYPOINTS, 2), np.float32),
-            "lidar": np.zeros((n, self.lidar_cap, len(schema.LIDAR_COLUMNS)), np.float32),
-            "lidar_mask": np.zeros((n, self.lidar_cap), bool),
-            "mmwave": np.zeros((n, self.mmwave_cap, len(schema.MMWAVE_COLUMNS)), np.float32),
-            "mmwave_mask": np.zeros((n, self.mmwave_cap), bool),
-            "wifi": np.zeros((n, *schema.WIFI_INPUT_SHAPE), np.float32),
-            "presence": np.zeros((n, schema.N_MODALITIES), np.float32),
-            "joints": np.zeros((n, schema.N_JOINTS, 3), np.float32),
-        }
+        shapes = self.contract.shapes(batch=n)
+        out = {k: np.zeros(shapes[k], schema.MODEL_DTYPES[k]) for k in schema.MODEL_INPUTS}
+        out["joints"] = np.zeros((n, schema.N_JOINTS, 3), np.float32)
+        return out
 
     def sequence_arrays(self, key: SequenceKey) -> dict[str, np.ndarray]:
         """Model inputs and joints of every frame of one sequence, [297, ...] per key of ``ds[i]``
-        (numeric keys only). Each file is read once; the RGB window is built in memory."""
+        (numeric keys only). Each file is read once; the keypoint windows are built in memory."""
         raw = self._read_sequence(key)
         out = self._empty_arrays(schema.FRAMES_PER_SEQUENCE)
         for t in range(schema.FRAMES_PER_SEQUENCE):
-            first = max(0, t - self.rgb_window + 1)
-            rgb = raw["rgb"][first:t + 1] if "rgb" in self.modalities else []
-            for name, value in self._inputs(rgb, raw["lidar"][t], raw["mmwave"][t], raw["wifi"][t]).items():
+            for name, value in self._inputs(lambda m, j: raw[m][j], t).items():
                 out[name][t] = value
         out["joints"][:] = read_ground_truth(key.path(self.root))
         return out

@@ -13,7 +13,7 @@ from fixtures.export_models import export_tiny, random_calibration, tiny_config,
 from runtime.inference import OnnxPoseModel
 from sensors.core import posemath, schema
 from training import export
-from training.config import FUSIONS, config_hash
+from training.config import FUSIONS, config_hash, model_contract
 
 torch.set_num_threads(1)
 ATOL_M = 1e-4  # 0.1 mm: onnxruntime vs torch eager, float32
@@ -26,7 +26,7 @@ def exported(tmp_path_factory):
     return {f: export_tiny(out / f"{f}.onnx", fusion=f) for f in FUSIONS}
 
 
-def parity_inputs(dims: export.ModelDims, batch: int, seed: int) -> dict[str, np.ndarray]:
+def parity_inputs(dims: export.ModelContract, batch: int, seed: int) -> dict[str, np.ndarray]:
     """Full, partial and empty presence; empty point clouds (all-False masks) included."""
     x = export.example_inputs(dims, batch=batch, seed=seed)
     x["presence"][0] = 1.0
@@ -58,7 +58,7 @@ def torch_reference(model, x: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 def test_onnx_matches_torch_for_every_fusion(exported, fusion, batch):
     model, cfg, path = exported[fusion]
     runtime = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1)
-    x = parity_inputs(export.ModelDims.from_config(cfg), batch, seed=batch)
+    x = parity_inputs(model_contract(cfg), batch, seed=batch)
     pose, coalitions = runtime.run(x)
     ref_pose, ref_coalitions = torch_reference(model, x)
     assert pose.shape == (batch, 17, 3) and coalitions.shape == (batch, 16, 17, 3)
@@ -76,7 +76,7 @@ def test_absent_modality_changes_no_coalition(exported):
     only by the lidar bit predict the same pose."""
     model, cfg, path = exported["attention"]
     runtime = OnnxPoseModel.load(path, provider="cpu", intra_op_threads=1)
-    x = parity_inputs(export.ModelDims.from_config(cfg), 2, seed=7)
+    x = parity_inputs(model_contract(cfg), 2, seed=7)
     x["presence"][:] = [1.0, 0.0, 1.0, 1.0]
     _, coalitions = runtime.run(x)
     lidar_bit = 1 << schema.MODALITY_INDEX["lidar"]
@@ -134,7 +134,7 @@ def test_baseline_equals_shapley_of_torch_predictions(exported):
     """The metadata's label-free Shapley values are the mean over 30-frame windows of the exact
     Shapley values with the Pearson profit against the full prediction."""
     model, cfg, path = exported["concat"]
-    cal = random_calibration(export.ModelDims.from_config(cfg))
+    cal = random_calibration(model_contract(cfg))
     phis = []
     for idx in cal.windows(export.CALIBRATION_WINDOW):
         pose, coalitions = torch_reference(model, {k: v[idx] for k, v in cal.inputs.items()})
@@ -152,7 +152,7 @@ def test_calibration_window_is_the_runtime_contribution_window():
 
 
 def test_calibration_windows_stay_inside_sequences():
-    cal = random_calibration(export.ModelDims(5, 8, 4), sequences=3, frames=100)
+    cal = random_calibration(export.ModelContract(rgb_window=5, lidar_cap=8, mmwave_cap=4), sequences=3, frames=100)
     windows = cal.windows(64)
     assert len(windows) == 3  # 100 frames hold one full window each
     for idx in windows:
@@ -176,7 +176,7 @@ def test_export_is_deterministic_and_batch_independent(tmp_path):
     a = export_tiny(tmp_path / "a.onnx", calibrate=False)[2]
     b = export_tiny(tmp_path / "b.onnx", calibrate=False)[2]
     ma, mb = (OnnxPoseModel.load(p, provider="cpu", intra_op_threads=1) for p in (a, b))
-    x = parity_inputs(export.ModelDims.from_config(tiny_config()), 4, seed=3)
+    x = parity_inputs(model_contract(tiny_config()), 4, seed=3)
     pose_a, coal_a = ma.run(x)
     np.testing.assert_array_equal(pose_a, mb.run(x)[0])
     # A frame's output does not depend on the other frames of the batch.
@@ -186,7 +186,7 @@ def test_export_is_deterministic_and_batch_independent(tmp_path):
 
 def test_pose_only_graph_matches_forward(tmp_path):
     model, cfg = tiny_model("attention")
-    dims = export.ModelDims.from_config(cfg)
+    dims = model_contract(cfg)
     path = export.export_pose_only(model, dims, tmp_path / "pose.onnx")
     import onnxruntime as ort
 
@@ -219,7 +219,7 @@ def test_training_export_refuses_without_data_unless_told(tmp_path, caplog):
     runtime = OnnxPoseModel.load(out, provider="cpu", intra_op_threads=1)
     assert runtime.metadata.baseline is None and "--no-calibration" in runtime.metadata.baseline_missing_reason
     assert runtime.metadata.validation_metrics == {"mpjpe_mm": 99.5, "pa_mpjpe_mm": 61.0}
-    x = parity_inputs(export.ModelDims.from_config(tiny_config("mlp")), 3, seed=2)
+    x = parity_inputs(model_contract(tiny_config("mlp")), 3, seed=2)
     np.testing.assert_allclose(runtime.run(x)[0], torch_reference(model, x)[0], atol=ATOL_M)
 
 

@@ -78,8 +78,7 @@ def test_training_inputs_and_onnx_runtime_inputs_agree_on_a_raw_scan(onnx_model,
     (seq / schema.MMFI_FOLDERS["lidar"]).mkdir(parents=True)
     cloud.astype("<f8").tofile(mmfi.frame_path(seq, "lidar", 0))
     raw = mmfi.read_frame(seq, "lidar", 0)
-    train = preprocess.frame_inputs([None], raw, None, None, rgb_window=meta.rgb_window,
-                                    lidar_cap=meta.lidar_cap, mmwave_cap=meta.mmwave_cap)
+    train = preprocess.frame_inputs({"lidar": raw}, meta)
     sample = SyncedSample(arrays={"points": cloud.astype("<f4")}, t_ns=0, skew_s=0.0, src="t", seq=0)
     tick = TickInputs(tick_ns=0, index=0, samples={"lidar": sample}, wifi_packets=schema.WIFI_PACKETS)
     served = FeatureBuilder.from_metadata(meta).build(tick).inputs
@@ -117,8 +116,8 @@ def test_a_raw_scan_model_is_served_on_the_raw_scan(tmp_path):
     seq = tmp_path / "E01" / "S01" / "A02"
     (seq / schema.MMFI_FOLDERS["lidar"]).mkdir(parents=True)
     cloud.astype("<f8").tofile(mmfi.frame_path(seq, "lidar", 0))
-    train = preprocess.frame_inputs([None], mmfi.read_frame(seq, "lidar", 0), None, None, rgb_window=meta.rgb_window,
-                                    lidar_cap=meta.lidar_cap, mmwave_cap=meta.mmwave_cap, lidar_crop=False)
+    train = preprocess.frame_inputs({"lidar": mmfi.read_frame(seq, "lidar", 0)}, meta)
+    assert meta.lidar_crop is False
     sample = SyncedSample(arrays={"points": cloud.astype("<f4")}, t_ns=0, skew_s=0.0, src="t", seq=0)
     tick = TickInputs(tick_ns=0, index=0, samples={"lidar": sample}, wifi_packets=schema.WIFI_PACKETS)
     served = FeatureBuilder.from_metadata(meta).build(tick).inputs

@@ -14,6 +14,7 @@ import scipy.io
 from sensors import inspect as mmfi_inspect
 from sensors import mmfi
 from sensors.core import preprocess, schema
+from sensors.core.contract import ModelContract, ModelError
 from sensors.mmfi import MMFiDataset, MMFiFormatError, SequenceKey
 
 T = schema.FRAMES_PER_SEQUENCE
@@ -310,7 +311,7 @@ def test_subsets_follow_the_split(tree):
 
 
 def test_sample_shapes_dtypes_and_values(tree):
-    ds = MMFiDataset(tree, "P1", "S1", "test", rgb_window=5, lidar_cap=64, mmwave_cap=8)
+    ds = MMFiDataset(tree, "P1", "S1", "test", contract=ModelContract(rgb_window=5, lidar_cap=64, mmwave_cap=8))
     assert len(ds) == T
     s = ds[50]
     expected = {"rgb": ((5, 17, 2), np.float32), "lidar": ((64, 3), np.float32), "lidar_mask": ((64,), bool),
@@ -337,7 +338,7 @@ def test_sample_shapes_dtypes_and_values(tree):
 
 def test_mmwave_column_order_is_a_setting(tree):
     disk = ("x", "y", "z", "doppler_mps", "snr_db")
-    ds = MMFiDataset(tree, "P1", "S1", "test", mmwave_columns=disk, mmwave_cap=64)
+    ds = MMFiDataset(tree, "P1", "S1", "test", mmwave_columns=disk, contract=ModelContract(mmwave_cap=64))
     raw = mmwave_points(1, 12)
     got = ds[12]["mmwave"][: raw.shape[0]]
     np.testing.assert_allclose(got, raw[:, [0, 1, 2, 4, 3]].astype(np.float32))
@@ -346,7 +347,7 @@ def test_mmwave_column_order_is_a_setting(tree):
 
 
 def test_load_arrays_equals_getitem(tree):
-    ds = MMFiDataset(tree, "P3", "S3", "train", rgb_window=4)
+    ds = MMFiDataset(tree, "P3", "S3", "train", contract=ModelContract(rgb_window=4))
     arrays = ds.load_arrays(progress=False)
     assert arrays["rgb"].shape == (2 * T, 4, 17, 2) and arrays["subject"].shape == (2 * T,)
     for i in (0, 2, 3, 5, 7, 100, T, T + 3, 2 * T - 1):
@@ -370,10 +371,12 @@ def test_sequence_frames_are_raw_and_in_order(tree):
 
 
 def test_bad_dataset_settings_are_rejected(tree):
-    for kw, match in (({"modalities": ("rgb", "depth")}, "modalities"), ({"rgb_window": 0}, "rgb_window"),
+    for kw, match in (({"modalities": ("rgb", "depth")}, "modalities"),
                       ({"missing": "skip"}, "absent, error"), ({"subset": "val"}, "train, test, all")):
         with pytest.raises(ValueError, match=match):
             MMFiDataset(tree, **kw)
+    with pytest.raises(ModelError, match="rgb_window must be an integer >= 1"):
+        MMFiDataset(tree, contract=ModelContract(rgb_window=0))
 
 
 def test_generated_tiny_dataset_reads_through_the_reader(request):

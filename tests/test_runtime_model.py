@@ -261,8 +261,7 @@ def test_dataset_item_equals_runtime_inputs_from_the_same_raw_frames(model, mmfi
     frames = 12
     _write_sequence(tmp_path, mmfi_sample_dir / "frame001.mat", frames, np.random.default_rng(0))
     meta = model.metadata
-    ds = mmfi.MMFiDataset(tmp_path, protocol="P1", split="S1", subset="all", rgb_window=meta.rgb_window,
-                          lidar_cap=meta.lidar_cap, mmwave_cap=meta.mmwave_cap)
+    ds = mmfi.MMFiDataset(tmp_path, protocol="P1", split="S1", subset="all", contract=meta)
     builder = FeatureBuilder.from_metadata(meta)
     seq = ds.keys[0].path(tmp_path)
     for t in range(frames):

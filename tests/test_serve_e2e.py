@@ -246,9 +246,7 @@ def test_replay_into_serve_poses_match_offline_inference_and_counters_add_up(tin
     np.testing.assert_allclose(data["coalition_poses"], coalitions, atol=1e-5)
 
     # ... and those inputs are what training builds from the same dataset frames (serving = training).
-    ds = mmfi.MMFiDataset(tiny_dataset, "P1", "S1", "all", rgb_window=model.metadata.rgb_window,
-                          lidar_cap=model.metadata.lidar_cap, mmwave_cap=model.metadata.mmwave_cap,
-                          lidar_crop=model.metadata.lidar_crop)
+    ds = mmfi.MMFiDataset(tiny_dataset, "P1", "S1", "all", contract=model.metadata)
     assert [str(k) for k in ds.keys[:1]] == stats.sequences[:1]
     for i in range(model.metadata.rgb_window, frames, 7):
         want = ds[i]

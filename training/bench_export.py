@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from sensors.core import schema
 from sensors.core.cli_util import add_list_argument
-from training.config import FUSIONS, resolve
-from training.export import ModelDims, export_onnx, export_pose_only, to_torch
+from sensors.core.contract import ModelContract
+from training.config import FUSIONS, model_contract, resolve
+from training.export import export_onnx, export_pose_only, to_torch
 from training.model import build_model
 
 TARGET_ORT_VS_TORCH = 0.5
@@ -61,15 +62,17 @@ class BenchConfig:
                              f"{self.warmup}, {self.iters}")
 
 
-def frame_inputs(dims: ModelDims, seed: int) -> dict[str, np.ndarray]:
+def frame_inputs(contract: ModelContract, seed: int) -> dict[str, np.ndarray]:
     """One realistic frame (batch 1): every modality present, LiDAR at its cap, mmWave 20 points."""
     rng = np.random.default_rng(seed)
-    shapes = dims.input_shapes()
-    out = {n: rng.normal(0, 0.5, size=(1, *s[1:])).astype(np.float32) for n, s in shapes.items()
+    shapes = contract.shapes(batch=1)
+    out = {n: rng.normal(0, 0.5, size=shapes[n]).astype(np.float32) for n in schema.MODEL_INPUTS
            if not n.endswith("_mask")}
-    out["wifi"] = rng.random((1, *schema.WIFI_INPUT_SHAPE), dtype=np.float32)
-    out["lidar_mask"] = np.ones((1, dims.lidar_cap), bool)
-    out["mmwave_mask"] = np.arange(dims.mmwave_cap)[None] < min(20, dims.mmwave_cap)
+    for spec in schema.MODALITY_SPECS.values():
+        if spec.kind == schema.CSI:   # min-max normalised to [0, 1]
+            out[spec.name] = rng.random(shapes[spec.name], dtype=np.float32)
+    out["lidar_mask"] = np.ones((1, contract.lidar_cap), bool)
+    out["mmwave_mask"] = np.arange(contract.mmwave_cap)[None] < min(20, contract.mmwave_cap)
     out["presence"] = np.ones((1, schema.N_MODALITIES), np.float32)
     return out
 
@@ -95,14 +98,14 @@ def variants(preset: str, cfg_bench: BenchConfig, workdir: Path) -> tuple[dict[s
     else:
         cfg = resolve(preset=preset, flags={"model": {"fusion": cfg_bench.fusion}})
         model = build_model(cfg.model).eval()
-    dims = ModelDims.from_config(cfg)
+    contract = model_contract(cfg)
     full = workdir / f"{preset}_coalitions.onnx"
     plain = workdir / f"{preset}_pose.onnx"
     export_onnx(model, cfg, full, calibration=None, no_calibration_reason="latency benchmark")
-    export_pose_only(model, dims, plain)
+    export_pose_only(model, contract, plain)
     s_full, s_plain = _session(full, cfg_bench.threads), _session(plain, cfg_bench.threads)
     s_daz = _session(full, cfg_bench.threads, denormal_as_zero=True)
-    feed = frame_inputs(dims, cfg_bench.seed)
+    feed = frame_inputs(contract, cfg_bench.seed)
     args = to_torch(feed)
     per_coalition = []
     for c in range(schema.N_COALITIONS):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from sensors.core import posemath, schema
 from sensors.mmfi import MMFiDataset, MMFiFormatError, SequenceKey
-from training.config import Config
+from training.config import Config, model_contract
 from training.data import (
     META_KEYS,
     Split,
@@ -182,11 +182,9 @@ def validation_recordings(cfg: Config, train: MMFiDataset, progress: bool = True
 
 
 def _dataset(cfg: Config, root: Path, subset: str) -> MMFiDataset:
-    m = cfg.model
     try:
         return MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
-                           seed=cfg.data.split_seed, rgb_window=m.rgb_window, lidar_cap=m.lidar_cap,
-                           mmwave_cap=m.mmwave_cap, modalities=schema.MODALITIES, lidar_crop=m.lidar_crop)
+                           seed=cfg.data.split_seed, contract=model_contract(cfg), modalities=schema.MODALITIES)
     except MMFiFormatError as err:
         raise ExportError(f"cannot read calibration data from {root}: {err}. Point --data at a dataset with "
                           f"{cfg.data.protocol}/{cfg.data.split} {subset} frames, or pass --no-calibration") from err

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from sensors.core import schema, settings
+from sensors.core import contract, schema, settings
 from sensors.core.settings import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -45,10 +45,6 @@ FRAME_SELECTIONS = ("all", "complete")
 FISHER_MODES = ("per_sample", "per_batch")
 VALIDATION_SETS = ("sequences", "test")
 
-# Keys added after runs had been recorded, with the values that reproduce the behaviour from
-# before they existed: a saved config (a checkpoint's, a run's config.yaml) that lacks one of
-# them was trained with this value, not with today's default.
-LEGACY = {"data": {"validation": "test"}, "model": {"lidar_crop": True}}
 # balance keys of the flat layout before the per-method sections -> where they live now (configs
 # and checkpoints written then, and YAML files or --set items that still use them, read as moved)
 MOVED = {"alpha_s": ("awc.alpha_s",), "alpha_i": ("awc.alpha_i",), "group_by": ("awc.group_by",),
@@ -97,6 +93,14 @@ class ModelConfig:
         _check(self.point_layers >= 0 and self.fusion_layers >= 1,
                "model.point_layers must be >= 0, model.fusion_layers >= 1")
         _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
+
+
+# Keys added after runs had been recorded, with the values that reproduce the behaviour from
+# before they existed: a saved config (a checkpoint's, a run's config.yaml) that lacks one of
+# them was trained with this value, not with today's default. The model's preprocessing settings
+# take theirs from the model contract, which old ONNX files read with too (one place).
+LEGACY = {"data": {"validation": "test"},
+          "model": {k: v for k, v in contract.LEGACY.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}}}
 
 
 @dataclass
@@ -346,6 +350,13 @@ def config_hash(cfg: Config) -> str:
     for key in ("device", "tensorboard"):
         d.get("train", {}).pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def model_contract(cfg: Config, **facts: Any) -> contract.ModelContract:
+    """What a model of ``cfg`` expects (``sensors.core.contract``): its preprocessing settings,
+    modalities and fusion, with the config and its hash; ``facts`` add the rest (validation
+    metrics, producer) at export."""
+    return contract.ModelContract.of(cfg.model, config_hash=config_hash(cfg), config=cfg.to_dict(), **facts)
 
 
 def save(cfg: Config, path: str | Path) -> None:

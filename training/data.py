@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from sensors.core import preprocess, schema
-from training.config import Config, DataConfig
+from training.config import Config, DataConfig, model_contract
 
 log = logging.getLogger(__name__)
 
-TENSOR_KEYS = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence", "joints")
+TENSOR_KEYS = (*schema.MODEL_INPUTS, "joints")
 META_KEYS = ("env", "subject", "action", "frame")
-MAPPED_KEYS = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi")   # big: stay on disk
+MAPPED_KEYS = tuple(n for n in schema.MODEL_INPUTS if n != "presence")   # the modalities' inputs: big, stay on disk
 COMPLETE = "complete.json"   # written last into a memory-mapped cache folder
 
 
@@ -210,9 +210,8 @@ def _data_fingerprint(root: Path) -> str:
 def _cache_key(cfg: Config, subset: str) -> str:
     d = {"root": str(Path(cfg.data.root).resolve()), "data": _data_fingerprint(Path(cfg.data.root)),
          "protocol": cfg.data.protocol, "split": cfg.data.split,
-         "seed": cfg.data.split_seed, "subset": subset, "window": cfg.model.rgb_window,
-         "lidar_cap": cfg.model.lidar_cap, "lidar_crop": cfg.model.lidar_crop, "mmwave_cap": cfg.model.mmwave_cap,
-         "schema": schema.SCHEMA_VERSION,
+         "seed": cfg.data.split_seed, "subset": subset,
+         "preprocessing": model_contract(cfg).preprocessing_settings(), "schema": schema.SCHEMA_VERSION,
          "preprocess": hashlib.sha256(Path(preprocess.__file__).read_bytes()).hexdigest()[:16]}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -233,8 +232,7 @@ def _dataset(cfg: Config, subset: str):
         raise FileNotFoundError(f"dataset root {root} not found: point --data at an MM-Fi-format folder "
                                 f"(E01/S01/A02/...) or generate one with `sensors simulate --preset bench`")
     return MMFiDataset(root, protocol=cfg.data.protocol, split=cfg.data.split, subset=subset,
-                       seed=cfg.data.split_seed, rgb_window=cfg.model.rgb_window, lidar_cap=cfg.model.lidar_cap,
-                       mmwave_cap=cfg.model.mmwave_cap, modalities=schema.MODALITIES, lidar_crop=cfg.model.lidar_crop)
+                       seed=cfg.data.split_seed, contract=model_contract(cfg), modalities=schema.MODALITIES)
 
 
 def build_mapped(cfg: Config, subset: str, folder: Path, progress: bool = True, dataset=None) -> Path:

@@ -24,7 +24,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from sensors.core import schema
+from sensors.core.contract import ModelContract
 from sensors.simulate.writer import dataset_kind
 from training.calibration import (
     CALIBRATION_MAX_FRAMES,
@@ -44,9 +44,9 @@ from training.calibration import (
     load_calibration,
     measure_baseline,
 )
-from training.config import Config, config_hash, resolve
+from training.config import Config, model_contract, resolve
 
-__all__ = ["CALIBRATION_MAX_FRAMES", "CALIBRATION_WINDOW", "CalibrationSet", "ExportError", "ModelDims",
+__all__ = ["CALIBRATION_MAX_FRAMES", "CALIBRATION_WINDOW", "CalibrationSet", "ExportError", "ModelContract",
            "example_inputs", "export_checkpoint", "export_onnx", "export_untrained", "load_calibration",
            "measure_baseline", "to_torch"]
 
@@ -55,35 +55,6 @@ log = logging.getLogger(__name__)
 OPSET = 17
 IR_VERSION = 10  # onnxruntime 1.20 reads IR <= 10; onnx 1.23 would write 11 by default
 OPSETS = range(14, 22)  # what IR 10 and onnxruntime 1.20 both cover (opset 21 is onnxruntime 1.20's newest)
-
-PREPROCESSING = {
-    "rgb": "sensors.core.preprocess.rgb_window(frames, rgb_window): causal window of the last R frames "
-           "(last = now), missing frames edge-padded, each normalised by normalize_keypoints "
-           "(u / 640 * 2 - 1, v / 640 * 2 - 480 / 640)",
-    "lidar": "sensors.core.preprocess.point_input('lidar', points, lidar_cap): non-finite rows dropped; "
-             "crop_lidar (floor slab, range box, radius around the median; LIDAR_CROP) keeps the body "
-             "(lidar_crop false: the raw scan is kept); "
-             "then sensors.core.preprocess.sample_points: more than the cap -> evenly spaced rows (np.linspace, order kept); "
-             "fewer -> zero padding; lidar_mask True on real points",
-    "mmwave": "sensors.core.preprocess.point_input('mmwave', points, mmwave_cap): sample_points as lidar, no "
-              "crop; empty frames give an all-False mask",
-    "wifi": "sensors.core.preprocess.resample_packets(packets [P,3,114]) -> [3,114,10] for amplitude and "
-            "phase, then sensors.core.preprocess.wifi_input(amp, phase): sensors.core.preprocess.clean_csi (inf -> "
-            "NaN -> mean of the finite values of the same packet slice), sensors.core.preprocess.minmax per "
-            "frame to [0, 1], amplitude (packets 0..9) then phase (10..19)",
-    "presence": "1.0 where the modality has data for the frame, 0.0 where absent (inputs zero-filled); "
-                "a point cloud counts as present when it holds at least one finite point (as "
-                "sensors.core.preprocess.frame_inputs decides); the same mask as a Shapley coalition "
-                "(bit i = MODALITIES[i])",
-}
-UNITS = {
-    "rgb": "pixels of a 640x480 image before normalisation, COCO-17 order",
-    "lidar": "metres, LiDAR frame (x forward, y left, z up)",
-    "mmwave": "metres, metres, metres, then the two columns named by awc.mmwave_columns (dB, m/s)",
-    "wifi": "CSI amplitude (dB-like) and phase (rad) before normalisation",
-    "pose": "metres, camera frame (x right, y down, z depth), Human3.6M-17 order",
-}
-
 
 # ----------------------------------------------------------------------------------------------
 # Graph wrappers
@@ -97,8 +68,9 @@ class CoalitionGraph(nn.Module):
         self.register_buffer("coalition_masks", torch.from_numpy(schema.COALITION_MASKS.copy()),
                              persistent=False)  # [16, 4]
 
-    def forward(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence):
-        feats = self.model.encode(rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi)  # mod -> [B, D]
+    def forward(self, *inputs):   # schema.MODEL_INPUTS: the modalities' inputs, then presence [B, 4]
+        *tensors, presence = inputs
+        feats = self.model.encode(*tensors)  # mod -> [B, D]
         masks = self.coalition_masks.unsqueeze(0) * presence.unsqueeze(1)  # [B, 16, 4]
         coalition_poses = self.model.fuse_coalitions(feats, masks)  # [B, 16, 17, 3]
         pose = self.model.fuse(feats, presence)  # [B, 17, 3]
@@ -112,58 +84,31 @@ class PoseGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence):
-        return self.model(rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence)
+    def forward(self, *inputs):   # schema.MODEL_INPUTS
+        return self.model(*inputs)
 
 
 # ----------------------------------------------------------------------------------------------
 # Example inputs
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelDims:
-    """The fixed (non-batch) sizes of a model's inputs."""
-
-    rgb_window: int
-    lidar_cap: int
-    mmwave_cap: int
-
-    def __post_init__(self):
-        for name in ("rgb_window", "lidar_cap", "mmwave_cap"):
-            if int(getattr(self, name)) < 1:
-                raise ExportError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> ModelDims:
-        m = cfg.model
-        return cls(int(m.rgb_window), int(m.lidar_cap), int(m.mmwave_cap))
-
-    def input_shapes(self) -> dict[str, tuple[str | int, ...]]:
-        """Input name -> shape with ``"batch"`` for the dynamic axis (``schema.model_shapes``)."""
-        shapes = schema.model_shapes(self.rgb_window, self.lidar_cap, self.mmwave_cap)
-        return {n: shapes[n] for n in schema.MODEL_INPUTS}
-
-    def output_shapes(self) -> dict[str, tuple[str | int, ...]]:
-        shapes = schema.model_shapes(self.rgb_window, self.lidar_cap, self.mmwave_cap)
-        return {n: shapes[n] for n in schema.MODEL_OUTPUTS}
-
-
-def example_inputs(dims: ModelDims, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+def example_inputs(contract: ModelContract, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """Plausible random model inputs (numpy) with partly filled masks and mixed presence."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    for name, shape in dims.input_shapes().items():
-        shape = (batch, *shape[1:])
+    shapes = contract.shapes(batch)
+    for name in schema.MODEL_INPUTS:
+        shape, spec = shapes[name], schema.spec_of(name)
         if name.endswith("_mask"):
             n_real = rng.integers(0, shape[1] + 1, size=batch)
             out[name] = np.arange(shape[1])[None, :] < n_real[:, None]
         elif name == "presence":
             out[name] = (rng.random(shape) < 0.7).astype(np.float32)
-        elif name == "wifi":
+        elif spec is not None and spec.kind == schema.CSI:   # min-max normalised to [0, 1]
             out[name] = rng.random(shape, dtype=np.float32)
         else:
             out[name] = rng.normal(0.0, 0.5, size=shape).astype(np.float32)
     out["presence"][0] = 1.0
-    out["lidar_mask"][0, :] = True
+    out[schema.MODALITY_INPUTS[schema.POINT_MODALITIES[0]][1]][0, :] = True   # one full cloud
     return out
 
 
@@ -175,7 +120,7 @@ def to_torch(inputs: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 # ----------------------------------------------------------------------------------------------
 # Export
 # ----------------------------------------------------------------------------------------------
-def trace_to_onnx(module: nn.Module, dims: ModelDims, output_names: tuple[str, ...], opset: int = OPSET
+def trace_to_onnx(module: nn.Module, contract: ModelContract, output_names: tuple[str, ...], opset: int = OPSET
                   ) -> onnx.ModelProto:
     """torch.onnx.export (TorchScript exporter) with a dynamic batch axis; IR version pinned."""
     if opset not in OPSETS:
@@ -183,7 +128,7 @@ def trace_to_onnx(module: nn.Module, dims: ModelDims, output_names: tuple[str, .
                           f"onnxruntime >= 1.20), got {opset}; the default is {OPSET}")
     module = module.eval()
     device = next(module.parameters()).device   # trace where the model is; the file is device-independent
-    args = tuple(a.to(device) for a in to_torch(example_inputs(dims, batch=2)))
+    args = tuple(a.to(device) for a in to_torch(example_inputs(contract, batch=2)))
     dynamic = {n: {0: schema.BATCH_AXIS} for n in (*schema.MODEL_INPUTS, *output_names)}
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -210,9 +155,9 @@ def export_onnx(model: nn.Module, cfg: Config, out_path: str | Path, calibration
     Returns the written path.
     """
     out_path = Path(out_path)
-    dims = ModelDims.from_config(cfg)
-    proto = trace_to_onnx(CoalitionGraph(model), dims, schema.MODEL_OUTPUTS, opset)
-    props = base_metadata(cfg, dims, metrics or {}, opset)
+    contract = export_contract(cfg, metrics or {}, opset)
+    proto = trace_to_onnx(CoalitionGraph(model), contract, schema.MODEL_OUTPUTS, opset)
+    props = contract.to_props()
     if calibration is None:
         baseline: dict[str, Any] = {"available": False, "reason": no_calibration_reason}
     else:
@@ -226,43 +171,23 @@ def export_onnx(model: nn.Module, cfg: Config, out_path: str | Path, calibration
     return out_path
 
 
-def export_pose_only(model: nn.Module, dims: ModelDims, out_path: str | Path, opset: int = OPSET) -> Path:
+def export_pose_only(model: nn.Module, contract: ModelContract, out_path: str | Path, opset: int = OPSET) -> Path:
     """The plain pose graph (no coalitions, no metadata): only for latency comparisons."""
-    proto = trace_to_onnx(PoseGraph(model), dims, ("pose",), opset)
+    proto = trace_to_onnx(PoseGraph(model), contract, ("pose",), opset)
     onnx.checker.check_model(proto)
     _save_atomic(proto, Path(out_path))
     return Path(out_path)
 
 
-def base_metadata(cfg: Config, dims: ModelDims, metrics: Mapping[str, Any], opset: int) -> dict[str, str]:
-    """Every metadata entry except the baseline, as key (without prefix) -> string."""
-    inputs = {n: {"shape": list(shape), "dtype": schema.MODEL_DTYPES[n]} for n, shape in dims.input_shapes().items()}
-    outputs = {n: {"shape": list(shape), "dtype": schema.MODEL_DTYPES[n]} for n, shape in dims.output_shapes().items()}
-    return {
-        "schema_version": str(schema.SCHEMA_VERSION),
-        "modalities": json.dumps(list(schema.MODALITIES)),
-        "inputs": json.dumps(inputs),
-        "outputs": json.dumps(outputs),
-        "rgb_window": str(dims.rgb_window),
-        "lidar_cap": str(dims.lidar_cap),
-        "lidar_crop": "true" if cfg.model.lidar_crop else "false",
-        "mmwave_cap": str(dims.mmwave_cap),
-        "mmwave_columns": json.dumps(list(schema.MMWAVE_COLUMNS)),
-        "units": json.dumps(UNITS),
-        "preprocessing": json.dumps(PREPROCESSING),
-        "coalitions": json.dumps({"order": "bitmask: bit i = modalities[i]; 0 = empty, 15 = all",
-                                  "masks": schema.COALITION_MASKS.astype(int).tolist(),
-                                  "effective_mask": "masks[c] * presence"}),
-        "fusion": str(cfg.model.fusion),
-        "enabled_modalities": json.dumps([m for m in schema.MODALITIES if m in cfg.model.modalities]),
-        "config_hash": config_hash(cfg),
-        "config": json.dumps(cfg.to_dict(), default=str),
-        "validation_metrics": json.dumps(dict(metrics), default=_json_default),
-        "producer": json.dumps({"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset,
-                                "training_data": dataset_kind(cfg.data.root),
-                                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                "ir_version": IR_VERSION, "exporter": "torch.onnx.export(dynamo=False)"}),
-    }
+def export_contract(cfg: Config, metrics: Mapping[str, Any], opset: int) -> ModelContract:
+    """The model's contract as the export records it: ``training.config.model_contract`` with the
+    validation metrics and the producer (versions, opset, training data, time)."""
+    producer = {"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset,
+                "training_data": dataset_kind(cfg.data.root),
+                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "ir_version": IR_VERSION, "exporter": "torch.onnx.export(dynamo=False)"}
+    metrics = json.loads(json.dumps(dict(metrics), default=_json_default))
+    return model_contract(cfg, validation_metrics=metrics, producer=producer)
 
 
 def _json_default(value: Any) -> Any:

@@ -40,8 +40,9 @@ class _WithCoalitions(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence):
-        feats = self.model.encode(rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi)
+    def forward(self, *inputs):   # schema.MODEL_INPUTS
+        *tensors, presence = inputs
+        feats = self.model.encode(*tensors)
         coal = self.model.fuse_coalitions({m: f.detach() for m, f in feats.items()}, coalition_masks(presence))
         return self.model.fuse(feats, presence), coal.detach()
 

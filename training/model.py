@@ -254,20 +254,27 @@ class Fusion(nn.Module):
         return x.flatten(1)
 
 
+# Point columns brought to ~unit scale before the encoder: SNR in dB; metres and m/s stay as they are.
+COLUMN_SCALE: dict[str, float] = {"snr_db": 0.05}
+
+
+def encoder(spec: schema.ModalitySpec, cfg: ModelConfig) -> nn.Module:
+    """The encoder of a modality, by its kind: keypoints -> TCN over the window, points -> point
+    transformer over the cap (``cfg.<name>_cap``), CSI -> CNN."""
+    if spec.kind == schema.KEYPOINTS:
+        return TemporalConvEncoder(cfg)
+    if spec.kind == schema.POINTS:
+        return PointEncoder(len(spec.columns), getattr(cfg, spec.size_key), cfg,
+                            [COLUMN_SCALE.get(c, 1.0) for c in spec.columns])
+    return CsiEncoder(cfg)
+
+
 class PoseModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.dim = cfg.dim
-        makers = {
-            "rgb": lambda: TemporalConvEncoder(cfg),
-            "lidar": lambda: PointEncoder(3, cfg.lidar_cap, cfg, [1.0, 1.0, 1.0]),
-            # SNR in dB is brought to ~unit scale; x, y, z metres and Doppler m/s stay as they are.
-            "mmwave": lambda: PointEncoder(5, cfg.mmwave_cap, cfg,
-                                           [0.05 if c == "snr_db" else 1.0 for c in schema.MMWAVE_COLUMNS]),
-            "wifi": lambda: CsiEncoder(cfg),
-        }
-        self.encoders = nn.ModuleDict({m: makers[m]() for m in cfg.modalities})
+        self.encoders = nn.ModuleDict({m: encoder(schema.MODALITY_SPECS[m], cfg) for m in cfg.modalities})
         self.fusion = Fusion(cfg)
         self.head = mlp([self.fusion.out_dim, cfg.hidden, schema.N_JOINTS * 3])
         # Prior the head predicts an offset from (set from the training set's mean pose).
@@ -280,13 +287,13 @@ class PoseModel(nn.Module):
         """joints_mean [17, 3] metres (mean training pose)."""
         self.mean_pose.copy_(torch.as_tensor(joints_mean, dtype=torch.float32).reshape(schema.N_JOINTS, 3))
 
-    def encode(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi) -> dict[str, torch.Tensor]:
-        """Inputs as in ``schema.MODEL_INPUTS`` -> dict modality -> [B, D]. A disabled modality
-        gets zeros."""
-        inputs = {"rgb": (rgb,), "lidar": (lidar, lidar_mask), "mmwave": (mmwave, mmwave_mask), "wifi": (wifi,)}
-        b = rgb.shape[0]
-        return {m: self.encoders[m](*inputs[m]) if m in self.encoders else rgb.new_zeros(b, self.dim)
-                for m in schema.MODALITIES}
+    def encode(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The modalities' inputs in ``schema.MODEL_INPUTS`` order (without presence) -> dict
+        modality -> [B, D]. A disabled modality gets zeros."""
+        named = dict(zip(schema.MODEL_INPUTS, inputs))
+        first = inputs[0]
+        return {m: self.encoders[m](*(named[k] for k in schema.MODALITY_INPUTS[m])) if m in self.encoders
+                else first.new_zeros(first.shape[0], self.dim) for m in schema.MODALITIES}
 
     def _head(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [N, 4, D] -> pose [N, 17, 3] metres."""
@@ -316,8 +323,10 @@ class PoseModel(nn.Module):
         x = tokens.unsqueeze(1) * masks.unsqueeze(-1)  # [B, C, 4, D]
         return self._head(x.reshape(b * c, schema.N_MODALITIES, self.dim)).reshape(b, c, schema.N_JOINTS, 3)
 
-    def forward(self, rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi, presence) -> torch.Tensor:
-        return self.fuse(self.encode(rgb, lidar, lidar_mask, mmwave, mmwave_mask, wifi), presence)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``schema.MODEL_INPUTS`` (the modalities' inputs, then presence [B, 4]) -> pose [B, 17, 3] m."""
+        *tensors, presence = inputs
+        return self.fuse(self.encode(*tensors), presence)
 
     def encoder_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """modality -> its encoder's named parameters (the parameters AWC constrains)."""

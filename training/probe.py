@@ -91,6 +91,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 def probe_run(path: Path, checkpoint: str, data: str | None, test_frames: int, train_frames: int,
               loaded: dict[tuple, Any], progress: bool) -> dict[str, Any]:
     from training.checkpoint import load_checkpoint
+    from training.config import model_contract
     from training.data import evenly_spaced, load_splits, select_frames, sequence_ids
 
     ckpt = path / checkpoint if path.is_dir() else path
@@ -98,8 +99,7 @@ def probe_run(path: Path, checkpoint: str, data: str | None, test_frames: int, t
     if data:
         cfg.data.root = data
     key = (cfg.data.root, cfg.data.protocol, cfg.data.split, cfg.data.split_seed, cfg.data.max_train,
-           cfg.data.frames, tuple(cfg.model.modalities), cfg.model.rgb_window, cfg.model.lidar_cap,
-           cfg.model.mmwave_cap, cfg.model.lidar_crop)
+           cfg.data.frames, tuple(cfg.model.modalities), repr(model_contract(cfg).preprocessing_settings()))
     if key not in loaded:
         loaded.clear()
         train, test = load_splits(cfg, progress=progress)

@@ -6,11 +6,16 @@ whether it came off disk or off the wire. Pure functions; shapes and units are s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sensors.core import schema
+
+if TYPE_CHECKING:
+    from sensors.core.contract import ModelContract
 
 
 def normalize_keypoints(kpts: np.ndarray) -> np.ndarray:
@@ -93,16 +98,17 @@ def crop_lidar(points: np.ndarray, crop: LidarCrop = LIDAR_CROP) -> np.ndarray:
     return points[keep]
 
 
-def point_input(modality: str, points: np.ndarray, cap: int,
-                lidar_crop: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The model input of a point modality: non-finite rows dropped, LiDAR cropped to the body
-    (``crop_lidar``; ``lidar_crop=False`` keeps the raw scan, floor and walls, as the official
-    toolbox feeds it), then sampled or padded to ``cap`` (``sample_points``). The one rule training
-    and the runtime both use. Returns (float32 [cap, columns], bool mask [cap])."""
-    columns = len(schema.MODALITY_SPECS[modality].columns)
+def point_input(modality: str, points: np.ndarray, cap: int, crop: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The model input of a point modality: non-finite rows dropped, cropped to the body where the
+    modality has a crop setting (``ModalitySpec.crop_key``: LiDAR, ``crop_lidar``; ``crop=False``
+    keeps the raw scan, floor and walls, as the official toolbox feeds it), then sampled or padded
+    to ``cap`` (``sample_points``). The one rule training and the runtime both use. Returns
+    (float32 [cap, columns], bool mask [cap])."""
+    spec = schema.MODALITY_SPECS[modality]
+    columns = len(spec.columns)
     points = np.asarray(points, dtype=np.float32).reshape(-1, columns)
     points = points[np.isfinite(points).all(axis=1)]
-    if modality == "lidar" and lidar_crop:
+    if spec.crop_key and crop:
         points = crop_lidar(points)
     return sample_points(points, cap, columns)
 
@@ -190,40 +196,49 @@ def rgb_window(frames: list[np.ndarray | None], window: int) -> np.ndarray:
     return out
 
 
-_causal_window = rgb_window   # frame_inputs' keyword ``rgb_window`` shadows the function
-
-
-def frame_inputs(rgb_frames: list[np.ndarray | None], lidar: np.ndarray | None, mmwave: np.ndarray | None,
-                 wifi: tuple[np.ndarray, np.ndarray] | None, *, rgb_window: int, lidar_cap: int,
-                 mmwave_cap: int, lidar_crop: bool = True) -> dict[str, np.ndarray]:
-    """The model inputs of one frame (``schema.MODEL_INPUTS``, shapes ``schema.model_shapes`` without
+def frame_inputs(frames: Mapping[str, Any], contract: ModelContract) -> dict[str, np.ndarray]:
+    """The model inputs of one frame (``schema.MODEL_INPUTS``, shapes ``contract.shapes`` without
     the batch axis): THE rule from raw frames to what the model sees, used by the MM-Fi reader
-    (training, calibration) and the runtime's ticks alike.
+    (training, calibration, probes) and the runtime's ticks alike, set by the model's ``contract``.
 
-    rgb_frames: the last <= ``rgb_window`` keypoint frames [17, 2] px, oldest first, last = now
-    (None = absent); lidar [N, 3] m; mmwave [N, 5] in ``schema.MMWAVE_COLUMNS`` order; wifi
-    (amplitude, phase) each [3, 114, 10] as MM-Fi stores a frame. None = absent. ``lidar_crop``:
-    see ``point_input`` (a model records it; the runtime applies what its model was trained with).
-    A modality is present when its current frame is (for points: at least one finite point, so an
-    empty radar frame is absent); absent inputs are all zero and the presence mask says 0.
+    frames: modality -> its raw frame(s); a missing key or None = absent. By kind
+    (``ModalitySpec.kind``): keypoints, the last <= window frames [17, 2] px, oldest first,
+    last = now (None entries where none was seen); points, [N, columns] in ``schema`` column order
+    (``MMWAVE_COLUMNS``; reordered here to the contract's); CSI, (amplitude, phase) each
+    [3, 114, 10] as MM-Fi stores a frame. A modality is present when its current frame is (for
+    points: at least one finite point, so an empty radar frame is absent); absent inputs are all
+    zero and the presence mask says 0.
     """
-    shapes = schema.model_shapes(rgb_window, lidar_cap, mmwave_cap, batch=None)
     presence = np.zeros(schema.N_MODALITIES, dtype=np.float32)
     out: dict[str, np.ndarray] = {}
-    if rgb_frames and rgb_frames[-1] is not None:
-        out["rgb"] = _causal_window(list(rgb_frames), rgb_window)
-        presence[schema.MODALITY_INDEX["rgb"]] = 1.0
-    else:
-        out["rgb"] = np.zeros(shapes["rgb"][1:], dtype=np.float32)
-    for name, points, cap in (("lidar", lidar, lidar_cap), ("mmwave", mmwave, mmwave_cap)):
-        columns = len(schema.MODALITY_SPECS[name].columns)
-        pts = np.zeros((0, columns), np.float32) if points is None else points
-        out[name], out[f"{name}_mask"] = point_input(name, pts, cap, lidar_crop)
-        presence[schema.MODALITY_INDEX[name]] = float(out[f"{name}_mask"].any())
-    if wifi is not None:
-        out["wifi"] = wifi_input(*wifi)
-        presence[schema.MODALITY_INDEX["wifi"]] = 1.0
-    else:
-        out["wifi"] = np.zeros(shapes["wifi"][1:], dtype=np.float32)
+    for spec in schema.MODALITY_SPECS.values():
+        inputs, present = _INPUTS[spec.kind](spec, frames.get(spec.name), contract)
+        out.update(inputs)
+        presence[spec.index] = present
     out["presence"] = presence
     return {name: out[name] for name in schema.MODEL_INPUTS}
+
+
+def _keypoint_inputs(spec: schema.ModalitySpec, frames, contract: ModelContract) -> tuple[dict, float]:
+    window = contract.size(spec)
+    if frames and frames[-1] is not None:
+        return {spec.name: rgb_window(list(frames), window)}, 1.0
+    return {spec.name: np.zeros((window, *spec.shape), dtype=np.float32)}, 0.0
+
+
+def _point_inputs(spec: schema.ModalitySpec, points, contract: ModelContract) -> tuple[dict, float]:
+    points = np.zeros((0, len(spec.columns)), np.float32) if points is None else np.asarray(points)
+    order = contract.columns(spec)
+    if order != spec.columns and points.size:
+        points = points[:, [spec.columns.index(c) for c in order]]
+    values, mask = point_input(spec.name, points, contract.size(spec), contract.crop(spec))
+    return {spec.name: values, f"{spec.name}_mask": mask}, float(mask.any())
+
+
+def _csi_inputs(spec: schema.ModalitySpec, csi, contract: ModelContract) -> tuple[dict, float]:
+    if csi is None:
+        return {spec.name: np.zeros(schema.input_shapes(spec)[spec.name], dtype=np.float32)}, 0.0
+    return {spec.name: wifi_input(*csi)}, 1.0
+
+
+_INPUTS = {schema.KEYPOINTS: _keypoint_inputs, schema.POINTS: _point_inputs, schema.CSI: _csi_inputs}

@@ -18,6 +18,7 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,25 +77,135 @@ MAX_MMWAVE_POINTS = 4_096
 MAX_WIFI_PACKETS = 1_000
 
 
+# How a modality's frame is made into model inputs (sensors.core.preprocess), checked for health
+# (runtime.health), read from and written to MM-Fi files (sensors.mmfi_files, sensors.simulate.writer)
+# and encoded (training.model): code dispatches on the kind, never on a modality's name.
+KEYPOINTS = "keypoints"   # [K, 2] per frame; the model sees a causal window of frames
+POINTS = "points"         # [N, columns] point cloud; sampled/padded to a cap, with a mask
+CSI = "csi"               # a stream of packets [P, antennas, subcarriers], amplitude and phase
+KINDS: tuple[str, ...] = (KEYPOINTS, POINTS, CSI)
+
+
 @dataclass(frozen=True)
-class ModalitySpec:
-    """What one modality is, per frame, as it comes from the sensor (before model preprocessing)."""
+class ArraySpec:
+    """One array of a wire topic: the dtype on the wire and its shape (None = variable, with a limit)."""
 
     name: str
-    shape: tuple[int | None, ...]  # None = variable length
-    units: str
-    columns: tuple[str, ...] = ()
-    max_points: int | None = None
+    dtype: str
+    shape: tuple[int | None, ...]
+    required: bool = True
+    finite: bool = False  # NaN/inf make the message invalid (reason non_finite)
 
 
-MODALITY_SPECS: dict[str, ModalitySpec] = {
-    "rgb": ModalitySpec("rgb", (N_KEYPOINTS, 2), "pixels (640x480), COCO-17 order", ("u", "v")),
-    "lidar": ModalitySpec("lidar", (None, 3), "metres, sensor frame x fwd y left z up", LIDAR_COLUMNS,
-                          MAX_LIDAR_POINTS),
-    "mmwave": ModalitySpec("mmwave", (None, 5), "metres, dB, m/s", MMWAVE_COLUMNS, MAX_MMWAVE_POINTS),
-    "wifi": ModalitySpec("wifi", (WIFI_ANTENNAS, WIFI_SUBCARRIERS, WIFI_PACKETS),
-                         "CSI amplitude (dB-like) and phase (rad)"),
-}
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality, as one row of the table every module iterates (``MODALITY_SPECS``).
+
+    Frames come from the sensor as ``shape`` (before preprocessing); ``inputs`` are the model
+    inputs they become. The health defaults (``value_ranges``, ``point_range``, ``roughness``,
+    ``roughness_floor``) are those of the runtime config's ``health`` section (docs/runtime.md).
+    """
+
+    name: str
+    kind: str                               # KEYPOINTS | POINTS | CSI
+    shape: tuple[int | None, ...]           # one frame as the sensor gives it; None = variable length
+    units: str                              # the values before normalisation (awc.units)
+    preprocessing: str                      # how a frame becomes the model input (awc.preprocessing)
+    wire: tuple[ArraySpec, ...]             # the arrays of its wire message (docs/wire.md)
+    value_ranges: tuple[tuple[float, float], ...]   # plausible [low, high] per value column
+    roughness: str                          # which roughness measure input health uses (runtime.health)
+    roughness_floor: float                  # smallest roughness reference, in the measure's units
+    mmfi_folder: str                        # MM-Fi folder of its frame files
+    mmfi_suffix: str                        # and their suffix
+    fault_noise: float                      # std of the injected ``noise`` fault (sensors.faults)
+    colour: str                             # its colour in the dashboard
+    columns: tuple[str, ...] = ()           # names of the last axis (keypoint u, v; point columns)
+    max_points: int | None = None           # most rows on the wire and on disk (points; CSI packets)
+    point_range: tuple[int, int] | None = None   # plausible points per frame (POINTS)
+    crop_key: str | None = None             # model setting: crop the points to the body (preprocess.crop_lidar)
+    columns_key: str | None = None          # model setting: the column order the model takes (a disputed order)
+
+    @property
+    def index(self) -> int:
+        """Position in ``MODALITIES`` (presence, coalition bit, shares)."""
+        return MODALITY_INDEX[self.name]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Its model inputs (absent = all of them zero, presence 0)."""
+        return (self.name, f"{self.name}_mask") if self.kind == POINTS else (self.name,)
+
+    @property
+    def size_key(self) -> str | None:
+        """The model setting that sizes its input, a training config key and an ``awc.*`` metadata
+        key: ``<name>_window`` (keypoints: frames in the causal window), ``<name>_cap`` (points:
+        the cap); None for CSI (fixed size)."""
+        return {KEYPOINTS: f"{self.name}_window", POINTS: f"{self.name}_cap"}.get(self.kind)
+
+
+_PX = ((-640.0, 1280.0), (-480.0, 960.0))   # pixels: generous margin around the 640x480 image (detectors
+#                                             extrapolate off-image joints)
+_M100 = (-100.0, 100.0)
+_M30 = (-30.0, 30.0)
+MODALITY_SPECS: dict[str, ModalitySpec] = {s.name: s for s in (
+    ModalitySpec(
+        "rgb", KEYPOINTS, (N_KEYPOINTS, 2),
+        units="pixels of a 640x480 image before normalisation, COCO-17 order",
+        preprocessing="sensors.core.preprocess.rgb_window(frames, rgb_window): causal window of the last R "
+                      "frames (last = now), missing frames edge-padded, each normalised by normalize_keypoints "
+                      "(u / 640 * 2 - 1, v / 640 * 2 - 480 / 640)",
+        wire=(ArraySpec("kpts", "<f4", (N_KEYPOINTS, 2), finite=True),
+              ArraySpec("score", "<f4", (N_KEYPOINTS,), required=False, finite=True)),
+        value_ranges=_PX, roughness="displacement", roughness_floor=0.5,
+        mmfi_folder="rgb", mmfi_suffix=".npy", fault_noise=60.0, colour="blue", columns=("u", "v")),
+    ModalitySpec(
+        "lidar", POINTS, (None, len(LIDAR_COLUMNS)),
+        units="metres, LiDAR frame (x forward, y left, z up)",
+        preprocessing="sensors.core.preprocess.point_input('lidar', points, lidar_cap): non-finite rows dropped; "
+                      "crop_lidar (floor slab, range box, radius around the median; LIDAR_CROP) keeps the body "
+                      "(lidar_crop false: the raw scan is kept); "
+                      "then sensors.core.preprocess.sample_points: more than the cap -> evenly spaced rows "
+                      "(np.linspace, order kept); fewer -> zero padding; lidar_mask True on real points",
+        wire=(ArraySpec("points", "<f4", (None, len(LIDAR_COLUMNS)), finite=True),),
+        value_ranges=(_M100,) * 3, roughness="ring_step", roughness_floor=0.005,   # metres, sensor frame
+        mmfi_folder="lidar", mmfi_suffix=".bin", fault_noise=0.3, colour="green", columns=LIDAR_COLUMNS,
+        max_points=MAX_LIDAR_POINTS, point_range=(50, MAX_LIDAR_POINTS), crop_key="lidar_crop"),
+    ModalitySpec(
+        "mmwave", POINTS, (None, len(MMWAVE_COLUMNS)),
+        units="metres, metres, metres, then the two columns named by awc.mmwave_columns (dB, m/s)",
+        preprocessing="sensors.core.preprocess.point_input('mmwave', points, mmwave_cap): sample_points as "
+                      "lidar, no crop; empty frames give an all-False mask",
+        wire=(ArraySpec("points", "<f4", (None, len(MMWAVE_COLUMNS)), finite=True),),
+        # metres x3, then SNR (dB) / radial velocity (m/s), either order
+        value_ranges=(_M30, _M30, _M30, _M100, _M100), roughness="spread", roughness_floor=0.01,
+        mmfi_folder="mmwave", mmfi_suffix=".bin", fault_noise=0.5, colour="orange", columns=MMWAVE_COLUMNS,
+        max_points=MAX_MMWAVE_POINTS, point_range=(0, 512), columns_key="mmwave_columns"),
+    ModalitySpec(
+        "wifi", CSI, (WIFI_ANTENNAS, WIFI_SUBCARRIERS, WIFI_PACKETS),
+        units="CSI amplitude (dB-like) and phase (rad) before normalisation",
+        preprocessing="sensors.core.preprocess.resample_packets(packets [P,3,114]) -> [3,114,10] for amplitude "
+                      "and phase, then sensors.core.preprocess.wifi_input(amp, phase): "
+                      "sensors.core.preprocess.clean_csi (inf -> NaN -> mean of the finite values of the same "
+                      "packet slice), sensors.core.preprocess.minmax per frame to [0, 1], amplitude (packets "
+                      "0..9) then phase (10..19)",
+        # NaN/inf in CSI are allowed: the official cleaning (sensors.core.preprocess.clean_csi) repairs them.
+        wire=(ArraySpec("amp", "<f4", (None, WIFI_ANTENNAS, WIFI_SUBCARRIERS)),
+              ArraySpec("phase", "<f4", (None, WIFI_ANTENNAS, WIFI_SUBCARRIERS))),
+        # CSI amplitude (dB-like units) and phase (radians, wrapped; generous for unwrapped phase)
+        value_ranges=((-100.0, 150.0), (-20.0, 20.0)), roughness="subcarrier_step", roughness_floor=0.05,
+        mmfi_folder="wifi-csi", mmfi_suffix=".mat", fault_noise=8.0, colour="purple",
+        max_points=MAX_WIFI_PACKETS),
+)}
+assert tuple(MODALITY_SPECS) == MODALITIES, "the table lists the modalities in MODALITIES order"
+POINT_MODALITIES: tuple[str, ...] = tuple(m for m, s in MODALITY_SPECS.items() if s.kind == POINTS)
+# Frame-based sensors (one message per frame), as opposed to packet streams (CSI).
+FRAME_MODALITIES: tuple[str, ...] = tuple(m for m, s in MODALITY_SPECS.items() if s.kind != CSI)
+
+
+def spec_of(topic: str) -> ModalitySpec | None:
+    """The table row of an input topic, None for any other topic (gt, pose, unknown)."""
+    return MODALITY_SPECS.get(topic)
+
 
 # ----------------------------------------------------------------------------------------------
 # Model inputs (after preprocessing, see sensors.core.preprocess). B = batch.
@@ -107,12 +218,13 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {
 # wifi        float32 [B, 3, 114, 20]  cleaned, min-max normalised amplitude (packets 0..9) then
 #                                      phase (packets 10..19), as the official toolbox concatenates
 # presence    float32 [B, 4]           1 = modality present (also the Shapley coalition)
-MODEL_INPUTS: tuple[str, ...] = ("rgb", "lidar", "lidar_mask", "mmwave", "mmwave_mask", "wifi", "presence")
+MODEL_INPUTS: tuple[str, ...] = (*(i for s in MODALITY_SPECS.values() for i in s.inputs), "presence")
 MODEL_OUTPUTS: tuple[str, ...] = ("pose", "coalition_poses")  # [B,17,3] and [B,16,17,3]
 WIFI_INPUT_SHAPE = (WIFI_ANTENNAS, WIFI_SUBCARRIERS, 2 * WIFI_PACKETS)
+# The model settings that size the inputs (config keys and awc.* metadata keys): ModalitySpec.size_key.
+SIZE_KEYS: tuple[str, ...] = tuple(s.size_key for s in MODALITY_SPECS.values() if s.size_key)
 # The model inputs of each modality (absent = all of them zero, presence 0).
-MODALITY_INPUTS: dict[str, tuple[str, ...]] = {"rgb": ("rgb",), "lidar": ("lidar", "lidar_mask"),
-                                               "mmwave": ("mmwave", "mmwave_mask"), "wifi": ("wifi",)}
+MODALITY_INPUTS: dict[str, tuple[str, ...]] = {m: s.inputs for m, s in MODALITY_SPECS.items()}
 BATCH_AXIS = "batch"          # name of the dynamic batch axis in exported shapes
 META_PREFIX = "awc."          # prefix of the model's self-description keys in the ONNX metadata
 MODEL_DTYPES: dict[str, str] = {n: "bool" if n.endswith("_mask") else "float32"
@@ -124,23 +236,30 @@ DEFAULT_LIDAR_CAP = 256
 DEFAULT_MMWAVE_CAP = 32
 
 
-def model_shapes(rgb_window: int, lidar_cap: int, mmwave_cap: int,
-                 batch: int | str | None = BATCH_AXIS) -> dict[str, tuple]:
+def input_shapes(spec: ModalitySpec, size: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Shapes (without the batch axis) of the model inputs of one modality: keypoints [size, K, 2]
+    (a causal window of ``size`` frames), points [size, columns] and mask [size] (``size`` = the
+    cap), CSI [antennas, subcarriers, 2 x packets] (amplitude then phase, fixed size)."""
+    if spec.kind == KEYPOINTS:
+        return {spec.name: (size, *spec.shape)}
+    if spec.kind == POINTS:
+        return {spec.name: (size, len(spec.columns)), f"{spec.name}_mask": (size,)}
+    return {spec.name: (*spec.shape[:-1], 2 * spec.shape[-1])}
+
+
+def model_shapes(sizes: Mapping[str, int], batch: int | str | None = BATCH_AXIS) -> dict[str, tuple]:
     """Shape of every model input and output (MODEL_INPUTS then MODEL_OUTPUTS order) for a model
-    with this RGB window and these point caps; ``batch`` fills the batch axis (a size, the axis
-    name, or None for "any"). The one place these shapes are written."""
-    b = batch
-    return {
-        "rgb": (b, rgb_window, N_KEYPOINTS, 2),
-        "lidar": (b, lidar_cap, len(MODALITY_SPECS["lidar"].columns)),
-        "lidar_mask": (b, lidar_cap),
-        "mmwave": (b, mmwave_cap, len(MMWAVE_COLUMNS)),
-        "mmwave_mask": (b, mmwave_cap),
-        "wifi": (b, *WIFI_INPUT_SHAPE),
-        "presence": (b, N_MODALITIES),
-        "pose": (b, N_JOINTS, 3),
-        "coalition_poses": (b, 2 ** N_MODALITIES, N_JOINTS, 3),
-    }
+    with these ``sizes`` (``SIZE_KEYS`` -> value: the RGB window, the point caps); ``batch`` fills
+    the batch axis (a size, the axis name, or None for "any"). The one place these shapes are written."""
+    shapes: dict[str, tuple] = {}
+    for spec in MODALITY_SPECS.values():
+        size = sizes[spec.size_key] if spec.size_key else None
+        shapes.update({k: (batch, *v) for k, v in input_shapes(spec, size).items()})
+    shapes["presence"] = (batch, N_MODALITIES)
+    shapes["pose"] = (batch, N_JOINTS, 3)
+    shapes["coalition_poses"] = (batch, 2 ** N_MODALITIES, N_JOINTS, 3)
+    return shapes
+
 
 # ----------------------------------------------------------------------------------------------
 # Coalitions
@@ -244,8 +363,8 @@ PROTOCOLS: dict[str, tuple[str, ...]] = {
 SPLITS: tuple[str, ...] = ("S1", "S2", "S3")
 
 # On-disk modality folders and file suffixes of MM-Fi.
-MMFI_FOLDERS: dict[str, str] = {"rgb": "rgb", "lidar": "lidar", "mmwave": "mmwave", "wifi": "wifi-csi"}
-MMFI_SUFFIX: dict[str, str] = {"rgb": ".npy", "lidar": ".bin", "mmwave": ".bin", "wifi": ".mat"}
+MMFI_FOLDERS: dict[str, str] = {m: s.mmfi_folder for m, s in MODALITY_SPECS.items()}
+MMFI_SUFFIX: dict[str, str] = {m: s.mmfi_suffix for m, s in MODALITY_SPECS.items()}
 MMFI_GT_FILE = "ground_truth.npy"
 
 

@@ -54,37 +54,21 @@ class WireError(ValueError):
         self.seq = seq
 
 
-@dataclass(frozen=True)
-class ArraySpec:
-    """One array of a topic: the dtype on the wire and its shape (None = variable, with a limit)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...]
-    required: bool = True
-    finite: bool = False  # NaN/inf make the message invalid (reason non_finite)
-
-
-_KP, _J = schema.N_KEYPOINTS, schema.N_JOINTS
-_A, _S = schema.WIFI_ANTENNAS, schema.WIFI_SUBCARRIERS
+ArraySpec = schema.ArraySpec
+_J = schema.N_JOINTS
 ARRAY_SPECS: dict[str, tuple[ArraySpec, ...]] = {
-    "rgb": (ArraySpec("kpts", "<f4", (_KP, 2), finite=True),
-            ArraySpec("score", "<f4", (_KP,), required=False, finite=True)),
-    "lidar": (ArraySpec("points", "<f4", (None, len(schema.LIDAR_COLUMNS)), finite=True),),
-    "mmwave": (ArraySpec("points", "<f4", (None, len(schema.MMWAVE_COLUMNS)), finite=True),),
-    # NaN/inf in CSI are allowed: the official cleaning (sensors.core.preprocess.clean_csi) repairs them.
-    "wifi": (ArraySpec("amp", "<f4", (None, _A, _S)), ArraySpec("phase", "<f4", (None, _A, _S))),
+    **{m: spec.wire for m, spec in schema.MODALITY_SPECS.items()},
     schema.GT_TOPIC: (ArraySpec("joints", "<f4", (_J, 3), finite=True),),
     schema.POSE_TOPIC: (ArraySpec("joints", "<f4", (_J, 3)),
                         ArraySpec("presence", "<u1", (schema.N_MODALITIES,)),
                         ArraySpec("shapley", "<f4", (schema.N_MODALITIES,)),
                         ArraySpec("degradation", "<f4", (schema.N_MODALITIES,)),
                         # optional: the sensor points the tick used, forwarded for viewers
-                        ArraySpec("lidar_points", "<f4", (None, len(schema.LIDAR_COLUMNS)), required=False,
-                                  finite=True),
-                        ArraySpec("mmwave_points", "<f4", (None, len(schema.MMWAVE_COLUMNS)), required=False,
-                                  finite=True)),
+                        *(ArraySpec(f"{m}_points", "<f4", (None, len(schema.MODALITY_SPECS[m].columns)),
+                                    required=False, finite=True) for m in schema.POINT_MODALITIES)),
 }
+# Pose-stream arrays of forwarded sensor points -> their modality.
+POINT_ARRAYS: dict[str, str] = {f"{m}_points": m for m in schema.POINT_MODALITIES}
 # Header fields a topic must carry besides the core keys (name -> description), all unsigned ints.
 REQUIRED_EXTRAS: dict[str, tuple[str, ...]] = {schema.POSE_TOPIC: ("tick", "latency_ns")}
 # Single-byte dtypes have no byte order: numpy spells them "|u1"; both spellings are accepted.
@@ -95,8 +79,8 @@ _DTYPE_ALIASES = {"|u1": "<u1", "|i1": "<i1", "|b1": "<b1"}
 class WireLimits:
     """Hard limits on anything that comes off the wire (a hostile-input guard)."""
 
-    max_points: dict = field(default_factory=lambda: {"lidar": schema.MAX_LIDAR_POINTS,
-                                                      "mmwave": schema.MAX_MMWAVE_POINTS})
+    max_points: dict = field(default_factory=lambda: {m: schema.MODALITY_SPECS[m].max_points
+                                                      for m in schema.POINT_MODALITIES})
     max_wifi_packets: int = schema.MAX_WIFI_PACKETS
     max_header_bytes: int = 64 * 1024
     min_t_ns: int = 0               # capture/send times must lie in [min_t_ns, max_t_ns]
@@ -106,9 +90,10 @@ class WireLimits:
     max_abs_value: float = MAX_ABS_VALUE
 
     def __post_init__(self):
-        unknown = set(self.max_points) - {"lidar", "mmwave"}
+        unknown = set(self.max_points) - set(schema.POINT_MODALITIES)
         if unknown:
-            raise ValueError(f"WireLimits.max_points takes 'lidar' and 'mmwave', got {sorted(unknown)}")
+            raise ValueError(f"WireLimits.max_points takes the point modalities {list(schema.POINT_MODALITIES)}, "
+                             f"got {sorted(unknown)}")
         if min(self.max_points.values(), default=1) < 0 or self.max_wifi_packets < 1:
             raise ValueError("WireLimits: point limits must be >= 0 and max_wifi_packets >= 1")
         if not 0 <= self.min_t_ns < self.max_t_ns <= _I64_MAX:
@@ -120,11 +105,16 @@ class WireLimits:
     def max_rows(self, topic: str, name: str = "") -> int:
         """Limit on the variable (first) dimension of the array ``name`` of ``topic``."""
         if topic == schema.POSE_TOPIC:   # forwarded points: lidar_points, mmwave_points
-            return self.max_points[name.split("_")[0]]
-        return self.max_wifi_packets if topic == "wifi" else self.max_points[topic]
+            return self.max_points[POINT_ARRAYS[name]]
+        return self.max_wifi_packets if _is_csi(topic) else self.max_points[topic]
 
 
 DEFAULT_LIMITS = WireLimits()
+
+
+def _is_csi(topic: str) -> bool:
+    spec = schema.spec_of(topic)
+    return spec is not None and spec.kind == schema.CSI
 
 
 @dataclass
@@ -146,8 +136,8 @@ class Message:
         return self.extra.get("station")
 
     def packet_times_ns(self) -> np.ndarray:
-        """WiFi: capture time of each of the P packets (int64 [P], oldest first)."""
-        p = self.arrays["amp"].shape[0]
+        """CSI (wifi): capture time of each of the P packets (int64 [P], oldest first)."""
+        p = _rows(self.arrays)
         period = int(self.extra.get("period_ns", WIFI_PERIOD_NS))
         # decode bounds period_ns (<= MAX_PERIOD_NS) and P (<= max_wifi_packets), and checks that the
         # oldest packet time is >= min_t_ns: this int64 arithmetic cannot overflow.
@@ -236,8 +226,8 @@ def _decode_body(frames, topic: str, header: dict, src: str, seq: int, limits: W
     if missing:
         raise WireError("malformed", topic, f"missing array(s) {missing}; {topic} carries {sorted(specs)}")
     _check_rows_agree(topic, arrays)
-    if topic == "wifi":
-        _check_packet_span(topic, t_ns, arrays["amp"].shape[0], extra, limits)
+    if _is_csi(topic):
+        _check_packet_span(topic, t_ns, _rows(arrays), extra, limits)
     return Message(topic=topic, src=src, seq=seq, t_ns=t_ns, sent_ns=sent_ns, arrays=arrays, extra=extra)
 
 
@@ -317,8 +307,8 @@ def _check_extras(topic: str, extra: dict) -> None:
                                                 f"got {value!r}")
     if "period_ns" in extra:
         period = extra["period_ns"]
-        if topic != "wifi":
-            raise WireError("malformed", topic, "period_ns belongs to wifi messages only")
+        if not _is_csi(topic):
+            raise WireError("malformed", topic, "period_ns belongs to CSI (wifi) messages only")
         if type(period) is not int or not 1 <= period <= MAX_PERIOD_NS:
             raise WireError("out_of_range", topic, f"period_ns must be an integer in [1, {MAX_PERIOD_NS}] "
                                                    f"(ns between CSI packets; 10,000,000 at 100 Hz), got {period!r}")
@@ -355,9 +345,9 @@ def _array(frame, topic: str, spec: ArraySpec, dtype: str, shape: tuple[int, ...
         raise WireError("bad_shape", topic, f"{spec.name}: expected shape {want}, got {list(shape)}")
     if spec.shape[0] is None:
         limit = limits.max_rows(topic, spec.name)
-        if shape[0] > limit or (topic == "wifi" and shape[0] < 1):
+        if shape[0] > limit or (_is_csi(topic) and shape[0] < 1):
             raise WireError("oversized" if shape[0] > limit else "bad_shape", topic,
-                            f"{spec.name}: {shape[0]} rows, allowed 1..{limit}" if topic == "wifi"
+                            f"{spec.name}: {shape[0]} rows, allowed 1..{limit}" if _is_csi(topic)
                             else f"{spec.name}: {shape[0]} points exceed the limit of {limit}")
     buf = _buffer(frame)
     itemsize = np.dtype(spec.dtype).itemsize
@@ -378,7 +368,17 @@ def _array(frame, topic: str, spec: ArraySpec, dtype: str, shape: tuple[int, ...
     return arr
 
 
+def _rows(arrays: dict[str, np.ndarray]) -> int:
+    """Packets of a CSI message (its arrays agree on them, ``_check_rows_agree``)."""
+    return next(iter(arrays.values())).shape[0]
+
+
 def _check_rows_agree(topic: str, arrays: dict[str, np.ndarray]) -> None:
-    if topic == "wifi" and arrays["amp"].shape != arrays["phase"].shape:
-        raise WireError("bad_shape", topic, f"amp {list(arrays['amp'].shape)} and phase "
-                                            f"{list(arrays['phase'].shape)} must have the same shape")
+    """The arrays of a CSI message (amplitude and phase) have the same shape."""
+    if not _is_csi(topic):
+        return
+    shapes = {name: list(a.shape) for name, a in arrays.items()}
+    if len({tuple(v) for v in shapes.values()}) > 1:
+        names = list(shapes)
+        raise WireError("bad_shape", topic, f"{names[0]} {shapes[names[0]]} and {names[1]} {shapes[names[1]]} "
+                                            f"must have the same shape")
