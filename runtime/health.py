@@ -43,23 +43,12 @@ from sensors.core import schema
 
 COMPONENTS: tuple[str, ...] = ("missing", "stale", "clock", "loss", "non_finite", "points", "frozen", "range", "noise")
 # Smallest roughness reference per modality (px, m, m, dB): a perfectly still scene is not "noise-free".
-ROUGHNESS_FLOOR: dict[str, float] = {"rgb": 0.5, "lidar": 0.005, "mmwave": 0.01, "wifi": 0.05}
-
-# Plausible value range per modality and array column (inclusive), before model preprocessing.
+ROUGHNESS_FLOOR: dict[str, float] = {m: spec.roughness_floor for m, spec in schema.MODALITY_SPECS.items()}
+# Plausible value range per modality and value column (inclusive), before model preprocessing.
 DEFAULT_VALUE_RANGES: dict[str, list[list[float]]] = {
-    # pixels: generous margin around the 640x480 image (detectors extrapolate off-image joints)
-    "rgb": [[-640.0, 1280.0], [-480.0, 960.0]],
-    # metres, sensor frame
-    "lidar": [[-100.0, 100.0], [-100.0, 100.0], [-100.0, 100.0]],
-    # metres x3, then SNR (dB) / radial velocity (m/s), either order
-    "mmwave": [[-30.0, 30.0], [-30.0, 30.0], [-30.0, 30.0], [-100.0, 100.0], [-100.0, 100.0]],
-    # CSI amplitude (dB-like units) and phase (radians, wrapped; generous for unwrapped phase)
-    "wifi": [[-100.0, 150.0], [-20.0, 20.0]],
-}
+    m: [list(r) for r in spec.value_ranges] for m, spec in schema.MODALITY_SPECS.items()}
 DEFAULT_POINT_RANGES: dict[str, list[int]] = {
-    "lidar": [50, schema.MAX_LIDAR_POINTS],
-    "mmwave": [0, 512],
-}
+    m: list(spec.point_range) for m, spec in schema.MODALITY_SPECS.items() if spec.point_range}
 
 
 @dataclass(frozen=True)
@@ -105,9 +94,9 @@ class HealthConfig:
                     raise ValueError(f"health.value_ranges.{m}: each entry must be [low, high] with low < high, "
                                      f"got {lo_hi}")
         for m, (lo, hi) in self.point_ranges.items():
-            if m not in ("lidar", "mmwave") or not 0 <= lo <= hi:
-                raise ValueError(f"health.point_ranges: expected lidar/mmwave -> [min, max] with 0 <= min <= max, "
-                                 f"got {m}: {[lo, hi]}")
+            if m not in schema.POINT_MODALITIES or not 0 <= lo <= hi:
+                raise ValueError(f"health.point_ranges: expected {'/'.join(schema.POINT_MODALITIES)} -> [min, max] "
+                                 f"with 0 <= min <= max, got {m}: {[lo, hi]}")
 
 
 @dataclass
@@ -153,40 +142,61 @@ def _digest(arrays: dict[str, np.ndarray]) -> bytes | None:
 
 
 def value_columns(modality: str, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The value columns checked against ``value_ranges`` (one flat array per range entry)."""
-    if modality == "rgb":
-        k = np.asarray(arrays["kpts"]).reshape(-1, 2)
-        return [k[:, 0], k[:, 1]]
-    if modality in ("lidar", "mmwave"):
-        p = np.asarray(arrays["points"])
-        return [p[..., i].ravel() for i in range(p.shape[-1])] if p.ndim == 2 else [p.ravel()]
-    return [np.asarray(arrays["amp"]).ravel(), np.asarray(arrays["phase"]).ravel()]
+    """The value columns checked against ``value_ranges`` (one flat array per range entry):
+    keypoints and points column by column, CSI array by array (amplitude, phase)."""
+    spec = schema.MODALITY_SPECS[modality]
+    if spec.kind == schema.CSI:
+        return [np.asarray(arrays[a.name]).ravel() for a in spec.wire]
+    values = np.asarray(arrays[spec.wire[0].name])
+    if spec.kind == schema.KEYPOINTS:
+        values = values.reshape(-1, values.shape[-1])
+    return [values[..., i].ravel() for i in range(values.shape[-1])] if values.ndim == 2 else [values.ravel()]
+
+
+def _displacement(spec: schema.ModalitySpec, arrays, previous) -> float | None:
+    """Mean keypoint displacement since the previous message (px)."""
+    if previous is None:
+        return None
+    name = spec.wire[0].name
+    with np.errstate(invalid="ignore", over="ignore"):   # NaN/inf keypoints: left out below
+        d = np.linalg.norm(np.asarray(arrays[name], np.float64) - np.asarray(previous[name], np.float64), axis=-1)
+    d = d[np.isfinite(d)]
+    return float(d.mean()) if d.size else None
+
+
+def _ring_step(spec: schema.ModalitySpec, arrays, previous) -> float | None:
+    """Median distance between consecutive points of the scan (m; points come ring by ring)."""
+    p = np.asarray(arrays[spec.wire[0].name], np.float64)
+    p = p[np.isfinite(p).all(axis=1)]
+    return float(np.median(np.linalg.norm(np.diff(p, axis=0), axis=-1))) if len(p) >= 10 else None
+
+
+def _spread(spec: schema.ModalitySpec, arrays, previous) -> float | None:
+    """Mean distance of the points (x, y, z) to their median (m)."""
+    p = np.asarray(arrays[spec.wire[0].name], np.float64)[:, :3]
+    p = p[np.isfinite(p).all(axis=1)]
+    return float(np.linalg.norm(p - np.median(p, axis=0), axis=-1).mean()) if len(p) >= 3 else None
+
+
+def _subcarrier_step(spec: schema.ModalitySpec, arrays, previous) -> float | None:
+    """Median amplitude step between adjacent subcarriers (dB)."""
+    amp = np.asarray(arrays[spec.wire[0].name], np.float64)
+    with np.errstate(invalid="ignore"):   # inf - inf in raw CSI: dropped just below
+        step = np.abs(np.diff(amp, axis=-1))
+    step = step[np.isfinite(step)]
+    return float(np.median(step)) if step.size else None
+
+
+# The roughness measures a modality can name (``ModalitySpec.roughness``).
+ROUGHNESS = {"displacement": _displacement, "ring_step": _ring_step, "spread": _spread,
+             "subcarrier_step": _subcarrier_step}
 
 
 def roughness(modality: str, arrays: dict[str, np.ndarray], previous: dict[str, np.ndarray] | None) -> float | None:
     """Roughness of one sample (see the module doc), or None when it cannot be measured (too few
     points, no previous keypoints, no finite value)."""
-    if modality == "rgb":
-        if previous is None:
-            return None
-        with np.errstate(invalid="ignore", over="ignore"):   # NaN/inf keypoints: left out below
-            d = np.linalg.norm(np.asarray(arrays["kpts"], np.float64) - np.asarray(previous["kpts"], np.float64),
-                               axis=-1)
-        d = d[np.isfinite(d)]
-        return float(d.mean()) if d.size else None
-    if modality == "lidar":
-        p = np.asarray(arrays["points"], np.float64)
-        p = p[np.isfinite(p).all(axis=1)]
-        return float(np.median(np.linalg.norm(np.diff(p, axis=0), axis=-1))) if len(p) >= 10 else None
-    if modality == "mmwave":
-        p = np.asarray(arrays["points"], np.float64)[:, :3]
-        p = p[np.isfinite(p).all(axis=1)]
-        return float(np.linalg.norm(p - np.median(p, axis=0), axis=-1).mean()) if len(p) >= 3 else None
-    amp = np.asarray(arrays["amp"], np.float64)
-    with np.errstate(invalid="ignore"):   # inf - inf in raw CSI: dropped just below
-        step = np.abs(np.diff(amp, axis=-1))
-    step = step[np.isfinite(step)]
-    return float(np.median(step)) if step.size else None
+    spec = schema.MODALITY_SPECS[modality]
+    return ROUGHNESS[spec.roughness](spec, arrays, previous)
 
 
 class InputHealthChecker:
@@ -287,9 +297,11 @@ class InputHealthChecker:
 
     def _points_score(self, modality: str, arrays: dict[str, np.ndarray]) -> float:
         rng = self.config.point_ranges.get(modality)
-        if rng is None or "points" not in arrays:
+        spec = schema.MODALITY_SPECS[modality]
+        if rng is None or spec.kind != schema.POINTS or spec.wire[0].name not in arrays:
             return 0.0
-        n = int(np.asarray(arrays["points"]).shape[0]) if np.asarray(arrays["points"]).ndim else 0
+        points = np.asarray(arrays[spec.wire[0].name])
+        n = int(points.shape[0]) if points.ndim else 0
         return 0.0 if rng[0] <= n <= rng[1] else 1.0
 
     def _frozen_score(self, modality: str, arrays: dict[str, np.ndarray], message_id: tuple | None) -> float:

@@ -39,7 +39,7 @@ from sensors.core.wire import Message
 log = logging.getLogger(__name__)
 
 MAX_EXERCISE_FIELDS = 4096   # exercise/session header fields kept between two ticks (the rest are ignored)
-PHASE_TOPICS = ("rgb", "lidar", "mmwave")   # frame-based sensors whose capture phase the wall clock follows
+PHASE_TOPICS = schema.FRAME_MODALITIES   # frame-based sensors whose capture phase the wall clock follows
 # What data can make one tick fail (counted, the loop goes on); anything else ends the process.
 TICK_DATA_ERRORS = (ModelError, ValueError, ArithmeticError, FloatingPointError)
 

@@ -116,10 +116,10 @@ def forwarded_points(samples: dict, cap: int) -> dict[str, np.ndarray] | None:
     if cap <= 0:
         return None
     out = {}
-    for m in ("lidar", "mmwave"):
+    for m in schema.POINT_MODALITIES:
         s = samples.get(m)
         if s is not None:
-            p = np.asarray(s.arrays["points"], np.float32)
+            p = np.asarray(s.arrays[schema.MODALITY_SPECS[m].wire[0].name], np.float32)
             if len(p) > cap:
                 p = p[np.linspace(0, len(p) - 1, cap).astype(int)]
             out[m] = np.ascontiguousarray(p)

@@ -176,11 +176,12 @@ class Synchronizer:
     def tick(self, tick_ns: int) -> TickInputs:
         tick_ns = int(tick_ns)
         samples: dict[str, SyncedSample | None] = {}
-        for m in schema.MODALITIES:
-            if m != "wifi":
+        packets = 0
+        for m, spec in schema.MODALITY_SPECS.items():
+            if spec.kind == schema.CSI:
+                samples[m], packets = self._packets(spec, tick_ns)
+            else:
                 samples[m] = self._pick(m, tick_ns, self.cfg.max_age_ns(m))
-        samples["wifi"], packets = self._wifi(tick_ns)
-        samples = {m: samples[m] for m in schema.MODALITIES}
         gt = self._pick(schema.GT_TOPIC, tick_ns, max_age_ns=None)
         out = TickInputs(tick_ns=tick_ns, index=self._ticks, samples=samples, wifi_packets=packets,
                          gt=None if gt is None else np.asarray(gt.arrays["joints"], dtype=np.float32),
@@ -215,36 +216,38 @@ class Synchronizer:
         return SyncedSample(arrays=msg.arrays, t_ns=msg.t_ns, skew_s=(msg.t_ns - tick_ns) / 1e9,
                             src=msg.src, seq=msg.seq)
 
-    def _wifi(self, tick_ns: int) -> tuple[SyncedSample | None, int]:
-        """Packets with capture time in (tick - window, tick], oldest first -> amp/phase [P, 3, 114]."""
-        ring = self._rings["wifi"]
+    def _packets(self, spec: schema.ModalitySpec, tick_ns: int) -> tuple[SyncedSample | None, int]:
+        """CSI: packets with capture time in (tick - window, tick], oldest first -> each array of the
+        modality (amp, phase) [P, 3, 114]."""
+        ring = self._rings[spec.name]
         window = int(round(self.cfg.wifi_window_s * 1e9))
         packet_times = [msg.packet_times_ns() for msg in ring.msgs]
         hi = tick_ns
         if not any(((t > tick_ns - window) & (t <= tick_ns)).any() for t in packet_times):
             # Nothing in the window: the newest packets no older than the maximum age, if any.
             older = [int(t[t <= tick_ns].max()) for t in packet_times if (t <= tick_ns).any()]
-            if not older or tick_ns - max(older) > self.cfg.max_age_ns("wifi"):
+            if not older or tick_ns - max(older) > self.cfg.max_age_ns(spec.name):
                 return None, 0
             hi = max(older)
         lo = hi - window
-        amps, phases, times, newest = [], [], [], None
+        names = [a.name for a in spec.wire]
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        times, newest = [], None
         for msg, t in zip(ring.msgs, packet_times):
             keep = (t > lo) & (t <= hi)
             if keep.any():
-                amps.append(msg.arrays["amp"][keep])
-                phases.append(msg.arrays["phase"][keep])
+                for n in names:
+                    parts[n].append(msg.arrays[n][keep])
                 times.append(t[keep])
                 newest = msg if newest is None or msg.t_ns >= newest.t_ns else newest
-        if not amps:
+        if not times:
             return None, 0
         order = np.argsort(np.concatenate(times), kind="stable")
-        amp = np.concatenate(amps)[order]
-        phase = np.concatenate(phases)[order]
+        arrays = {n: np.concatenate(parts[n])[order] for n in names}
         t_last = int(np.concatenate(times).max())
-        sample = SyncedSample(arrays={"amp": amp, "phase": phase}, t_ns=t_last,
-                              skew_s=(t_last - tick_ns) / 1e9, src=newest.src, seq=newest.seq)
-        return sample, int(amp.shape[0])
+        sample = SyncedSample(arrays=arrays, t_ns=t_last, skew_s=(t_last - tick_ns) / 1e9, src=newest.src,
+                              seq=newest.seq)
+        return sample, int(len(order))
 
 
 @dataclass(frozen=True)

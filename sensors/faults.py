@@ -27,7 +27,7 @@ from sensors.core import schema
 
 FAULT_KINDS: tuple[str, ...] = ("stop", "freeze", "noise", "nan", "skew")
 DEFAULT_PARAM: dict[str, dict[str, float]] = {
-    "noise": {"rgb": 60.0, "lidar": 0.3, "mmwave": 0.5, "wifi": 8.0},
+    "noise": {m: spec.fault_noise for m, spec in schema.MODALITY_SPECS.items()},
     "nan": {m: 1.0 for m in schema.MODALITIES},
     "skew": {m: 0.3 for m in schema.MODALITIES},
 }
@@ -121,7 +121,8 @@ class FaultInjector:
 
     def _noise(self, modality: str, name: str, values: np.ndarray, sigma: float) -> np.ndarray:
         out = np.array(values, dtype=np.float64, copy=True)
-        cols = slice(0, 3) if modality == "mmwave" else slice(None)
+        # point clouds: on the positions (x, y, z) only, not on the radar's SNR and velocity
+        cols = slice(0, 3) if schema.MODALITY_SPECS[modality].kind == schema.POINTS else slice(None)
         if out.size:
             out[..., cols] += self.rng.normal(0.0, sigma, out[..., cols].shape)
         return out

@@ -37,7 +37,7 @@ class _Tally:
     empty: Counter = field(default_factory=Counter)    # modality -> 0-byte .bin
     missing: Counter = field(default_factory=Counter)  # modality -> no file
     invalid: Counter = field(default_factory=Counter)  # modality -> unusable values (read as absent)
-    points: dict[str, list[int]] = field(default_factory=lambda: {"lidar": [], "mmwave": []})
+    points: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in schema.POINT_MODALITIES})
     kpts_total: int = 0
     kpts_inside: int = 0
     csi_frames: int = 0
@@ -75,10 +75,10 @@ def _scan_points(tally: _Tally, path: Path, modality: str, read_values: bool) ->
     tally.points[modality].append(size // row)
 
 
-def _scan_keypoints(tally: _Tally, path: Path) -> None:
-    kpts = mmfi.read_keypoints(path)
+def _scan_keypoints(tally: _Tally, path: Path, modality: str) -> None:
+    kpts = mmfi.read_keypoints(path, modality)
     if not np.isfinite(kpts).all():
-        tally.invalid["rgb"] += 1
+        tally.invalid[modality] += 1
         tally.problems.append(f"{path}: {int((~np.isfinite(kpts)).sum())} of {kpts.size} keypoint values are "
                               f"NaN/inf: the reader treats the frame as absent")
         return
@@ -99,8 +99,8 @@ def _extend_range(acc: list[float], values: np.ndarray) -> None:
         acc[:] = [lo, hi, total, n]
 
 
-def _scan_csi(tally: _Tally, path: Path) -> None:
-    frame = mmfi.read_csi(path)
+def _scan_csi(tally: _Tally, path: Path, modality: str) -> None:
+    frame = mmfi.read_csi(path, modality)
     bad = int((~np.isfinite(frame.amp)).sum() + (~np.isfinite(frame.phase)).sum())
     tally.csi_frames += 1
     tally.csi_values += frame.amp.size + frame.phase.size
@@ -120,12 +120,13 @@ def _scan_ground_truth(tally: _Tally, seq: Path) -> None:
 
 
 def _scan_frame(tally: _Tally, path: Path, modality: str, read_csi: bool, read_points: bool = True) -> None:
-    if modality in ("lidar", "mmwave"):
+    kind = schema.MODALITY_SPECS[modality].kind
+    if kind == schema.POINTS:
         _scan_points(tally, path, modality, read_points)
-    elif modality == "rgb":
-        _scan_keypoints(tally, path)
+    elif kind == schema.KEYPOINTS:
+        _scan_keypoints(tally, path, modality)
     elif read_csi:
-        _scan_csi(tally, path)
+        _scan_csi(tally, path, modality)
 
 
 def _scan_sequence(tally: _Tally, root: Path, key: SequenceKey, csi_stride: int, points_stride: int = 1) -> None:
@@ -231,8 +232,7 @@ def dataset_summary(root: str | Path, protocol: str = "P1", split: str = "S1", s
         "sequences": len(keys),
         "frames": len(keys) * schema.FRAMES_PER_SEQUENCE,
         "modalities": _modality_rows(tally),
-        "lidar_points": _stats(tally.points["lidar"]),
-        "mmwave_points": _stats(tally.points["mmwave"]),
+        **{f"{m}_points": _stats(tally.points[m]) for m in schema.POINT_MODALITIES},
         "rgb_inside_image_rate": tally.kpts_inside / tally.kpts_total if tally.kpts_total else None,
         "csi": _csi_stats(tally),
         "ground_truth": {"depth_m": _stats(tally.depth, integer=False),
@@ -259,16 +259,17 @@ def _points_note(stats: dict[str, float] | None) -> str:
 
 
 def _notes(summary: dict[str, Any]) -> dict[str, str]:
+    """One line per modality, by its kind."""
     csi = summary["csi"]
     inside = summary["rgb_inside_image_rate"]
-    return {
-        "rgb": "no keypoints read" if inside is None else
-               f"keypoints inside {schema.IMAGE_WIDTH}x{schema.IMAGE_HEIGHT}: {100 * inside:.1f}%",
-        "lidar": _points_note(summary["lidar_points"]),
-        "mmwave": _points_note(summary["mmwave_points"]),
-        "wifi": f"NaN/inf {100 * csi['nonfinite_rate']:.2g}% of values, in {csi['frames_with_nonfinite']} "
-                f"of {csi['frames_read']} frames read",
+    notes = {
+        schema.KEYPOINTS: "no keypoints read" if inside is None else
+                          f"keypoints inside {schema.IMAGE_WIDTH}x{schema.IMAGE_HEIGHT}: {100 * inside:.1f}%",
+        schema.CSI: f"NaN/inf {100 * csi['nonfinite_rate']:.2g}% of values, in {csi['frames_with_nonfinite']} "
+                    f"of {csi['frames_read']} frames read",
     }
+    return {m: _points_note(summary[f"{m}_points"]) if s.kind == schema.POINTS else notes[s.kind]
+            for m, s in schema.MODALITY_SPECS.items()}
 
 
 def _csi_line(csi: dict[str, Any]) -> list[str]:

@@ -112,11 +112,12 @@ def point_file_problem(raw: bytes, modality: str) -> str | None:
     return None
 
 
-def read_keypoints(path: str | Path) -> np.ndarray:
-    """``rgb/frameNNN.npy`` -> float32 [17, 2] pixels of a 640x480 image, COCO-17 order."""
+def read_keypoints(path: str | Path, modality: str | None = None) -> np.ndarray:
+    """``rgb/frameNNN.npy`` -> float32 [17, 2] pixels of a 640x480 image, COCO-17 order
+    (``modality``: a keypoint modality of the table, the first one by default)."""
     path = Path(path)
     arr = _load_npy(path)
-    expected = schema.MODALITY_SPECS["rgb"].shape
+    expected = (schema.MODALITY_SPECS[modality] if modality else schema.of_kind(schema.KEYPOINTS)[0]).shape
     if arr.shape != expected:
         raise MMFiFormatError(f"{path}: expected RGB keypoints of shape {expected} (COCO-17 x (u, v) pixels), "
                               f"got {arr.shape}")
@@ -154,9 +155,10 @@ def read_points(path: str | Path, modality: str) -> np.ndarray | None:
     return np.frombuffer(raw, dtype="<f8").reshape(n, columns).copy()
 
 
-def read_csi(path: str | Path) -> CSIFrame:
+def read_csi(path: str | Path, modality: str | None = None) -> CSIFrame:
     """``wifi-csi/frameNNN.mat`` (MATLAB 5, keys CSIamp and CSIphase) -> CSIFrame of float64
-    [3, 114, 10] arrays, unrepaired (NaN/inf kept; ``preprocess.clean_csi`` repairs them)."""
+    [3, 114, 10] arrays, unrepaired (NaN/inf kept; ``preprocess.clean_csi`` repairs them)
+    (``modality``: a CSI modality of the table, the first one by default)."""
     path = Path(path)
     try:
         mat = scipy.io.loadmat(path, variable_names=CSI_KEYS)
@@ -168,7 +170,7 @@ def read_csi(path: str | Path) -> CSIFrame:
         found = sorted(k for k in mat if not k.startswith("__"))
         raise MMFiFormatError(f"{path}: expected variables {', '.join(CSI_KEYS)}, missing {', '.join(missing)} "
                               f"(found {', '.join(found) or 'none'})")
-    expected = schema.MODALITY_SPECS["wifi"].shape
+    expected = (schema.MODALITY_SPECS[modality] if modality else schema.of_kind(schema.CSI)[0]).shape
     out = []
     for k in CSI_KEYS:
         arr = np.asarray(mat[k])
@@ -186,11 +188,12 @@ def read_frame_status(seq_dir: str | Path, modality: str, frame: int) -> tuple[A
     path = frame_path(seq_dir, modality, frame)
     if not path.is_file():
         return None, "missing"
-    if modality == "rgb":
-        kpts = read_keypoints(path)
+    kind = schema.MODALITY_SPECS[modality].kind
+    if kind == schema.KEYPOINTS:
+        kpts = read_keypoints(path, modality)
         return (kpts, "ok") if np.isfinite(kpts).all() else (None, "invalid")
-    if modality == "wifi":
-        return read_csi(path), "ok"
+    if kind == schema.CSI:
+        return read_csi(path, modality), "ok"
     points = read_points(path, modality)
     return points, ("empty" if points is None else "ok")
 

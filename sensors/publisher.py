@@ -127,7 +127,7 @@ class SensorPublisher:
         extra = dict(extra or {})
         if self.station is not None:
             extra.setdefault("station", self.station)
-        if modality == "wifi":
+        if wire.is_csi(modality):
             extra.setdefault("period_ns", wire.WIFI_PERIOD_NS)
         seq = self.next_seq(modality)
         self.send_message(wire.Message(topic=modality, src=self.src, seq=seq, t_ns=int(t_ns),

@@ -119,31 +119,44 @@ def _points(seq_dir: Path, modality: str, frame: int) -> np.ndarray | None:
 def frame_messages(seq_dir: Path, frame: int, t_ns: int, joints: np.ndarray | None,
                    wifi_burst: int = 1, mmwave_columns: tuple[str, ...] = schema.MMWAVE_COLUMNS,
                    ) -> list[tuple[str, int, dict, dict]]:
-    """(topic, capture t_ns, arrays, extra) of one frame, in capture-time order.
+    """(topic, capture t_ns, arrays, extra) of one frame, in capture-time order: the CSI packets of
+    the frame first (in bursts of ``wifi_burst``, the last one at ``t_ns``), then the frame-based
+    sensors, then the ground truth.
 
     mmwave_columns: the column order of the radar files on disk; the wire always carries
     ``schema.MMWAVE_COLUMNS`` order."""
     out: list[tuple[str, int, dict, dict]] = []
-    csi, status = mmfi.read_frame_status(seq_dir, "wifi", frame)
-    if status == "ok":
-        n = csi.amp.shape[-1]
-        for first in range(0, n, wifi_burst):
-            last = min(first + wifi_burst, n) - 1
-            amp = np.moveaxis(csi.amp[:, :, first:last + 1], -1, 0)
-            phase = np.moveaxis(csi.phase[:, :, first:last + 1], -1, 0)
-            out.append(("wifi", t_ns - (n - 1 - last) * PACKET_NS, {"amp": amp, "phase": phase},
-                        {"period_ns": PACKET_NS}))
-    kpts = mmfi.read_frame(seq_dir, "rgb", frame)
-    if kpts is not None:
-        out.append(("rgb", t_ns, {"kpts": kpts}, {}))
-    for m in ("lidar", "mmwave"):
-        pts = _points(seq_dir, m, frame)
-        if pts is not None and m == "mmwave" and tuple(mmwave_columns) != schema.MMWAVE_COLUMNS:
-            pts = pts[:, mmfi.mmwave_permutation(mmwave_columns)]
-        if pts is not None:
-            out.append((m, t_ns, {"points": pts}, {}))
+    for spec in sorted(schema.MODALITY_SPECS.values(), key=lambda s: s.kind != schema.CSI):
+        names = [a.name for a in spec.wire]
+        if spec.kind == schema.CSI:
+            out += _csi_messages(spec, mmfi.read_frame_status(seq_dir, spec.name, frame), t_ns, wifi_burst)
+        elif spec.kind == schema.KEYPOINTS:
+            kpts = mmfi.read_frame(seq_dir, spec.name, frame)
+            if kpts is not None:
+                out.append((spec.name, t_ns, {names[0]: kpts}, {}))
+        else:
+            pts = _points(seq_dir, spec.name, frame)
+            if pts is not None and spec.columns_key and tuple(mmwave_columns) != spec.columns:
+                pts = pts[:, mmfi.mmwave_permutation(mmwave_columns)]
+            if pts is not None:
+                out.append((spec.name, t_ns, {names[0]: pts}, {}))
     if joints is not None:
         out.append((schema.GT_TOPIC, t_ns, {"joints": joints}, {}))
+    return out
+
+
+def _csi_messages(spec: schema.ModalitySpec, read: tuple, t_ns: int, burst: int) -> list[tuple[str, int, dict, dict]]:
+    """The packets of one CSI frame (each array [antennas, subcarriers, packets] as stored) as
+    messages of ``burst`` packets [P, antennas, subcarriers], the last packet at ``t_ns``."""
+    frame, status = read
+    if status != "ok":
+        return []
+    n = frame[0].shape[-1]
+    out = []
+    for first in range(0, n, burst):
+        last = min(first + burst, n) - 1
+        arrays = {a.name: np.moveaxis(v[:, :, first:last + 1], -1, 0) for a, v in zip(spec.wire, frame)}
+        out.append((spec.name, t_ns - (n - 1 - last) * PACKET_NS, arrays, {"period_ns": PACKET_NS}))
     return out
 
 

@@ -34,6 +34,13 @@ def test_committed_json_is_the_generated_one():
     assert builder.main(["--check"]) == 0
 
 
+def test_dashboard_colours_every_modality_of_the_schema():
+    """The generator is standard library only (no project import): its modality list is checked here."""
+    from sensors.core import schema
+
+    assert tuple(builder.MODALITY_COLORS) == schema.MODALITIES
+
+
 def test_dashboard_header_for_provisioning(board):
     assert board["uid"] == "awc-pose"
     assert board["title"]

@@ -46,7 +46,7 @@ class RehabConfig:
     exercise: str = ""
     cutoff_hz: float = 3.0              # causal Butterworth low-pass of the angles
     filter_order: int = 2
-    key_modalities: tuple[str, ...] = ("rgb", "lidar")
+    key_modalities: tuple[str, ...] = schema.REHAB_KEY_MODALITIES
     low_confidence_fraction: float = 0.5
     history_s: float = 300.0            # angle and trust history kept for the repetitions' figures
 

@@ -22,7 +22,7 @@ from sensors.core import schema
 
 @dataclass(frozen=True)
 class TrustConfig:
-    key_modalities: tuple[str, ...] = ("rgb", "lidar")
+    key_modalities: tuple[str, ...] = schema.REHAB_KEY_MODALITIES
     low_confidence_fraction: float = 0.5
     history_ticks: int = 3000           # ticks kept (a repetition longer than this is judged on its tail)
 

@@ -35,7 +35,7 @@ from sensors.core import schema, wire
 # Header keys of the pose message that carry rehabilitation outputs; passed through as they come.
 REHAB_KEYS: tuple[str, ...] = ("rehab",)
 # Arrays of the pose message holding forwarded sensor points (optional on the wire).
-POINT_ARRAYS: dict[str, str] = {"lidar_points": "lidar", "mmwave_points": "mmwave"}
+POINT_ARRAYS: dict[str, str] = wire.POINT_ARRAYS
 MAX_POINTS_SHOWN = 2048   # per modality and frame: a browser needs no more to show where the body is
 
 

@@ -118,12 +118,12 @@ class ModalitySpec:
     mmfi_folder: str                        # MM-Fi folder of its frame files
     mmfi_suffix: str                        # and their suffix
     fault_noise: float                      # std of the injected ``noise`` fault (sensors.faults)
-    colour: str                             # its colour in the dashboard
     columns: tuple[str, ...] = ()           # names of the last axis (keypoint u, v; point columns)
     max_points: int | None = None           # most rows on the wire and on disk (points; CSI packets)
     point_range: tuple[int, int] | None = None   # plausible points per frame (POINTS)
     crop_key: str | None = None             # model setting: crop the points to the body (preprocess.crop_lidar)
     columns_key: str | None = None          # model setting: the column order the model takes (a disputed order)
+    rehab_key: bool = False                 # a key modality of the rehabilitation trust (docs/rehab.md)
 
     @property
     def index(self) -> int:
@@ -157,7 +157,7 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {s.name: s for s in (
         wire=(ArraySpec("kpts", "<f4", (N_KEYPOINTS, 2), finite=True),
               ArraySpec("score", "<f4", (N_KEYPOINTS,), required=False, finite=True)),
         value_ranges=_PX, roughness="displacement", roughness_floor=0.5,
-        mmfi_folder="rgb", mmfi_suffix=".npy", fault_noise=60.0, colour="blue", columns=("u", "v")),
+        mmfi_folder="rgb", mmfi_suffix=".npy", fault_noise=60.0, columns=("u", "v"), rehab_key=True),
     ModalitySpec(
         "lidar", POINTS, (None, len(LIDAR_COLUMNS)),
         units="metres, LiDAR frame (x forward, y left, z up)",
@@ -168,8 +168,8 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {s.name: s for s in (
                       "(np.linspace, order kept); fewer -> zero padding; lidar_mask True on real points",
         wire=(ArraySpec("points", "<f4", (None, len(LIDAR_COLUMNS)), finite=True),),
         value_ranges=(_M100,) * 3, roughness="ring_step", roughness_floor=0.005,   # metres, sensor frame
-        mmfi_folder="lidar", mmfi_suffix=".bin", fault_noise=0.3, colour="green", columns=LIDAR_COLUMNS,
-        max_points=MAX_LIDAR_POINTS, point_range=(50, MAX_LIDAR_POINTS), crop_key="lidar_crop"),
+        mmfi_folder="lidar", mmfi_suffix=".bin", fault_noise=0.3, columns=LIDAR_COLUMNS,
+        max_points=MAX_LIDAR_POINTS, point_range=(50, MAX_LIDAR_POINTS), crop_key="lidar_crop", rehab_key=True),
     ModalitySpec(
         "mmwave", POINTS, (None, len(MMWAVE_COLUMNS)),
         units="metres, metres, metres, then the two columns named by awc.mmwave_columns (dB, m/s)",
@@ -178,7 +178,7 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {s.name: s for s in (
         wire=(ArraySpec("points", "<f4", (None, len(MMWAVE_COLUMNS)), finite=True),),
         # metres x3, then SNR (dB) / radial velocity (m/s), either order
         value_ranges=(_M30, _M30, _M30, _M100, _M100), roughness="spread", roughness_floor=0.01,
-        mmfi_folder="mmwave", mmfi_suffix=".bin", fault_noise=0.5, colour="orange", columns=MMWAVE_COLUMNS,
+        mmfi_folder="mmwave", mmfi_suffix=".bin", fault_noise=0.5, columns=MMWAVE_COLUMNS,
         max_points=MAX_MMWAVE_POINTS, point_range=(0, 512), columns_key="mmwave_columns"),
     ModalitySpec(
         "wifi", CSI, (WIFI_ANTENNAS, WIFI_SUBCARRIERS, WIFI_PACKETS),
@@ -193,13 +193,20 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {s.name: s for s in (
               ArraySpec("phase", "<f4", (None, WIFI_ANTENNAS, WIFI_SUBCARRIERS))),
         # CSI amplitude (dB-like units) and phase (radians, wrapped; generous for unwrapped phase)
         value_ranges=((-100.0, 150.0), (-20.0, 20.0)), roughness="subcarrier_step", roughness_floor=0.05,
-        mmfi_folder="wifi-csi", mmfi_suffix=".mat", fault_noise=8.0, colour="purple",
+        mmfi_folder="wifi-csi", mmfi_suffix=".mat", fault_noise=8.0,
         max_points=MAX_WIFI_PACKETS),
 )}
 assert tuple(MODALITY_SPECS) == MODALITIES, "the table lists the modalities in MODALITIES order"
 POINT_MODALITIES: tuple[str, ...] = tuple(m for m, s in MODALITY_SPECS.items() if s.kind == POINTS)
 # Frame-based sensors (one message per frame), as opposed to packet streams (CSI).
 FRAME_MODALITIES: tuple[str, ...] = tuple(m for m, s in MODALITY_SPECS.items() if s.kind != CSI)
+# The modalities a repetition's trust depends on (rehab.key_modalities' default).
+REHAB_KEY_MODALITIES: tuple[str, ...] = tuple(m for m, s in MODALITY_SPECS.items() if s.rehab_key)
+
+
+def of_kind(kind: str) -> tuple[ModalitySpec, ...]:
+    """The modalities of one kind, in table order."""
+    return tuple(s for s in MODALITY_SPECS.values() if s.kind == kind)
 
 
 def spec_of(topic: str) -> ModalitySpec | None:

@@ -106,13 +106,14 @@ class WireLimits:
         """Limit on the variable (first) dimension of the array ``name`` of ``topic``."""
         if topic == schema.POSE_TOPIC:   # forwarded points: lidar_points, mmwave_points
             return self.max_points[POINT_ARRAYS[name]]
-        return self.max_wifi_packets if _is_csi(topic) else self.max_points[topic]
+        return self.max_wifi_packets if is_csi(topic) else self.max_points[topic]
 
 
 DEFAULT_LIMITS = WireLimits()
 
 
-def _is_csi(topic: str) -> bool:
+def is_csi(topic: str) -> bool:
+    """Whether ``topic`` is a CSI modality (a packet stream: several packets per message, ``period_ns``)."""
     spec = schema.spec_of(topic)
     return spec is not None and spec.kind == schema.CSI
 
@@ -226,7 +227,7 @@ def _decode_body(frames, topic: str, header: dict, src: str, seq: int, limits: W
     if missing:
         raise WireError("malformed", topic, f"missing array(s) {missing}; {topic} carries {sorted(specs)}")
     _check_rows_agree(topic, arrays)
-    if _is_csi(topic):
+    if is_csi(topic):
         _check_packet_span(topic, t_ns, _rows(arrays), extra, limits)
     return Message(topic=topic, src=src, seq=seq, t_ns=t_ns, sent_ns=sent_ns, arrays=arrays, extra=extra)
 
@@ -307,7 +308,7 @@ def _check_extras(topic: str, extra: dict) -> None:
                                                 f"got {value!r}")
     if "period_ns" in extra:
         period = extra["period_ns"]
-        if not _is_csi(topic):
+        if not is_csi(topic):
             raise WireError("malformed", topic, "period_ns belongs to CSI (wifi) messages only")
         if type(period) is not int or not 1 <= period <= MAX_PERIOD_NS:
             raise WireError("out_of_range", topic, f"period_ns must be an integer in [1, {MAX_PERIOD_NS}] "
@@ -345,9 +346,9 @@ def _array(frame, topic: str, spec: ArraySpec, dtype: str, shape: tuple[int, ...
         raise WireError("bad_shape", topic, f"{spec.name}: expected shape {want}, got {list(shape)}")
     if spec.shape[0] is None:
         limit = limits.max_rows(topic, spec.name)
-        if shape[0] > limit or (_is_csi(topic) and shape[0] < 1):
+        if shape[0] > limit or (is_csi(topic) and shape[0] < 1):
             raise WireError("oversized" if shape[0] > limit else "bad_shape", topic,
-                            f"{spec.name}: {shape[0]} rows, allowed 1..{limit}" if _is_csi(topic)
+                            f"{spec.name}: {shape[0]} rows, allowed 1..{limit}" if is_csi(topic)
                             else f"{spec.name}: {shape[0]} points exceed the limit of {limit}")
     buf = _buffer(frame)
     itemsize = np.dtype(spec.dtype).itemsize
@@ -375,7 +376,7 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
 
 def _check_rows_agree(topic: str, arrays: dict[str, np.ndarray]) -> None:
     """The arrays of a CSI message (amplitude and phase) have the same shape."""
-    if not _is_csi(topic):
+    if not is_csi(topic):
         return
     shapes = {name: list(a.shape) for name, a in arrays.items()}
     if len({tuple(v) for v in shapes.values()}) > 1:

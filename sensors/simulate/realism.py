@@ -76,7 +76,7 @@ def read_frame(seq_dir: Path, modality: str, frame: int):
     value = mmfi.read_frame(seq_dir, modality, frame, missing="error")
     if value is None:
         return np.zeros((0, len(schema.MODALITY_SPECS[modality].columns)))
-    if modality == "wifi":
+    if schema.MODALITY_SPECS[modality].kind == schema.CSI:
         return value.amp, value.phase
     return np.asarray(value, dtype=np.float64)
 

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.io
 
 from sensors.core import schema
+from sensors.mmfi_files import CSI_KEYS
 from sensors.simulate.truth import write_truth
 
 
@@ -41,7 +42,7 @@ class SequenceData:
         t = schema.FRAMES_PER_SEQUENCE
         shapes = {
             "ground_truth": (self.ground_truth.shape, (t, schema.N_JOINTS, 3)),
-            "rgb": (self.rgb.shape, (t, schema.N_KEYPOINTS, 2)),
+            "rgb keypoints": (self.rgb.shape, (t, schema.N_KEYPOINTS, 2)),
             "csi_amp": (self.csi_amp.shape, (t, schema.WIFI_ANTENNAS, schema.WIFI_SUBCARRIERS, schema.WIFI_PACKETS)),
             "csi_phase": (self.csi_phase.shape, (t, schema.WIFI_ANTENNAS, schema.WIFI_SUBCARRIERS, schema.WIFI_PACKETS)),
             "lidar frames": ((len(self.lidar),), (t,)), "mmwave frames": ((len(self.mmwave),), (t,)),
@@ -49,6 +50,13 @@ class SequenceData:
         bad = {k: f"got {got}, expected {want}" for k, (got, want) in shapes.items() if tuple(got) != want}
         if bad:
             raise ValueError(f"sequence arrays have the wrong shapes: {bad}")
+
+    def frame(self, spec: schema.ModalitySpec, t: int):
+        """Frame ``t`` of a modality as MM-Fi stores it: the field of the modality's name (keypoints,
+        points), or (amplitude, phase) for CSI."""
+        if spec.kind == schema.CSI:
+            return self.csi_amp[t], self.csi_phase[t]
+        return getattr(self, spec.name)[t]
 
 
 # scipy writes the wall-clock time into the 116-byte MAT header text; a fixed text keeps a dataset
@@ -81,19 +89,31 @@ def sequence_dir(root: Path, subject: str, action: str) -> Path:
     return Path(root) / schema.environment_of(subject) / subject / action
 
 
+def _write_npy(path: Path, frame) -> None:
+    np.save(path, np.ascontiguousarray(frame, np.float64))
+
+
+def _write_bin(path: Path, frame) -> None:
+    np.ascontiguousarray(frame, np.float64).tofile(path)
+
+
+def _write_mat(path: Path, frame) -> None:
+    path.write_bytes(mat_bytes({key: np.ascontiguousarray(v, np.float64) for key, v in zip(CSI_KEYS, frame)}))
+
+
+# How each kind of modality is stored (MM-Fi's formats, docs/mmfi.md).
+WRITERS = {schema.KEYPOINTS: _write_npy, schema.POINTS: _write_bin, schema.CSI: _write_mat}
+
+
 def write_sequence(seq_dir: Path, data: SequenceData) -> int:
     """Write all files of one sequence; returns the bytes written."""
     data.check()
-    folders = {m: Path(seq_dir) / schema.MMFI_FOLDERS[m] for m in schema.MODALITIES}
+    folders = {m: Path(seq_dir) / spec.mmfi_folder for m, spec in schema.MODALITY_SPECS.items()}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     for t in range(schema.FRAMES_PER_SEQUENCE):
-        np.save(folders["rgb"] / schema.frame_file_name("rgb", t), np.ascontiguousarray(data.rgb[t], np.float64))
-        np.ascontiguousarray(data.lidar[t], np.float64).tofile(folders["lidar"] / schema.frame_file_name("lidar", t))
-        np.ascontiguousarray(data.mmwave[t], np.float64).tofile(folders["mmwave"] / schema.frame_file_name("mmwave", t))
-        (folders["wifi"] / schema.frame_file_name("wifi", t)).write_bytes(mat_bytes(
-            {"CSIamp": np.ascontiguousarray(data.csi_amp[t], np.float64),
-             "CSIphase": np.ascontiguousarray(data.csi_phase[t], np.float64)}))
+        for m, spec in schema.MODALITY_SPECS.items():
+            WRITERS[spec.kind](folders[m] / schema.frame_file_name(m, t), data.frame(spec, t))
     np.save(Path(seq_dir) / schema.MMFI_GT_FILE, data.ground_truth.astype(np.float32))
     write_truth(seq_dir, data.rehab_truth)
     return sum(f.stat().st_size for f in Path(seq_dir).rglob("*") if f.is_file())
