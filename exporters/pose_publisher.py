@@ -1,4 +1,5 @@
-"""ZeroMQ PUB of the pose stream: one wire-protocol ``pose`` message per tick.
+"""ZeroMQ PUB of the pose stream: one wire-protocol ``pose`` message per tick, made from the
+tick's ``sensors.core.pose_record.PoseRecord`` (``to_message``; readers use ``from_message``).
 
 Arrays (wire protocol v1): ``joints`` <f4 [17,3] (metres, camera frame), ``presence`` <u1 [4],
 ``shapley`` <f4 [4] (exact label-free Shapley values of the sliding window ending at this tick),
@@ -38,40 +39,17 @@ the tick thread, counted by reason in ``handshake_failures()`` and, with ``metri
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
-import numpy as np
 import zmq
 
-from sensors.core import keys, schema, wire
+from sensors.core import keys, wire
+from sensors.core.pose_record import PoseRecord
 
 if TYPE_CHECKING:
     from exporters.metrics import RuntimeMetrics
 
 log = logging.getLogger(__name__)
-
-
-def _floats(x) -> list[float] | None:
-    return None if x is None else [float(v) for v in np.asarray(x).ravel()]
-
-
-def pose_message(station: str, tick: int, tick_ns: int, joints, presence, shapley, degradation,
-                 latency_ns: int, extra: dict | None = None, points: dict | None = None) -> wire.Message:
-    """Build the ``pose`` wire message of one tick (shapes as in the module doc)."""
-    header = {"station": station, "tick": int(tick), "latency_ns": max(0, int(latency_ns))}
-    for k, v in (extra or {}).items():
-        header[k] = _floats(v) if isinstance(v, np.ndarray) else v
-    arrays = {
-        "joints": np.asarray(joints, np.float32).reshape(schema.N_JOINTS, 3),
-        "presence": np.asarray(presence).astype(np.uint8).reshape(schema.N_MODALITIES),
-        "shapley": np.asarray(shapley, np.float32).reshape(schema.N_MODALITIES),
-        "degradation": np.asarray(degradation, np.float32).reshape(schema.N_MODALITIES),
-    }
-    for modality, p in (points or {}).items():   # optional forwarded sensor points (output.forward_points)
-        arrays[f"{modality}_points"] = np.ascontiguousarray(p, np.float32)
-    return wire.Message(topic=schema.POSE_TOPIC, src=station, seq=int(tick), t_ns=int(tick_ns),
-                        sent_ns=time.time_ns(), arrays=arrays, extra=header)
 
 
 class PosePublisher:
@@ -106,12 +84,13 @@ class PosePublisher:
         self.sent = 0
         self.dropped = 0
 
-    def publish(self, msg: wire.Message) -> bool:
-        """Send without blocking; a full queue drops the message (counted) instead of stalling.
-        Counts the handshakes refused since the last call first."""
+    def publish(self, record: PoseRecord) -> bool:
+        """Send one tick's pose message (``PoseRecord.to_message``) without blocking; a full queue
+        drops the message (counted) instead of stalling. Counts the handshakes refused since the
+        last call first."""
         self.handshakes.read()
         try:
-            self.socket.send_multipart(wire.encode(msg), flags=zmq.NOBLOCK, copy=False)
+            self.socket.send_multipart(wire.encode(record.to_message()), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.dropped += 1
             return False

@@ -1,7 +1,8 @@
 """Recorders of the pose stream: JSONL or NPZ, chosen by the file suffix. Never truncate.
 
-A record is a flat dict of one tick: scalars and numpy arrays (``joints`` [17,3], ``presence`` [4],
-``shapley`` [4], ...). Writers are chosen from ``RECORDERS`` by suffix.
+A recorded tick is the row of a ``sensors.core.pose_record.PoseRecord`` (``to_row``: a flat dict of
+scalars and numpy arrays, ``joints`` [17,3], ``presence`` [4], ``shapley`` [4], ...); ``read_rows``
+reads them back for ``PoseRecord.from_row``. Writers are chosen from ``RECORDERS`` by suffix.
 
 Flush policy (what a crash can lose):
 
@@ -28,9 +29,12 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from sensors.core.pose_record import PoseRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,11 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _row(record: PoseRecord | Mapping) -> Mapping:
+    """The row of a tick: a PoseRecord's ``to_row``, or a row already made."""
+    return record.to_row() if isinstance(record, PoseRecord) else record
 
 
 def _stamp() -> str:
@@ -81,8 +90,8 @@ class JsonlRecorder:
         self.written = 0
         self.rotated: list[Path] = []
 
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(_jsonable(record), allow_nan=True) + "\n")
+    def write(self, record: PoseRecord | Mapping) -> None:
+        self._f.write(json.dumps(_jsonable(_row(record)), allow_nan=True) + "\n")
         self._f.flush()
         self.written += 1
         if time.monotonic() - self._synced >= self.flush_s:
@@ -175,8 +184,8 @@ class NpzRecorder:
         self.written = 0
         self._closed = False
 
-    def write(self, record: dict) -> None:
-        arrays = {k: np.asarray(v) for k, v in record.items()}
+    def write(self, record: PoseRecord | Mapping) -> None:
+        arrays = {k: np.asarray(v) for k, v in _row(record).items()}
         size = sum(a.nbytes for a in arrays.values())
         if self._stored >= self.max_ticks or self._bytes + size > self.max_bytes:
             if self.skipped == 0:
@@ -253,3 +262,43 @@ def open_recorder(path: str | Path, max_ticks: int = 100_000, max_mb: float = 51
     if suffix not in RECORDERS:
         raise ValueError(f"recorder path {path}: expected a suffix in {sorted(RECORDERS)}, got {suffix!r}")
     return RECORDERS[suffix](path, max_ticks=max_ticks, max_mb=max_mb, flush_s=flush_s, rotate_mb=rotate_mb)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a recording back
+# ----------------------------------------------------------------------------------------------
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a JSONL or NPZ recording, in file order (``PoseRecord.from_row`` reads each).
+    NPZ: an entry whose ``has_<key>`` is false was not recorded at that tick and is left out."""
+    path = Path(path)
+    if path.suffix not in RECORDERS:
+        raise ValueError(f"recording {path}: expected a suffix in {sorted(RECORDERS)} (a pose recording made by "
+                         f"`runtime serve --record`), got {path.suffix!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"recording {path} not found: record one with `runtime serve --record FILE` "
+                                "or `runtime replay --record FILE`")
+    return _jsonl_rows(path) if path.suffix == ".jsonl" else _npz_rows(path)
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: expected one JSON object per line, got {line[:60]!r} "
+                                 f"({err.msg}); a line cut short by a killed process is the usual cause: "
+                                 f"remove it") from err
+    return rows
+
+
+def _npz_rows(path: Path) -> list[dict]:
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    has = {k[4:]: data.pop(k) for k in list(data) if k.startswith("has_")}
+    n = len(data.get("tick", ()))
+    arrays = {k: v for k, v in data.items() if v.ndim >= 1 and len(v) == n}   # not skipped_ticks
+    return [{k: v[i] for k, v in arrays.items() if k not in has or bool(has[k][i])} for i in range(n)]

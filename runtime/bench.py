@@ -41,6 +41,7 @@ from runtime.pipeline import Pipeline
 from sensors.core import keys as keyfiles
 from sensors.core import schema, wire
 from sensors.core.cli_util import add_report_arguments, add_set_argument, emit_report
+from sensors.core.pose_record import PoseRecord
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,8 @@ def bench_end_to_end(model: OnnxPoseModel, cfg: RuntimeConfig, duration_s: float
             deadline = start + k * PERIOD_NS / 1e9
             while (wait := deadline - time.monotonic()) > 0:
                 if poses.poll(max(1, int(wait * 1000))):
-                    msg = wire.decode(poses.recv_multipart())
-                    latencies.append(msg.extra["latency_ns"] / 1e9)
+                    record = PoseRecord.from_message(wire.decode(poses.recv_multipart()))
+                    latencies.append(record.latency_ns / 1e9)
                     received += 1
             if time.monotonic() >= next_rss:
                 rss.append(round(rss_mb(), 1))

@@ -20,11 +20,11 @@ from collections.abc import Callable
 import numpy as np
 
 from exporters.metrics import EXERCISE_LABELS, RuntimeMetrics
-from exporters.pose_publisher import pose_message
 from runtime.config import RuntimeConfig
 from runtime.pipeline import TickResult
 from runtime.rehab import angles as ang
 from sensors.core import schema
+from sensors.core.pose_record import PoseRecord
 
 log = logging.getLogger(__name__)
 
@@ -196,45 +196,22 @@ class EventLog:
             log.info("modality %s recovered at tick %d", m, result.tick)
 
 
-def pose_extra(result: TickResult) -> dict:
-    """Header extras of the pose message (see exporters.pose_publisher)."""
-    c = result.contributions
-    return {
-        "shares": None if c is None else c.shares,
-        "degraded": [int(x) for x in result.degradation.degraded],
-        "reasons": list(result.degradation.reasons),
-        "coalition_values": None if c is None else c.values,
-        "shapley_gt": None if c is None or c.shapley_gt is None else c.shapley_gt,
-        "shares_gt": None if c is None or c.shares_gt is None else c.shares_gt,
-        "input_t_ns": [int(t) for t in result.input_t_ns],
-        "outcome": result.outcome,
-        "gt": None if result.gt is None else np.asarray(result.gt, np.float32).tolist(),
-        "rehab": None if result.rehab is None else result.rehab.header(),
-    }
-
-
-def record_of(result: TickResult) -> dict:
-    """Flat per-tick record for the recorders (arrays in MODALITIES order)."""
-    c, d = result.contributions, result.degradation
-    rec = {"tick": result.tick, "tick_ns": result.tick_ns, "outcome": result.outcome,
-           "latency_ns": result.latency_ns, "presence": result.presence.astype(np.uint8),
-           "joints": result.pose, "degradation": d.score.astype(np.float32),
-           "degraded": d.degraded.astype(np.uint8), "reasons": list(d.reasons), "input_t_ns": result.input_t_ns}
-    if c is not None:
-        rec.update(shapley=c.shapley, shares=c.shares, coalition_values=c.values)
-        if c.shapley_gt is not None:
-            rec.update(shapley_gt=c.shapley_gt, shares_gt=c.shares_gt)
-    if result.gt is not None:
-        rec["gt"] = result.gt
-    if result.rehab is not None:
-        r = result.rehab
-        rec.update(exercise=r.exercise, session=r.session or "", reps=r.count,
-                   angles=np.full(len(schema.ANGLE_CHANNELS), np.nan, np.float32) if r.angles is None
-                   else r.angles.astype(np.float32))
-    if result.inputs is not None:
-        rec.update({f"input_{k}": v[0] for k, v in result.inputs.items()})
-        rec["coalition_poses"] = result.coalition_poses
-    return rec
+def pose_record(result: TickResult, station: str = "") -> PoseRecord:
+    """What a tick gives the outside world (``sensors.core.pose_record``): the pose stream and the
+    recorder write this one record."""
+    c, d, r = result.contributions, result.degradation, result.rehab
+    return PoseRecord(
+        tick=result.tick, tick_ns=result.tick_ns, joints=result.pose, presence=result.presence,
+        degradation=d.score, degraded=d.degraded, outcome=result.outcome, latency_ns=result.latency_ns,
+        station=station, reasons=list(d.reasons), input_t_ns=result.input_t_ns, gt=result.gt,
+        shapley=None if c is None else c.shapley, shares=None if c is None else c.shares,
+        coalition_values=None if c is None else c.values, shapley_gt=None if c is None else c.shapley_gt,
+        shares_gt=None if c is None else c.shares_gt,
+        rehab=None if r is None else r.header(), exercise=None if r is None else r.exercise,
+        session=None if r is None else r.session, reps=None if r is None else r.count,
+        angles=None if r is None else r.angles, points=result.points,
+        inputs=None if result.inputs is None else {k: v[0] for k, v in result.inputs.items()},
+        coalition_poses=result.coalition_poses if result.inputs is not None else None)
 
 
 class PublisherOutput:
@@ -248,10 +225,7 @@ class PublisherOutput:
         return self.publisher.endpoint
 
     def __call__(self, result: TickResult) -> None:
-        shapley = result.contributions.shapley if result.contributions is not None else np.zeros(4)
-        msg = pose_message(self.station, result.tick, result.tick_ns, result.pose, result.presence, shapley,
-                           result.degradation.score, result.latency_ns, pose_extra(result), result.points)
-        self.publisher.publish(msg)
+        self.publisher.publish(pose_record(result, self.station))
 
     def close(self) -> None:
         self.publisher.close()
@@ -264,7 +238,7 @@ class RecorderOutput:
         self.recorder = recorder
 
     def __call__(self, result: TickResult) -> None:
-        self.recorder.write(record_of(result))
+        self.recorder.write(pose_record(result))
 
     def close(self) -> None:
         self.recorder.close()

@@ -36,6 +36,7 @@ from sensors import mmfi
 from sensors.core import keys as keyfiles
 from sensors.core import posemath, schema, wire
 from sensors.core.cli_util import add_list_argument, add_report_arguments, emit_report
+from sensors.core.pose_record import PoseRecord
 from sensors.faults import parse_fault
 from sensors.replay import ReplayError, replay
 
@@ -58,7 +59,7 @@ class PoseCollector(threading.Thread):
         self._sock.connect(endpoint)
         self._halt = threading.Event()
         self.max_messages = max_messages
-        self.poses: list[wire.Message] = []
+        self.poses: list[PoseRecord] = []
         self.invalid = 0
 
     def run(self) -> None:
@@ -73,7 +74,7 @@ class PoseCollector(threading.Thread):
                 log.warning("invalid pose message: %s", err)
                 continue
             if len(self.poses) < self.max_messages:
-                self.poses.append(msg)
+                self.poses.append(PoseRecord.from_message(msg))
 
     def stop(self) -> None:
         self._halt.set()
@@ -105,14 +106,9 @@ class GroundTruthIndex:
         return self.table.get(np.ascontiguousarray(joints, np.float32).tobytes())
 
 
-def _gt_of(msg: wire.Message) -> np.ndarray | None:
-    gt = msg.extra.get("gt")
-    return None if gt is None else np.asarray(gt, np.float32).reshape(schema.N_JOINTS, 3)
-
-
-def accuracy(poses: list[wire.Message], index: GroundTruthIndex | None = None) -> dict:
+def accuracy(poses: list[PoseRecord], index: GroundTruthIndex | None = None) -> dict:
     """MPJPE / PA-MPJPE (mm) over ticks carrying ground truth, overall and per action."""
-    pairs = [(m.arrays["joints"], g) for m in poses if (g := _gt_of(m)) is not None]
+    pairs = [(m.joints, m.gt) for m in poses if m.gt is not None]
     if not pairs:
         return {"frames": 0, "mpjpe_mm": None, "pa_mpjpe_mm": None, "per_action": {}}
     pred = np.stack([p for p, _ in pairs])
@@ -133,42 +129,42 @@ def accuracy(poses: list[wire.Message], index: GroundTruthIndex | None = None) -
     return out
 
 
-def contribution_summary(poses: list[wire.Message]) -> dict:
+def contribution_summary(poses: list[PoseRecord]) -> dict:
     """Mean per-tick window shares, label-free and (where present) with labels."""
     out = {}
     for key, name in (("shares", "label_free"), ("shares_gt", "labelled")):
-        rows = [m.extra[key] for m in poses if m.extra.get(key) is not None]
+        rows = [getattr(m, key) for m in poses if getattr(m, key) is not None]
         out[name] = None if not rows else dict(zip(schema.MODALITIES, np.round(np.mean(rows, axis=0), 4).tolist()))
     return out
 
 
-def degradation_events(poses: list[wire.Message]) -> list[dict]:
+def degradation_events(poses: list[PoseRecord]) -> list[dict]:
     """Every 0 -> 1 (degraded) and 1 -> 0 (recovered) transition of the flags on the stream."""
     events, prev = [], np.zeros(schema.N_MODALITIES, bool)
     for m in poses:
-        flags = np.asarray(m.extra.get("degraded", [0] * schema.N_MODALITIES), bool)
+        flags = np.asarray(m.degraded, bool)
         for i in np.flatnonzero(flags != prev):
             events.append({"modality": schema.MODALITIES[i], "event": "degraded" if flags[i] else "recovered",
-                           "tick": m.extra["tick"], "t_ns": m.t_ns})
+                           "tick": m.tick, "t_ns": m.tick_ns})
         prev = flags
     return events
 
 
-def fault_detection(poses: list[wire.Message], faults: list[dict], period_ns: int) -> list[dict]:
+def fault_detection(poses: list[PoseRecord], faults: list[dict], period_ns: int) -> list[dict]:
     """faults: [{"spec", "modality", "start_ns"}] -> whether / after how many ticks each was flagged,
     and which other modalities were flagged while it lasted."""
     out = []
     for f in faults:
         i = schema.MODALITY_INDEX[f["modality"]]
-        after = [m for m in poses if m.t_ns >= f["start_ns"] and (f.get("end_ns") is None or m.t_ns < f["end_ns"])]
-        hit = next((m for m in after if m.extra["degraded"][i]), None)
+        after = [m for m in poses if m.tick_ns >= f["start_ns"] and (f.get("end_ns") is None or m.tick_ns < f["end_ns"])]
+        hit = next((m for m in after if m.degraded[i]), None)
         # Other modalities flagged while this fault lasted, leaving out those with a fault of their own.
         faulted = {g["modality"] for g in faults if _overlap(f, g)}
         others = sorted({schema.MODALITIES[j] for m in after for j in range(schema.N_MODALITIES)
-                         if m.extra["degraded"][j] and schema.MODALITIES[j] not in faulted})
-        ticks = None if hit is None else int(np.ceil((hit.t_ns - f["start_ns"]) / period_ns)) + 1
+                         if m.degraded[j] and schema.MODALITIES[j] not in faulted})
+        ticks = None if hit is None else int(np.ceil((hit.tick_ns - f["start_ns"]) / period_ns)) + 1
         out.append({**f, "flagged": hit is not None, "ticks_to_flag": ticks,
-                    "seconds_to_flag": None if hit is None else round((hit.t_ns - f["start_ns"]) / 1e9, 3),
+                    "seconds_to_flag": None if hit is None else round((hit.tick_ns - f["start_ns"]) / 1e9, 3),
                     "others_flagged": others, "poses_during_fault": len(after)})
     return out
 
@@ -179,8 +175,8 @@ def _overlap(f: dict, g: dict) -> bool:
     return f["start_ns"] < g_end and g["start_ns"] < f_end
 
 
-def latency_summary(poses: list[wire.Message], wall_s: float) -> dict:
-    lat = np.array([m.extra["latency_ns"] for m in poses], np.float64) / 1e6
+def latency_summary(poses: list[PoseRecord], wall_s: float) -> dict:
+    lat = np.array([m.latency_ns for m in poses], np.float64) / 1e6
     return {"poses": len(poses), "wall_s": round(wall_s, 2),
             "poses_per_s": round(len(poses) / wall_s, 1) if wall_s > 0 else None,
             "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
@@ -286,7 +282,7 @@ def _wait_for_quiet(rt: Runtime, collector: PoseCollector, cfg: RuntimeConfig, q
 
 def build_report(poses, stats, rt: Runtime, cfg: RuntimeConfig, wall_s: float, data_root, protocol, split,
                  subset, rate, model_path, faults: list[dict]) -> dict:
-    poses = sorted(poses, key=lambda m: m.t_ns)
+    poses = sorted(poses, key=lambda m: m.tick_ns)
     reg = rt.metrics.registry
     received = {m: reg.get_sample_value("awc_messages_received_total", {"modality": m}) for m in schema.MODALITIES}
     dropped = {m: {r: reg.get_sample_value("awc_messages_dropped_total", {"modality": m, "reason": r})

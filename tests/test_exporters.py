@@ -12,9 +12,10 @@ import zmq
 
 from exporters.http import HttpExporter
 from exporters.metrics import RuntimeMetrics
-from exporters.pose_publisher import PosePublisher, pose_message
+from exporters.pose_publisher import PosePublisher
 from exporters.recorder import JsonlRecorder, NpzRecorder, open_recorder, stack_records
 from sensors.core import schema, wire
+from sensors.core.pose_record import PoseRecord
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -46,9 +47,10 @@ def test_http_serves_metrics_health_and_readiness():
 
 def test_pose_message_round_trips_through_the_wire_codec():
     joints = np.arange(51, dtype=np.float32).reshape(17, 3)
-    msg = pose_message("st", 7, 123, joints, [1, 1, 0, 1], [0.1, 0.2, 0.0, 0.3], [0, 0, 1, 0], 4_000_000,
-                       {"shares": np.array([0.25, 0.5, 0.0, 0.25]), "degraded": [0, 0, 1, 0], "shares_gt": None})
-    back = wire.decode(wire.encode(msg))
+    record = PoseRecord(tick=7, tick_ns=123, joints=joints, presence=np.array([1, 1, 0, 1]),
+                        degradation=np.array([0, 0, 1, 0]), degraded=np.array([0, 0, 1, 0]), latency_ns=4_000_000,
+                        station="st", shapley=np.array([0.1, 0.2, 0.0, 0.3]), shares=np.array([0.25, 0.5, 0.0, 0.25]))
+    back = wire.decode(wire.encode(record.to_message()))
     assert back.topic == schema.POSE_TOPIC and back.seq == 7 and back.extra["tick"] == 7
     np.testing.assert_array_equal(back.arrays["joints"], joints)
     assert back.arrays["presence"].dtype == np.uint8 and back.arrays["presence"].tolist() == [1, 1, 0, 1]
@@ -63,7 +65,8 @@ def test_pose_publisher_sends_over_zeromq():
     sub.setsockopt(zmq.SUBSCRIBE, b"pose")
     sub.connect(pub.endpoint)
     try:
-        msg = pose_message("st", 1, 1, np.zeros((17, 3)), [1] * 4, [0] * 4, [0] * 4, 0)
+        msg = PoseRecord(tick=1, tick_ns=1, joints=np.zeros((17, 3)), presence=np.ones(4), degradation=np.zeros(4),
+                         degraded=np.zeros(4), station="st")
         got = None
         for _ in range(50):   # slow joiner: repeat until the subscription is through
             pub.publish(msg)

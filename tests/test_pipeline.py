@@ -13,7 +13,7 @@ from exporters.recorder import open_recorder
 from runtime.config import RuntimeConfig
 from runtime.ingest import Ingest
 from runtime.loop import Loop
-from runtime.outputs import MetricsOutput, Outputs, RecorderOutput, record_of
+from runtime.outputs import MetricsOutput, Outputs, RecorderOutput, pose_record
 from runtime.pipeline import Pipeline
 from sensors.core import schema
 from sensors.core.wire import Message
@@ -265,7 +265,7 @@ def test_recorder_output_writes_npz_and_jsonl(tiny_model, tmp_path):
     np.testing.assert_allclose(data["joints"], np.stack([r.pose for r in results]))
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(lines) == 6
-    assert set(record_of(results[0])) >= {"joints", "presence", "shapley", "degradation", "degraded"}
+    assert set(pose_record(results[0]).to_row()) >= {"joints", "presence", "shapley", "degradation", "degraded"}
 
 
 def test_console_view_shows_presence_shares_degradation_and_pose(tiny_model):

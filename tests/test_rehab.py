@@ -498,7 +498,7 @@ def test_repetitions_measured_after_a_lidar_stop_are_low_confidence(tiny_model):
 
 
 def test_rehab_reaches_the_pose_stream_the_recorder_and_the_metrics(tiny_model):
-    from runtime.outputs import pose_extra, record_of
+    from runtime.outputs import pose_record
     from tests.test_pipeline import _cfg, _run_data_clock, frame_messages
 
     rng = np.random.default_rng(1)
@@ -507,10 +507,10 @@ def test_rehab_reaches_the_pose_stream_the_recorder_and_the_metrics(tiny_model):
         m.extra.update(exercise="A07")
     pipe, results = _run_data_clock(tiny_model, messages, cfg=_cfg())
     last = results[-1]
-    extra = pose_extra(last)["rehab"]
+    extra = pose_record(last).to_message().extra["rehab"]
     assert extra["exercise"] == "A07" and extra["principal"] == "shoulder_abduction_left"
     assert len(extra["angles_deg"]) == ang.N_CHANNELS
-    rec = record_of(last)
+    rec = pose_record(last).to_row()
     assert rec["exercise"] == "A07" and rec["angles"].shape == (ang.N_CHANNELS,)
     reg = pipe.outputs.metrics.registry
     knee = reg.get_sample_value("awc_joint_angle_degrees", {"angle": "knee_flexion", "side": "left"})

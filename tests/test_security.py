@@ -14,11 +14,12 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporters.metrics import RuntimeMetrics
-from exporters.pose_publisher import PosePublisher, pose_message
+from exporters.pose_publisher import PosePublisher
 from runtime.config import RuntimeConfig, free_loopback_port
 from runtime.ingest import Ingest
 from runtime.serve import Runtime
 from sensors.core import keys, wire
+from sensors.core.pose_record import PoseRecord
 from sensors.publisher import SensorPublisher
 
 
@@ -263,8 +264,8 @@ def test_secured_pose_stream_reaches_only_allowed_viewers(keydir):
             socks[name] = s
         got = dict.fromkeys(socks, 0)
         for tick in range(30):
-            pub.publish(pose_message("st", tick, time.time_ns(), np.zeros((17, 3)), np.ones(4), np.zeros(4),
-                                     np.zeros(4), 1000))
+            pub.publish(PoseRecord(tick=tick, tick_ns=time.time_ns(), joints=np.zeros((17, 3)), presence=np.ones(4),
+                                   degradation=np.zeros(4), degraded=np.zeros(4), latency_ns=1000, station="st"))
             for name, s in socks.items():
                 while _recv_pose(s, 0) is not None:
                     got[name] += 1

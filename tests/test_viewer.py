@@ -26,6 +26,7 @@ from runtime.view.frames import frame_from_message, load_recording, page_config 
 from runtime.view.hub import Hub, SubscriberConfig  # noqa: E402
 from runtime.view.launch import connect_endpoint  # noqa: E402
 from sensors.core import schema, wire  # noqa: E402
+from sensors.core.pose_record import PoseRecord  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JOINTS = np.arange(51, dtype=np.float32).reshape(17, 3) / 100
@@ -36,7 +37,7 @@ def _roundtrip(msg: wire.Message) -> list[bytes]:
 
 
 def test_frame_from_a_pose_message_carries_what_the_page_draws():
-    msg = wire.decode(_roundtrip(synthetic_pose("ward-3", 42, JOINTS, reasons=["", "missing", "", "noise"])))
+    msg = wire.decode(_roundtrip(synthetic_pose("ward-3", 42, JOINTS, reasons=["", "missing", "", "noise"]).to_message()))
     f = frame_from_message(msg)
     assert f["station"] == "ward-3" and f["tick"] == 42 and f["latency_ns"] == 4_000_000
     np.testing.assert_allclose(f["joints"], JOINTS, atol=1e-4)
@@ -47,7 +48,7 @@ def test_frame_from_a_pose_message_carries_what_the_page_draws():
 
 
 def test_rehab_outputs_pass_through_when_the_stream_has_them():
-    msg = synthetic_pose("s", 1, JOINTS)
+    msg = synthetic_pose("s", 1, JOINTS).to_message()
     msg.extra["rehab"] = {"reps": 3, "last_rom_deg": 87.5, "angles": {"left_knee": 120.0}}
     f = frame_from_message(wire.decode(_roundtrip(msg)))
     assert f["rehab"] == {"reps": 3, "last_rom_deg": 87.5, "angles": {"left_knee": 120.0}}
@@ -116,8 +117,8 @@ def test_hub_keeps_the_newest_frame_per_station_and_counts_what_is_lost():
     hub = Hub()
     slow = hub.add_client()
     for tick in (1, 2, 5):                                   # 3 and 4 never arrived
-        assert hub.receive(_roundtrip(synthetic_pose("a", tick, JOINTS))) is not None
-    hub.receive(_roundtrip(synthetic_pose("b", 7, JOINTS)))
+        assert hub.receive(_roundtrip(synthetic_pose("a", tick, JOINTS).to_message())) is not None
+    hub.receive(_roundtrip(synthetic_pose("b", 7, JOINTS).to_message()))
     assert hub.stats.tick_gaps == 2 and hub.stats.received == 4
     assert {s: f["tick"] for s, f in slow.pending.items()} == {"a": 5, "b": 7}
     assert slow.coalesced == 2 and slow.event.is_set()
@@ -265,7 +266,6 @@ def test_a_stalled_viewer_never_blocks_the_pose_publisher_and_its_losses_are_cou
 
 
 def test_forwarded_points_travel_on_the_pose_stream_to_the_page():
-    from exporters.pose_publisher import pose_message
     from runtime.config import OutputConfig
     from runtime.pipeline import forwarded_points
 
@@ -279,11 +279,13 @@ def test_forwarded_points_travel_on_the_pose_stream_to_the_page():
     points = forwarded_points(samples, 256)
     assert points["lidar"].shape == (256, 3) and points["mmwave"].shape == (0, 5)
     np.testing.assert_array_equal(points["lidar"][[0, -1]], lidar[[0, -1]])    # evenly over the cloud
-    msg = pose_message("s", 1, 1, JOINTS, np.ones(4), np.zeros(4), np.zeros(4), 0, {}, points)
-    f = frame_from_message(wire.decode(_roundtrip(msg)))
+    def record(points):
+        return PoseRecord(tick=1, tick_ns=1, joints=JOINTS, presence=np.ones(4), degradation=np.zeros(4),
+                          degraded=np.zeros(4), station="s", points=points)
+
+    f = frame_from_message(wire.decode(_roundtrip(record(points).to_message())))
     assert len(f["points"]["lidar"]) == 256 and f["points"]["mmwave"] == []
-    bad = wire.encode(pose_message("s", 1, 1, JOINTS, np.ones(4), np.zeros(4), np.zeros(4), 0, {},
-                                   {"mmwave": np.zeros((schema.MAX_MMWAVE_POINTS + 1, 5), np.float32)}))
+    bad = wire.encode(record({"mmwave": np.zeros((schema.MAX_MMWAVE_POINTS + 1, 5), np.float32)}).to_message())
     with pytest.raises(wire.WireError, match="exceed"):
         wire.decode(bad)
     with pytest.raises(ValueError, match="forward_points"):

@@ -136,10 +136,10 @@ def evaluate_recording(root, path) -> list[dict]:
         seq = Path(root) / seg.session
         truth = read_truth(seq)
         joints = mmfi.read_ground_truth(seq)
-        ticks = [r for r in records if r.get("session") == seg.session]
+        ticks = [r for r in records if r.session == seg.session]
         # The replayed sequence starts at the tick of its first frame: align times on it.
         t0 = seg.start_ns
-        first = min(r["tick_ns"] for r in ticks)
+        first = min(r.tick_ns for r in ticks)
         shift_s = (t0 - first) / 1e9
         det = [{"side": r["side"], "peak_s": r["peak_s"] + shift_s, "rom_deg": r["rom_deg"]} for r in seg.reps]
         rows.append({"sequence": seg.session, "exercise": seg.code, "ticks": len(ticks),

@@ -29,76 +29,43 @@ from pathlib import Path
 
 import numpy as np
 
+from exporters.recorder import read_rows
 from runtime.rehab import angles as ang
 from runtime.rehab.exercises import EXERCISES
 from runtime.rehab.monitor import RehabConfig, RehabMonitor, Segment, segment_summary, symmetry_of
 from sensors.core import schema
+from sensors.core.pose_record import PoseRecord
 
 log = logging.getLogger(__name__)
 MAX_FIGURE_SEGMENTS = 200     # segments drawn (a longer recording lists the rest in the tables only)
 
 
 # ---------------------------------------------------------------------------------------------
-# Records: what the monitor needs per tick, from a recording or from pose messages
+# Records: the ticks the monitor needs, from a recording or from the pose stream (PoseRecord)
 # ---------------------------------------------------------------------------------------------
-def _rec(tick, tick_ns, joints, presence, degraded, shares, exercise, session) -> dict:
-    return {"tick": int(tick), "tick_ns": int(tick_ns),
-            "joints": None if joints is None else np.asarray(joints, np.float64).reshape(schema.N_JOINTS, 3),
-            "presence": np.asarray(presence, np.float64).reshape(schema.N_MODALITIES),
-            "degraded": np.asarray(degraded, np.float64).reshape(schema.N_MODALITIES),
-            "shares": None if shares is None else np.asarray(shares, np.float64).reshape(schema.N_MODALITIES),
-            "exercise": exercise, "session": session or None}
+REQUIRED = ("tick", "tick_ns", "joints", "presence", "degraded")
 
 
-def load_records(path) -> list[dict]:
+def load_records(path) -> list[PoseRecord]:
     """Per-tick records of a JSONL or NPZ recording (``runtime serve --record``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recording {path} not found: record one with `runtime serve --record FILE` "
-                                "or `runtime replay --record FILE`")
-    if path.suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: not a JSON record ({err}); is this a recording?") from err
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-        n = len(data.get("tick", []))
-        rows = [{k: v[i] for k, v in data.items() if v.ndim >= 1 and len(v) == n and not k.startswith("has_")}
-                for i in range(n)]
-        for k in ("shares", "exercise", "session"):
-            has = data.get(f"has_{k}")
-            if has is not None:
-                for r, h in zip(rows, has):
-                    if not h:
-                        r.pop(k, None)
-    else:
-        raise ValueError(f"recording {path}: expected a .jsonl or .npz file, got {path.suffix!r}")
+    rows = read_rows(path)
     if not rows:
         raise ValueError(f"recording {path} holds no ticks: was the runtime fed any sensor data while recording?")
-    missing = [k for k in ("tick", "tick_ns", "joints", "presence", "degraded") if k not in rows[0]]
+    missing = [k for k in REQUIRED if k not in rows[0]]
     if missing:
         raise ValueError(f"recording {path}: records lack {missing}; expected a pose recording of `runtime serve`")
-    return [_rec(r["tick"], r["tick_ns"], r["joints"], r["presence"], r["degraded"], r.get("shares"),
-                 str(r["exercise"]) if r.get("exercise") is not None else None,
-                 str(r["session"]) if r.get("session") not in (None, "") else None) for r in rows]
+    return [PoseRecord.from_row(r) for r in rows]
 
 
-def records_from_poses(messages) -> list[dict]:
-    """Per-tick records of ``pose`` wire messages (e.g. the pose stream collected by a replay)."""
-    out = []
-    for m in sorted(messages, key=lambda m: m.t_ns):
-        rehab = m.extra.get("rehab") or {}
-        out.append(_rec(m.extra["tick"], m.t_ns, m.arrays["joints"], m.arrays["presence"],
-                        m.extra.get("degraded", [0] * schema.N_MODALITIES), m.extra.get("shares"),
-                        rehab.get("exercise"), rehab.get("session")))
-    return out
+def records_from_poses(poses) -> list[PoseRecord]:
+    """Per-tick records of the pose stream (decoded ``pose`` wire messages or their records, e.g.
+    what a replay collected), in tick-time order."""
+    records = [p if isinstance(p, PoseRecord) else PoseRecord.from_message(p) for p in poses]
+    return sorted(records, key=lambda r: r.tick_ns)
+
+
+def _f64(x, shape: tuple[int, ...]) -> np.ndarray | None:
+    return None if x is None else np.asarray(x, np.float64).reshape(shape)
 
 
 @dataclass
@@ -110,7 +77,7 @@ class Trace:
     angles: list[np.ndarray] = field(default_factory=list)
 
 
-def run_monitor(records: list[dict], config: RehabConfig | None = None, exercise: str | None = None,
+def run_monitor(records: list[PoseRecord], config: RehabConfig | None = None, exercise: str | None = None,
                 traces: list[Trace] | None = None) -> list[Segment]:
     """Feed the records through a fresh monitor; returns every segment (and fills ``traces``).
 
@@ -118,21 +85,23 @@ def run_monitor(records: list[dict], config: RehabConfig | None = None, exercise
     config = config or RehabConfig()
     rate = schema.FRAME_RATE_HZ
     if len(records) >= 2:
-        step = np.median(np.diff([r["tick_ns"] for r in records])) / 1e9
+        step = np.median(np.diff([r.tick_ns for r in records])) / 1e9
         rate = 1.0 / step if step > 0 else rate
     mon = RehabMonitor(config, rate)
     segments: list[Segment] = []
+    four = (schema.N_MODALITIES,)
     for r in records:
-        code = r["exercise"] if r["exercise"] not in (None, "") else (exercise or "")
-        mon.request(r["tick_ns"], code, r["session"])
-        out = mon.update(r["tick"], r["tick_ns"], r["joints"], r["presence"], r["degraded"], r["shares"])
+        code = r.exercise if r.exercise not in (None, "") else (exercise or "")
+        mon.request(r.tick_ns, code, r.session or None)
+        out = mon.update(r.tick, r.tick_ns, _f64(r.joints, (schema.N_JOINTS, 3)), _f64(r.presence, four),
+                         _f64(r.degraded, four), _f64(r.shares, four))
         seg = mon.current
         if not segments or segments[-1] is not seg:
             segments.append(seg)
             if traces is not None:
                 traces.append(Trace(seg))
         if traces is not None and out.angles is not None:
-            traces[-1].t_s.append((r["tick_ns"] - seg.start_ns) / 1e9)
+            traces[-1].t_s.append((r.tick_ns - seg.start_ns) / 1e9)
             traces[-1].angles.append(out.angles)
     mon.finish()
     return segments
@@ -320,7 +289,7 @@ def render_html(segments: list[Segment], traces: list[Trace], title: str, source
     return "\n".join(parts)
 
 
-def write_report(records: list[dict], out, title: str = "Rehabilitation session report", source: str = "",
+def write_report(records: list[PoseRecord], out, title: str = "Rehabilitation session report", source: str = "",
                  config: RehabConfig | None = None, exercise: str | None = None, json_out=None) -> dict:
     """Monitor ``records``, write the HTML page to ``out`` (and the figures as JSON); returns the data."""
     traces: list[Trace] = []

@@ -22,10 +22,11 @@ import urllib.request
 
 import numpy as np
 
-from exporters.pose_publisher import PosePublisher, pose_message
+from exporters.pose_publisher import PosePublisher
 from runtime.config import free_loopback_port
 from runtime.view.browser import headless_chromium
 from sensors.core import schema
+from sensors.core.pose_record import PoseRecord
 
 
 def skeleton_sequence(action: str = "A12", seed: int = 0) -> np.ndarray:
@@ -40,15 +41,15 @@ def skeleton_sequence(action: str = "A12", seed: int = 0) -> np.ndarray:
     return kinematics.sequence_pose(action, person, env.camera_height_m, rng).astype(np.float32)
 
 
-def synthetic_pose(station: str, tick: int, joints: np.ndarray, reasons=None):
-    """One pose wire message with plausible per-modality values (for the benchmark and tests)."""
+def synthetic_pose(station: str, tick: int, joints: np.ndarray, reasons=None) -> PoseRecord:
+    """One tick's pose record with plausible per-modality values (for the benchmark and tests)."""
     shares = np.array([0.42, 0.33, 0.15, 0.10]) + 0.03 * np.sin(tick / 7 + np.arange(4))
     shares = shares / shares.sum()
-    degradation = np.array([0.05, 0.08, 0.2, 0.35])
-    extra = {"shares": shares, "degraded": [0, 0, 0, 0], "reasons": reasons or ["", "", "", "noise"],
-             "outcome": "fused", "input_t_ns": [time.time_ns()] * 4}
-    return pose_message(station, tick, time.time_ns(), joints, np.ones(4, np.uint8), shares * 3.0, degradation,
-                        latency_ns=4_000_000, extra=extra)
+    now = time.time_ns()
+    return PoseRecord(tick=tick, tick_ns=now, joints=joints, presence=np.ones(4, np.uint8),
+                      degradation=np.array([0.05, 0.08, 0.2, 0.35]), degraded=np.zeros(4, np.uint8), outcome="fused",
+                      latency_ns=4_000_000, station=station, reasons=reasons or ["", "", "", "noise"],
+                      shapley=shares * 3.0, shares=shares, input_t_ns=np.full(4, now, np.int64))
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:

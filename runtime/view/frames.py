@@ -24,18 +24,15 @@ A frame is a flat dict of JSON values:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from exporters.recorder import read_rows
 from sensors.core import schema, wire
+from sensors.core.pose_record import PoseRecord
 
-# Header keys of the pose message that carry rehabilitation outputs; passed through as they come.
-REHAB_KEYS: tuple[str, ...] = ("rehab",)
-# Arrays of the pose message holding forwarded sensor points (optional on the wire).
-POINT_ARRAYS: dict[str, str] = wire.POINT_ARRAYS
 MAX_POINTS_SHOWN = 2048   # per modality and frame: a browser needs no more to show where the body is
 
 
@@ -60,13 +57,11 @@ def _ints(x) -> list[int] | None:
     return None if x is None else [int(v) for v in np.asarray(x).ravel()]
 
 
-def _points(arrays: dict) -> dict | None:
+def _points(points: dict | None) -> dict | None:
     out = {}
-    for name, modality in POINT_ARRAYS.items():
-        p = arrays.get(name)
-        if p is not None:
-            p = np.asarray(p, np.float32)[:MAX_POINTS_SHOWN, :3]
-            out[modality] = _list(p[np.isfinite(p).all(axis=1)], 3)
+    for modality, p in (points or {}).items():
+        p = np.asarray(p, np.float32)[:MAX_POINTS_SHOWN, :3]
+        out[modality] = _list(p[np.isfinite(p).all(axis=1)], 3)
     return out or None
 
 
@@ -87,125 +82,63 @@ def json_safe(v):
     return str(v)
 
 
-def _rehab(source: dict) -> dict | None:
-    found = {k: json_safe(source[k]) for k in REHAB_KEYS if source.get(k) is not None}
-    if not found:
-        return None
-    return found["rehab"] if list(found) == ["rehab"] else found
-
-
 def _angle_names(n: int) -> list[str]:
     """Names of the recorded angle channels (``knee_flexion_left`` ...), as on the pose stream."""
-    channels = getattr(schema, "ANGLE_CHANNELS", ())
-    no_side = getattr(schema, "NO_SIDE", "none")
-    names = [a if s == no_side else f"{a}_{s}" for a, s in channels]
+    names = [a if side == schema.NO_SIDE else f"{a}_{side}" for a, side in schema.ANGLE_CHANNELS]
     return names if len(names) == n else [f"angle_{i}" for i in range(n)]
 
 
-def _rehab_of_record(record: dict) -> dict | None:
-    """The ``rehab`` map of a recorded tick (the recorder keeps exercise, session, reps and angles)."""
-    if record.get("rehab") is not None:
-        return json_safe(record["rehab"])
-    if record.get("reps") is None:
+def _rehab(rec: PoseRecord) -> dict | None:
+    """The pose stream's ``rehab`` map as it came; for a recorded tick, the exercise, session,
+    repetition count and angles the recorder keeps."""
+    if rec.rehab is not None:
+        return json_safe(rec.rehab)
+    if rec.reps is None:
         return None
-    angles = record.get("angles")
-    out = {"exercise": str(record.get("exercise", "")), "session": str(record.get("session", "")),
-           "reps": int(np.asarray(record["reps"]))}
-    if angles is not None:
-        values = _list(angles, 2)
+    out = {"exercise": str(rec.exercise or ""), "session": str(rec.session or ""), "reps": int(rec.reps)}
+    if rec.angles is not None:
+        values = _list(rec.angles, 2)
         out["angles_deg"] = dict(zip(_angle_names(len(values)), values))
     return out
 
 
+def frame_of(rec: PoseRecord, station: str = "") -> dict:
+    """One tick's record -> frame (see the module doc); ``station`` names a record without one."""
+    return {
+        "station": str(rec.station or station),
+        "tick": int(rec.tick),
+        "t_ns": int(rec.tick_ns),
+        "sent_ns": int(rec.sent_ns),
+        "latency_ns": int(rec.latency_ns),
+        "outcome": str(rec.outcome),
+        "joints": None if rec.joints is None else _list(rec.joints),
+        "gt": _list(rec.gt),
+        "presence": _ints(rec.presence) or [0] * schema.N_MODALITIES,
+        "shares": _list(rec.shares),
+        "shapley": _list(rec.shapley),
+        "degradation": _list(rec.degradation, 3) or [0.0] * schema.N_MODALITIES,
+        "degraded": _ints(rec.degraded) or [0] * schema.N_MODALITIES,
+        "reasons": None if rec.reasons is None else [str(r) for r in rec.reasons],
+        "rehab": _rehab(rec),
+        "points": _points(rec.points),
+    }
+
+
 def frame_from_message(msg: wire.Message) -> dict:
-    """A decoded wire ``pose`` message -> frame (see the module doc)."""
-    if msg.topic != schema.POSE_TOPIC:
-        raise ValueError(f"expected a {schema.POSE_TOPIC!r} message, got topic {msg.topic!r}")
-    x, a = msg.extra, msg.arrays
-    return {
-        "station": str(x.get("station") or msg.src),
-        "tick": int(x["tick"]),
-        "t_ns": int(msg.t_ns),
-        "sent_ns": int(msg.sent_ns),
-        "latency_ns": int(x["latency_ns"]),
-        "outcome": str(x.get("outcome", "")),
-        "joints": _list(a["joints"]),
-        "gt": _list(x.get("gt")),
-        "presence": _ints(a["presence"]),
-        "shares": _list(x.get("shares")),
-        "shapley": _list(a["shapley"]),
-        "degradation": _list(a["degradation"], 3),
-        "degraded": _ints(x.get("degraded")) or [0] * schema.N_MODALITIES,
-        "reasons": [str(r) for r in x["reasons"]] if x.get("reasons") is not None else None,
-        "rehab": _rehab(x),
-        "points": _points(a),
-    }
+    """A decoded wire ``pose`` message -> frame."""
+    return frame_of(PoseRecord.from_message(msg))
 
 
-def frame_from_record(record: dict, station: str) -> dict:
+def frame_from_record(row: dict, station: str) -> dict:
     """One recorded tick (``exporters.recorder``: JSONL line or NPZ row) -> frame."""
-    if "tick" not in record or "joints" not in record:
-        raise ValueError(f"a recorded tick needs 'tick' and 'joints', got keys {sorted(record)}; is this a "
-                         f"pose recording made by `runtime serve --record`?")
-    joints = record.get("joints")
-    return {
-        "station": str(record.get("station") or station),
-        "tick": int(record["tick"]),
-        "t_ns": int(record.get("tick_ns", 0)),
-        "sent_ns": 0,
-        "latency_ns": int(record.get("latency_ns", 0)),
-        "outcome": str(record.get("outcome", "")),
-        "joints": None if joints is None else _list(joints),
-        "gt": _list(record.get("gt")),
-        "presence": _ints(record.get("presence")) or [0] * schema.N_MODALITIES,
-        "shares": _list(record.get("shares")),
-        "shapley": _list(record.get("shapley")),
-        "degradation": _list(record.get("degradation"), 3) or [0.0] * schema.N_MODALITIES,
-        "degraded": _ints(record.get("degraded")) or [0] * schema.N_MODALITIES,
-        "reasons": [str(r) for r in record["reasons"]] if record.get("reasons") is not None else None,
-        "rehab": _rehab_of_record(record),
-        "points": None,
-    }
-
-
-def _npz_records(path: Path):
-    with np.load(path, allow_pickle=False) as z:
-        keys = [k for k in z.files if not k.startswith(("has_", "input_")) and k not in ("coalition_poses",
-                                                                                            "skipped_ticks")]
-        arrays = {k: z[k] for k in keys}
-        has = {k[4:]: z[k] for k in z.files if k.startswith("has_")}
-    n = len(arrays.get("tick", ()))
-    for t in range(n):
-        yield {k: v[t] for k, v in arrays.items() if k not in has or bool(has[k][t])}
-
-
-def _jsonl_records(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: expected one JSON object per line, got {line[:60]!r} "
-                                 f"({err.msg}); a line cut short by a killed process is the usual cause: "
-                                 f"remove it") from err
-
-
-RECORDING_READERS = {".jsonl": _jsonl_records, ".npz": _npz_records}
+    return frame_of(PoseRecord.from_row(row), station)
 
 
 def load_recording(path: str | Path, max_frames: int = 36_000) -> list[dict]:
     """A JSONL or NPZ pose recording -> frames in tick order. Longer recordings are thinned
     evenly to ``max_frames`` (the slider still spans the whole recording)."""
     path = Path(path)
-    reader = RECORDING_READERS.get(path.suffix)
-    if reader is None:
-        raise ValueError(f"recording {path}: expected a suffix in {sorted(RECORDING_READERS)} "
-                         f"(made by `runtime serve --record`), got {path.suffix!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"recording {path} does not exist")
-    frames = [frame_from_record(r, station=path.stem) for r in reader(path)]
+    frames = [frame_from_record(r, station=path.stem) for r in read_rows(path)]
     if not frames:
         raise ValueError(f"recording {path} holds no ticks")
     frames.sort(key=lambda f: (f["t_ns"], f["tick"]))
