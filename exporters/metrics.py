@@ -1,6 +1,6 @@
 """Prometheus metrics of the runtime: the one list of names, types and labels.
 
-Conventions (DESIGN §5): prefix ``awc_``, base units in the name (``_seconds``, ``_ratio``),
+Conventions (docs/runtime.md, "Metrics"): prefix ``awc_``, base units in the name (``_seconds``, ``_ratio``),
 counters end in ``_total``, label values only from closed sets (below). Gauges carry smoothed
 (EWMA) per-tick values; the exact per-tick values go on the pose output stream.
 

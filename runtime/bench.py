@@ -61,7 +61,7 @@ def synthetic_messages(k: int, t_ns: int, rng: np.random.Generator, lidar_points
                  "phase": rng.uniform(-np.pi, np.pi, size=(10, 3, 114)).astype(np.float32)},
     }
     extra = {"wifi": {"period_ns": PERIOD_NS // 10}}
-    return [wire.Message(m, f"bench-{m}", k, t_ns, t_ns, a[m], extra.get(m, {})) for m in schema.MODALITIES]
+    return [wire.Message(m, f"bench-{m}", k, t_ns, t_ns, a[m], extra.get(m, {})) for m in schema.MODALITIES if m in a]
 
 
 def rss_mb() -> float:

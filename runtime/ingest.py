@@ -6,7 +6,7 @@ instead of vanishing inside ZeroMQ's prefix filter; the input topics and ``gt`` 
 Every message is decoded with ``sensors.core.wire.decode``;
 valid ones go, in arrival order, into a bounded queue the pipeline reads with ``get``/``drain``.
 
-Accounting (DESIGN §5, docs/wire.md): sent = received + dropped over all reasons, where
+Accounting (docs/wire.md, "What the receiver drops, and why"): sent = received + dropped over all reasons, where
 
 * received = valid messages accepted into the queue;
 * dropped = decode failures (reason from ``WireError``), ``queue_full`` (valid, but the queue was

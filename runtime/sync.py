@@ -1,4 +1,5 @@
-"""Tick synchronisation of the four sensor streams (DESIGN §5). Pure: no sockets, no clocks read.
+"""Tick synchronisation of the sensor streams (docs/wire.md, "Timing and synchronisation"). Pure:
+no sockets, no clocks read.
 
 Every time is passed in, in ns since the Unix epoch. At each tick, per modality:
 

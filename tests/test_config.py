@@ -10,7 +10,8 @@ from runtime.sync import SyncConfig
 from sensors.core import settings
 from training import config as training_config
 
-DERIVED = {"health.tolerance_s", "health.max_age_s"}   # follow sync.* unless set
+DERIVED = {"health.tolerance_s", "health.max_age_s",   # follow sync.* unless set
+           "health.value_ranges", "health.point_ranges"}   # the modality table's unless set
 
 
 def _flat(d: dict, where: str = "") -> set[str]:

@@ -35,7 +35,7 @@ def test_committed_json_is_the_generated_one():
 
 
 def test_dashboard_colours_every_modality_of_the_schema():
-    """The generator is standard library only (no project import): its modality list is checked here."""
+    """The generator imports nothing of the project: it reads the schema's MODALITIES with ast."""
     from sensors.core import schema
 
     assert tuple(builder.MODALITY_COLORS) == schema.MODALITIES

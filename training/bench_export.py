@@ -71,8 +71,9 @@ def frame_inputs(contract: ModelContract, seed: int) -> dict[str, np.ndarray]:
     for spec in schema.MODALITY_SPECS.values():
         if spec.kind == schema.CSI:   # min-max normalised to [0, 1]
             out[spec.name] = rng.random(shapes[spec.name], dtype=np.float32)
-    out["lidar_mask"] = np.ones((1, contract.lidar_cap), bool)
-    out["mmwave_mask"] = np.arange(contract.mmwave_cap)[None] < min(20, contract.mmwave_cap)
+    for spec in schema.of_kind(schema.POINTS):   # a typical frame's points, up to the cap
+        cap = contract.size(spec)
+        out[f"{spec.name}_mask"] = np.arange(cap)[None] < min(spec.typical_points, cap)
     out["presence"] = np.ones((1, schema.N_MODALITIES), np.float32)
     return out
 

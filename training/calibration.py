@@ -114,7 +114,7 @@ def measure_baseline(model_bytes: bytes, calibration: CalibrationSet, window: in
         result[kind] = {"shapley": phi.mean(axis=0).tolist(),
                         "shares": posemath.contribution_shares(phi.mean(axis=0)).tolist(),
                         "share_std": shares.std(axis=0).tolist()}
-    result["profit"] = {"label_free": "Pearson profit of each coalition vs the full prediction (DESIGN 5)",
+    result["profit"] = {"label_free": "Pearson profit of each coalition vs the full prediction (docs/runtime.md)",
                         "labelled": "Pearson profit of each coalition vs the ground truth"}
     return result
 

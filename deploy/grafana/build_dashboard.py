@@ -12,6 +12,7 @@ the `$datasource` variable, which defaults to the provisioned Prometheus (uid `a
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +27,22 @@ OUT = Path(__file__).resolve().parent / "dashboards" / "awc-pose.json"
 
 SEL = 'station=~"$station"'
 RATE = "$__rate_interval"
-MODALITY_COLORS = {"rgb": "blue", "lidar": "green", "mmwave": "orange", "wifi": "purple"}
+SCHEMA = Path(__file__).resolve().parents[2] / "sensors" / "core" / "schema.py"
+PALETTE = ("blue", "green", "orange", "purple", "red", "yellow", "dark-blue", "dark-green")
+
+
+def schema_modalities(path: Path = SCHEMA) -> tuple[str, ...]:
+    """``MODALITIES`` of the project's schema, read from its source with ``ast`` (the generator
+    imports nothing of the project, so it runs without it installed)."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(isinstance(t, ast.Name) and t.id == "MODALITIES" for t in targets):
+                return tuple(ast.literal_eval(node.value))
+    raise SystemExit(f"{path}: no MODALITIES tuple found")
+
+
+MODALITY_COLORS = dict(zip(schema_modalities(), PALETTE, strict=False))   # a colour per modality, in order
 LATENCY_BUDGET_S = 0.100  # one tick period at the default 10 Hz (the AwcLatencyHigh threshold)
 
 

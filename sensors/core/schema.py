@@ -121,6 +121,7 @@ class ModalitySpec:
     columns: tuple[str, ...] = ()           # names of the last axis (keypoint u, v; point columns)
     max_points: int | None = None           # most rows on the wire and on disk (points; CSI packets)
     point_range: tuple[int, int] | None = None   # plausible points per frame (POINTS)
+    typical_points: int | None = None       # points in a typical frame (POINTS; benchmarks' realistic frames)
     crop_key: str | None = None             # model setting: crop the points to the body (preprocess.crop_lidar)
     columns_key: str | None = None          # model setting: the column order the model takes (a disputed order)
     rehab_key: bool = False                 # a key modality of the rehabilitation trust (docs/rehab.md)
@@ -169,7 +170,8 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {s.name: s for s in (
         wire=(ArraySpec("points", "<f4", (None, len(LIDAR_COLUMNS)), finite=True),),
         value_ranges=(_M100,) * 3, roughness="ring_step", roughness_floor=0.005,   # metres, sensor frame
         mmfi_folder="lidar", mmfi_suffix=".bin", fault_noise=0.3, columns=LIDAR_COLUMNS,
-        max_points=MAX_LIDAR_POINTS, point_range=(50, MAX_LIDAR_POINTS), crop_key="lidar_crop", rehab_key=True),
+        max_points=MAX_LIDAR_POINTS, point_range=(50, MAX_LIDAR_POINTS), typical_points=1200, crop_key="lidar_crop",
+        rehab_key=True),
     ModalitySpec(
         "mmwave", POINTS, (None, len(MMWAVE_COLUMNS)),
         units="metres, metres, metres, then the two columns named by awc.mmwave_columns (dB, m/s)",
@@ -179,7 +181,7 @@ MODALITY_SPECS: dict[str, ModalitySpec] = {s.name: s for s in (
         # metres x3, then SNR (dB) / radial velocity (m/s), either order
         value_ranges=(_M30, _M30, _M30, _M100, _M100), roughness="spread", roughness_floor=0.01,
         mmfi_folder="mmwave", mmfi_suffix=".bin", fault_noise=0.5, columns=MMWAVE_COLUMNS,
-        max_points=MAX_MMWAVE_POINTS, point_range=(0, 512), columns_key="mmwave_columns"),
+        max_points=MAX_MMWAVE_POINTS, point_range=(0, 512), typical_points=20, columns_key="mmwave_columns"),
     ModalitySpec(
         "wifi", CSI, (WIFI_ANTENNAS, WIFI_SUBCARRIERS, WIFI_PACKETS),
         units="CSI amplitude (dB-like) and phase (rad) before normalisation",

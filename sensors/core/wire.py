@@ -1,4 +1,4 @@
-"""Wire protocol v1: one sensor sample = one ZeroMQ multipart message (DESIGN §5, docs/wire.md).
+"""Wire protocol v1: one sensor sample = one ZeroMQ multipart message (docs/wire.md).
 
     frame 0   topic, ASCII: rgb | lidar | mmwave | wifi | gt | pose
     frame 1   msgpack map: v, mod, src, seq, t_ns, sent_ns, arrays=[{name, dtype, shape}, ...], extras

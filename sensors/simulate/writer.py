@@ -56,6 +56,9 @@ class SequenceData:
         points), or (amplitude, phase) for CSI."""
         if spec.kind == schema.CSI:
             return self.csi_amp[t], self.csi_phase[t]
+        if not hasattr(self, spec.name):
+            raise ValueError(f"the generator makes no {spec.name} frames: add its sensors/simulate module and "
+                             f"its field here (docs/architecture.md, Adding a modality)")
         return getattr(self, spec.name)[t]
 
 
