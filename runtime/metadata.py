@@ -73,9 +73,8 @@ class ModelMetadata(ModelContract):
         return {
             "schema_version": self.schema_version, "fusion": self.fusion, "config_hash": self.config_hash,
             "enabled_modalities": list(self.enabled_modalities),
-            "modalities": list(self.modalities), "rgb_window": self.rgb_window,
-            "lidar_cap": self.lidar_cap, "lidar_crop": self.lidar_crop, "mmwave_cap": self.mmwave_cap,
-            "mmwave_columns": list(self.mmwave_columns),
+            "modalities": list(self.modalities),
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing_settings().items()},
             "inputs": {k: v.describe() for k, v in self.inputs.items()},
             "outputs": {k: v.describe() for k, v in self.outputs.items()},
             "units": dict(self.units), "preprocessing": dict(self.preprocessing),
