@@ -14,6 +14,19 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def ieee_subnormals():
+    """Every test starts with IEEE subnormals, whatever ran before it in this process: importing
+    ``training`` flushes them to zero (process state, for speed), onnxruntime turns that off again
+    when it opens a session, and hypothesis refuses to generate floats while it is on. The tests of
+    the setting itself (tests/test_train_speed.py) turn it on explicitly or run a fresh interpreter."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
+    yield
+
+
 def _shared_dir() -> Path:
     """``../shared`` beside the checkout, or $AWC_SHARED_DIR."""
     return Path(os.environ.get("AWC_SHARED_DIR", REPO.parent / "shared"))

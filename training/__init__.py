@@ -10,5 +10,6 @@ else:
     # subnormal range (< 1.2e-38), which x86 CPUs compute on in microcode, many times slower:
     # late epochs ran 4.7x slower than early ones (docs/training.md, "Training speed"). Nothing a
     # float32 pose model computes depends on values that small. Set here, once, so the trainer,
-    # evaluation, probes, export and every torchrun rank all get it; tests/test_trainer.py guards it.
+    # evaluation, probes, export and every torchrun rank all get it; tests/test_train_speed.py
+    # guards it. (onnxruntime turns it off in a thread that opens a session; fit never opens one.)
     torch.set_flush_denormal(True)

@@ -1,8 +1,8 @@
 """Modality balancing: the math of each method, pure functions (the training hooks that call
 them are in ``training.balance_methods``).
 
-* ``awc`` (DESIGN §4, Eq. 6-8): K-Means (k=2) on the Shapley scores splits the modalities into a
-  superior and an inferior group; inside the learning window (epochs < K) the loss gets
+* ``awc`` (docs/training.md, "Balancing"; the paper's Eq. 6-8): K-Means (k=2) on the Shapley
+  scores splits the modalities into a superior and an inferior group; inside the learning window (epochs < K) the loss gets
   L_AWC = sum_m alpha_group(m) * sum_i F_ii (theta_i - theta0_i)^2 / 2 over each encoder's
   parameters, theta0 and the diagonal Fisher F taken at the start of the epoch.
 * ``uniform``: the same term with F = c_m * I, c_m the mean Fisher diagonal of encoder m (an
