@@ -48,8 +48,10 @@ def test_stages_open_as_their_decisions_are_written(tmp_path):
     bench = fair_plan.jobs(_args(tmp_path, "--stage", "bench"))
     assert {a.name for _, a, _ in bench} == {"rgb", "mmwave", "wifi", *(f"lidar-cap{c}" for c in fair_plan.CAPS)}
     assert {(p, s) for p, _, s in bench} == {("P1", 0)}
+    early = fair_plan.jobs(_args(tmp_path, "--stage", "main"))   # rows no decision touches may start
+    assert {a.name for _, a, _ in early} == {"rgb", "wifi"} and len(early) == 2 * 2 * 3
     with pytest.raises(FileNotFoundError, match="bench.json"):
-        fair_plan.jobs(_args(tmp_path, "--stage", "main"))
+        fair_plan.jobs(_args(tmp_path, "--stage", "alpha"))
     (tmp_path / "bench.json").write_text(json.dumps({"cap": 96}))
     main_jobs = fair_plan.jobs(_args(tmp_path, "--stage", "main"))
     names = {a.name for _, a, _ in main_jobs}

@@ -140,16 +140,21 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def all_arms(args: argparse.Namespace) -> list[FairArm]:
-    """Every arm the decisions so far allow: the bench before ``bench.json``; the alpha stage and
-    the rows at fixed settings after it; the rows at the validated alpha and window after
-    ``choice.json``. A name may appear in two stages (the bench's uni-modal P1 runs are main rows)."""
+    """Every arm the decisions so far allow: the bench, and the main rows that no decision touches
+    (RGB and WiFi alone: neither the LiDAR cap nor a radar calibration changes their inputs) before
+    ``bench.json``; the alpha stage and the other rows at fixed settings after it; the rows at the
+    validated alpha and window after ``choice.json``. A name may appear in two stages (the bench's
+    uni-modal P1 runs are main rows)."""
     out = Path(args.out)
     bench, choice = read_json(out / "bench.json"), read_json(out / "choice.json")
+    base = config_mod.resolve(args.preset, args.config, overrides=args.set).balance
     arms = bench_arms()
     if bench and bench.get("cap"):
-        base = config_mod.resolve(args.preset, args.config, overrides=args.set).balance
-        arms += alpha_arms(base, choice) + main_arms(base, choice, bench["cap"])
-    return arms
+        return arms + alpha_arms(base, choice) + main_arms(base, choice, bench["cap"])
+    return arms + [a for a in main_arms(base, None, 0) if a.name in UNDECIDED_ROWS]
+
+
+UNDECIDED_ROWS = ("rgb", "wifi")   # main rows whose inputs no decision of the plan changes
 
 
 def arm_names() -> set[str]:
