@@ -91,7 +91,7 @@ def main() -> int:
     banner(f"2. train a small fused model with AWC ({EPOCHS} epochs), export to ONNX")
     ckpt = RUN / "train" / "best.pt"
     run("training", "fit", "--preset", "small", "--data", str(DATA), "--out", str(RUN / "train"),
-        "--balance", "awc", "--epochs", str(EPOCHS), "--seed", "0")
+        "--balance", "awc", "--epochs", str(EPOCHS), "--seed", "0", "--overwrite")
     model = RUN / "awc.onnx"
     run("training", "export", "--checkpoint", str(ckpt), "--out", str(model))
     run("runtime", "info", "--model", str(model))

@@ -78,3 +78,16 @@ def test_torch_missing_on_a_station(tmp_path):
 @pytest.mark.parametrize("argv", [["fit", "--help"]])
 def test_help_still_exits_zero(argv):
     assert training(*argv).returncode == 0
+
+
+def test_an_existing_run_folder_is_refused_naming_both_ways_out(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"a finished run")
+    (run / "log.jsonl").write_text("{}\n")
+    line = one_line_error(training("fit", "--preset", "tiny", "--out", str(run)))
+    assert f"{run} already holds a run (log.jsonl, best.pt)" in line
+    assert "--resume" in line and "--overwrite" in line
+    assert (run / "best.pt").read_bytes() == b"a finished run"
+    line = one_line_error(training("fit", "--preset", "tiny", "--overwrite"))
+    assert "--overwrite needs the run folder: pass --out RUN" in line

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from training_fakes import fake_split
 
 from training import config
@@ -198,3 +199,34 @@ def test_study_plan_schedule_and_claims(tmp_path):
     assert not study._claim(run)
     (run / "claim.json").write_text(json.dumps({"pid": 2 ** 22 + 12345}))  # beyond pid_max: not alive
     assert study._claim(run) and json.loads((run / "claim.json").read_text())["pid"] == os.getpid()
+
+
+def test_fit_never_replaces_a_run_unless_told(tiny_dataset, array_cache, tmp_path, capsys):
+    """An existing run folder is refused (naming --resume and --overwrite); --overwrite deletes the old
+    run's outputs before training, so nothing of it is left beside the new run; --resume continues."""
+    from training.fit import RUN_FILES, run_outputs
+
+    out = tmp_path / "run"
+    _fit_cli(tiny_dataset, array_cache, out, "--epochs", "1", "--balance", "awc", "--set", "train.plots=false")
+    first = (out / "best.pt").read_bytes()
+    assert set(run_outputs(out)) >= {"config.yaml", "log.jsonl", "best.pt", "metrics.json"}
+    assert set(run_outputs(out)) <= set(RUN_FILES) | {"plots", "tensorboard"}
+    capsys.readouterr()
+    argv = ["fit", "--preset", "tiny", "--data", str(tiny_dataset), "--out", str(out), "--no-progress",
+            "--set", f"data.cache_dir={array_cache}", "--set", "train.plots=false", "--epochs", "1",
+            "--balance", "none"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "best.pt").read_bytes() == first and _log(out)[0]["in_window"], "the AWC run is intact"
+    (out / "plots").mkdir(exist_ok=True)
+    (out / "plots" / "stale.png").write_bytes(b"old run")
+    assert main([*argv, "--overwrite"]) == 0
+    assert not (out / "plots" / "stale.png").exists(), "--overwrite leaves nothing of the old run"
+    assert [r["in_window"] for r in _log(out)] == [False], "the log is the new run's alone"
+    assert yaml.safe_load((out / "config.yaml").read_text())["balance"]["method"] == "none"
+    # --resume continues the run in place (one more epoch), refused together with --overwrite
+    assert main([*argv[:-4], "--epochs", "2", "--balance", "none", "--resume"]) == 0
+    assert [r["epoch"] for r in _log(out)] == [0, 1]
+    with pytest.raises(SystemExit):
+        main([*argv, "--resume", "--overwrite"])

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     stderr and exit code 2, as in ``runtime``; anything else is a bug and keeps its traceback."""
     try:
         return run_subcommands("training", __doc__, COMMANDS, argv)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
         return _usage_error(err)
     except ValueError as err:
         # the two other user errors, importable only with torch installed
