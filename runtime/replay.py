@@ -35,7 +35,7 @@ from runtime.serve import Runtime, add_config_arguments, config_from_args, load_
 from sensors import mmfi
 from sensors.core import keys as keyfiles
 from sensors.core import posemath, schema, wire
-from sensors.core.cli_util import add_list_argument, add_report_arguments, emit_report
+from sensors.core.cli_util import add_list_argument, add_report_arguments, emit_report, require_packages
 from sensors.core.pose_record import PoseRecord
 from sensors.faults import parse_fault
 from sensors.replay import ReplayError, replay
@@ -355,6 +355,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.rehab_report:
+        require_packages("matplotlib")   # the `report` extra, before the replay starts
     try:
         cfg = config_from_args(args)
         report = run_replay(args.model, args.data, args.protocol, args.split, args.subset, args.rate, args.fault,

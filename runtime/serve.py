@@ -48,7 +48,7 @@ from runtime.outputs import EventLog, MetricsOutput, Outputs, PublisherOutput, R
 from runtime.pipeline import Pipeline
 from runtime.sdnotify import Notifier
 from sensors.core import keys
-from sensors.core.cli_util import add_list_argument, add_set_argument
+from sensors.core.cli_util import add_list_argument, add_set_argument, require_packages
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,17 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Checked before anything starts, in the order a newcomer meets them: what to install (the
+    # viewer's packages, a raised ModuleNotFoundError: one line from the dispatcher), the config,
+    # the model, then the keys of the sockets.
+    if args.view is not None:
+        require_packages(*VIEW_PACKAGES)
     try:
         cfg = config_from_args(args)
-        curve_servers(cfg)   # keys readable, or plaintext chosen explicitly
+        if args.view is not None:
+            check_port_free("127.0.0.1", args.view, "--view")
         model = load_model(cfg, args.model)
+        curve_servers(cfg)   # keys readable, or plaintext chosen explicitly
     except (ValueError, FileNotFoundError, ModelError) as err:
         log.error("%s", err)
         return 2
@@ -141,6 +148,21 @@ def run(args: argparse.Namespace) -> int:
     log.info("stopped: %d ticks, %d dropped, %d failed, %d messages", stats.ticks, stats.dropped, stats.errors,
              stats.messages)
     return 0
+
+
+VIEW_PACKAGES = ("starlette", "uvicorn", "sse_starlette")   # the `view` extra, imported by the viewer process
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """Raise ValueError when ``host:port`` cannot be bound (in use), naming ``option`` to change it."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise ValueError(f"cannot serve the viewer on {host}:{port} ({err.strerror}): another process uses "
+                             f"it; choose another port with {option} PORT") from err
 
 
 class WorkerDied(RuntimeError):

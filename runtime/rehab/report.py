@@ -34,6 +34,7 @@ from runtime.rehab import angles as ang
 from runtime.rehab.exercises import EXERCISES
 from runtime.rehab.monitor import RehabConfig, RehabMonitor, Segment, segment_summary, symmetry_of
 from sensors.core import schema
+from sensors.core.cli_util import require_packages
 from sensors.core.pose_record import PoseRecord
 
 log = logging.getLogger(__name__)
@@ -335,6 +336,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_packages("matplotlib")   # the `report` extra: the one-line hint before reading anything
     try:
         records = load_records(args.recording)
         data = write_report(records, args.out, args.title, str(args.recording),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -96,8 +97,10 @@ def emit_report(args: argparse.Namespace, report: dict, text: str) -> None:
 
 
 # Optional packages -> the pyproject extra that installs them (a station has none of the train ones).
-EXTRA_OF = {"torch": "train", "onnx": "train", "matplotlib": "train", "sklearn": "sim", "tensorboard": "tensorboard",
+EXTRA_OF = {"torch": "train", "onnx": "train", "matplotlib": "report", "sklearn": "sim", "tensorboard": "tensorboard",
             "onnxruntime": "cpu", "starlette": "view", "uvicorn": "view", "sse_starlette": "view"}
+# What a station runs (serve, its viewer, the session report): the `station` extra holds them all.
+STATION_EXTRAS = ("cpu", "view", "report")
 
 
 def missing_extra(err: ModuleNotFoundError) -> str | None:
@@ -107,8 +110,18 @@ def missing_extra(err: ModuleNotFoundError) -> str | None:
     if extra is None:
         return None
     hint = " (torch: choose its CPU or CUDA build first, README \"Installing\")" if top == "torch" else ""
+    if extra in STATION_EXTRAS:
+        hint = " (or the whole station: pip install 'awc-pose[station]')"
     return (f"this command needs the Python package {top!r}, which is not installed here; install the "
             f"{extra!r} extra: pip install 'awc-pose[{extra}]'{hint}")
+
+
+def require_packages(*names: str) -> None:
+    """Raise ModuleNotFoundError for the first of ``names`` that is not installed, before a command
+    starts anything (the dispatcher turns it into the one-line hint of ``missing_extra``)."""
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 
 def run_subcommands(prog: str, description: str, commands: dict[str, tuple[str, str]],
