@@ -45,6 +45,23 @@ def test_select_rules():
     assert dev.backend("cuda:1") == "nccl" and dev.backend("cpu") == "gloo"
 
 
+def test_the_choice_is_described_in_one_line():
+    assert dev.describe("auto", "cpu", NO_GPU).startswith("--device auto: training on the CPU (torch ")
+    assert "sees no GPU (a CPU-only build)" in dev.describe("auto", "cpu", NO_GPU)
+    assert dev.describe("cpu", "cpu", TWO_GPUS) == "--device cpu: training on the CPU (asked for)"
+    line = dev.describe("auto", "cuda:1", Available(True, 2, "2.13.0+cu126", "12.6", "NVIDIA L4"))
+    assert line == "--device auto: training on cuda:1 (NVIDIA L4; torch 2.13.0+cu126 sees 2 GPUs, CUDA 12.6)"
+
+
+def test_auto_logs_what_it_picked(caplog):
+    pytest.importorskip("torch")
+    with caplog.at_level("INFO", logger="training.device"):
+        device = dev.resolve("auto")
+    messages = [r.getMessage() for r in caplog.records if r.name == "training.device"]
+    where = "the CPU" if device == "cpu" else device
+    assert len(messages) == 1 and messages[0].startswith(f"--device auto: training on {where} ("), messages
+
+
 def test_this_machine_cpu_path_and_honest_cuda_refusal():
     torch = pytest.importorskip("torch")
     from training import distributed

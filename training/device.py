@@ -10,8 +10,11 @@ request the machine cannot meet is refused with what was asked, what is there an
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+log = logging.getLogger(__name__)
 
 CHOICES = "auto | cpu | cuda | cuda:N"
 
@@ -28,6 +31,7 @@ class Available:
     count: int
     torch_version: str = ""
     cuda_build: str | None = None   # torch.version.cuda: None for a CPU-only build of torch
+    gpu_name: str | None = None     # the chosen GPU's name, once chosen
 
     @classmethod
     def probe(cls) -> Available:
@@ -72,6 +76,25 @@ def backend(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
+def describe(spec: str, device: str, available: Available) -> str:
+    """One line saying which device ``spec`` gave and why (what torch reports)."""
+    if device == "cpu":
+        why = ("asked for" if parse(spec)[0] == "cpu" else
+               f"torch {available.torch_version} sees no GPU"
+               + (" (a CPU-only build)" if available.cuda_build is None else ""))
+        return f"--device {spec}: training on the CPU ({why})"
+    return (f"--device {spec}: training on {device} ({available.gpu_name or 'GPU'}; torch "
+            f"{available.torch_version} sees {available.count} GPU{'s' if available.count != 1 else ''}, "
+            f"CUDA {available.cuda_build})")
+
+
 def resolve(spec: str, local_rank: int = 0, world: int = 1) -> str:
-    """``select`` against what torch reports on this machine."""
-    return select(spec, Available.probe(), local_rank, world)
+    """``select`` against what torch reports on this machine; logs what it picked and why."""
+    available = Available.probe()
+    device = select(spec, available, local_rank, world)
+    if device.startswith("cuda"):
+        import torch
+
+        available = replace(available, gpu_name=torch.cuda.get_device_name(int(device.split(":")[1])))
+    log.info("%s", describe(spec, device, available))
+    return device
