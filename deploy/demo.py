@@ -1,25 +1,28 @@
 """The whole station on one machine, on embedded defaults (what `make demo` runs).
 
-1. generate a small synthetic dataset in MM-Fi's layout and read it back (`sensors simulate`,
-   `sensors inspect`);
-2. train a small fused model with AWC balancing (`training fit`) and export it to ONNX
+1. generate a small synthetic dataset in MM-Fi's layout — 8 subjects doing 6 exercises of MM-Fi's
+   rehabilitation protocol P2 — and read it back (`sensors simulate`, `sensors inspect`);
+2. train a small fused model with AWC balancing on P2 (`training fit`) and export it to ONNX
    (`training export`);
 3. serve it (`runtime serve --console`) with CurveZMQ on the sensor and pose sockets (a key
-   directory made on the fly in the run folder: `runtime keys init/add`), replay the test split
-   into it over ZeroMQ in real time with the replay's own client key, a LiDAR failure injected
-   half way, and show live poses, contributions and degradation (console, and the station viewer
-   page at http://127.0.0.1:8080/, which reads the pose stream with the `viewer` client key);
+   directory made on the fly in the run folder: `runtime keys init/add`), replay a squat session
+   of a test subject into it over ZeroMQ in real time with the replay's own client key, a LiDAR
+   failure injected half way, and show live poses, contributions and degradation (console, and
+   the station viewer page at http://127.0.0.1:8080/, which reads the pose stream with the
+   `viewer` client key);
 4. show the Prometheus metrics the runtime exports;
 5. validate the model offline through the real pipeline (`runtime replay`);
-6. the rehabilitation report of the live session of step 3 (`runtime report`): joint angles,
-   repetitions with their range of motion, tempo and symmetry, and how far to trust each one
-   (the repetitions measured after the LiDAR stopped are marked low-confidence).
+6. the rehabilitation report of the live session of step 3 (`runtime report`): the squat's knee
+   angle, repetitions with their range of motion, tempo and symmetry, and how far to trust each
+   one (the repetitions measured after the LiDAR stopped are marked low-confidence).
 
 Every step is a plain command-line call, printed before it runs, so each can be repeated by hand.
 Settings come from the environment: DEMO_DIR (default runs/demo), DEMO_DATA (data/demo),
-DEMO_EPOCHS (default 6), DEMO_REPLAY_S (seconds of live replay, default 24), DEMO_VIEW_PORT
-(viewer page, default 8080; 0 = no viewer), DEMO_SCREENSHOT (a PNG path: screenshot of the viewer
-during the LiDAR fault, in headless Chromium).
+DEMO_PRESET (small; tiny: 3 subjects x 3 exercises and the tiny model, a quick check), DEMO_EPOCHS (default
+6), DEMO_REPLAY_S (seconds of live replay, default 24), DEMO_VIEW_PORT (viewer page, default 8080;
+0 = no viewer), DEMO_METRICS_PORT, DEMO_INPUT, DEMO_OUTPUT (the runtime's metrics port, sensor and
+pose endpoints), DEMO_SCREENSHOT (a PNG path: screenshot of the viewer during the LiDAR fault, in
+headless Chromium).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 PY = sys.executable
 RUN = Path(os.environ.get("DEMO_DIR", "runs/demo"))
 DATA = Path(os.environ.get("DEMO_DATA", "data/demo"))
+PRESET = os.environ.get("DEMO_PRESET", "small")
 EPOCHS = int(os.environ.get("DEMO_EPOCHS", "6"))
 REPLAY_S = float(os.environ.get("DEMO_REPLAY_S", "24"))
 METRICS_PORT = int(os.environ.get("DEMO_METRICS_PORT", "9108"))
@@ -44,6 +48,10 @@ INPUT = os.environ.get("DEMO_INPUT", "tcp://127.0.0.1:5555")
 OUTPUT = os.environ.get("DEMO_OUTPUT", "tcp://127.0.0.1:5556")
 VIEW_PORT = int(os.environ.get("DEMO_VIEW_PORT", "8080"))
 SCREENSHOT = os.environ.get("DEMO_SCREENSHOT")
+PROTOCOL = "P2"
+# Exercises of the rehabilitation protocol P2 the demo's model learns, the live session's first:
+# squat, limb extension (both arms), lunge (right-front), stretching, jump, body extension (left).
+EXERCISES = ("A12", "A11", "A10", "A01", "A26", "A24")[: 3 if PRESET == "tiny" else 6]
 
 
 def banner(text: str) -> None:
@@ -81,22 +89,47 @@ def show_metrics(url: str) -> None:
             print("  " + line)
 
 
+def live_session(data: Path) -> str:
+    """The sequence the live session replays: a test-split recording of the first of EXERCISES the
+    test split holds (a squat on the `small` preset), as ENV/SUBJECT/ACTION."""
+    from sensors import mmfi, splits
+
+    test = splits.subset_pairs(PROTOCOL, "S1", "test")
+    keys = [k for k in mmfi.discover_sequences(data) if (k.subject, k.action) in test]
+    for action in EXERCISES:
+        for key in sorted(keys, key=str):
+            if key.action == action:
+                return str(key)
+    raise SystemExit(f"{data} holds no test recording of {', '.join(EXERCISES)} ({PROTOCOL}, S1)")
+
+
+def has_demo_dataset(data: Path) -> bool:
+    from sensors import mmfi
+    from sensors.simulate.presets import PRESETS
+
+    found = {(k.subject, k.action) for k in mmfi.discover_sequences(data)} if data.is_dir() else set()
+    return {(s, a) for s in PRESETS[PRESET].subjects for a in EXERCISES} <= found
+
+
 def main() -> int:
     RUN.mkdir(parents=True, exist_ok=True)
-    banner("1. a small synthetic MM-Fi-format dataset")
-    if not (DATA / "E01").is_dir():
-        run("sensors", "simulate", "--out", str(DATA), "--preset", "small", "--seed", "0", "--workers", "2")
-    run("sensors", "inspect", "--data", str(DATA))
+    banner(f"1. a small synthetic MM-Fi-format dataset: exercises of the rehabilitation protocol {PROTOCOL}")
+    if not has_demo_dataset(DATA):
+        run("sensors", "simulate", "--out", str(DATA), "--preset", PRESET, "--actions", ",".join(EXERCISES),
+            "--seed", "0", "--workers", "2")
+    run("sensors", "inspect", "--data", str(DATA), "--protocol", PROTOCOL)
 
-    banner(f"2. train a small fused model with AWC ({EPOCHS} epochs), export to ONNX")
+    banner(f"2. train a small fused model with AWC on {PROTOCOL} ({EPOCHS} epochs), export to ONNX")
     ckpt = RUN / "train" / "best.pt"
-    run("training", "fit", "--preset", "small", "--data", str(DATA), "--out", str(RUN / "train"),
-        "--balance", "awc", "--epochs", str(EPOCHS), "--seed", "0", "--overwrite")
+    run("training", "fit", "--preset", PRESET, "--data", str(DATA), "--protocol", PROTOCOL, "--out",
+        str(RUN / "train"), "--balance", "awc", "--epochs", str(EPOCHS), "--seed", "0", "--overwrite")
     model = RUN / "awc.onnx"
     run("training", "export", "--checkpoint", str(ckpt), "--out", str(model))
     run("runtime", "info", "--model", str(model))
 
-    banner(f"3. serve it with CurveZMQ and replay the test split into it ({REPLAY_S:.0f} s, LiDAR stops half way)")
+    session = live_session(DATA)
+    banner(f"3. serve it with CurveZMQ and replay a test subject's session into it ({session}, {REPLAY_S:.0f} s, "
+           "LiDAR stops half way)")
     keydir = RUN / "keys"
     if not (keydir / "server.key_secret").exists():
         run("runtime", "keys", "init", str(keydir))
@@ -113,8 +146,8 @@ def main() -> int:
     try:
         wait_ready(f"{metrics_url}/healthz", 60, serve)
         frames = int(REPLAY_S * 10)
-        replay_args = ["sensors", "replay", "--data", str(DATA), "--protocol", "P1", "--split", "S1",
-                       "--subset", "test", "--connect", INPUT, "--rate", "1.0", "--max-frames", str(frames),
+        replay_args = ["sensors", "replay", "--data", str(DATA), "--sequences", session,
+                       "--connect", INPUT, "--rate", "1.0", "--max-frames", str(frames),
                        "--fault", f"lidar:stop@{REPLAY_S / 2:.0f}", "--no-progress",
                        "--keys", str(keydir), "--key-name", "replay"]
         print("$ python -m " + " ".join(map(shlex.quote, replay_args)), flush=True)
@@ -143,7 +176,7 @@ def main() -> int:
     print(f"poses recorded to {RUN / 'poses.jsonl'}")
 
     banner("5. offline validation through the real pipeline (ZeroMQ on loopback, as fast as possible)")
-    run("runtime", "replay", "--model", str(model), "--data", str(DATA), "--protocol", "P1",
+    run("runtime", "replay", "--model", str(model), "--data", str(DATA), "--protocol", PROTOCOL,
         "--split", "S1", "--rate", "0", "--report", str(RUN / "replay.json"))
     banner("6. rehabilitation report of the live session (angles, repetitions, trust)")
     run("runtime", "report", "--recording", str(RUN / "poses.jsonl"), "--out", str(RUN / "rehab-report.html"),

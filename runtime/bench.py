@@ -20,6 +20,7 @@ ticks/s; RSS <= 500 MB and flat.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
@@ -183,7 +184,7 @@ def bench_end_to_end(model: OnnxPoseModel, cfg: RuntimeConfig, duration_s: float
     poses.close(0)
     ctx.term()
     warm = rss[min(len(rss) - 1, 5):] if rss else []
-    return {"frames_sent": k, "poses_received": received, **_summary_ms(latencies),
+    return {"duration_s": duration_s, "frames_sent": k, "poses_received": received, **_summary_ms(latencies),
             "rss_mb": {"start": rss[0] if rss else None, "after_warmup": warm[0] if warm else None,
                        "end": rss[-1] if rss else None, "max": max(rss) if rss else None,
                        "growth_after_warmup_mb": round(warm[-1] - warm[0], 1) if warm else None,
@@ -321,6 +322,33 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+STAGE_ROWS = {"decode": "decode (4 messages)", "sync": "sync", "preprocess": "preprocess (features + input health)",
+              "inference": "inference (pose + 16 coalitions)", "contributions": "contributions (window 30)",
+              "degradation": "degradation", "rehab": "rehab (joint angles, repetitions, trust)",
+              "metrics": "metrics", "total": "total"}
+FLAT_MB = 5.0   # growth of the resident memory after warm-up that still counts as flat
+
+
+def markdown(r: dict) -> str:
+    """README's two tables of a report (``--report``): per-stage latency, and the figures against
+    their targets."""
+    lines = ["| stage (per tick) | p50 ms | p99 ms |", "|---|---|---|"]
+    for name, s in r["stages"].items():
+        lines.append(f"| {STAGE_ROWS.get(name, name)} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |")
+    e, t, rss = r["end_to_end_10hz"], r["throughput"], r["end_to_end_10hz"]["rss_mb"]
+    flat = rss["growth_after_warmup_mb"] <= FLAT_MB
+    lines += ["", "| figure | measured | target |", "|---|---|---|",
+              f"| end to end at 10 Hz (newest capture used → pose sent), p50 / p99 | {e['p50_ms']:.1f} / "
+              f"{e['p99_ms']:.1f} ms | p99 ≤ {TARGETS['p99_end_to_end_ms']:.0f} ms: "
+              f"{'met' if r['meets']['p99_end_to_end_ms'] else 'NOT met'} |",
+              f"| sustained fused ticks/s, one thread | {t['ticks_per_s']:.0f} | ≥ {TARGETS['ticks_per_s']:.0f}: "
+              f"{'met' if r['meets']['ticks_per_s'] else 'NOT met'} |",
+              f"| resident memory, {e.get('duration_s', 20):.0f} s run | {rss['start']:.1f} → {rss['max']:.1f} MB, "
+              f"{rss['growth_after_warmup_mb']:+.1f} MB after warm-up | ≤ {TARGETS['rss_mb']:.0f} MB, flat: "
+              f"{'met' if r['meets']['rss_mb'] and flat else 'NOT met'} |"]
+    return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"exported ONNX model (default {DEFAULT_MODEL}, the one `make demo` exports)")
@@ -332,9 +360,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also measure the CurveZMQ cost: S seconds end to end plaintext, then S with CurveZMQ")
     add_set_argument(p, "sync.rate_hz=20")
     add_report_arguments(p)
+    p.add_argument("--markdown", metavar="REPORT", default=None,
+                   help="measure nothing: print README's tables from a --report file")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     if not Path(args.model).is_file():
         log.error("model %s not found: pass --model awc.onnx (e.g. from `make demo`, or `training export "
                   "--checkpoint RUN/best.pt --out awc.onnx`)", args.model)

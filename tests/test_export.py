@@ -264,13 +264,17 @@ def test_export_untrained_is_deterministic_with_a_dataset_baseline(tmp_path, tin
 
 def test_bench_export_reports_every_variant_side_by_side():
     """Smoke run of `training bench-export` (figures only, nothing about speed is asserted)."""
-    from training.bench_export import BenchConfig, bench
+    from training.bench_export import BenchConfig, bench, markdown, report
 
-    text = bench(BenchConfig(presets=("tiny",), threads=1, warmup=1, iters=5))
+    (result,) = bench(BenchConfig(presets=("tiny",), threads=1, warmup=1, iters=5))
+    text = report(result)
     for row in ("| torch eager |", "| ort pose |", "| ort 16 coal |", "| ort 16 runs |", "| ort 16 coal daz |"):
         assert row in text
     # denormals as zero changes nothing of an untrained model's outputs beyond float noise
     assert float(text.split("largest output difference ")[1].split(")")[0]) < 1e-5
     assert "threads 1" in text and "ort 16 coal / ort pose" in text and "ort pose / torch eager" in text
+    table = markdown([result, {**result, "threads": 2}])
+    assert "| per frame, batch 1 | 1 thread: median / p90 ms | 2 threads: median / p90 ms |" in table
+    assert table.count("| onnxruntime") == 3 and "target ≤ 0.5" in table
     with pytest.raises(ValueError, match="fusion must be one of"):
         BenchConfig(fusion="sum")

@@ -16,12 +16,15 @@ side in one run, interleaved in blocks so machine load hits every variant alike:
 preset's untrained one: subnormal values only appear in trained weights and activations.
 
 Targets (small preset, 2-core CPU): ort pose <= 0.5 x torch eager; ort 16 coal <= 1.5 x ort pose.
-Prints figures; it is not a test.
+Prints figures; it is not a test. ``--report FILE`` keeps them as JSON; ``--markdown A.json B.json``
+prints README's table from such files (README, "Benchmarks").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from sensors.core import schema
-from sensors.core.cli_util import add_list_argument
+from sensors.core.cli_util import add_list_argument, add_report_arguments, emit_report
 from sensors.core.contract import ModelContract
 from training.config import FUSIONS, model_contract, resolve
 from training.export import export_onnx, export_pose_only, to_torch
@@ -131,8 +134,8 @@ def variants(preset: str, cfg_bench: BenchConfig, workdir: Path) -> tuple[dict[s
     }, n_params, cfg.model.fusion
 
 
-def measure(fns: dict[str, Callable[[], object]], warmup: int, iters: int, block: int = 10
-            ) -> dict[str, np.ndarray]:
+def measure(fns: dict[str, Callable[[], object]], warmup: int, iters: int, block: int = 10,
+            progress: bool = True) -> dict[str, np.ndarray]:
     """Interleaved timing in blocks: each round runs every variant for one untimed call (it absorbs
     the thread pools of the previous variant winding down) then ``block`` timed calls, so slow drifts
     of the machine's load hit every variant alike. Returns name -> per-call seconds [iters]."""
@@ -141,7 +144,7 @@ def measure(fns: dict[str, Callable[[], object]], warmup: int, iters: int, block
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     rounds = -(-iters // block)
-    for _ in tqdm(range(rounds), desc="timing", unit="round", leave=False):
+    for _ in tqdm(range(rounds), desc="timing", unit="round", leave=False, disable=not progress):
         for name, fn in fns.items():
             fn()
             for _ in range(block):
@@ -151,19 +154,33 @@ def measure(fns: dict[str, Callable[[], object]], warmup: int, iters: int, block
     return {name: np.asarray(t[:iters]) for name, t in times.items()}
 
 
-def report(preset: str, n_params: int, times: dict[str, np.ndarray], bench: BenchConfig, diff: float,
-           fusion: str) -> str:
-    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-    p90 = {k: float(np.percentile(v, 90)) * 1e3 for k, v in times.items()}
-    lines = [f"preset {preset}, fusion {fusion}, {n_params / 1e6:.2f} M parameters, batch 1, "
-             f"torch and onnxruntime threads {bench.threads}, warm-up {bench.warmup}, {bench.iters} timed calls "
-             f"(torch {torch.__version__}, onnxruntime {ort.__version__})",
+def summary(name: str, n_params: int, times: dict[str, np.ndarray], bench: BenchConfig, diff: float,
+            fusion: str) -> dict:
+    """The figures of one model as a JSON-able dict (what --report writes)."""
+    variants_ = {k: {"median_ms": round(float(np.median(v)) * 1e3, 4),
+                     "p90_ms": round(float(np.percentile(v, 90)) * 1e3, 4)} for k, v in times.items()}
+    med = {k: v["median_ms"] for k, v in variants_.items()}
+    return {"preset": name, "fusion": fusion, "parameters": int(n_params), "threads": bench.threads,
+            "warmup": bench.warmup, "iters": bench.iters, "torch": torch.__version__, "onnxruntime": ort.__version__,
+            "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "variants": variants_,
+            "ratios": {"ort_pose_vs_torch_eager": round(med["ort pose"] / med["torch eager"], 4),
+                       "ort_coalitions_vs_ort_pose": round(med["ort 16 coal"] / med["ort pose"], 4),
+                       "ort_16_runs_vs_ort_pose": round(med["ort 16 runs"] / med["ort pose"], 4),
+                       "ort_daz_vs_ort_coalitions": round(med["ort 16 coal daz"] / med["ort 16 coal"], 4)},
+            "daz_max_output_difference": diff,
+            "targets": {"ort_pose_vs_torch_eager": TARGET_ORT_VS_TORCH,
+                        "ort_coalitions_vs_ort_pose": TARGET_COALITIONS_VS_PLAIN}}
+
+
+def report(r: dict) -> str:
+    """The text table of one model's summary."""
+    lines = [f"preset {r['preset']}, fusion {r['fusion']}, {r['parameters'] / 1e6:.2f} M parameters, batch 1, "
+             f"torch and onnxruntime threads {r['threads']}, warm-up {r['warmup']}, {r['iters']} timed calls "
+             f"(torch {r['torch']}, onnxruntime {r['onnxruntime']})",
              "| variant | median ms | p90 ms |", "|---|---:|---:|"]
-    lines += [f"| {k} | {med[k]:.3f} | {p90[k]:.3f} |" for k in times]
-    r1 = med["ort pose"] / med["torch eager"]
-    r2 = med["ort 16 coal"] / med["ort pose"]
-    r3 = med["ort 16 runs"] / med["ort pose"]
-    r4 = med["ort 16 coal daz"] / med["ort 16 coal"]
+    lines += [f"| {k} | {v['median_ms']:.3f} | {v['p90_ms']:.3f} |" for k, v in r["variants"].items()]
+    r1, r2, r3, r4 = (r["ratios"][k] for k in ("ort_pose_vs_torch_eager", "ort_coalitions_vs_ort_pose",
+                                               "ort_16_runs_vs_ort_pose", "ort_daz_vs_ort_coalitions"))
     lines += [
         f"ort pose / torch eager      = {r1:.2f}  (target <= {TARGET_ORT_VS_TORCH}: "
         f"{'met' if r1 <= TARGET_ORT_VS_TORCH else 'NOT met'})",
@@ -171,12 +188,43 @@ def report(preset: str, n_params: int, times: dict[str, np.ndarray], bench: Benc
         f"{'met' if r2 <= TARGET_COALITIONS_VS_PLAIN else 'NOT met'})",
         f"ort 16 runs / ort pose      = {r3:.2f}",
         f"ort 16 coal daz / 16 coal   = {r4:.2f}  (denormals as zero; largest output difference "
-        f"{diff:.1e})",
+        f"{r['daz_max_output_difference']:.1e})",
     ]
     return "\n".join(lines)
 
 
-def bench(cfg: BenchConfig) -> str:
+ROWS = {"torch eager": "torch eager (pose)", "ort pose": "onnxruntime (pose)",
+        "ort 16 coal": "onnxruntime, one frame with all 16 coalitions (encoders once)",
+        "ort 16 runs": "onnxruntime, 16 separate runs"}
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3g}" if x < 10 else f"{x:.1f}"
+
+
+def _threads(r: dict) -> str:
+    return f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+
+
+def markdown(reports: list[dict]) -> str:
+    """README's table of one model measured at several thread counts (one --report file each)."""
+    head = " | ".join(f"{_threads(r)}: median / p90 ms" for r in reports)
+    lines = [f"| per frame, batch 1 | {head} |", "|---|" + "---|" * len(reports)]
+    for key, label in ROWS.items():
+        cells = " | ".join(f"{_ms(r['variants'][key]['median_ms'])} / {_ms(r['variants'][key]['p90_ms'])}"
+                           for r in reports)
+        lines.append(f"| {label} | {cells} |")
+    ratio = ", ".join(f"{r['ratios']['ort_pose_vs_torch_eager']:.2f} ({_threads(r)})" for r in reports)
+    coal = " and ".join(f"{r['ratios']['ort_coalitions_vs_ort_pose']:.2f}" for r in reports)
+    met1 = all(r["ratios"]["ort_pose_vs_torch_eager"] <= TARGET_ORT_VS_TORCH for r in reports)
+    met2 = all(r["ratios"]["ort_coalitions_vs_ort_pose"] <= TARGET_COALITIONS_VS_PLAIN for r in reports)
+    lines += ["", f"onnxruntime / torch eager = {ratio} — target ≤ {TARGET_ORT_VS_TORCH}: "
+              f"{'met' if met1 else 'NOT met'}. A frame with all 16 coalitions / a plain frame = {coal} — target "
+              f"≤ {TARGET_COALITIONS_VS_PLAIN}: {'met' if met2 else 'NOT met'}."]
+    return "\n".join(lines)
+
+
+def bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
     torch.set_num_threads(cfg.threads)
     out = []
     with tempfile.TemporaryDirectory(prefix="awc_bench_") as tmp:
@@ -184,10 +232,11 @@ def bench(cfg: BenchConfig) -> str:
             fns, n_params, fusion = variants(preset, cfg, Path(tmp))
             diff = max(float(np.abs(a - b).max()) for a, b in zip(fns["ort 16 coal"](), fns["ort 16 coal daz"](),
                                                                   strict=True))
-            out.append(report(cfg.checkpoint or preset, n_params, measure(fns, cfg.warmup, cfg.iters), cfg, diff, fusion))
+            times = measure(fns, cfg.warmup, cfg.iters, progress=progress)
+            out.append(summary(cfg.checkpoint or preset, n_params, times, cfg, diff, fusion))
             if cfg.checkpoint:
                 break   # the checkpoint's own preset: one model
-    return "\n\n".join(out)
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -198,10 +247,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=200, help="timed calls per variant (interleaved in blocks of 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", help="measure this trained model (a run's best.pt) instead of --preset")
+    add_report_arguments(parser)
+    add_list_argument(parser, "--markdown", metavar="REPORT", help="measure nothing: print README's table from "
+                      "these --report files (one per thread count, e.g. the 1- and 2-thread runs)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(markdown([json.loads(Path(f).read_text())["presets"][0] for f in args.markdown]))
+        return 0
     cfg = BenchConfig(presets=tuple(args.preset), fusion=args.fusion, threads=args.threads,
                       warmup=args.warmup, iters=args.iters, seed=args.seed, checkpoint=args.checkpoint)
-    print(bench(cfg))
+    results = bench(cfg, progress=not args.no_progress)
+    emit_report(args, {"presets": results}, "\n\n".join(report(r) for r in results))
     return 0
