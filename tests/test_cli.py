@@ -51,3 +51,22 @@ def test_fit_resume_without_a_run_directory_is_refused():
     from training import cli as training_cli
 
     assert training_cli.main(["fit", "--preset", "tiny", "--resume"]) == 2
+
+
+def test_ctrl_c_stops_a_command_in_one_line_without_a_traceback(tiny_dataset):
+    """A replay waiting for its runtime, interrupted as a user would (SIGINT): exit code 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from runtime.config import free_loopback_port
+
+    cmd = [sys.executable, "-m", "sensors", "replay", "--data", str(tiny_dataset), "--connect",
+           f"tcp://127.0.0.1:{free_loopback_port()}", "--connect-timeout", "60", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "sensors: interrupted", err[-2000:]

@@ -46,11 +46,11 @@ def test_select_rules():
 
 
 def test_the_choice_is_described_in_one_line():
-    assert dev.describe("auto", "cpu", NO_GPU).startswith("--device auto: training on the CPU (torch ")
-    assert "sees no GPU (a CPU-only build)" in dev.describe("auto", "cpu", NO_GPU)
-    assert dev.describe("cpu", "cpu", TWO_GPUS) == "--device cpu: training on the CPU (asked for)"
+    line = dev.describe("auto", "cpu", NO_GPU)
+    assert line.startswith("--device auto: using the CPU (torch ") and line.endswith(", a CPU-only build, sees no GPU)")
+    assert dev.describe("cpu", "cpu", TWO_GPUS) == "--device cpu: using the CPU (asked for)"
     line = dev.describe("auto", "cuda:1", Available(True, 2, "2.13.0+cu126", "12.6", "NVIDIA L4"))
-    assert line == "--device auto: training on cuda:1 (NVIDIA L4; torch 2.13.0+cu126 sees 2 GPUs, CUDA 12.6)"
+    assert line == "--device auto: using cuda:1 (NVIDIA L4; torch 2.13.0+cu126 sees 2 GPUs, CUDA 12.6)"
 
 
 def test_auto_logs_what_it_picked(caplog):
@@ -59,7 +59,7 @@ def test_auto_logs_what_it_picked(caplog):
         device = dev.resolve("auto")
     messages = [r.getMessage() for r in caplog.records if r.name == "training.device"]
     where = "the CPU" if device == "cpu" else device
-    assert len(messages) == 1 and messages[0].startswith(f"--device auto: training on {where} ("), messages
+    assert len(messages) == 1 and messages[0].startswith(f"--device auto: using {where} ("), messages
 
 
 def test_this_machine_cpu_path_and_honest_cuda_refusal():

@@ -79,11 +79,11 @@ def backend(device: str) -> str:
 def describe(spec: str, device: str, available: Available) -> str:
     """One line saying which device ``spec`` gave and why (what torch reports)."""
     if device == "cpu":
-        why = ("asked for" if parse(spec)[0] == "cpu" else
-               f"torch {available.torch_version} sees no GPU"
-               + (" (a CPU-only build)" if available.cuda_build is None else ""))
-        return f"--device {spec}: training on the CPU ({why})"
-    return (f"--device {spec}: training on {device} ({available.gpu_name or 'GPU'}; torch "
+        if parse(spec)[0] == "cpu":
+            return f"--device {spec}: using the CPU (asked for)"
+        build = ", a CPU-only build," if available.cuda_build is None else ""
+        return f"--device {spec}: using the CPU (torch {available.torch_version}{build} sees no GPU)"
+    return (f"--device {spec}: using {device} ({available.gpu_name or 'GPU'}; torch "
             f"{available.torch_version} sees {available.count} GPU{'s' if available.count != 1 else ''}, "
             f"CUDA {available.cuda_build})")
 

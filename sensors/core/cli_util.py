@@ -127,9 +127,13 @@ def require_packages(*names: str) -> None:
 def run_subcommands(prog: str, description: str, commands: dict[str, tuple[str, str]],
                     argv: list[str] | None = None) -> int:
     """commands: name -> (module path, one-line help). Returns the process exit code; a package of
-    an extra that is not installed is one line on stderr and exit code 2."""
+    an extra that is not installed is one line on stderr and exit code 2; Ctrl-C stops any command
+    with one line and exit code 130, not a traceback."""
     try:
         return _run_subcommands(prog, description, commands, argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     except ModuleNotFoundError as err:
         line = missing_extra(err)
         if line is None:
