@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from training.checkpoint import load_checkpoint
     from training.data import load_split
 
+    model, cfg, info = load_checkpoint(args.checkpoint)   # the file first: its error before any device line
     device = device_mod.resolve(args.device)
-    model, cfg, info = load_checkpoint(args.checkpoint)
     model.to(device)
     if args.data:
         cfg.data.root = args.data
