@@ -158,6 +158,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds: TIME_WAIT is no user
         try:
             s.bind((host, port))
         except OSError as err:

@@ -268,12 +268,26 @@ class PageRun:
                 for name in DATASET_NAMES:
                     if re.search(rf"--out\s+data/{re.escape(name)}(?![\w-])", line):
                         self.fail(block, f"{line!r} would write into the shared dataset linked as data/{name}")
+                self.require_program(block, line)
                 lr = long_running(line)
                 if lr is None:
                     self.finite(block, line, env)
                 else:
                     self.start(block, line, lr, env)
         self.stop_all(block)
+
+    def require_program(self, block: Block, line: str) -> None:
+        """A system tool the line starts with (promtool, amtool...) must be installed: skip without it,
+        fail under CI (where .ci/run installs it), as the deploy tests do."""
+        first = shlex.split(line, comments=True)[0]
+        if "=" in first or "/" in first or first in ("cd", "mkdir", "cp", "printf", "echo", "R"):
+            return
+        if shutil.which(first, path=self.env["PATH"]) is None:
+            msg = f"{block.where}: {first!r} is not installed here ({line!r})"
+            if IN_CI:
+                self.fail(block, msg + " - CI must have it")
+            self.stop_all()
+            pytest.skip(msg)
 
     def finite(self, block: Block, line: str, env: dict, shell: bool = True, argv: list[str] | None = None) -> None:
         self.write_log(f"\n$ {line}\n")
