@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# the multi-GB CUDA build; 2.13.0+cpu sorts above 2.13.0, so pip takes the CPU wheel). Where that
 	# index cannot be reached, pip retries once per name and falls back to its own index.
 	$(PIP) install --quiet --retries 1 --timeout 10 --extra-index-url $(TORCH_CPU_INDEX) torch==2.13.0
-	$(PIP) install --quiet -e '.[station,train,dev]'
+	$(PIP) install --quiet -e '.[station,train,dev,camera,ouster,iwr6843,csi]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""``sensors``: generate, inspect and replay MM-Fi-format datasets."""
+"""``sensors``: generate, inspect and replay MM-Fi-format datasets; stream real sensors to the runtime."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ COMMANDS = {
     "realism": ("sensors.simulate.realism", "print the realism figures of a generated dataset"),
     "replay": ("sensors.replay", "replay a dataset as four timed sensor streams over ZeroMQ"),
     "fuzz": ("sensors.fuzz", "send random, mutated and boundary-value messages to a live runtime, check the accounting"),
+    "camera": ("sensors.adapters.camera", "RGB camera (V4L2, video, images) + ONNX keypoint model -> rgb stream"),
+    "ouster": ("sensors.adapters.ouster", "Ouster LiDAR (live or pcap + metadata) -> lidar stream"),
+    "iwr6843": ("sensors.adapters.iwr6843", "TI IWR6843 out-of-box demo (UART or dump) -> mmwave stream"),
+    "csi": ("sensors.adapters.csi", "Atheros CSI tool (log, growing log, TCP) -> wifi stream"),
 }
 
 
