@@ -275,7 +275,7 @@ def csi_recording(folder: Path, packets: int = 200, seed: int = 0, endian: str =
             out += atheros_record(t, h[:, :2, :], endian=endian)   # only 2 receive chains
             unusable += 1
             continue
-        if damage and k == 120:
+        if damage and k == packets - 20:
             out += bytes(rng.integers(0, 256, 77, dtype=np.uint8))  # garbage between records
             corrupt += 1
         out += atheros_record(t, h, endian=endian)
@@ -286,3 +286,75 @@ def csi_recording(folder: Path, packets: int = 200, seed: int = 0, endian: str =
     log = folder / "csi.dat"
     log.write_bytes(bytes(out))
     return CsiRecording(log, ts, hs, unusable, corrupt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Camera: no keypoint model ships with a package here, so a small heatmap model is built: the
+# brightness of the letterboxed frame, pooled by 4 (a stride-4 heatmap), masked per keypoint to a
+# window around where the scene puts that keypoint's marker.
+# ---------------------------------------------------------------------------------------------
+CAM_W, CAM_H = 1280, 720            # a 16:9 camera
+MODEL_W, MODEL_H, STRIDE = 256, 192, 4
+# Marker cells (column, row) of the 64x48 heatmap, in COCO-17 order, laid out as a person facing
+# the camera (its left on the image's right); at least 3 cells apart so the windows do not overlap.
+CAM_CELLS = [(32, 9), (35, 7), (29, 7), (38, 10), (26, 10), (38, 14), (26, 14), (41, 20), (23, 20),
+             (44, 26), (20, 26), (36, 26), (28, 26), (36, 32), (28, 32), (36, 38), (28, 38)]
+
+
+def cam_scale() -> tuple[float, float, float]:
+    """Letterbox of a CAM_W x CAM_H frame into MODEL_W x MODEL_H: scale, pad x, pad y."""
+    s = min(MODEL_W / CAM_W, MODEL_H / CAM_H)
+    return s, (MODEL_W - round(CAM_W * s)) // 2, (MODEL_H - round(CAM_H * s)) // 2
+
+
+def cam_marker_centres() -> np.ndarray:
+    """[17, 2] frame pixels of the marker centres (each covers exactly one heatmap cell)."""
+    s, px, py = cam_scale()
+    return np.array([[((STRIDE * i + STRIDE / 2) - px) / s, ((STRIDE * j + STRIDE / 2) - py) / s]
+                     for i, j in CAM_CELLS], np.float64)
+
+
+def cam_frame(shift_px: int = 0) -> np.ndarray:
+    """A BGR frame: dark grey, a white square per keypoint (``shift_px`` moves them all right)."""
+    s, _, _ = cam_scale()
+    half = STRIDE / s / 2
+    img = np.full((CAM_H, CAM_W, 3), 30, np.uint8)
+    for x, y in cam_marker_centres():
+        x += shift_px
+        img[int(round(y - half)):int(round(y + half)), int(round(x - half)):int(round(x + half))] = 255
+    return img
+
+
+def cam_keypoint_model(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    hm_w, hm_h = MODEL_W // STRIDE, MODEL_H // STRIDE
+    masks = np.zeros((1, 17, hm_h, hm_w), np.float32)
+    for k, (i, j) in enumerate(CAM_CELLS):
+        masks[0, k, j - 1:j + 2, i - 1:i + 2] = 1.0
+    assert masks.sum(axis=1).max() == 1.0               # windows do not overlap
+    nodes = [
+        helper.make_node("ReduceMax", ["image"], ["bright"], axes=[1], keepdims=1),
+        helper.make_node("AveragePool", ["bright"], ["pooled"], kernel_shape=[STRIDE, STRIDE], strides=[STRIDE, STRIDE]),
+        helper.make_node("Mul", ["pooled", "masks"], ["heatmaps"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "coco17_heatmap_test",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, MODEL_H, MODEL_W])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, [1, 17, hm_h, hm_w])],
+        [onnx.numpy_helper.from_array(masks, "masks")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def cam_images(folder: Path, frames: int) -> Path:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(frames):
+        cv2.imwrite(str(folder / f"frame{f:04d}.png"), cam_frame())
+    return folder

@@ -86,6 +86,17 @@ def video_frames(path: Path) -> Iterator[tuple[int, np.ndarray | None, str]]:
         cap.release()
 
 
+def probe_recording(video: str | None, images: str | None, fps: float) -> None:
+    """A recording must give a first frame OpenCV can decode."""
+    frames = video_frames(Path(video)) if video else image_frames(Path(images), fps)
+    try:
+        _, first, name = next(frames)
+    finally:
+        frames.close()
+    if first is None:
+        raise AdapterError(f"OpenCV cannot decode the first image {name} of {images}")
+
+
 def open_device(device: str, width: int | None, height: int | None, fps: float | None):
     import cv2
 
@@ -230,4 +241,5 @@ def run(args) -> int:
             frames = video_frames(Path(args.video)) if args.video else image_frames(Path(args.images), args.fps)
             play(outlet, stop, frames, detector, args.rate)
 
-    return run_adapter(args, "rgb", loop, recording=not args.device)
+    return run_adapter(args, "rgb", loop, recording=not args.device,
+                       probe=None if args.device else lambda: probe_recording(args.video, args.images, args.fps))

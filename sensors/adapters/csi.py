@@ -66,6 +66,7 @@ class RecordFramer:
     corrupt: int = 0            # resynchronisations: bytes that were not a valid record
     skipped_bytes: int = 0
     _buf: bytearray = field(default_factory=bytearray)
+    _after_cut: bool = False    # a stream resumed after a cut starts with the rest of a torn record
 
     def __post_init__(self):
         if self.endian not in ("big", "little"):
@@ -80,22 +81,24 @@ class RecordFramer:
             if verdict == "wait":
                 break
             if verdict == "bad":
-                if not bad_run:
+                if not bad_run and not self._after_cut:
                     self.corrupt += 1
                 bad_run = True
                 self.skipped_bytes += 1
                 del self._buf[:1]
                 continue
-            bad_run = False
+            bad_run = self._after_cut = False
             n = self._u16.unpack_from(self._buf)[0]
             out.append(bytes(self._buf[2:2 + n]))
             del self._buf[:2 + n]
         return out
 
     def finish(self) -> int:
-        """End of the stream: bytes of an unfinished record (returned) are dropped."""
+        """End of the stream: bytes of an unfinished record (returned) are dropped; a stream that
+        resumes begins with the rest of it (skipped, not counted corrupt)."""
         left = len(self._buf)
         self._buf.clear()
+        self._after_cut = left > 0
         return left
 
     def _check(self) -> str:
@@ -217,11 +220,22 @@ class _Stream:
 # ---------------------------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------------------------
-def play_log(outlet: Outlet, stop: Stop, path: Path, decoder: Decoder, *, endian: str, burst: int,
-             rate: float, chunk: int = 1 << 16) -> None:
+def probe_log(path: Path, endian: str, limit: int = 1 << 20) -> None:
+    """A recording must hold at least one valid record in its first MiB."""
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"CSI log {path} not found: pass a file written by the Atheros CSI tool (--log)")
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    if not RecordFramer(endian).feed(head):
+        other = "little" if endian == "big" else "big"
+        hint = (f"; it does read as {other}-endian: pass --endian {other}" if RecordFramer(other).feed(head)
+                else ": is it a log of the Atheros CSI tool?")
+        raise AdapterError(f"{path}: no Atheros CSI record ({endian}-endian) in its first {len(head)} bytes{hint}")
+
+
+def play_log(outlet: Outlet, stop: Stop, path: Path, decoder: Decoder, *, endian: str, burst: int,
+             rate: float, chunk: int = 1 << 16) -> None:
     pacer = Pacer(rate, stop)
 
     def timing(device_ns: int, _received: int) -> int | None:
@@ -235,9 +249,6 @@ def play_log(outlet: Outlet, stop: Stop, path: Path, decoder: Decoder, *, endian
                 break
     stream.finish()
     outlet.stats.clock_resets = pacer.resets
-    if outlet.stats.sent == 0 and not outlet.stats.drops.get("unusable") and not stop:
-        raise AdapterError(f"{path}: no Atheros CSI record found in {path.stat().st_size} bytes; is it a log of "
-                           f"the Atheros CSI tool, and is --endian right (big on the router, little on a PC)?")
 
 
 def follow_log(outlet: Outlet, stop: Stop, path: Path, decoder: Decoder, *, endian: str, burst: int,
@@ -393,4 +404,5 @@ def run(args) -> int:
         except ValueError as err:
             log.error("%s", err)
             return 2
-    return run_adapter(args, "wifi", loop, recording=bool(args.log))
+    return run_adapter(args, "wifi", loop, recording=bool(args.log),
+                       probe=(lambda: probe_log(Path(args.log), args.endian)) if args.log else None)

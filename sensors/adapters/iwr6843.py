@@ -67,6 +67,7 @@ class RadarFrame:
     points: np.ndarray          # float32 [N, 5]: x, y, z (m, TI axes), snr (dB), doppler (m/s)
     side_info: bool             # False: no TLV 7 in the frame, SNR is 0
     size: int = 0               # totalPacketLen (bytes on the link)
+    refused: tuple[int, int] = (0, 0)   # the parser's (torn, corrupt) counts when this frame came out
 
 
 @dataclass
@@ -129,7 +130,7 @@ class FrameParser:
             self.corrupt += 1
             log.debug("radar frame %d corrupt: %s", number, err)
             return None
-        return RadarFrame(number, sub, cycles, points, side, total)
+        return RadarFrame(number, sub, cycles, points, side, total, (self.torn, self.corrupt))
 
 
 def _parse_tlvs(body: bytes, n_obj: int, n_tlv: int) -> tuple[np.ndarray, bool]:
@@ -204,13 +205,14 @@ class _Publisher:
         self._seen = (0, 0)          # parser (torn, corrupt) already accounted
         self._warned_side = False
 
-    def _refused(self) -> tuple[int, int]:
-        torn, corrupt = self.parser.torn - self._seen[0], self.parser.corrupt - self._seen[1]
-        self._seen = (self.parser.torn, self.parser.corrupt)
+    def _refused(self, upto: tuple[int, int]) -> tuple[int, int]:
+        """Frames the parser threw away since the last call, up to its counts ``upto``."""
+        torn, corrupt = upto[0] - self._seen[0], upto[1] - self._seen[1]
+        self._seen = upto
         return torn, corrupt
 
     def publish(self, frame: RadarFrame, t_ns: int) -> None:
-        torn, corrupt = self._refused()
+        torn, corrupt = self._refused(frame.refused)
         if self.last_number is not None and frame.number > self.last_number:
             gap = frame.number - self.last_number - 1      # frames missing before this one
             torn = min(torn, gap)
@@ -227,7 +229,7 @@ class _Publisher:
 
     def finish(self) -> None:
         self.parser.finish()
-        torn, corrupt = self._refused()
+        torn, corrupt = self._refused((self.parser.torn, self.parser.corrupt))
         self.outlet.lose(torn, "torn")
         self.outlet.lose(corrupt, "corrupt")
         stats = self.outlet.stats
@@ -241,9 +243,6 @@ class _Publisher:
 def play_dump(outlet: Outlet, stop: Stop, path: Path, *, rate: float, period_ms: float, axes: str,
               chunk: int = 4096) -> None:
     """A recorded dump of the data port: frame ``n`` is captured ``n x period`` after the first."""
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterError(f"UART dump {path} not found: pass a file of raw data-port bytes (--dump)")
     parser = FrameParser()
     pub = _Publisher(outlet, parser, axes)
     pacer = Pacer(rate, stop, gap_ns=int(period_ms * 1e6))
@@ -256,9 +255,18 @@ def play_dump(outlet: Outlet, stop: Stop, path: Path, *, rate: float, period_ms:
                 pub.publish(frame, t_ns)
     pub.finish()
     outlet.stats.clock_resets = pacer.resets
-    if outlet.stats.sent == 0 and not outlet.stats.drops:
-        raise AdapterError(f"{path}: no out-of-box demo frame found in {path.stat().st_size} bytes (no magic word "
-                           f"02 01 04 03 06 05 08 07): is it a dump of the radar's data port?")
+
+
+def probe_dump(path: Path, limit: int = 1 << 20) -> None:
+    """A recording must hold at least one out-of-box demo frame in its first MiB."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"UART dump {path} not found: pass a file of raw data-port bytes (--dump)")
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    if not FrameParser().feed(head):
+        raise AdapterError(f"{path}: no out-of-box demo frame in its first {len(head)} bytes (magic word "
+                           f"02 01 04 03 06 05 08 07, header, TLVs): is it a dump of the radar's data port?")
 
 
 def configure(cli_port: str, lines: list[str], *, baud: int = CLI_BAUD, timeout_s: float = 3.0) -> None:
@@ -387,4 +395,5 @@ def run(args) -> int:
                      cfg=read_cfg(args.cfg) if args.cfg else None, axes=args.axes, data_baud=args.data_baud,
                      reconnect_s=args.reconnect_s, stall_s=args.stall_s)
 
-    return run_adapter(args, "mmwave", loop, recording=bool(args.dump))
+    return run_adapter(args, "mmwave", loop, recording=bool(args.dump),
+                       probe=(lambda: probe_dump(Path(args.dump))) if args.dump else None)

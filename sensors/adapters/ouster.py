@@ -101,6 +101,20 @@ def open_ouster(source: str, meta: str | None):
                            + f": {detail[:300]}") from None
 
 
+def probe_pcap(pcap: str, meta: str | None) -> None:
+    """A recording must open with its metadata and give at least one frame."""
+    src = open_ouster(pcap, meta)
+    try:
+        first = next(iter(src), None)
+    except (RuntimeError, OSError) as err:
+        raise AdapterError(f"ouster-sdk cannot read {pcap}: {str(err).strip()[:300]}") from None
+    finally:
+        src.close()
+    if first is None or first[0] is None:
+        raise AdapterError(f"{pcap}: no LiDAR frame for the sensor of {meta} (udp_port_lidar, mode and profile "
+                           f"must match the recording): are the pcap and the JSON from the same sensor?")
+
+
 def _timestamp_mode(info) -> str:
     return str(getattr(info.config, "timestamp_mode", "") or "")
 
@@ -160,9 +174,6 @@ def run_source(outlet: Outlet, stop: Stop, source: str, meta: str | None, croppe
         finally:
             src.close()
         if recording:
-            if outlet.stats.sent == 0 and not stop:
-                raise AdapterError(f"{source}: no LiDAR frame in the recording for this metadata ({meta}): are the "
-                                   f"pcap and the JSON from the same sensor and mode?")
             return
         outlet.stats.reconnects += 1
 
@@ -229,4 +240,5 @@ def run(args) -> int:
                    rate=args.rate, clock=args.clock, clock_offset_s=args.clock_offset_s,
                    reconnect_s=args.reconnect_s)
 
-    return run_adapter(args, "lidar", loop, recording=bool(args.pcap))
+    return run_adapter(args, "lidar", loop, recording=bool(args.pcap),
+                       probe=(lambda: probe_pcap(args.pcap, args.meta)) if args.pcap else None)

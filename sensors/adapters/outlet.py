@@ -63,12 +63,18 @@ class Stop:
     def __init__(self):
         self._event = threading.Event()
         self.signal: str | None = None
+        self._previous: dict = {}
 
     def install(self) -> Stop:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handle(self, signum, _frame) -> None:
         self.signal = signal.Signals(signum).name
@@ -315,9 +321,11 @@ def client_keys(args) -> keyfiles.CurveClient | None:
     return replay_client_keys(args)
 
 
-def run_adapter(args, modality: str, loop: Callable[[Outlet, Stop], None], *, recording: bool) -> int:
-    """Open the outlet, wait for the runtime, run ``loop(outlet, stop)`` until it returns (end of
-    a recording) or SIGTERM/SIGINT; print the statistics. Returns the exit code."""
+def run_adapter(args, modality: str, loop: Callable[[Outlet, Stop], None], *, recording: bool,
+                probe: Callable[[], None] | None = None) -> int:
+    """``probe()`` (a recording: is it readable, in the vendor's format?), then open the outlet, wait
+    for the runtime, run ``loop(outlet, stop)`` until it returns (end of a recording) or
+    SIGTERM/SIGINT; print the statistics. Returns the exit code."""
     stop = Stop().install()
     src = args.src or f"{modality}-{socket.gethostname()}"
     stats = OutletStats(modality, src)
@@ -326,6 +334,8 @@ def run_adapter(args, modality: str, loop: Callable[[Outlet, Stop], None], *, re
     endpoint = args.bind if bind else (args.connect or DEFAULT_ENDPOINT)
     wall0 = time.monotonic()
     try:
+        if probe is not None:
+            probe()
         curve = client_keys(args)
         with _Publisher(endpoint, bind=bind, src=src, station=args.station, sndhwm=1000, nodrop=True,
                         send_timeout_s=args.send_timeout, curve=curve, force_plaintext=args.force_plaintext) as pub:
@@ -348,6 +358,7 @@ def run_adapter(args, modality: str, loop: Callable[[Outlet, Stop], None], *, re
         log.error("ZeroMQ: %s", err)
         return 1
     finally:
+        stop.uninstall()
         stats.wall_s = time.monotonic() - wall0
         if stop.signal:
             log.info("%s: stopped by %s", modality, stop.signal)
