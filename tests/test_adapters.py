@@ -401,3 +401,30 @@ def test_unplugged_live_devices_say_so_retry_and_stop_on_sigterm(tmp_path, argv)
     assert "Traceback" not in err
     assert "retrying every 0.2 s" in err                      # not a silent stall
     assert "stopped by SIGTERM" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# A station without an adapter's extra
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["camera", "ouster", "iwr6843", "csi"])
+def test_help_exists_and_needs_no_vendor_library(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sensors_main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "--connect" in capsys.readouterr().out
+
+
+def test_a_missing_vendor_library_is_one_line_naming_the_extra(tmp_path):
+    rec = vf.csi_recording(tmp_path, packets=3, damage=False)
+    code = ("import importlib.abc, sys\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('csiread', 'cv2', 'ouster', 'serial'):\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from sensors.cli import main\n"
+            f"sys.exit(main(['csi', '--log', {str(rec.log)!r}, '--connect-timeout', '1']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "install the 'csi' extra: pip install 'awc-pose[csi]'" in proc.stderr

@@ -219,6 +219,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import cv2  # noqa: F401 - a missing extra fails here, before waiting for the runtime
+
     try:
         if not Path(args.model).is_file():
             raise KeypointModelError(f"keypoint model {args.model} not found: give an ONNX file (--model)")

@@ -386,8 +386,17 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    try:
+        decoder = Decoder(args.endian, tx=args.tx)  # imports csiread: a missing extra fails here, at once
+        if not 1 <= args.burst <= schema.MAX_WIFI_PACKETS:
+            raise ValueError(f"--burst must be 1..{schema.MAX_WIFI_PACKETS} packets per message, got {args.burst}")
+        if args.tcp:
+            parse_address(args.tcp)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+
     def loop(outlet: Outlet, stop: Stop) -> None:
-        decoder = Decoder(args.endian, tx=args.tx)
         kw = {"endian": args.endian, "burst": args.burst}
         if args.log:
             play_log(outlet, stop, Path(args.log), decoder, rate=args.rate, **kw)
@@ -398,11 +407,5 @@ def run(args) -> int:
             read_tcp(outlet, stop, args.tcp, decoder, clock=DeviceClock(args.clock), reconnect_s=args.reconnect_s,
                      stall_s=args.stall_s, **kw)
 
-    if args.tcp:
-        try:
-            parse_address(args.tcp)
-        except ValueError as err:
-            log.error("%s", err)
-            return 2
     return run_adapter(args, "wifi", loop, recording=bool(args.log),
                        probe=(lambda: probe_log(Path(args.log), args.endian)) if args.log else None)

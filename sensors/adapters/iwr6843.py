@@ -381,8 +381,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    if args.data_port:
+        import serial  # noqa: F401 - a missing extra fails here, before waiting for the runtime
+
     if args.cfg and args.data_port and not args.cli_port:
         log.error("--cfg needs --cli-port (the radar's configuration port) for a live radar")
+        return 2
+    if args.frame_period_ms is not None and not args.frame_period_ms > 0:
+        log.error("--frame-period-ms must be > 0, got %s", args.frame_period_ms)
         return 2
 
     def loop(outlet: Outlet, stop: Stop) -> None:

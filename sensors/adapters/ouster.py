@@ -45,6 +45,15 @@ log = logging.getLogger(__name__)
 FRAME_ID_MODULO = 1 << 16
 
 
+def check_crop(min_range: float, max_range: float, fov_deg: float, max_points: int | None) -> None:
+    if not 0 <= min_range < max_range:
+        raise ValueError(f"need 0 <= --min-range < --max-range, got {min_range}, {max_range}")
+    if not 0 < fov_deg <= 360:
+        raise ValueError(f"--fov-deg must be in (0, 360], got {fov_deg}")
+    if max_points is not None and not 0 < max_points <= schema.MAX_LIDAR_POINTS:
+        raise ValueError(f"--max-points must be 1..{schema.MAX_LIDAR_POINTS}, got {max_points}")
+
+
 class Cropper:
     """Range image -> the points MM-Fi would keep, and the columns they came from."""
 
@@ -52,12 +61,7 @@ class Cropper:
                  max_points: int | None, seed: int = 0):
         from ouster.sdk import core
 
-        if not 0 <= min_range < max_range:
-            raise ValueError(f"need 0 <= --min-range < --max-range, got {min_range}, {max_range}")
-        if not 0 < fov_deg <= 360:
-            raise ValueError(f"--fov-deg must be in (0, 360], got {fov_deg}")
-        if max_points is not None and not 0 < max_points <= schema.MAX_LIDAR_POINTS:
-            raise ValueError(f"--max-points must be 1..{schema.MAX_LIDAR_POINTS}, got {max_points}")
+        check_crop(min_range, max_range, fov_deg, max_points)
         self.lut = core.XYZLut(info)
         self.min_range, self.max_range = min_range, max_range
         self.half_fov = math.radians(fov_deg) / 2
@@ -232,6 +236,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import ouster.sdk  # noqa: F401 - a missing extra fails here, before waiting for the runtime
+
+    try:
+        check_crop(args.min_range, args.max_range, args.fov_deg, args.max_points)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
     cropper_kw = {"min_range": args.min_range, "max_range": args.max_range, "fov_deg": args.fov_deg,
                   "yaw_deg": args.yaw_deg, "max_points": args.max_points, "seed": args.seed}
 

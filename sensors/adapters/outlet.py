@@ -334,6 +334,9 @@ def run_adapter(args, modality: str, loop: Callable[[Outlet, Stop], None], *, re
     endpoint = args.bind if bind else (args.connect or DEFAULT_ENDPOINT)
     wall0 = time.monotonic()
     try:
+        rate = getattr(args, "rate", 1.0)
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"--rate must be >= 0 (1 = real time, 0 = as fast as possible), got {rate}")
         if probe is not None:
             probe()
         curve = client_keys(args)
