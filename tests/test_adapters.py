@@ -266,6 +266,36 @@ def test_csi_tcp_stream_reconnects_and_stops_on_sigterm(tmp_path, receiver):
     assert np.diff([m.seq for m in got]).max() == 2            # the torn record's seq is consumed
 
 
+def test_csi_follows_a_growing_log_and_a_replaced_one(tmp_path, receiver):
+    first = vf.csi_recording(tmp_path, packets=40, damage=False, seed=1)
+    data = first.log.read_bytes()
+    log = tmp_path / "live.dat"
+    log.write_bytes(data[:1000])                               # the tool is mid-record
+    proc = subprocess.Popen([sys.executable, "-m", "sensors", "csi", "--follow", str(log), "--from-start", "--connect",
+                             receiver.endpoint, "--report", str(tmp_path / "r.json")],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)
+        with open(log, "ab") as f:                             # the rest is appended
+            f.write(data[1000:])
+        time.sleep(1.0)
+        (tmp_path / "b").mkdir()
+        second = vf.csi_recording(tmp_path / "b", packets=10, damage=False, seed=2)
+        os.replace(second.log, log)                            # log rotation: a new file
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    msgs = receiver.drain()
+    assert len(msgs) == 50
+    for m, h in zip(msgs, first.h + second.h):
+        np.testing.assert_array_equal(m.arrays["amp"][0], csi_db(h)[0])
+    r = report(tmp_path / "r.json")
+    assert r["sent"] == 50 and r["dropped"] == 0 and r["reconnects"] == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Ouster
 # ---------------------------------------------------------------------------------------------

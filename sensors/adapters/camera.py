@@ -172,16 +172,15 @@ def run_device(outlet: Outlet, stop: Stop, device: str, detector: _Detector, *, 
         if opened_once:
             outlet.stats.reconnects += 1
         opened_once, attempts = True, 0
-        failures, last_ok = 0, time.monotonic()
+        last_ok = time.monotonic()
         try:
             while not stop:
                 ok, bgr = cap.read()
                 received = time.time_ns()
                 if ok:
-                    failures, last_ok = 0, time.monotonic()
+                    last_ok = time.monotonic()
                     detector.frame(received, bgr, device)
                     continue
-                failures += 1
                 if time.monotonic() - last_ok > stall_s:
                     log.warning("camera %s gives no frames for %g s: reopening", device, stall_s)
                     break
