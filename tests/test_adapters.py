@@ -105,6 +105,21 @@ def test_iwr6843_dump_torn_and_corrupt_frames_round_trip_value_by_value(tmp_path
     assert r["drops"] == {"torn": len(rec.torn), "corrupt": len(rec.corrupt), "device_gap": len(rec.missing)}
 
 
+@pytest.mark.parametrize("chunk", [1, 333, 1 << 20])
+def test_iwr6843_parser_gives_the_same_frames_however_the_bytes_arrive(tmp_path, chunk):
+    from sensors.adapters.iwr6843 import FrameParser
+
+    rec = vf.radar_recording(tmp_path, frames=40)
+    data = rec.dump.read_bytes()
+    parser, got = FrameParser(), {}
+    for i in range(0, len(data), chunk):
+        got.update((f.number, f.points) for f in parser.feed(data[i:i + chunk]))
+    parser.finish()
+    assert sorted(got) == sorted(rec.sent)
+    assert all(np.array_equal(got[k], rec.sent[k]) for k in rec.sent)
+    assert (parser.torn, parser.corrupt) == (len(rec.torn), len(rec.corrupt))
+
+
 def test_iwr6843_live_over_serial_ports_configures_reconnects_and_stops_on_sigterm(tmp_path, receiver):
     """A fake radar behind pseudo-terminals: the adapter opens them with pyserial, sends the chirp
     configuration, reads frames, survives an unplug/replug (re-sending the configuration) and stops
@@ -239,8 +254,10 @@ def test_csi_tcp_stream_reconnects_and_stops_on_sigterm(tmp_path, receiver):
     port = server.getsockname()[1]
 
     def router():
-        for part in (data[:half], data[half:]):
+        for i, part in enumerate((data[:half], data[half:])):
             conn, _ = server.accept()
+            if i == 1:
+                server.close()                                 # no third connection
             with conn:
                 conn.sendall(part)
                 time.sleep(0.3)
@@ -257,7 +274,6 @@ def test_csi_tcp_stream_reconnects_and_stops_on_sigterm(tmp_path, receiver):
         got += receiver.drain(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
-    server.close()
     assert proc.returncode == 0 and "Traceback" not in err, err
     r = report(tmp_path / "r.json")
     assert r["reconnects"] == 1

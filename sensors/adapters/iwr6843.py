@@ -106,31 +106,33 @@ class FrameParser:
         return found
 
     def _next(self) -> RadarFrame | None:
-        if not self._buf.startswith(MAGIC) and not self._resync(0):
-            return None
-        if len(self._buf) < HEADER_LEN:
-            return None
-        _, _, total, _, number, cycles, n_obj, n_tlv, sub = HEADER.unpack_from(self._buf)
-        if not (HEADER_LEN <= total <= MAX_FRAME_BYTES and n_obj <= MAX_POINTS and n_tlv <= MAX_TLVS):
-            self.corrupt += 1
-            self._resync(1)
-            return None
-        cut = self._buf.find(MAGIC, len(MAGIC), total)
-        if cut >= 0:                   # the next frame starts inside this one: bytes were lost
-            self.torn += 1
-            del self._buf[:cut]
-            return None
-        if len(self._buf) < total:
-            return None
-        body = bytes(self._buf[:total])
-        del self._buf[:total]
-        try:
-            points, side = _parse_tlvs(body, n_obj, n_tlv)
-        except ValueError as err:
-            self.corrupt += 1
-            log.debug("radar frame %d corrupt: %s", number, err)
-            return None
-        return RadarFrame(number, sub, cycles, points, side, total, (self.torn, self.corrupt))
+        """The next complete frame, or None when more bytes are needed (what cannot be a frame is
+        counted and dropped on the way)."""
+        while self._buf.startswith(MAGIC) or self._resync(0):
+            if len(self._buf) < HEADER_LEN:
+                return None
+            _, _, total, _, number, cycles, n_obj, n_tlv, sub = HEADER.unpack_from(self._buf)
+            if not (HEADER_LEN <= total <= MAX_FRAME_BYTES and n_obj <= MAX_POINTS and n_tlv <= MAX_TLVS):
+                self.corrupt += 1
+                self._resync(1)
+                continue
+            cut = self._buf.find(MAGIC, len(MAGIC), total)
+            if cut >= 0:               # the next frame starts inside this one: bytes were lost
+                self.torn += 1
+                del self._buf[:cut]
+                continue
+            if len(self._buf) < total:
+                return None
+            body = bytes(self._buf[:total])
+            del self._buf[:total]
+            try:
+                points, side = _parse_tlvs(body, n_obj, n_tlv)
+            except ValueError as err:
+                self.corrupt += 1
+                log.debug("radar frame %d corrupt: %s", number, err)
+                continue
+            return RadarFrame(number, sub, cycles, points, side, total, (self.torn, self.corrupt))
+        return None
 
 
 def _parse_tlvs(body: bytes, n_obj: int, n_tlv: int) -> tuple[np.ndarray, bool]:
