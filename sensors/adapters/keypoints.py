@@ -20,7 +20,6 @@ mediapipe wheel no longer carries its pose model: docs/sensors.md); give the mod
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -209,6 +208,3 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"size must be WIDTHxHEIGHT in pixels, e.g. 256x192; got {text!r}")
     return int(w), int(h)
 
-
-def isfinite_detection(det: Detection) -> bool:
-    return bool(np.isfinite(det.kpts).all() and np.isfinite(det.score).all() and math.isfinite(det.person))
