@@ -21,8 +21,8 @@ import pytest
 import vendor_formats as vf
 import zmq
 
-from sensors import wire
 from sensors.cli import main as sensors_main
+from sensors.core import wire
 
 REPO = Path(__file__).resolve().parents[1]
 

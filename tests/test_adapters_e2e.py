@@ -17,7 +17,7 @@ import vendor_formats as vf
 import zmq
 from test_serve_e2e import REPO, ServeProcess, export_tiny_model, pose_subscriber
 
-from sensors import schema, wire
+from sensors.core import schema, wire
 
 SECONDS = 4
 

@@ -38,10 +38,14 @@ from sensors.adapters.outlet import (
     Stop,
     add_outlet_arguments,
     add_rate_argument,
+    modality_carrying,
     run_adapter,
 )
+from sensors.core import schema
 
 log = logging.getLogger(__name__)
+
+MODALITY = modality_carrying(schema.KEYPOINTS)   # the stream this adapter feeds
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -214,7 +218,7 @@ def add_arguments(p) -> None:
     p.add_argument("--height", type=int, default=None, help="--device: requested height (e.g. 480)")
     p.add_argument("--reconnect-s", type=float, default=1.0)
     add_rate_argument(p)
-    add_outlet_arguments(p, "rgb")
+    add_outlet_arguments(p, MODALITY)
 
 
 def run(args) -> int:
@@ -242,5 +246,5 @@ def run(args) -> int:
             frames = video_frames(Path(args.video)) if args.video else image_frames(Path(args.images), args.fps)
             play(outlet, stop, frames, detector, args.rate)
 
-    return run_adapter(args, "rgb", loop, recording=not args.device,
+    return run_adapter(args, MODALITY, loop, recording=not args.device,
                        probe=None if args.device else lambda: probe_recording(args.video, args.images, args.fps))

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sensors import schema
 from sensors.adapters.outlet import (
     AdapterError,
     DeviceClock,
@@ -42,10 +41,14 @@ from sensors.adapters.outlet import (
     Stop,
     add_outlet_arguments,
     add_rate_argument,
+    modality_carrying,
     run_adapter,
 )
+from sensors.core import schema
 
 log = logging.getLogger(__name__)
+
+MODALITY = modality_carrying(schema.CSI)   # the stream this adapter feeds
 
 STATUS_LEN = 25
 MAX_CSI_LEN = 4096
@@ -382,7 +385,7 @@ def add_arguments(p) -> None:
     p.add_argument("--reconnect-s", type=float, default=1.0)
     p.add_argument("--stall-s", type=float, default=5.0, help="live: warn after this many seconds without records")
     add_rate_argument(p)
-    add_outlet_arguments(p, "wifi")
+    add_outlet_arguments(p, MODALITY)
 
 
 def run(args) -> int:
@@ -407,5 +410,5 @@ def run(args) -> int:
             read_tcp(outlet, stop, args.tcp, decoder, clock=DeviceClock(args.clock), reconnect_s=args.reconnect_s,
                      stall_s=args.stall_s, **kw)
 
-    return run_adapter(args, "wifi", loop, recording=bool(args.log),
+    return run_adapter(args, MODALITY, loop, recording=bool(args.log),
                        probe=(lambda: probe_log(Path(args.log), args.endian)) if args.log else None)

@@ -18,7 +18,7 @@ resynchronises on the next magic word. Gaps in frameNumber are frames the adapte
 their sequence numbers are consumed so the runtime counts them.
 
 Axes: TI's x points right (seen from the radar), y along boresight, z up; MM-Fi's radar points are
-x forward, y left, z up (``sensors.schema``), so ``--axes mmfi`` (default) sends (y, -x, z). The
+x forward, y left, z up (``sensors.core.schema``), so ``--axes mmfi`` (default) sends (y, -x, z). The
 wire's columns are x, y, z, SNR (dB), radial velocity (m/s).
 """
 
@@ -39,10 +39,14 @@ from sensors.adapters.outlet import (
     Stop,
     add_outlet_arguments,
     add_rate_argument,
+    modality_carrying,
     run_adapter,
 )
+from sensors.core import schema
 
 log = logging.getLogger(__name__)
+
+MODALITY = modality_carrying(schema.POINTS, schema.MMWAVE_COLUMNS)   # the stream this adapter feeds
 
 MAGIC = struct.pack("<4H", 0x0102, 0x0304, 0x0506, 0x0708)
 HEADER = struct.Struct("<8s8I")         # magic, version, totalPacketLen, platform, frameNumber,
@@ -379,7 +383,7 @@ def add_arguments(p) -> None:
     p.add_argument("--reconnect-s", type=float, default=1.0, help="live: seconds between attempts to reopen the port")
     p.add_argument("--stall-s", type=float, default=5.0, help="live: warn after this many seconds without bytes")
     add_rate_argument(p)
-    add_outlet_arguments(p, "mmwave")
+    add_outlet_arguments(p, MODALITY)
 
 
 def run(args) -> int:
@@ -403,5 +407,5 @@ def run(args) -> int:
                      cfg=read_cfg(args.cfg) if args.cfg else None, axes=args.axes, data_baud=args.data_baud,
                      reconnect_s=args.reconnect_s, stall_s=args.stall_s)
 
-    return run_adapter(args, "mmwave", loop, recording=bool(args.dump),
+    return run_adapter(args, MODALITY, loop, recording=bool(args.dump),
                        probe=(lambda: probe_dump(Path(args.dump))) if args.dump else None)

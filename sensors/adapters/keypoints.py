@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors import schema
+from sensors.core import schema
 
 LAYOUTS = ("auto", "heatmap", "simcc", "yolo-pose")
 NORMALIZE = ("unit", "imagenet", "none")

@@ -5,7 +5,7 @@ recording (a pcap of its UDP packets plus the sensor's metadata JSON), ``open_so
 packets into frames, ``XYZLut`` turning each (staggered) range image into points with the
 sensor's own beam intrinsics. The points are in Ouster's *sensor frame*: x forward (away from
 the connector), y left, z up, metres, origin at the sensor's base plate; that is MM-Fi's LiDAR
-convention (``sensors.schema``), so no axis changes beyond an optional ``--yaw-deg`` for a
+convention (``sensors.core.schema``), so no axis changes beyond an optional ``--yaw-deg`` for a
 sensor that is not turned with its x axis at the subject. Then: points with no return dropped,
 ``--min-range``/``--max-range``, an azimuth window ``--fov-deg`` around +x (MM-Fi's clouds are a
 window around the subject with the floor, ≈1,000–1,400 points), ``--max-points`` (uniform
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sensors import schema
 from sensors.adapters.outlet import (
     AdapterError,
     DeviceClock,
@@ -37,10 +36,14 @@ from sensors.adapters.outlet import (
     Stop,
     add_outlet_arguments,
     add_rate_argument,
+    modality_carrying,
     run_adapter,
 )
+from sensors.core import schema
 
 log = logging.getLogger(__name__)
+
+MODALITY = modality_carrying(schema.POINTS, schema.LIDAR_COLUMNS)   # the stream this adapter feeds
 
 FRAME_ID_MODULO = 1 << 16
 
@@ -232,7 +235,7 @@ def add_arguments(p) -> None:
     p.add_argument("--reconnect-s", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0, help="thinning seed")
     add_rate_argument(p)
-    add_outlet_arguments(p, "lidar")
+    add_outlet_arguments(p, MODALITY)
 
 
 def run(args) -> int:
@@ -251,5 +254,5 @@ def run(args) -> int:
                    rate=args.rate, clock=args.clock, clock_offset_s=args.clock_offset_s,
                    reconnect_s=args.reconnect_s)
 
-    return run_adapter(args, "lidar", loop, recording=bool(args.pcap),
+    return run_adapter(args, MODALITY, loop, recording=bool(args.pcap),
                        probe=(lambda: probe_pcap(args.pcap, args.meta)) if args.pcap else None)

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from sensors import keys as keyfiles
-from sensors import schema
-from sensors.cli_util import add_client_key_arguments
+from sensors.core import keys as keyfiles
+from sensors.core import schema
+from sensors.core.cli_util import add_client_key_arguments
 from sensors.publisher import SensorPublisher
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,16 @@ DROP_REASONS: dict[str, str] = {
     "unusable": "a valid record the model cannot use (e.g. CSI not 3 antennas x 114 subcarriers)",
     "read_error": "the device or file gave no frame (e.g. an undecodable video frame)",
 }
+
+
+def modality_carrying(kind: str, columns: tuple[str, ...] | None = None) -> str:
+    """The one modality of the schema's table of this kind (and these point columns): an adapter
+    names the stream it feeds by what it carries (``schema.MODALITY_SPECS``)."""
+    names = [s.name for s in schema.MODALITY_SPECS.values()
+             if s.kind == kind and (columns is None or tuple(s.columns) == tuple(columns))]
+    if len(names) != 1:
+        raise LookupError(f"expected one modality of kind {kind!r} with columns {columns}, the schema has {names}")
+    return names[0]
 
 
 class AdapterError(RuntimeError):
