@@ -34,7 +34,9 @@ def test_four_adapters_from_vendor_recordings_feed_one_runtime_which_fuses_them(
     with ServeProcess(model, tmp_path, "--set", "output.forward_points=4096") as srv:
         ctx = zmq.Context()
         poses = pose_subscriber(ctx, srv.output)
-        common = ["--connect", srv.input, "--rate", "1", "--log-every", "0"]
+        # one session: every recording's first sample at the same moment, a few seconds from now
+        start_ns = (time.time_ns() // 100_000_000 + 80) * 100_000_000
+        common = ["--connect", srv.input, "--rate", "1", "--start-ns", str(start_ns), "--log-every", "0"]
         cmds = {
             "rgb": ["camera", "--images", str(images), "--model", str(kp_model)],
             "lidar": ["ouster", "--pcap", str(lidar.pcap), "--meta", str(lidar.meta)],

@@ -151,8 +151,9 @@ class _Detector:
         self.outlet.send(t_ns, **arrays)
 
 
-def play(outlet: Outlet, stop: Stop, frames: Iterator, detector: _Detector, rate: float) -> None:
-    pacer = Pacer(rate, stop)
+def play(outlet: Outlet, stop: Stop, frames: Iterator, detector: _Detector, rate: float,
+         start_ns: int | None = None) -> None:
+    pacer = Pacer(rate, stop, start_ns)
     for t_dev, bgr, name in frames:
         t_ns = pacer.capture_ns(t_dev)
         if not pacer.wait(t_ns):
@@ -244,7 +245,7 @@ def run(args) -> int:
                        reconnect_s=args.reconnect_s)
         else:
             frames = video_frames(Path(args.video)) if args.video else image_frames(Path(args.images), args.fps)
-            play(outlet, stop, frames, detector, args.rate)
+            play(outlet, stop, frames, detector, args.rate, args.start_ns)
 
     return run_adapter(args, MODALITY, loop, recording=not args.device,
                        probe=None if args.device else lambda: probe_recording(args.video, args.images, args.fps))

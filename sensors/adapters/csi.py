@@ -238,8 +238,8 @@ def probe_log(path: Path, endian: str, limit: int = 1 << 20) -> None:
 
 
 def play_log(outlet: Outlet, stop: Stop, path: Path, decoder: Decoder, *, endian: str, burst: int,
-             rate: float, chunk: int = 1 << 16) -> None:
-    pacer = Pacer(rate, stop)
+             rate: float, start_ns: int | None = None, chunk: int = 1 << 16) -> None:
+    pacer = Pacer(rate, stop, start_ns)
 
     def timing(device_ns: int, _received: int) -> int | None:
         t = pacer.capture_ns(device_ns)
@@ -402,7 +402,7 @@ def run(args) -> int:
     def loop(outlet: Outlet, stop: Stop) -> None:
         kw = {"endian": args.endian, "burst": args.burst}
         if args.log:
-            play_log(outlet, stop, Path(args.log), decoder, rate=args.rate, **kw)
+            play_log(outlet, stop, Path(args.log), decoder, rate=args.rate, start_ns=args.start_ns, **kw)
         elif args.follow:
             follow_log(outlet, stop, Path(args.follow), decoder, clock=DeviceClock(args.clock),
                        from_start=args.from_start, stall_s=args.stall_s, **kw)

@@ -247,11 +247,12 @@ class _Publisher:
 # Sources
 # ---------------------------------------------------------------------------------------------
 def play_dump(outlet: Outlet, stop: Stop, path: Path, *, rate: float, period_ms: float, axes: str,
+              start_ns: int | None = None,
               chunk: int = 4096) -> None:
     """A recorded dump of the data port: frame ``n`` is captured ``n x period`` after the first."""
     parser = FrameParser()
     pub = _Publisher(outlet, parser, axes)
-    pacer = Pacer(rate, stop, gap_ns=int(period_ms * 1e6))
+    pacer = Pacer(rate, stop, start_ns, gap_ns=int(period_ms * 1e6))
     with open(path, "rb") as f:
         while not stop and (data := f.read(chunk)):
             for frame in parser.feed(data):
@@ -400,7 +401,7 @@ def run(args) -> int:
     def loop(outlet: Outlet, stop: Stop) -> None:
         if args.dump:
             period = args.frame_period_ms or (frame_period_from_cfg(args.cfg) if args.cfg else None)
-            play_dump(outlet, stop, Path(args.dump), rate=args.rate, axes=args.axes,
+            play_dump(outlet, stop, Path(args.dump), rate=args.rate, axes=args.axes, start_ns=args.start_ns,
                       period_ms=period or DEFAULT_FRAME_PERIOD_MS)
         else:
             run_live(outlet, stop, data_port=args.data_port, cli_port=args.cli_port,

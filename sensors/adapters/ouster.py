@@ -157,7 +157,8 @@ class _Sender:
 
 
 def run_source(outlet: Outlet, stop: Stop, source: str, meta: str | None, cropper_kw: dict, *, recording: bool,
-               rate: float, clock: str | None, clock_offset_s: float, reconnect_s: float) -> None:
+               rate: float, clock: str | None, clock_offset_s: float, reconnect_s: float,
+               start_ns: int | None = None) -> None:
     while not stop:
         src = open_ouster(source, meta) if recording else _open_live(source, meta, stop, reconnect_s, outlet)
         if src is None:
@@ -166,7 +167,7 @@ def run_source(outlet: Outlet, stop: Stop, source: str, meta: str | None, croppe
         mode = clock or ("epoch" if "PTP" in _timestamp_mode(info) else "anchor")
         log.info("ouster %s: %s %dx%d, %s, timestamps %s -> clock %s", source, info.prod_line, info.format.pixels_per_column,
                  info.format.columns_per_frame, info.format.udp_profile_lidar, _timestamp_mode(info), mode)
-        sender = _Sender(outlet, Cropper(info, **cropper_kw), _timing(recording, rate, stop, mode, clock_offset_s))
+        sender = _Sender(outlet, Cropper(info, **cropper_kw), _timing(recording, rate, stop, mode, clock_offset_s, start_ns))
         try:
             for frames in src:
                 frame = frames[0]
@@ -185,11 +186,11 @@ def run_source(outlet: Outlet, stop: Stop, source: str, meta: str | None, croppe
         outlet.stats.reconnects += 1
 
 
-def _timing(recording: bool, rate: float, stop: Stop, mode: str, offset_s: float):
+def _timing(recording: bool, rate: float, stop: Stop, mode: str, offset_s: float, start_ns: int | None = None):
     import time
 
     if recording:
-        pacer = Pacer(rate, stop)
+        pacer = Pacer(rate, stop, start_ns)
 
         def paced(device_ns: int) -> int | None:
             t = pacer.capture_ns(device_ns)
@@ -252,7 +253,7 @@ def run(args) -> int:
     def loop(outlet: Outlet, stop: Stop) -> None:
         run_source(outlet, stop, args.pcap or args.sensor, args.meta, cropper_kw, recording=bool(args.pcap),
                    rate=args.rate, clock=args.clock, clock_offset_s=args.clock_offset_s,
-                   reconnect_s=args.reconnect_s)
+                   reconnect_s=args.reconnect_s, start_ns=args.start_ns)
 
     return run_adapter(args, MODALITY, loop, recording=bool(args.pcap),
                        probe=(lambda: probe_pcap(args.pcap, args.meta)) if args.pcap else None)

@@ -322,6 +322,9 @@ def add_outlet_arguments(p, modality: str) -> None:
 def add_rate_argument(p) -> None:
     p.add_argument("--rate", type=float, default=1.0,
                    help="recordings: 1 = their own timing, 2 = twice as fast, 0 = as fast as possible")
+    p.add_argument("--start-ns", type=int, default=None,
+                   help="recordings: capture time of the first sample, ns since the Unix epoch (default: "
+                        "now); give the same future time to several adapters to replay one session in step")
 
 
 def client_keys(args) -> keyfiles.CurveClient | None:
