@@ -479,6 +479,10 @@ def test_alert_timeline_meets_its_budgets_with_the_shipped_config(stack):
     stack.wait("dropped ticks counted", lambda: stack.fast.query(
         f'awc_ticks_total{{station="{STATION_2}", outcome="dropped"}} >= {FREEZE_S * 10 // 2}'), 30)
     time.sleep(3)
+    # AwcGpuFallback holds for 1 min from the second runtime's first scrape: on a slow machine the
+    # kill below could otherwise come first and the alert would never fire (a race, not a finding)
+    stack.wait("AwcGpuFallback at the webhook", lambda: hook.first("AwcGpuFallback", STATION_2),
+               2 * BUDGET_FIRING_S + 90)
     runtime2.kill()
     killed = events["runtime_killed"] = time.time()
     down = stack.wait("AwcRuntimeDown at the webhook", lambda: hook.first("AwcRuntimeDown", STATION_2,
