@@ -27,6 +27,8 @@ from importlib import metadata
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
+from exporters.http_server import CLOSE_REASONS
+from exporters.web_config import AUTH_OUTCOMES
 from sensors.core import keys, schema
 
 # Counters and histograms without their ``<name>_created`` gauges (see the module docstring).
@@ -36,6 +38,8 @@ prometheus_client.disable_created_metrics()
 MODALITY_LABELS: tuple[str, ...] = schema.MODALITIES
 DROP_REASONS: tuple[str, ...] = schema.DROP_REASONS
 HANDSHAKE_FAILURE_REASONS: tuple[str, ...] = keys.HANDSHAKE_FAILURE_REASONS   # refused sensor/viewer connections
+HTTP_CLOSE_REASONS: tuple[str, ...] = CLOSE_REASONS    # connections the HTTP guard closed (shed, refused, ...)
+HTTP_AUTH_REFUSALS: tuple[str, ...] = AUTH_OUTCOMES    # requests basic auth refused (unauthorized, rate_limited)
 TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid", "dropped")
 TRAINING_DATA: tuple[str, ...] = ("synthetic", "real", "unknown")
 STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
@@ -70,6 +74,13 @@ class RuntimeMetrics:
         self.pose_handshake_failures = Counter(
             "awc_pose_handshake_failures_total",
             "Pose-stream (viewer) connections refused at the CurveZMQ handshake, by reason (docs/security.md)",
+            ["reason"], registry=r)
+        self.http_closed = Counter(
+            "awc_http_connections_closed_total",
+            "HTTP connections the server closed to protect itself, by reason (docs/security.md)", ["reason"],
+            registry=r)
+        self.http_auth_refused = Counter(
+            "awc_http_auth_refused_total", "HTTP requests refused by basic auth, by reason (docs/security.md)",
             ["reason"], registry=r)
         self.ticks = Counter("awc_ticks_total", "Sync ticks by outcome", ["outcome"], registry=r)
         self.received = Gauge(
@@ -178,6 +189,10 @@ class RuntimeMetrics:
             for g in (self.received, self.presence, self.empty, self.staleness, self.sync_skew, self.contribution_share,
                       self.baseline_share, self.shapley_value, self.degradation_score, self.degraded):
                 g.labels(modality=m)
+        for reason in HTTP_CLOSE_REASONS:
+            self.http_closed.labels(reason=reason)
+        for reason in HTTP_AUTH_REFUSALS:
+            self.http_auth_refused.labels(reason=reason)
         for outcome in TICK_OUTCOMES:
             self.ticks.labels(outcome=outcome)
         for stage in STAGES:

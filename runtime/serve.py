@@ -35,7 +35,7 @@ from pathlib import Path
 
 import zmq
 
-from exporters.http import HttpExporter, WebConfig
+from exporters.http import HttpExporter, ServerLimits, WebConfig
 from exporters.metrics import RuntimeMetrics
 from exporters.pose_publisher import PosePublisher
 from exporters.recorder import open_recorder
@@ -236,8 +236,11 @@ class Runtime:
         if self.cfg.metrics.enabled:
             m = self.cfg.metrics
             web = WebConfig.load(m.web_config) if m.web_config else None
-            self.http = HttpExporter(self.metrics.registry, self.readiness, m.host, m.port, workers=m.workers,
-                                     web=web).start()
+            self.http = HttpExporter(
+                self.metrics.registry, self.readiness, m.host, m.port, workers=m.workers, web=web,
+                limits=ServerLimits(max_connections=m.max_connections, header_timeout_s=m.header_timeout_s),
+                on_closed=lambda r: self.metrics.http_closed.labels(reason=r).inc(),
+                on_refused=lambda r: self.metrics.http_auth_refused.labels(reason=r).inc()).start()
             log.info("metrics at %s (also /healthz, /readyz)", self.http.url)
         i = self.cfg.inputs
         ingest_curve, _ = curve_servers(self.cfg)
