@@ -311,7 +311,8 @@ def serve(cfg: RuntimeConfig, model: OnnxPoseModel, console: bool = False, durat
         rt.start()
         if view_port is not None:
             from runtime.view.launch import start_viewer_process
-            viewer = start_viewer_process(rt.pose_endpoint, view_port, extra_args=viewer_key_args(cfg))
+            viewer = start_viewer_process(rt.pose_endpoint, view_port, extra_args=viewer_key_args(cfg),
+                                          web_config=cfg.metrics.web_config)
         return rt.run(duration_s)
     finally:
         if viewer is not None:
