@@ -38,7 +38,7 @@ import zmq
 from exporters.http import HttpExporter, ServerLimits, WebConfig
 from exporters.metrics import RuntimeMetrics
 from exporters.pose_publisher import PosePublisher
-from exporters.recorder import open_recorder
+from exporters.recorder import keep_previous, open_recorder
 from runtime.config import RuntimeConfig
 from runtime.console import ConsoleView
 from runtime.inference import ModelError, OnnxPoseModel
@@ -202,8 +202,11 @@ def build_outputs(cfg: RuntimeConfig, model: OnnxPoseModel, metrics: RuntimeMetr
         path = Path(cfg.recorder.path)
         r = cfg.recorder
         outputs.append(RecorderOutput(open_recorder(path, r.npz_max_ticks, r.npz_max_mb, r.flush_s, r.rotate_mb)))
-        saved = cfg.save(path.with_name(path.name + ".config.yaml"))
-        log.info("recording ticks to %s (resolved config in %s)", path, saved)
+        config_path = path.with_name(path.name + ".config.yaml")
+        kept = keep_previous(config_path)   # a restart keeps the previous run's config
+        saved = cfg.save(config_path)
+        log.info("recording ticks to %s (resolved config in %s%s)", path, saved,
+                 f"; the previous run's kept as {kept.name}" if kept else "")
     if console:
         outputs.append(ConsoleView(stats=stats))
     return Outputs(outputs, MetricsOutput(metrics, cfg, model))

@@ -34,7 +34,7 @@ from runtime.rehab import angles as ang
 from runtime.rehab.exercises import EXERCISES
 from runtime.rehab.monitor import RehabConfig, RehabMonitor, Segment, segment_summary, symmetry_of
 from sensors.core import schema
-from sensors.core.cli_util import require_packages
+from sensors.core.cli_util import require_packages, terminal_safe
 from sensors.core.pose_record import PoseRecord
 
 log = logging.getLogger(__name__)
@@ -344,6 +344,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         log.error("%s", err)
         return 2
-    print(format_summary(data))
+    print(terminal_safe(format_summary(data)))   # exercise and session names come from sensor headers
     print(f"report: {args.out}")
     return 0
