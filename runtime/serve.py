@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         stats = serve(cfg, model, console=args.console, duration_s=args.duration, view_port=args.view)
-    except keys.KeyFileError as err:
+    except (keys.KeyFileError, keys.PlaintextRefused) as err:   # not a port clash: say only what is wrong
         log.error("cannot serve: %s", err)
         return 2
     except (OSError, zmq.ZMQError, ValueError) as err:   # ports in use, endpoints that do not parse
