@@ -83,13 +83,26 @@ async def _idler(host: str, port: int, counts: dict) -> None:
             writer.close()
 
 
-def _guesser(host: str, port: int, tls: bool, user: str, rate_hz: float, stop: threading.Event, counts: dict) -> None:
+def guessing_now(start_at: float, period_s: float, now: float | None = None) -> bool:
+    """With a schedule (``period_s`` > 0): quiet for ``period_s`` from ``start_at``, then guessing as
+    long, and so on; without one, always."""
+    if period_s <= 0:
+        return True
+    t = (time.time() if now is None else now) - start_at
+    return t >= 0 and int(t // period_s) % 2 == 1
+
+
+def _guesser(host: str, port: int, tls: bool, user: str, rate_hz: float, stop: threading.Event, counts: dict,
+             start_at: float = 0.0, period_s: float = 0.0) -> None:
     ctx = None
     if tls:   # the attacker does not care who answers
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     while not stop.is_set():
         t0 = time.monotonic()
+        if not guessing_now(start_at, period_s):
+            stop.wait(0.01)
+            continue
         token = base64.b64encode(f"{user}:{secrets.token_hex(8)}".encode()).decode()
         conn = (http.client.HTTPSConnection(host, port, timeout=10, context=ctx) if tls
                 else http.client.HTTPConnection(host, port, timeout=10))
@@ -105,14 +118,15 @@ def _guesser(host: str, port: int, tls: bool, user: str, rate_hz: float, stop: t
 
 
 def attack(host: str, port: int, seconds: float, trickling: int = 20, idle: int = 200, period_s: float = 2.0,
-           guess_rate: float = 0.0, user: str = "prometheus", tls: bool = False) -> dict:
+           guess_rate: float = 0.0, user: str = "prometheus", tls: bool = False, start_at: float = 0.0,
+           guess_period_s: float = 0.0) -> dict:
     """Run the hostile clients for ``seconds``; returns what they did."""
     counts = {"trickling": {"connections": 0}, "idle": {"connections": 0}, "guesses": {}}
     stop = threading.Event()
     guesser = None
     if guess_rate > 0:
-        guesser = threading.Thread(target=_guesser, args=(host, port, tls, user, guess_rate, stop, counts["guesses"]),
-                                   daemon=True)
+        guesser = threading.Thread(target=_guesser, args=(host, port, tls, user, guess_rate, stop, counts["guesses"],
+                                                          start_at, guess_period_s), daemon=True)
         guesser.start()
 
     async def main():
@@ -131,10 +145,12 @@ def attack(host: str, port: int, seconds: float, trickling: int = 20, idle: int 
 
 
 def start_attack(port: int, seconds: float, *, tls: bool = False, trickling: int = 20, idle: int = 200,
-                 guess_rate: float = 0.0, user: str = "prometheus") -> subprocess.Popen:
+                 guess_rate: float = 0.0, user: str = "prometheus", start_at: float = 0.0,
+                 guess_period_s: float = 0.0) -> subprocess.Popen:
     """``attack`` in its own process against 127.0.0.1:``port``."""
     cmd = [sys.executable, "-m", "runtime.http_bench", "attack", "--port", str(port), "--seconds", str(seconds),
-           "--trickling", str(trickling), "--idle", str(idle), "--guess-rate", str(guess_rate), "--user", user]
+           "--trickling", str(trickling), "--idle", str(idle), "--guess-rate", str(guess_rate), "--user", user,
+           "--start-at", repr(start_at), "--guess-period", str(guess_period_s)]
     return subprocess.Popen([*cmd, *(["--tls"] if tls else [])], stdout=subprocess.PIPE, text=True)
 
 
@@ -213,6 +229,7 @@ def bench_slow_clients(seconds: float, folder: Path | None = None) -> dict:
             auth = basic("prometheus", "right")
         http = HttpExporter(RuntimeMetrics().registry, lambda: (True, "ready"), "127.0.0.1", 0, web=web).start()
         try:
+            probe(http.port, 0.1, tls=ctx, authorization=auth)   # Prometheus has scraped once (credentials cached)
             attacker = start_attack(http.port, seconds + 2, tls=ctx is not None)
             time.sleep(1.0)   # the clients connect
             latencies = probe(http.port, seconds, tls=ctx, authorization=auth)
@@ -228,39 +245,89 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bench_guessing(model, cfg, seconds: float, folder: Path, rate_hz: float = 10.0, progress: bool = True) -> dict:
-    """The full runtime at 10 Hz with TLS and basic auth (cost 12): pose latency and CPU without
-    and with password guessing at ``rate_hz`` (a new wrong password each, one address)."""
-    from runtime.bench import bench_config, bench_end_to_end
+def bench_guessing(model, cfg, seconds: float, folder: Path, rate_hz: float = 10.0, cost: int = 12,
+                   period_s: float = 2.0, progress: bool = True) -> dict:
+    """One runtime at 10 Hz with TLS and basic auth (bcrypt ``cost``), sensor messages in over real
+    sockets; password guessing at ``rate_hz`` from one address (a new wrong password each) in every
+    other window of ``period_s``, so that load from other processes hits both alike. Per phase: pose
+    latency (newest capture -> pose sent), process CPU; and the bcrypt checks the guessing cost."""
+    import zmq
+    from tqdm import tqdm
+
+    from runtime.bench import PERIOD_NS, bench_config, synthetic_messages
     from runtime.config import free_loopback_port
+    from runtime.serve import Runtime
+    from sensors.core import schema, wire
+    from sensors.core.pose_record import PoseRecord
 
     port = free_loopback_port()
-    web = web_config(folder, "prometheus", "right")
-    out = {}
-    for name, rate in (("no_guessing", 0.0), ("guessing", rate_hz)):
-        c = bench_config([f"inference.intra_op_threads={cfg.inference.intra_op_threads}", f"metrics.port={port}",
-                          f"metrics.web_config={web}"])
-        attacker = start_attack(port, seconds + 3, tls=True, trickling=0, idle=0, guess_rate=rate) if rate else None
-        cpu0 = _cpu_s()
-        r = bench_end_to_end(model, c, seconds, progress=progress)
-        cpu = _cpu_s() - cpu0
-        clients = attacker.communicate(timeout=60)[0].strip() if attacker else ""
-        out[name] = {"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "poses": r["poses_received"],
-                     "cpu_s_per_s": round(cpu / seconds, 3), "clients": clients}
+    c = bench_config([f"inference.intra_op_threads={cfg.inference.intra_op_threads}", f"metrics.port={port}",
+                      f"metrics.web_config={web_config(folder, 'prometheus', 'right', cost)}"])
+    rt = Runtime(c, model).start()
+    loop = threading.Thread(target=rt.run, name="awc-loop", daemon=True)
+    loop.start()
+    ctx = zmq.Context()
+    sensor, poses = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    sensor.connect(c.inputs.endpoints[0])
+    poses.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
+    poses.connect(c.output.endpoint)
+    start_at = time.time() + 1.0
+    attacker = start_attack(port, seconds + 2.0, tls=True, trickling=0, idle=0, guess_rate=rate_hz,
+                            start_at=start_at, guess_period_s=period_s)
+    rng = np.random.default_rng(3)
+    phases = {False: {"latency": [], "cpu_s": 0.0, "s": 0.0}, True: {"latency": [], "cpu_s": 0.0, "s": 0.0}}
+    time.sleep(max(0.0, start_at - time.time()))
+    t_start, cpu, k = time.monotonic(), _cpu_s(), 0
+    with tqdm(total=int(seconds), desc="guessing", unit="s", leave=False, disable=not progress) as bar:
+        while time.monotonic() - t_start < seconds:
+            phase = guessing_now(start_at, period_s)
+            for m in synthetic_messages(k, time.time_ns(), rng):
+                sensor.send_multipart(wire.encode(m))
+            k += 1
+            deadline = t_start + k * PERIOD_NS / 1e9
+            while (wait := deadline - time.monotonic()) > 0:
+                if poses.poll(max(1, int(wait * 1000))):
+                    record = PoseRecord.from_message(wire.decode(poses.recv_multipart()))
+                    phases[phase]["latency"].append(record.latency_ns / 1e6)
+            now_cpu = _cpu_s()
+            phases[phase]["cpu_s"] += now_cpu - cpu
+            phases[phase]["s"] += PERIOD_NS / 1e9
+            cpu = now_cpu
+            if k % 10 == 0:
+                bar.update(1)
+    checks = rt.http.auth.checks
+    rt.stop_event.set()
+    loop.join(timeout=5)
+    rt.close()
+    sensor.close(0)
+    poses.close(0)
+    ctx.term()
+    out = {"cost": cost, "rate_hz": rate_hz, "period_s": period_s, "bcrypt_checks": checks,
+           "clients": attacker.communicate(timeout=60)[0].strip()}
+    for phase, name in ((False, "no_guessing"), (True, "guessing")):
+        lat = np.asarray(phases[phase]["latency"] or [np.nan])
+        out[name] = {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                     "poses": len(phases[phase]["latency"]),
+                     "cpu_s_per_s": round(phases[phase]["cpu_s"] / max(phases[phase]["s"], 1e-9), 3)}
     return out
 
 
 def format_http(r: dict) -> str:
-    lines = ["", "HTTP side: /readyz probed every 0.25 s under 20 trickling + 200 idle reconnecting clients:"]
+    lines = [""]
+    if r.get("slow_clients"):
+        lines.append("HTTP side: /readyz probed every 0.25 s under 20 trickling + 200 idle reconnecting clients:")
     for name, s in r.get("slow_clients", {}).items():
         lines.append(f"  {name:<15} {s['probes']} probes, {s['failed']} failed, p50 {s['p50_ms']} ms, "
                      f"p99 {s['p99_ms']} ms, max {s['max_ms']} ms; closed by the guard {s['closed_by_guard']}")
     g = r.get("guessing")
     if g:
-        lines.append("Password guessing (TLS, basic auth, bcrypt cost 12), runtime at 10 Hz:")
-        for name, s in g.items():
-            lines.append(f"  {name:<15} pose latency p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
-                         f"{s['poses']} poses, process CPU {s['cpu_s_per_s']} s/s {s['clients']}")
+        lines.append(f"Password guessing at {g['rate_hz']:g}/s from one address in every other {g['period_s']:g} s "
+                     f"(TLS, basic auth, bcrypt cost {g['cost']}), runtime at 10 Hz:")
+        for name in ("no_guessing", "guessing"):
+            s = g[name]
+            lines.append(f"  {name:<15} pose latency p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms "
+                         f"({s['poses']} poses), process CPU {s['cpu_s_per_s']} s/s")
+        lines.append(f"  {g['bcrypt_checks']} bcrypt checks in all {g['clients']}")
     return "\n".join(lines)
 
 
@@ -269,7 +336,7 @@ def bench_http(model, cfg, seconds: float, progress: bool = True) -> dict:
         folder = Path(tmp) if shutil.which("openssl") else None
         out = {"slow_clients": bench_slow_clients(seconds, folder)}
         if folder is not None:
-            out["guessing"] = bench_guessing(model, cfg, seconds, folder, progress=progress)
+            out["guessing"] = bench_guessing(model, cfg, 2 * seconds, folder, progress=progress)
     return out
 
 
@@ -285,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--guess-rate", type=float, default=0.0, help="wrong-password requests a second")
     a.add_argument("--user", default="prometheus")
     a.add_argument("--tls", action="store_true")
+    a.add_argument("--start-at", type=float, default=0.0, help="epoch seconds the guessing schedule starts at")
+    a.add_argument("--guess-period", type=float, default=0.0,
+                   help="alternate quiet and guessing windows of this many seconds (0: guess all along)")
     args = p.parse_args(argv)
     counts = attack("127.0.0.1", args.port, args.seconds, args.trickling, args.idle, args.period, args.guess_rate,
-                    args.user, args.tls)
+                    args.user, args.tls, args.start_at, args.guess_period)
     print(f"(clients: {counts['trickling']['connections']} trickling and {counts['idle']['connections']} idle "
           f"connections made; guesses answered {counts['guesses']})")
     return 0

@@ -228,3 +228,21 @@ def test_basic_header_parsing_refuses_garbage_without_bcrypt():
         assert auth.checks == 0
     finally:
         auth.close()
+
+
+@needs_openssl
+def test_password_guessing_leaves_the_pose_latency_unchanged(tiny_model, tmp_path):
+    """The runtime at 10 Hz with TLS and basic auth; 10 wrong passwords a second (a new one each) in
+    every other 2 s window: the guessing costs a handful of bcrypt checks and no pose latency."""
+    from runtime.bench import bench_config
+    from runtime.http_bench import bench_guessing, format_http
+
+    r = bench_guessing(tiny_model, bench_config(["inference.intra_op_threads=1"]), 12.0, tmp_path, rate_hz=10.0,
+                       cost=10, progress=False)
+    print(format_http({"guessing": r}))
+    quiet, hit = r["no_guessing"], r["guessing"]
+    assert r["bcrypt_checks"] <= ADDRESS_BURST + 2    # ~60 guesses: the rest refused by the budget (429)
+    assert "429" in r["clients"]
+    assert hit["cpu_s_per_s"] - quiet["cpu_s_per_s"] < 0.25   # unthrottled: ~60 checks x 80 ms in 6 s
+    assert hit["poses"] >= 0.8 * quiet["poses"]
+    assert hit["p50_ms"] <= 1.5 * quiet["p50_ms"] + 5.0      # p99 printed: too few ticks to hold it to a bound
