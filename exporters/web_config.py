@@ -49,7 +49,7 @@ CACHE_SIZE = 256            # cached outcomes, successes and failures apart
 ADDRESS_BURST = 5           # uncached checks a client address may make at once ...
 ADDRESS_REFILL_S = 10.0     # ... then one every this many seconds
 SERVER_BURST = 10           # uncached checks the whole server makes at once ...
-SERVER_REFILL_S = 1.0       # ... then one every this many seconds
+SERVER_REFILL_S = 2.0       # ... then one every this many seconds
 MAX_ADDRESSES = 4096        # client addresses tracked (least recently seen forgotten first)
 REALM = 'Basic realm="awc-pose", charset="UTF-8"'
 AUTH_OUTCOMES = ("unauthorized", "rate_limited")   # why a request was refused (metric label)
