@@ -1,4 +1,7 @@
-"""Hostile HTTP clients and the HTTP figures of ``runtime bench --http-s S`` (docs/security.md).
+"""Hostile HTTP clients and the figures of the station's HTTP side (docs/security.md, "Measured").
+
+    python -m runtime.http_bench bench --model awc.onnx --seconds 20 [--json FILE]
+    python -m runtime.http_bench attack --port 9108 --seconds 30 [--tls] [--guess-rate 10]
 
 The clients the HTTP side must survive, run in their own process (``python -m runtime.http_bench
 attack ...``) so they do not share the measured process' interpreter:
@@ -340,9 +343,34 @@ def bench_http(model, cfg, seconds: float, progress: bool = True) -> dict:
     return out
 
 
+def run_bench(model_path: str, seconds: float, threads: int, json_out: str | None, progress: bool) -> int:
+    import json
+
+    from runtime.bench import bench_config
+    from runtime.inference import OnnxPoseModel
+
+    if not Path(model_path).is_file():
+        print(f"model {model_path} not found: pass --model awc.onnx (e.g. from `make demo`)", file=sys.stderr)
+        return 2
+    cfg = bench_config([f"inference.intra_op_threads={threads}"])
+    model = OnnxPoseModel.load(model_path, provider=cfg.inference.provider, intra_op_threads=threads)
+    report = bench_http(model, cfg, seconds, progress=progress)
+    print(format_http(report).lstrip("\n"))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.http_bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="the HTTP figures: /readyz under slow clients (S s, plaintext then TLS with "
+                                     "basic auth) and pose latency under password guessing (2 S s)")
+    b.add_argument("--model", required=True, help="exported ONNX model (the runtime at 10 Hz for the guessing)")
+    b.add_argument("--seconds", type=float, default=20.0, metavar="S")
+    b.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    b.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    b.add_argument("--no-progress", action="store_true")
     a = sub.add_parser("attack", help="run the hostile clients against 127.0.0.1:PORT and print what they did")
     a.add_argument("--port", type=int, required=True)
     a.add_argument("--seconds", type=float, default=30.0)
@@ -356,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--guess-period", type=float, default=0.0,
                    help="alternate quiet and guessing windows of this many seconds (0: guess all along)")
     args = p.parse_args(argv)
+    if args.cmd == "bench":
+        return run_bench(args.model, args.seconds, args.threads, args.json, not args.no_progress)
     counts = attack("127.0.0.1", args.port, args.seconds, args.trickling, args.idle, args.period, args.guess_rate,
                     args.user, args.tls, args.start_at, args.guess_period)
     print(f"(clients: {counts['trickling']['connections']} trickling and {counts['idle']['connections']} idle "
