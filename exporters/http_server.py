@@ -217,7 +217,9 @@ class HttpServer:
         self.guard = GuardStats(self.limits, tls, on_close)
         self.sock = bind(host, port)
         config = uvicorn.Config(app, http=functools.partial(GuardedProtocol, guard=self.guard), lifespan=lifespan,
-                                log_level="warning", access_log=False, server_header=False,
+                                # the process' own logging; no line per malformed request (a hostile
+                                # client could flood the log), errors of the app still logged
+                                log_config=None, log_level="error", access_log=False, server_header=False,
                                 timeout_keep_alive=self.limits.header_timeout_s,
                                 h11_max_incomplete_event_size=self.limits.max_header_bytes)
         self.server = uvicorn.Server(config)
