@@ -104,7 +104,7 @@ def emit_report(args: argparse.Namespace, report: dict, text: str) -> None:
 
 # Optional packages -> the pyproject extra that installs them (a station has none of the train ones).
 EXTRA_OF = {"torch": "train", "onnx": "train", "matplotlib": "report", "sklearn": "sim", "tensorboard": "tensorboard",
-            "onnxruntime": "cpu", "starlette": "view", "sse_starlette": "view",
+            "onnxruntime": "cpu", "starlette": "view", "uvicorn": "view", "sse_starlette": "view",
             "cv2": "camera", "ouster": "ouster", "serial": "iwr6843", "csiread": "csi"}
 # What a station runs (serve, its viewer, the session report): the `station` extra holds them all.
 STATION_EXTRAS = ("cpu", "view", "report")
