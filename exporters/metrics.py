@@ -49,7 +49,9 @@ ANGLE_CHANNELS: tuple[tuple[str, str], ...] = schema.ANGLE_CHANNELS       # (ang
 REPETITION_CHANNELS: tuple[tuple[str, str], ...] = (
     tuple((a, s) for a in schema.LIMB_ANGLES for s in ("left", "right", "both"))
     + tuple((a, schema.NO_SIDE) for a in schema.TRUNK_ANGLES))
-EXERCISE_LABELS: tuple[str, ...] = (*schema.PROTOCOLS["P2"], "unknown")
+UNKNOWN_EXERCISE = "unknown"       # any other code (a P1 action, none)
+EXERCISE_LABELS: tuple[str, ...] = (*schema.PROTOCOLS["P2"], UNKNOWN_EXERCISE)
+POSE_CHECKS: tuple[str, ...] = ("bone_length", "angle_limit", "jitter")   # runtime.rehab.plausibility.CHECKS
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
@@ -159,7 +161,8 @@ class RuntimeMetrics:
             registry=r)
         self.low_confidence_repetitions = Counter(
             "awc_rehab_low_confidence_repetitions_total",
-            "Repetitions measured mostly while a key modality was degraded or absent", ["angle", "side"], registry=r)
+            "Repetitions marked low-confidence (a key modality degraded or mostly absent, implausible poses, "
+            "an exercise the model never learnt)", ["angle", "side"], registry=r)
         self.last_rom = Gauge(
             "awc_rehab_last_range_of_motion_degrees", "Range of motion of the last counted repetition",
             ["angle", "side"], registry=r)
@@ -168,6 +171,13 @@ class RuntimeMetrics:
             registry=r)
         self.exercise_repetitions = Gauge(
             "awc_rehab_exercise_repetitions", "Repetitions counted since the current exercise started", registry=r)
+        self.exercise_untrained = Gauge(
+            "awc_rehab_exercise_untrained",
+            "1 while the current exercise is one the served model was never trained on (its figures are untrusted)",
+            registry=r)
+        self.implausible_pose_ticks = Counter(
+            "awc_rehab_implausible_pose_ticks_total",
+            "Ticks whose pose failed a plausibility check (bone length, angle limit, jitter)", ["check"], registry=r)
         ProcessCollector(registry=r)
         self._init_label_sets()
 
@@ -206,6 +216,8 @@ class RuntimeMetrics:
                 m.labels(angle=angle, side=side)
         for code in EXERCISE_LABELS:
             self.exercise.labels(exercise=code)
+        for check in POSE_CHECKS:
+            self.implausible_pose_ticks.labels(check=check)
 
 
 def package_version() -> str:

@@ -201,7 +201,8 @@ def build_outputs(cfg: RuntimeConfig, model: OnnxPoseModel, metrics: RuntimeMetr
     if cfg.recorder.path:
         path = Path(cfg.recorder.path)
         r = cfg.recorder
-        outputs.append(RecorderOutput(open_recorder(path, r.npz_max_ticks, r.npz_max_mb, r.flush_s, r.rotate_mb)))
+        outputs.append(RecorderOutput(open_recorder(path, r.npz_max_ticks, r.npz_max_mb, r.flush_s, r.rotate_mb),
+                                      cfg.station))
         config_path = path.with_name(path.name + ".config.yaml")
         kept = keep_previous(config_path)   # a restart keeps the previous run's config
         saved = cfg.save(config_path)

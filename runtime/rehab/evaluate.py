@@ -126,7 +126,7 @@ def evaluate_ground_truth(root, protocol: str = "P2", config: RehabConfig | None
 
 def evaluate_recording(root, path) -> list[dict]:
     """Per replayed sequence (session): the monitor on the recorded predicted poses."""
-    from runtime.rehab.report import load_records, run_monitor  # report imports matplotlib lazily
+    from runtime.rehab.records import load_records, run_monitor
 
     records = load_records(path)
     rows = []
