@@ -16,6 +16,7 @@ import argparse
 import logging
 
 from exporters.web_config import WebConfig
+from runtime.view.frames import STALE_AFTER_S
 from runtime.view.hub import SubscriberConfig
 from runtime.view.server import ViewConfig, serve_view
 from sensors.core.cli_util import add_client_key_arguments, add_list_argument
@@ -31,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="HTTP port of the page (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback)")
     p.add_argument("--rcv-hwm", type=int, default=20, help="pose messages ZeroMQ may queue for the viewer")
+    p.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+                   help=f"live: show a station stale (greyed skeleton, lights off, age of its last pose) after this "
+                        f"long without a pose (default {STALE_AFTER_S:g})")
     p.add_argument("--max-frames", type=int, default=36_000,
                    help="recording: frames sent to the page (longer recordings are thinned evenly)")
     p.add_argument("--web-config", default=None, metavar="FILE",
@@ -51,7 +55,7 @@ def config_from_args(args: argparse.Namespace) -> ViewConfig:
     web = WebConfig.load(args.web_config) if args.web_config else None
     return ViewConfig(subscriber=sub, recording=args.recording, host=args.host, port=args.port,
                       max_frames=args.max_frames, web=web, allowed_hosts=tuple(args.allow_host),
-                      force_plaintext=args.force_plaintext)
+                      force_plaintext=args.force_plaintext, stale_after_s=args.stale_after)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 from exporters.http import authorize, header, send_text
 from exporters.http_server import HttpServer
 from exporters.web_config import WebConfig
-from runtime.view.frames import load_recording, page_config
+from runtime.view.frames import STALE_AFTER_S, load_recording, page_config
 from runtime.view.hub import Hub, SubscriberConfig, subscribe
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class ViewConfig:
     web: WebConfig | None = None          # TLS and basic auth (--web-config)
     allowed_hosts: tuple[str, ...] = ()   # Host names the page may be reached by, besides the defaults
     force_plaintext: bool = False         # off loopback without TLS and auth (an isolated network only)
+    stale_after_s: float = STALE_AFTER_S     # live: a station silent this long is shown stale
 
     def __post_init__(self):
         if (self.subscriber is None) == (self.recording is None):
@@ -61,6 +62,8 @@ class ViewConfig:
                              "recording (--recording FILE)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port: expected 0..65535, got {self.port}")
+        if not self.stale_after_s > 0:
+            raise ValueError(f"--stale-after: expected seconds > 0, got {self.stale_after_s}")
         secured = self.web is not None and self.web.secured
         if not is_loopback_host(self.host) and not secured and not self.force_plaintext:
             raise ValueError(f"the viewer on {self.host} would show patients' poses to anyone who reaches it: give "
@@ -124,7 +127,7 @@ def build_app(cfg: ViewConfig) -> Starlette:
     hub = Hub()
     frames = load_recording(cfg.recording, cfg.max_frames) if cfg.recording else None
     source = cfg.recording if frames is not None else cfg.subscriber.endpoint
-    config = page_config("recording" if frames is not None else "live", str(source))
+    config = page_config("recording" if frames is not None else "live", str(source), cfg.stale_after_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
