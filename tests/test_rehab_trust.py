@@ -252,3 +252,30 @@ def report_args(paths, out, json_out):
 
     return argparse.Namespace(recording=paths, out=str(out), json_out=json_out and str(json_out), exercise=None,
                               title=None)
+
+
+def test_trust_calibration_scores_the_low_confidence_mark_against_truth():
+    from runtime.rehab.evaluate import calibration, compare, overall
+    from runtime.rehab.exercises import EXERCISES
+
+    true = [{"side": "both", "cycle": k, "start_s": 2.0 * k, "end_s": 2.0 * k + 2, "peak_s": 2.0 * k + 1,
+             "rom_deg": 100.0, "complete": True} for k in range(5)]
+    det = [{"side": "both", "peak_s": 1.0, "rom_deg": 104.0, "low_confidence": False},                # good
+           {"side": "both", "peak_s": 3.0, "rom_deg": 130.0, "low_confidence": True,                 # ROM off 30
+            "trust_flags": ["implausible_pose"]},
+           {"side": "both", "peak_s": 3.5, "rom_deg": 95.0, "low_confidence": False},                # counted twice
+           {"side": "both", "peak_s": 11.0, "rom_deg": 60.0, "low_confidence": True,                 # nothing there
+            "trust_flags": ["key_degraded"]},
+           {"side": "both", "peak_s": 5.0, "rom_deg": 99.0, "low_confidence": True,                  # good, withheld
+            "trust_flags": ["key_degraded"]}]
+    row = {"exercise": "A12", **compare(true, det, EXERCISES["A12"])}
+    assert row["count_error"] == 0 and row["missed"] == 2 and row["matched"] == 4
+    assert [r["bad"] for r in row["repetitions"]] == [False, True, True, True, False]
+    c = calibration([row])
+    assert (c["repetitions"], c["bad"], c["flagged"], c["flagged_bad"]) == (5, 3, 3, 2)
+    assert (c["precision"], c["recall"], c["withheld"]) == (0.667, 0.667, 0.6)
+    assert (c["bad_unmatched"], c["bad_duplicate"], c["bad_rom"]) == (1, 1, 1)
+    assert c["per_flag"] == {"implausible_pose": {"flagged": 1, "bad": 1}, "key_degraded": {"flagged": 2, "bad": 1}}
+    assert c["bad_rate_kept"] == 0.5 and c["bad_rate_all"] == 0.6
+    o = overall([row])
+    assert (o["exact"], o["sequences"], o["matched_reps"]) == (1, 1, 4)
