@@ -203,7 +203,7 @@ def test_progress_report_over_sessions_shows_each_exercises_trend_with_its_trust
     folder = tmp_path / "patient-7"
     folder.mkdir()
     never = 10**6
-    squats = {s: _generated("A12", subject=s) for s in ("S02", "S07", "S12")}
+    squats = {s: _generated("A12", s, seed) for seed, s in enumerate(("S02", "S07", "S12"))}   # another take each
     _session(folder / "week3.jsonl", t0 + 2 * week, [("A12", squats["S12"], never, 1), ("A09", _generated("A09"), never, 1),
                                                      ("A10", _generated("A10"), never, 1)])
     _session(folder / "week1.jsonl", t0, [("A12", squats["S02"], never, 1), ("A02", _generated("A02"), never, 0)])

@@ -102,10 +102,10 @@ def trend_figure(points: list[dict], title: str) -> str:
             rom.errorbar([i], [p["rom_mean_deg"]], yerr=[[p["rom_mean_deg"] - low], [high - p["rom_mean_deg"]]],
                          fmt="o", ms=7, color=colour, mfc=colour if trusted else "white", capsize=4)
         reps.bar([i], [p["count"]], color=colour, alpha=0.8 if trusted else 0.35, hatch=None if trusted else "///")
-    means = [p["rom_mean_deg"] for p in points]
-    if sum(m is not None for m in means) > 1:
-        rom.plot([i for i, m in zip(x, means) if m is not None], [m for m in means if m is not None], "-",
-                 color="#888", lw=1, zorder=0)
+    kept = [(i, p["rom_mean_deg"]) for i, p in enumerate(points) if p["trusted"] and p["rom_mean_deg"] is not None]
+    if len(kept) > 1:                                     # the trend is read on trusted points only
+        rom.plot(*zip(*kept), "-", color="#2e7d32", lw=1, alpha=0.6, zorder=0, label="trend (trusted sessions)")
+        rom.legend(loc="best", fontsize=7)
     rom.set_ylabel("ROM (°)")
     rom.set_title(title, fontsize=10)
     rom.grid(alpha=0.3)
