@@ -127,11 +127,13 @@ def _detected(seg: Segment, shift_s: float = 0.0) -> list[dict]:
 
 
 def evaluate_ground_truth(root, protocol: str = "P2", config: RehabConfig | None = None, split: str = "S1",
-                          subset: str = "all") -> list[dict]:
-    """Per sequence (of ``split``'s ``subset``): the monitor on the ground-truth skeletons against
-    the generator's truth."""
+                          subset: str = "all", sequences: set[str] | None = None) -> list[dict]:
+    """Per sequence (of ``split``'s ``subset``, or only ``sequences``): the monitor on the
+    ground-truth skeletons against the generator's truth."""
     rows = []
     for key in mmfi.MMFiDataset(root, protocol, split, subset).keys:
+        if sequences is not None and str(key) not in sequences:
+            continue
         seq = key.path(root)
         ex = EXERCISES.get(key.action)
         if ex is None:
@@ -242,7 +244,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="generated MM-Fi-format dataset (with rehab_truth.json files)")
     p.add_argument("--protocol", default="P2", choices=sorted(schema.PROTOCOLS))
     p.add_argument("--split", default="S1", choices=sorted(schema.SPLITS),
-                   help="with --subset: which sequences the ground-truth figures cover (default: all of them)")
+                   help="with --subset: which sequences the ground-truth figures cover (default: all of them; "
+                        "with --recording, the sequences it replayed)")
     p.add_argument("--subset", default="all", choices=("train", "test", "all"))
     p.add_argument("--recording", default=None, help="recording of `runtime replay --record` on this dataset")
     p.add_argument("--out", default=None, help="write every figure as JSON")
@@ -251,8 +254,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        gt_rows = evaluate_ground_truth(args.data, args.protocol, split=args.split, subset=args.subset)
         pred_rows = evaluate_recording(args.data, args.recording) if args.recording else None
+        # with a recording, ground truth on the very sequences it replayed (like for like)
+        gt_rows = evaluate_ground_truth(args.data, args.protocol, split="S1" if pred_rows else args.split,
+                                        subset="all" if pred_rows else args.subset,
+                                        sequences={r["sequence"] for r in pred_rows} if pred_rows else None)
     except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2

@@ -57,8 +57,8 @@ class RehabConfig:
     key_modalities: tuple[str, ...] = schema.REHAB_KEY_MODALITIES
     low_confidence_fraction: float = 0.5
     implausible_fraction: float = 0.25  # a repetition with more of its ticks failing a pose check is low-confidence
-    bone_tolerance: float = 0.25        # pose check: a bone this fraction off its session median
-    jitter_m: float = 0.05              # pose check: median joint second difference (m a tick)
+    bone_tolerance: float = 0.3         # pose check: a limb bone this fraction off its session median
+    jitter_m: float = 0.08              # pose check: median joint second difference (m a tick)
     history_s: float = 300.0            # angle and trust history kept for the repetitions' figures
 
     def __post_init__(self):

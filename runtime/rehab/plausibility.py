@@ -3,16 +3,18 @@
 Three checks, each causal (tick by tick, so they work live) and each for gross errors only: a
 ground-truth skeleton of any P2 exercise never fails one (tests/test_rehab_trust.py).
 
-* ``bone_length``: a person's bones do not change length. Each of the 16 bones
-  (``schema.SKELETON_EDGES``) is compared with its median over the session's last
-  ``history_ticks`` poses; a bone more than ``bone_tolerance`` (a fraction) away from it fails,
-  once ``warmup_ticks`` poses give the median;
+* ``bone_length``: a person's bones do not change length. Each of the 8 long limb bones (thighs,
+  shanks, upper arms, forearms: the bones the joint angles are measured on; the short trunk and
+  head segments vary more in relative terms for a few millimetres) is compared with its median
+  over the session's last ``history_ticks`` poses; a bone more than ``bone_tolerance`` (a
+  fraction, 30 %) away from it fails, once ``warmup_ticks`` poses give the median;
 * ``angle_limit``: a joint angle outside its physiological range (``runtime.rehab.angles``,
   ``PLAUSIBLE_RANGE_DEG``: the gate the monitor already runs; passed in);
 * ``jitter``: the median over the joints, relative to the pelvis, of the second difference of
-  their positions, ``|p(t) - 2 p(t-1) + p(t-2)|``, above ``jitter_m`` metres. Smooth movement at
-  10 Hz gives a few millimetres (a squat's fastest phase about 12 mm at the median joint); a pose
-  that shakes from tick to tick gives much more. The median over joints ignores one fast limb (the
+  their positions, ``|p(t) - 2 p(t-1) + p(t-2)|``, above ``jitter_m`` metres (8 cm: 80 m/s^2 at
+  10 Hz, some 8 g at the median joint relative to the pelvis, which no exercise reaches). Smooth
+  movement at 10 Hz gives a few millimetres (a squat's fastest phase 13 mm at the median joint); a
+  pose that shakes from tick to tick gives much more. The median over joints ignores one fast limb (the
   arm swing of a jump) and the pelvis reference ignores the whole body moving (the jump itself).
 
 ``PoseChecker.update(pose, implausible_angles)`` returns the names of the checks this tick fails;
@@ -30,13 +32,15 @@ from sensors.core import schema
 
 CHECKS: tuple[str, ...] = ("bone_length", "angle_limit", "jitter")
 EDGES = np.asarray(schema.SKELETON_EDGES, np.int64)
+LIMB_JOINTS = {schema.JOINT_INDEX[f"{s}_{j}"] for s in ("left", "right") for j in ("knee", "elbow")}
+LIMB_BONES = np.array([i for i, (a, b) in enumerate(schema.SKELETON_EDGES) if a in LIMB_JOINTS or b in LIMB_JOINTS])
 PELVIS = schema.JOINT_INDEX["pelvis"]
 
 
 @dataclass(frozen=True)
 class PlausibilityConfig:
-    bone_tolerance: float = 0.25        # a bone this fraction longer or shorter than its session median
-    jitter_m: float = 0.05              # median joint second difference (pelvis-relative), metres a tick
+    bone_tolerance: float = 0.3         # a limb bone this fraction longer or shorter than its session median
+    jitter_m: float = 0.08              # median joint second difference (pelvis-relative), metres a tick
     warmup_ticks: int = 20              # poses before the bone medians are trusted
     history_ticks: int = 600            # poses the bone medians are taken over (60 s at 10 Hz)
 
@@ -78,7 +82,7 @@ class PoseChecker:
         if not np.isfinite(p).all():
             return ()
         out = []
-        lengths = bone_lengths(p)
+        lengths = bone_lengths(p)[LIMB_BONES]
         if self._median is not None:
             if (np.abs(lengths / np.maximum(self._median, 1e-6) - 1.0) > self.config.bone_tolerance).any():
                 out.append("bone_length")
