@@ -279,3 +279,23 @@ def test_trust_calibration_scores_the_low_confidence_mark_against_truth():
     assert c["bad_rate_kept"] == 0.5 and c["bad_rate_all"] == 0.6
     o = overall([row])
     assert (o["exact"], o["sequences"], o["matched_reps"]) == (1, 1, 4)
+
+
+def test_recordings_of_one_visit_are_one_session_and_parts_in_progress_are_skipped(tmp_path):
+    from runtime.rehab.progress import load_sessions, recording_files
+
+    t0 = 1_780_000_000 * 10**9
+    squat = _generated("A12", "S02")
+    _session(tmp_path / "visit.jsonl", t0, [("A12", squat[:150], 10**6, 1)])
+    # the recorder rotated by size: the rest of the visit in a second file, a tick later
+    _session(tmp_path / "visit.20260101T000000Z.jsonl", t0 + 150 * PERIOD_NS, [("A12", squat[150:], 10**6, 1)])
+    _session(tmp_path / "next-day.jsonl", t0 + 86400 * 10**9, [("A12", squat, 10**6, 1)])
+    parts = tmp_path / "live.npz.parts"
+    parts.mkdir()
+    (parts / "part-000001.npz").write_bytes(b"being written")
+    files = recording_files([tmp_path])
+    assert len(files) == 3 and all(".parts" not in str(f) for f in files)
+    visit, day2 = load_sessions(files)
+    assert (visit.files, day2.files) == (2, 1) and visit.label.endswith(" visit")
+    whole = [r["rom_deg"] for r in day2.segments[0].counted_reps]
+    assert [r["rom_deg"] for s in visit.segments for r in s.counted_reps] == whole   # one monitor over both files

@@ -5,8 +5,10 @@ sessions, as a therapist follows it over weeks.
     runtime report --recording week1.jsonl week2.jsonl week3.npz --out progress.html
 
 Each recording is one session (a visit), dated by its first tick and labelled with the file's
-name; sessions are put in time order. Every recording goes through a fresh ``RehabMonitor``, the
-same as the live station and the single-session report. Per exercise, one point per session that
+name; sessions are put in time order. Recordings of one station less than ``SESSION_GAP_S`` apart
+(the files a recorder rotated by size, a runtime restarted within the visit) are one session.
+Every session goes through a fresh ``RehabMonitor``, the same as the live station and the
+single-session report. Per exercise, one point per session that
 holds it: repetitions, range of motion (mean, min, max), left/right symmetry (per-side ranges of a
 two-sided exercise; left against right repetitions of mark time; a one-sided exercise against its
 mirror done in the same session), and the trust of the point: how many of its repetitions are
@@ -35,6 +37,7 @@ from runtime.rehab.records import load_records, run_monitor
 from runtime.rehab.trust import FLAGS
 
 TRUSTED_MAX_LOW = 0.5     # a session point is trusted with at most this fraction of low-confidence repetitions
+SESSION_GAP_S = 600.0     # recordings of a station closer than this (10 minutes) are one session
 
 
 def recording_files(paths) -> list[Path]:
@@ -42,7 +45,8 @@ def recording_files(paths) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix in RECORDERS and f.is_file())
+            found = sorted(f for f in p.rglob("*") if f.suffix in RECORDERS and f.is_file()
+                           and not any(d.name.endswith(".parts") for d in f.parents))   # parts still being written
             if not found:
                 raise ValueError(f"folder {p} holds no pose recording (.jsonl or .npz): point --recording at the "
                                  "recordings of `runtime serve --record`")
@@ -56,21 +60,41 @@ def recording_files(paths) -> list[Path]:
 
 @dataclass
 class Session:
-    path: Path
+    path: Path                 # its (first) recording
     start_ns: int
     station: str
     segments: list[Segment]
+    files: int = 1
 
     @property
     def label(self) -> str:
         when = datetime.fromtimestamp(self.start_ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M")
-        return f"{when} {self.path.stem}"
+        return f"{when} {self.path.stem.split('.')[0]}"
 
 
 def load_session(path: Path, config: RehabConfig | None = None, exercise: str | None = None) -> Session:
-    records = load_records(path)
-    return Session(path, min(r.tick_ns for r in records), next((r.station for r in records if r.station), ""),
-                   run_monitor(records, config, exercise))
+    return load_sessions([path], config, exercise)[0]
+
+
+def load_sessions(files: list[Path], config: RehabConfig | None = None, exercise: str | None = None
+                  ) -> list[Session]:
+    """The recordings as sessions in time order, those of a station less than ``SESSION_GAP_S``
+    apart joined into one."""
+    loaded = sorted(((f, load_records(f)) for f in files), key=lambda fr: min(r.tick_ns for r in fr[1]))
+    groups: list[tuple[list[Path], list]] = []
+    for f, records in loaded:
+        station = next((r.station for r in records if r.station), "")
+        if groups:
+            last = groups[-1][1]
+            same = next((r.station for r in last if r.station), "") == station
+            if same and min(r.tick_ns for r in records) - max(r.tick_ns for r in last) < SESSION_GAP_S * 1e9:
+                groups[-1][0].append(f)
+                last.extend(records)
+                continue
+        groups.append(([f], list(records)))
+    return [Session(paths[0], min(r.tick_ns for r in records), next((r.station for r in records if r.station), ""),
+                    run_monitor(sorted(records, key=lambda r: r.tick_ns), config, exercise), len(paths))
+            for paths, records in groups]
 
 
 def exercise_key(seg: Segment) -> str:
@@ -119,7 +143,8 @@ def build_progress(sessions: list[Session]) -> dict:
         ex = EXERCISES.get(code)
         exercises[code] = {"name": ex.name if ex else "unknown exercise", "points": points,
                            "principal": next((p["principal"] for p in points if p["principal"]), None)}
-    return {"sessions": [{"label": s.label, "source": str(s.path), "station": s.station, "start_ns": s.start_ns,
+    return {"sessions": [{"label": s.label, "source": str(s.path), "files": s.files, "station": s.station,
+                          "start_ns": s.start_ns,
                           "exercises": sorted({exercise_key(seg) for seg in s.segments})} for s in sessions],
             "exercises": exercises}
 
@@ -165,7 +190,7 @@ def render_progress_html(data: dict, title: str) -> str:
 def write_progress(files: list[Path], out, title: str = "Rehabilitation progress report",
                    config: RehabConfig | None = None, exercise: str | None = None, json_out=None) -> dict:
     """Every recording of ``files`` as one session; the progress page to ``out``; returns the data."""
-    data = build_progress([load_session(f, config, exercise) for f in files])
+    data = build_progress(load_sessions(files, config, exercise))
     write_outputs(render_progress_html(data, title), data, out, json_out)
     return data
 
