@@ -133,8 +133,10 @@ def main() -> int:
     keydir = RUN / "keys"
     if not (keydir / "server.key_secret").exists():
         run("runtime", "keys", "init", str(keydir))
-        run("runtime", "keys", "add", str(keydir), "replay", "--role", "sensor")
+        run("runtime", "keys", "add", str(keydir), "replay", "--role", "sensor", "--modality", "all", "--ground-truth")
         run("runtime", "keys", "add", str(keydir), "viewer", "--role", "viewer")
+    else:   # a key directory of an older demo: its replay key sends ground truth too
+        run("runtime", "keys", "scope", str(keydir), "replay", "--modality", "all", "--ground-truth")
     run("runtime", "keys", "list", str(keydir))
     serve_cmd = [PY, "-m", "runtime", "serve", "--model", str(model), "--console",
                  "--input", INPUT, "--output", OUTPUT, "--metrics-port", str(METRICS_PORT),

@@ -1,210 +1,175 @@
 """HTTP endpoints of the runtime: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
 
-* ``/metrics``: the runtime's registry in the Prometheus text format (prometheus_client's WSGI app).
-* ``/healthz``: 200 while the process serves HTTP at all (liveness).
+* ``/metrics``: the runtime's registry in the Prometheus text format (prometheus_client's own
+  app, rendered on a worker thread: at most ``workers`` renderings at once, a scrape beyond that
+  is answered 503 at once, as node_exporter's ``--web.max-requests`` does);
+* ``/healthz``: 200 while the process serves HTTP at all (liveness), never behind auth;
 * ``/readyz``: 200 only when the readiness callable says so (model loaded, ingest running, a tick
-  ran recently), else 503 with the reason in the body.
+  ran recently), else 503 with the reason in the body. Answered on the event loop: it does not
+  wait for /metrics, bcrypt or any slow client.
 
-A wsgiref server with a bounded worker pool and per-connection timeouts; binds to loopback unless
-told otherwise (sensor data is health data). Optional TLS and basic auth, configured with a web
-config file in the format of Prometheus' own exporters (exporter-toolkit), e.g.::
-
-    tls_server_config:
-      cert_file: /etc/awc/metrics.crt
-      key_file: /etc/awc/metrics.key
-    basic_auth_users:
-      prometheus: $2b$12$...        # bcrypt hash: htpasswd -nBC 12 "" | tr -d ':\n'
-
-With basic auth every path but ``/healthz`` needs the credentials (a liveness probe stays simple).
+Served by ``exporters.http_server.HttpServer`` (uvicorn with a total header deadline and a
+connection cap: slow or idle clients cannot take the endpoint, docs/security.md); binds to loopback
+unless told otherwise (sensor data is health data). Optional TLS and basic auth from a web config
+file in the format of Prometheus' own exporters (``exporters.web_config``); with basic auth every
+path but ``/healthz`` needs the credentials.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import io
 import logging
-import ssl
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import bcrypt
-import yaml
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from exporters.http_server import HttpServer, ServerLimits
+from exporters.web_config import REALM, BasicAuth, Verdict, WebConfig
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
+OnRefused = Callable[[str], None]
+__all__ = ["HttpExporter", "WebConfig", "make_app", "ServerLimits"]
 
 
-class _PooledWSGIServer(WSGIServer):
-    """WSGI server with a bounded worker pool: ``workers`` threads serve connections, at most
-    ``backlog`` more wait; beyond that a new connection is closed at once (counted in ``refused``).
-    Every connection gets ``timeout_s`` per socket operation (TLS handshake included), so stalled
-    clients free their worker instead of holding it (400 stalled clients cost 4 threads, not 400)."""
-
-    allow_reuse_address = True
-    request_queue_size = 128   # listen backlog: a burst of connections is accepted (and refused) quickly
-
-    def __init__(self, *args, workers: int = 4, backlog: int = 16, timeout_s: float = 5.0,
-                 tls: ssl.SSLContext | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="awc-http")
-        self._slots = threading.BoundedSemaphore(workers + backlog)
-        self.timeout_s, self.tls = timeout_s, tls
-        self.refused = 0
-
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            self.shutdown_request(request)
-            return
-        try:
-            self._pool.submit(self._work, request, client_address)
-        except RuntimeError:   # the pool is shut down: the server is stopping
-            self._slots.release()
-            self.shutdown_request(request)
-
-    def _work(self, request, client_address):
-        try:
-            request.settimeout(self.timeout_s)
-            if self.tls is not None:
-                request = self.tls.wrap_socket(request, server_side=True)   # handshake under the timeout
-            self.finish_request(request, client_address)
-        except (OSError, ssl.SSLError) as err:   # a client that stalls, resets or speaks no TLS
-            log.debug("http connection from %s dropped: %s", client_address[0], err)
-        finally:
-            self.shutdown_request(request)
-            self._slots.release()
-
-    def server_close(self):
-        super().server_close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
-        log.debug("http %s", format % args)
-
-
-def _text(start_response, status: str, body: str):
+async def send_text(send, status: int, body: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     data = body.encode()
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
-    return [data]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(data)).encode()),
+                            (b"cache-control", b"no-store"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
 
 
-@dataclass(frozen=True)
-class WebConfig:
-    """TLS and basic auth of the HTTP endpoint (Prometheus web config file format)."""
-
-    cert_file: str = ""
-    key_file: str = ""
-    users: dict[str, str] = field(default_factory=dict)   # name -> bcrypt hash
-
-    @classmethod
-    def load(cls, path: str | Path) -> WebConfig:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"web config {p}: cannot read it: {err}") from err
-        unknown = set(data) - {"tls_server_config", "basic_auth_users"}
-        if unknown:
-            raise ValueError(f"web config {p}: unknown keys {sorted(unknown)}; expected tls_server_config, "
-                             f"basic_auth_users")
-        tls = data.get("tls_server_config") or {}
-        users = data.get("basic_auth_users") or {}
-        if bool(tls.get("cert_file")) != bool(tls.get("key_file")):
-            raise ValueError(f"web config {p}: tls_server_config needs both cert_file and key_file")
-        for name, h in users.items():
-            if not (isinstance(h, str) and h.startswith(("$2a$", "$2b$", "$2y$"))):
-                raise ValueError(f"web config {p}: user {name!r} needs a bcrypt hash ($2b$...), not a password")
-        base = p.parent
-        resolve = (lambda f: str(base / f)) if tls else str
-        return cls(resolve(tls["cert_file"]) if tls else "", resolve(tls["key_file"]) if tls else "",
-                   {str(k): str(v) for k, v in users.items()})
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.cert_file:
-            return None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(self.cert_file, self.key_file)
-        return ctx
+def header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
-def _authorized(environ, users: dict[str, str]) -> bool:
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    if not header.startswith("Basic "):
-        return False
-    try:
-        name, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return False
-    hashed = users.get(name)
-    return hashed is not None and bcrypt.checkpw(password.encode(), hashed.encode())
+async def refuse(send, verdict: Verdict) -> None:
+    """401 with the challenge, or 429 with Retry-After (docs/security.md)."""
+    if verdict.status == 429:
+        await send_text(send, 429, "too many failed logins from here: try again later\n",
+                        [(b"retry-after", str(max(1, round(verdict.retry_after_s))).encode())])
+    else:
+        await send_text(send, 401, "unauthorized\n", [(b"www-authenticate", REALM.encode())])
 
 
-def make_app(registry: CollectorRegistry, readiness: Readiness, users: dict[str, str] | None = None):
-    """WSGI app routing /metrics, /healthz and /readyz (basic auth on all but /healthz when ``users``)."""
+async def authorize(auth: BasicAuth | None, scope, send, on_refused: OnRefused | None = None) -> bool:
+    """True when the request may go on; else the refusal has been sent (and counted)."""
+    if auth is None:
+        return True
+    client = scope.get("client") or ("?", 0)
+    verdict = await auth.verify_async(header(scope, b"authorization"), client[0])
+    if verdict.ok:
+        return True
+    if on_refused is not None:
+        on_refused("rate_limited" if verdict.status == 429 else "unauthorized")
+    await refuse(send, verdict)
+    return False
+
+
+def _environ(scope) -> dict:
+    """The WSGI environ prometheus_client's app reads (method, query, Accept headers)."""
+    env = {"REQUEST_METHOD": scope["method"], "PATH_INFO": scope["path"],
+           "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"), "wsgi.input": io.BytesIO()}
+    for name, key in ((b"accept", "HTTP_ACCEPT"), (b"accept-encoding", "HTTP_ACCEPT_ENCODING")):
+        value = header(scope, name)
+        if value is not None:
+            env[key] = value
+    return env
+
+
+def make_app(registry: CollectorRegistry, readiness: Readiness, auth: BasicAuth | None = None, workers: int = 4,
+             on_refused: OnRefused | None = None):
+    """ASGI app routing /metrics, /healthz and /readyz (basic auth on all but /healthz with ``auth``)."""
     metrics_app = make_wsgi_app(registry)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="awc-http-metrics")
+    rendering = [0]
 
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO", "/")
-        if users and path != "/healthz" and not _authorized(environ, users):
-            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="awc-runtime"'),
-                                                ("Content-Type", "text/plain; charset=utf-8")])
-            return [b"unauthorized\n"]
-        if path == "/metrics":
-            return metrics_app(environ, start_response)
+    def render(environ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        out: dict = {}
+
+        def start_response(status, headers, exc_info=None):
+            out["status"], out["headers"] = int(status.split()[0]), headers
+
+        body = b"".join(metrics_app(environ, start_response))
+        return out["status"], [(k.lower().encode(), v.encode()) for k, v in out["headers"]], body
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
         if path == "/healthz":
-            return _text(start_response, "200 OK", "ok\n")
+            return await send_text(send, 200, "ok\n")
+        if not await authorize(auth, scope, send, on_refused):
+            return
         if path == "/readyz":
             ok, reason = readiness()
-            return _text(start_response, "200 OK" if ok else "503 Service Unavailable", f"{reason}\n")
-        return _text(start_response, "404 Not Found", "not found: try /metrics, /healthz or /readyz\n")
+            return await send_text(send, 200 if ok else 503, f"{reason}\n")
+        if path != "/metrics":
+            return await send_text(send, 404, "not found: try /metrics, /healthz or /readyz\n")
+        if rendering[0] >= workers:
+            return await send_text(send, 503, f"{workers} scrapes are being answered: try again\n")
+        rendering[0] += 1
+        try:
+            status, headers, body = await asyncio.get_running_loop().run_in_executor(pool, render, _environ(scope))
+        finally:
+            rendering[0] -= 1
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
+    app.pool = pool
     return app
 
 
 class HttpExporter:
-    """Serve the app on ``host:port`` (port 0 = any free port) in a daemon thread."""
+    """Serve the app on ``host:port`` (port 0 = any free port) in a daemon thread.
+
+    ``workers``: /metrics renderings at once; ``limits``: connection cap and header deadline;
+    ``on_closed(reason)`` / ``on_refused(reason)``: counters of connections the guard closed and
+    of requests refused by basic auth (``awc_http_connections_closed_total``,
+    ``awc_http_auth_refused_total``)."""
 
     def __init__(self, registry: CollectorRegistry, readiness: Readiness, host: str = "127.0.0.1",
-                 port: int = 9108, *, workers: int = 4, backlog: int = 16, timeout_s: float = 5.0,
-                 web: WebConfig | None = None):
+                 port: int = 9108, *, workers: int = 4, limits: ServerLimits | None = None,
+                 web: WebConfig | None = None, on_closed: Callable[[str], None] | None = None,
+                 on_refused: OnRefused | None = None):
+        if workers < 1:
+            raise ValueError(f"metrics workers must be >= 1, got {workers}")
         web = web or WebConfig()
+        self.auth = web.basic_auth()
         self.tls = web.ssl_context()
-
-        def server_class(*args, **kwargs):
-            return _PooledWSGIServer(*args, workers=workers, backlog=backlog, timeout_s=timeout_s, tls=self.tls,
-                                     **kwargs)
-
-        self._server = make_server(host, port, make_app(registry, readiness, web.users),
-                                   server_class=server_class, handler_class=_QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="awc-http-accept", daemon=True)
+        self.app = make_app(registry, readiness, self.auth, workers, on_refused)
+        self.server = HttpServer(self.app, host, port, limits=limits, tls=self.tls, on_close=on_closed,
+                                 name="http")
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self.server.port
 
     @property
     def url(self) -> str:
-        host = self._server.server_address[0]
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/metrics"
+        host = self.server.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.server.scheme}://{host}:{self.port}/metrics"
 
     @property
-    def refused(self) -> int:
-        """Connections closed at once because every worker and backlog slot was taken."""
-        return self._server.refused
+    def closed(self) -> dict[str, int]:
+        """Connections the guard closed, by reason (shed, refused, header_timeout)."""
+        return dict(self.server.guard.closed)
 
     def start(self) -> HttpExporter:
-        self._thread.start()
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self.server.stop()
+        self.app.pool.shutdown(wait=False, cancel_futures=True)
+        if self.auth is not None:
+            self.auth.close()

@@ -27,6 +27,8 @@ from importlib import metadata
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
+from exporters.http_server import CLOSE_REASONS
+from exporters.web_config import AUTH_OUTCOMES
 from sensors.core import keys, schema
 
 # Counters and histograms without their ``<name>_created`` gauges (see the module docstring).
@@ -36,6 +38,8 @@ prometheus_client.disable_created_metrics()
 MODALITY_LABELS: tuple[str, ...] = schema.MODALITIES
 DROP_REASONS: tuple[str, ...] = schema.DROP_REASONS
 HANDSHAKE_FAILURE_REASONS: tuple[str, ...] = keys.HANDSHAKE_FAILURE_REASONS   # refused sensor/viewer connections
+HTTP_CLOSE_REASONS: tuple[str, ...] = CLOSE_REASONS    # connections the HTTP guard closed (shed, refused, ...)
+HTTP_AUTH_REFUSALS: tuple[str, ...] = AUTH_OUTCOMES    # requests basic auth refused (unauthorized, rate_limited)
 TICK_OUTCOMES: tuple[str, ...] = ("fused", "partial", "empty", "invalid", "dropped")
 TRAINING_DATA: tuple[str, ...] = ("synthetic", "real", "unknown")
 STAGES: tuple[str, ...] = ("decode", "sync", "preprocess", "inference", "contributions", "degradation",
@@ -45,7 +49,9 @@ ANGLE_CHANNELS: tuple[tuple[str, str], ...] = schema.ANGLE_CHANNELS       # (ang
 REPETITION_CHANNELS: tuple[tuple[str, str], ...] = (
     tuple((a, s) for a in schema.LIMB_ANGLES for s in ("left", "right", "both"))
     + tuple((a, schema.NO_SIDE) for a in schema.TRUNK_ANGLES))
-EXERCISE_LABELS: tuple[str, ...] = (*schema.PROTOCOLS["P2"], "unknown")
+UNKNOWN_EXERCISE = "unknown"       # any other code (a P1 action, none)
+EXERCISE_LABELS: tuple[str, ...] = (*schema.PROTOCOLS["P2"], UNKNOWN_EXERCISE)
+POSE_CHECKS: tuple[str, ...] = ("bone_length", "angle_limit", "jitter")   # runtime.rehab.plausibility.CHECKS
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
@@ -70,6 +76,13 @@ class RuntimeMetrics:
         self.pose_handshake_failures = Counter(
             "awc_pose_handshake_failures_total",
             "Pose-stream (viewer) connections refused at the CurveZMQ handshake, by reason (docs/security.md)",
+            ["reason"], registry=r)
+        self.http_closed = Counter(
+            "awc_http_connections_closed_total",
+            "HTTP connections the server closed to protect itself, by reason (docs/security.md)", ["reason"],
+            registry=r)
+        self.http_auth_refused = Counter(
+            "awc_http_auth_refused_total", "HTTP requests refused by basic auth, by reason (docs/security.md)",
             ["reason"], registry=r)
         self.ticks = Counter("awc_ticks_total", "Sync ticks by outcome", ["outcome"], registry=r)
         self.received = Gauge(
@@ -148,7 +161,8 @@ class RuntimeMetrics:
             registry=r)
         self.low_confidence_repetitions = Counter(
             "awc_rehab_low_confidence_repetitions_total",
-            "Repetitions measured mostly while a key modality was degraded or absent", ["angle", "side"], registry=r)
+            "Repetitions marked low-confidence (a key modality degraded or mostly absent, implausible poses, "
+            "an exercise the model never learnt)", ["angle", "side"], registry=r)
         self.last_rom = Gauge(
             "awc_rehab_last_range_of_motion_degrees", "Range of motion of the last counted repetition",
             ["angle", "side"], registry=r)
@@ -157,6 +171,13 @@ class RuntimeMetrics:
             registry=r)
         self.exercise_repetitions = Gauge(
             "awc_rehab_exercise_repetitions", "Repetitions counted since the current exercise started", registry=r)
+        self.exercise_untrained = Gauge(
+            "awc_rehab_exercise_untrained",
+            "1 while the current exercise is one the served model was never trained on (its figures are untrusted)",
+            registry=r)
+        self.implausible_pose_ticks = Counter(
+            "awc_rehab_implausible_pose_ticks_total",
+            "Ticks whose pose failed a plausibility check (bone length, angle limit, jitter)", ["check"], registry=r)
         ProcessCollector(registry=r)
         self._init_label_sets()
 
@@ -178,6 +199,10 @@ class RuntimeMetrics:
             for g in (self.received, self.presence, self.empty, self.staleness, self.sync_skew, self.contribution_share,
                       self.baseline_share, self.shapley_value, self.degradation_score, self.degraded):
                 g.labels(modality=m)
+        for reason in HTTP_CLOSE_REASONS:
+            self.http_closed.labels(reason=reason)
+        for reason in HTTP_AUTH_REFUSALS:
+            self.http_auth_refused.labels(reason=reason)
         for outcome in TICK_OUTCOMES:
             self.ticks.labels(outcome=outcome)
         for stage in STAGES:
@@ -191,6 +216,8 @@ class RuntimeMetrics:
                 m.labels(angle=angle, side=side)
         for code in EXERCISE_LABELS:
             self.exercise.labels(exercise=code)
+        for check in POSE_CHECKS:
+            self.implausible_pose_ticks.labels(check=check)
 
 
 def package_version() -> str:

@@ -6,7 +6,9 @@ Arrays (wire protocol v1): ``joints`` <f4 [17,3] (metres, camera frame), ``prese
 ``degradation`` <f4 [4] (degradation score in [0, 1]); optionally ``lidar_points`` <f4 [N,3] and
 ``mmwave_points`` <f4 [N,5], the sensor points the tick used (``output.forward_points``, for viewers).
 Header: ``tick`` (tick index), ``latency_ns`` (newest used capture time to publish), ``src`` = the
-station name, ``seq`` = tick index, ``t_ns`` = tick time, plus these extras (msgpack values):
+station name, ``seq`` = +1 per pose message this publisher sends (ticks without a pose send none,
+so a reader counts lost messages from ``seq`` gaps, not idle time), ``t_ns`` = tick time, plus these
+extras (msgpack values):
 
 =================  ==================================================================================
 ``station``        station name
@@ -83,14 +85,17 @@ class PosePublisher:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
         self.sent = 0
         self.dropped = 0
+        self.seq = 0                  # wire seq of the next pose message
 
     def publish(self, record: PoseRecord) -> bool:
         """Send one tick's pose message (``PoseRecord.to_message``) without blocking; a full queue
         drops the message (counted) instead of stalling. Counts the handshakes refused since the
         last call first."""
         self.handshakes.read()
+        msg = record.to_message()
+        msg.seq, self.seq = self.seq, self.seq + 1      # consumed when dropped too: the reader sees the gap
         try:
-            self.socket.send_multipart(wire.encode(record.to_message()), flags=zmq.NOBLOCK, copy=False)
+            self.socket.send_multipart(wire.encode(msg), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.dropped += 1
             return False

@@ -9,7 +9,9 @@ Flush policy (what a crash can lose):
 * ``.jsonl``: one JSON object per tick, **appended** to the file (a restart with the same path
   adds to it). Every line is written to the OS at once (a killed process loses at most the line
   being written); the file is fsync'ed at least every ``flush_s`` (1 s), so a power cut loses at
-  most the last second. With ``rotate_mb`` > 0 a file that grows beyond it is renamed to
+  most the last second. A file whose last line was cut short (``kill -9`` mid-line) gets a line
+  break first, so the fragment stays one bad line and the new records start on their own; readers
+  skip and count bad lines. With ``rotate_mb`` > 0 a file that grows beyond it is renamed to
   ``NAME.<UTC time>.jsonl`` and a new one started.
 * ``.npz``: ticks go into chunk files ``NAME.npz.parts/part-NNNNNN.npz``, one written (temporary
   file, fsync, atomic rename) at least every ``flush_s``: after ``kill -9`` every part already
@@ -20,7 +22,11 @@ Flush policy (what a crash can lose):
   merged file holds one array per key stacked over ticks ([T, ...]); records may carry different
   keys (e.g. ``gt`` only on some ticks): a missing entry is NaN (float) or 0 and a boolean
   ``has_<key>`` [T] says where it was set. Bounded by ``max_ticks`` and ``max_mb`` (later ticks
-  are counted as ``skipped``, not stored).
+  are counted as ``skipped``, not stored). After a crash, ``read_recording`` reads the parts of a
+  ``NAME.npz`` that was never merged, and ``runtime recover NAME.npz`` merges them.
+
+Reading: ``read_recording`` (rows, and the lines or parts it had to skip) and ``read_rows`` (the
+rows, a warning for what was skipped) are the one reader of recording files.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import json
 import logging
 import os
 import time
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +49,15 @@ log = logging.getLogger(__name__)
 FLUSH_S = 1.0   # a crash loses at most this much of the recording
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -85,13 +93,18 @@ class JsonlRecorder:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.flush_s, self.rotate_bytes = float(flush_s), int(rotate_mb * 1e6)
+        self.torn = _ends_mid_line(self.path)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close(); append: never truncate
+        if self.torn:   # a line cut short by a killed process: it stays one bad line of its own
+            self._f.write("\n")
+            log.warning("%s ended in the middle of a line (a killed process?): new records start on a new line; "
+                        "readers skip the cut one", self.path)
         self._synced = time.monotonic()
         self.written = 0
         self.rotated: list[Path] = []
 
     def write(self, record: PoseRecord | Mapping) -> None:
-        self._f.write(json.dumps(_jsonable(_row(record)), allow_nan=True) + "\n")
+        self._f.write(json.dumps(jsonable(_row(record)), allow_nan=True) + "\n")
         self._f.flush()
         self.written += 1
         if time.monotonic() - self._synced >= self.flush_s:
@@ -115,40 +128,77 @@ class JsonlRecorder:
             self._f.close()
 
 
+def _ends_mid_line(path: Path) -> bool:
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+def keep_previous(path: str | Path) -> Path | None:
+    """Move an existing ``path`` aside to ``NAME.<UTC time>.SUFFIX`` (the config saved beside a
+    recording: a restart keeps the previous run's); returns where it went."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    target = rotated_name(path)
+    os.replace(path, target)
+    return target
+
+
 def parts_dir(path: str | Path) -> Path:
     p = Path(path)
     return p.with_name(p.name + ".parts")
 
 
-def load_parts(folder: str | Path) -> list[dict]:
+PART_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)   # an unreadable part file
+
+
+def load_parts(folder: str | Path, unreadable: list[str] | None = None) -> list[dict]:
     """Per-tick records from the readable part files of ``folder`` (a part being written when the
-    process died is a ``.tmp`` file and is skipped)."""
+    process died is a ``.tmp`` file and is skipped; a part that cannot be read is skipped and its
+    name added to ``unreadable``)."""
     records: list[dict] = []
     for part in sorted(Path(folder).glob("part-*.npz")):
-        with np.load(part) as data:
-            arrays = {k: data[k] for k in data.files}
-        n = int(arrays.pop("ticks_in_part"))
+        try:
+            with np.load(part, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            n = int(arrays.pop("ticks_in_part"))
+        except PART_ERRORS as err:
+            log.warning("%s cannot be read (%s): skipped", part, err)
+            if unreadable is not None:
+                unreadable.append(part.name)
+            continue
         has = {k[4:]: arrays.pop(k) for k in list(arrays) if k.startswith("has_")}
         for i in range(n):
             records.append({k: v[i] for k, v in arrays.items() if k not in has or has[k][i]})
     return records
 
 
-def recover_parts(path: str | Path) -> Path | None:
-    """Merge the parts a crashed recorder left for ``path`` into a rotated NPZ; returns it (or None)."""
+def recover_parts(path: str | Path, target: str | Path | None = None) -> Path | None:
+    """Merge the parts a crashed recorder left for ``path`` into ``target`` (default: a rotated
+    NPZ beside it), then remove them; returns the file written (or None: no parts)."""
     folder = parts_dir(path)
     if not folder.is_dir():
         return None
-    records = load_parts(folder)
-    target = None
+    unreadable: list[str] = []
+    records = load_parts(folder, unreadable)
+    written = None
     if records:
-        target = rotated_name(Path(path))
-        _write_npz(target, stack_records(records), skipped=0)
-        log.warning("recovered %d ticks of an interrupted recording into %s", len(records), target)
+        written = Path(target) if target is not None else rotated_name(Path(path))
+        _write_npz(written, stack_records(records), skipped=0)
+        log.warning("recovered %d ticks of an interrupted recording into %s", len(records), written)
     for f in folder.iterdir():
-        f.unlink()
-    folder.rmdir()
-    return target
+        if f.name not in unreadable:
+            f.unlink()
+    if unreadable:   # never deleted: set aside for a look by hand
+        aside = folder.with_name(f"{folder.name}.unreadable-{_stamp()}")
+        os.replace(folder, aside)
+        log.warning("%d unreadable part(s) of %s kept in %s", len(unreadable), path, aside)
+    else:
+        folder.rmdir()
+    return written
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], skipped: int) -> None:
@@ -267,37 +317,89 @@ def open_recorder(path: str | Path, max_ticks: int = 100_000, max_mb: float = 51
 # ----------------------------------------------------------------------------------------------
 # Reading a recording back
 # ----------------------------------------------------------------------------------------------
-def read_rows(path: str | Path) -> list[dict]:
-    """The rows of a JSONL or NPZ recording, in file order (``PoseRecord.from_row`` reads each).
+@dataclass
+class Recording:
+    """What ``read_recording`` read: the rows, and what it had to skip."""
+
+    path: Path
+    rows: list[dict] = field(default_factory=list)
+    bad_lines: list[int] = field(default_factory=list)     # JSONL: line numbers that are not a JSON object
+    from_parts: bool = False                               # NPZ: read from the parts of an unmerged recording
+    bad_parts: list[str] = field(default_factory=list)     # NPZ parts that could not be read
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad_lines) + len(self.bad_parts)
+
+    def describe_skipped(self) -> str:
+        """One line for the user about what was skipped ('' when nothing was)."""
+        out = []
+        if self.bad_lines:
+            shown = ", ".join(map(str, self.bad_lines[:5])) + (" ..." if len(self.bad_lines) > 5 else "")
+            out.append(f"{len(self.bad_lines)} unreadable line(s) skipped (line {shown}; a line cut short by a "
+                       "killed process is the usual cause)")
+        if self.bad_parts:
+            out.append(f"{len(self.bad_parts)} unreadable part file(s) skipped ({', '.join(self.bad_parts[:5])})")
+        if self.from_parts:
+            out.append(f"read from the parts of an interrupted recording ({parts_dir(self.path)}); "
+                       f"`runtime recover {self.path}` merges them")
+        return "; ".join(out)
+
+
+def read_recording(path: str | Path) -> Recording:
+    """The rows of a JSONL or NPZ recording, in file order (``PoseRecord.from_row`` reads each),
+    skipping and counting what cannot be read: JSONL lines that are not a JSON object, NPZ part
+    files that cannot be opened. An ``.npz`` never merged (a killed recorder) is read from its parts.
     NPZ: an entry whose ``has_<key>`` is false was not recorded at that tick and is left out."""
     path = Path(path)
     if path.suffix not in RECORDERS:
         raise ValueError(f"recording {path}: expected a suffix in {sorted(RECORDERS)} (a pose recording made by "
                          f"`runtime serve --record`), got {path.suffix!r}")
+    if path.suffix == ".npz" and not path.is_file() and parts_dir(path).is_dir():
+        rec = Recording(path, from_parts=True)
+        rec.rows = [dict(r) for r in load_parts(parts_dir(path), rec.bad_parts)]
+        return rec
     if not path.is_file():
         raise FileNotFoundError(f"recording {path} not found: record one with `runtime serve --record FILE` "
                                 "or `runtime replay --record FILE`")
-    return _jsonl_rows(path) if path.suffix == ".jsonl" else _npz_rows(path)
+    return _jsonl_recording(path) if path.suffix == ".jsonl" else Recording(path, _npz_rows(path))
 
 
-def _jsonl_rows(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a recording (``read_recording``); what had to be skipped is logged."""
+    rec = read_recording(path)
+    if rec.skipped or rec.from_parts:
+        log.warning("recording %s: %s", rec.path, rec.describe_skipped())
+    return rec.rows
+
+
+def _jsonl_recording(path: Path) -> Recording:
+    rec = Recording(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: expected one JSON object per line, got {line[:60]!r} "
-                                 f"({err.msg}); a line cut short by a killed process is the usual cause: "
-                                 f"remove it") from err
-    return rows
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                row = None
+            if isinstance(row, dict):
+                rec.rows.append(row)
+            else:
+                rec.bad_lines.append(lineno)
+    if rec.bad_lines and not rec.rows:
+        raise ValueError(f"{path}: none of its lines is a JSON object (line {rec.bad_lines[0]} first); expected a "
+                         "pose recording of `runtime serve --record`, one JSON object per line")
+    return rec
 
 
 def _npz_rows(path: Path) -> list[dict]:
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except PART_ERRORS as err:
+        raise ValueError(f"recording {path} cannot be read as NPZ ({err}): expected a pose recording of "
+                         "`runtime serve --record FILE.npz`") from err
     has = {k[4:]: data.pop(k) for k in list(data) if k.startswith("has_")}
     n = len(data.get("tick", ()))
     arrays = {k: v for k, v in data.items() if v.ndim >= 1 and len(v) == n}   # not skipped_ticks

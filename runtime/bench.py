@@ -246,7 +246,7 @@ def bench_curve_cost(model: OnnxPoseModel, cfg: RuntimeConfig, duration_s: float
     with tempfile.TemporaryDirectory(prefix="awc-bench-keys-") as tmp:
         kd = Path(tmp) / "keys"
         keyfiles.init(kd)
-        keyfiles.add(kd, "bench", "sensor")
+        keyfiles.add(kd, "bench", "sensor", keyfiles.make_scope("bench", ["all"]))
         keyfiles.add(kd, "viewer", "viewer")
         rng = np.random.default_rng(5)
         transport = {}

@@ -11,6 +11,7 @@ COMMANDS = {
     "config": ("runtime.config", "show every config key with its type, default and resolved value"),
     "info": ("runtime.inference", "check an ONNX model and print its metadata and provider"),
     "report": ("runtime.rehab.report", "rehabilitation session report (HTML) of a pose recording"),
+    "recover": ("runtime.recover", "make whole what a killed recorder left (NPZ parts, cut JSONL lines)"),
     "rehab-eval": ("runtime.rehab.evaluate", "accuracy of repetition counts and ranges of motion on a generated dataset"),
     "keys": ("sensors.core.keys", "CurveZMQ keys: init a key directory, add/revoke/list client keys"),
     "view": ("runtime.view.command", "live station viewer: a web page of the pose stream or of a recording"),

@@ -88,12 +88,17 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9108          # 0 = any free port
     ready_max_tick_age_s: float = 2.0   # /readyz fails when no pose came out for this long
-    workers: int = 4          # HTTP worker threads (bounded; more connections wait, then are refused)
+    workers: int = 4          # /metrics renderings at once (threads); a scrape beyond them gets 503
+    max_connections: int = 256    # open HTTP connections; beyond, the oldest idle one is closed
+    header_timeout_s: float = 5.0  # accept (TLS included) -> end of request headers, however they trickle
     web_config: str = ""      # Prometheus-style web config: TLS and basic auth (docs/security.md)
 
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError(f"metrics.workers must be >= 1, got {self.workers}")
+        if self.max_connections < 1 or not self.header_timeout_s > 0:
+            raise ValueError(f"metrics.max_connections must be >= 1 and metrics.header_timeout_s > 0 s, got "
+                             f"{self.max_connections}, {self.header_timeout_s}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"metrics.port must be in 0..65535, got {self.port}")
         if self.ready_max_tick_age_s <= 0:

@@ -251,6 +251,7 @@ def describe(model: OnnxPoseModel) -> str:
         "inputs           " + "; ".join(s.describe() for s in m.inputs.values()),
         "outputs          " + "; ".join(s.describe() for s in m.outputs.values()),
         f"validation       {json.dumps(m.validation_metrics)}",
+        f"trained on       {_trained_on(m)}",
     ]
     if m.baseline is None:
         lines.append(f"baseline         MISSING ({m.baseline_missing_reason}): contribution drift cannot be judged")
@@ -266,6 +267,15 @@ def describe(model: OnnxPoseModel) -> str:
     lines.append(f"provider         requested {model.requested_provider}, used {model.provider} "
                  f"(available: {', '.join(ort.get_available_providers())})")
     return "\n".join(lines)
+
+
+def _trained_on(m) -> str:
+    """What the model learnt from (``ModelContract.trained_*``), in a line."""
+    if not m.trained_actions:
+        return "NOT RECORDED (an older or untrained export): the runtime cannot tell an exercise it never saw"
+    subjects = f"{m.trained_subjects} subject(s)" if m.trained_subjects else "subjects not recorded"
+    return (f"protocol {m.trained_protocol or '?'}, split {m.trained_split or '?'}, {subjects}, "
+            f"actions {', '.join(m.trained_actions)}")
 
 
 def _baseline_set(source: Mapping[str, Any]) -> str:

@@ -9,8 +9,9 @@ valid ones go, in arrival order, into a bounded queue the pipeline reads with ``
 Accounting (docs/wire.md, "What the receiver drops, and why"): sent = received + dropped over all reasons, where
 
 * received = valid messages accepted into the queue;
-* dropped = decode failures (reason from ``WireError``), ``queue_full`` (valid, but the queue was
-  full), and ``sequence_gap``: per (topic, src), a jump from seq a to b > a+1 counts b−a−1 lost
+* dropped = decode failures (reason from ``WireError``), ``scope`` (valid, but the sending key may
+  not send this topic or src), ``queue_full`` (valid, but the queue was full), and
+  ``sequence_gap``: per source (key, topic, src), a jump from seq a to b > a+1 counts b−a−1 lost
   messages; a jump back (b ≤ a) is a sensor restart, which resets the tracking without counting.
   A jump forward that the time since that source's previous message cannot explain (more than
   ``MAX_SEQ_GAP``, or more than ``10 + MAX_SOURCE_RATE_HZ x elapsed seconds``) is not believed: one
@@ -20,8 +21,10 @@ Accounting (docs/wire.md, "What the receiver drops, and why"): sent = received +
   can never evict good samples from the sync buffers.
 
 This is the one place sequence gaps are counted. Each queued message carries in ``Message.lost``
-how many messages of its (topic, src) did not reach the queue since the previous queued one (gaps
-upstream plus the ones dropped here), which the input health of the pipeline sums per tick.
+how many messages of its source did not reach the queue since the previous queued one (gaps
+upstream plus the ones dropped here), and in ``Message.key`` the allow-list entry of the key that
+sent it; the tick loop judges each modality's health on the source whose sample it uses, so one
+key cannot invent losses or clock faults for another key's stream.
 
 Counts are kept in ``counts`` and mirrored to the ``awc_messages_received_total`` /
 ``awc_messages_dropped_total`` counters; the ``modality`` label is the input modality, or
@@ -31,7 +34,10 @@ Memory is bounded whatever arrives: at most ``rcvhwm`` messages wait in ZeroMQ (
 pairs in the sequence table.
 
 Security (docs/security.md): with ``curve`` (``sensors.core.keys.CurveServer``) the socket is a CurveZMQ
-server whose ZAP authenticator admits only the allow-listed sensor keys. Failed handshakes, seen
+server whose ZAP authenticator admits only the allow-listed sensor keys, and every message is
+checked against the scope of the key that sent it (ZeroMQ's ``User-Id`` metadata, set by the
+authenticator; ``sensors.core.key_scope``): a topic or ``src`` outside it is dropped as ``scope``
+and logged at most once a second. Failed handshakes, seen
 by a socket monitor, are counted by reason (``sensors.core.keys.HANDSHAKE_FAILURE_REASONS``: unknown_key,
 wrong_server_key, mechanism_mismatch, aborted, other) in ``counts["handshake_failures"]`` (their sum
 in ``counts["handshake_failed"]``) and in ``awc_ingest_handshake_failures_total{reason}``, and
@@ -118,7 +124,10 @@ class Ingest:
         self.handshakes = keys.HandshakeFailures(
             "ingest", None if metrics is None else lambda r: metrics.handshake_failures.labels(reason=r).inc(), log)
         self.failure: BaseException | None = None
-        self._clock_faults: dict[str, tuple[float, float]] = {}   # topic -> (offset s, monotonic time)
+        self._scopes = None if curve is None else curve.scopes    # Z85 public key -> KeyScope
+        self._last_scope_log = 0.0
+        # (topic, (key, src)) -> (offset s, monotonic time) of its latest clock fault
+        self._clock_faults: OrderedDict[tuple[str, tuple[str, str]], tuple[float, float]] = OrderedDict()
         self.on_exit: Callable[[Ingest], None] | None = None
         self.queue: queue.Queue[wire.Message] = queue.Queue(maxsize=queue_size)
         self._own_context = context is None
@@ -129,9 +138,10 @@ class Ingest:
         self._lock = threading.Lock()
         self._received: dict[str, int] = {}
         self._dropped: dict[str, dict[str, int]] = {}
-        self._last_seq: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()   # seq, monotonic time
+        # (topic, key, src) -> (seq, monotonic time) of its latest message
+        self._last_seq: OrderedDict[tuple[str, str, str], tuple[int, float]] = OrderedDict()
         self._last_restart_log = 0.0
-        self._pending_lost: OrderedDict[tuple[str, str], int] = OrderedDict()   # dropped here since the last queued
+        self._pending_lost: OrderedDict[tuple[str, str, str], int] = OrderedDict()   # dropped here since the last queued
         self.restarts = 0
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -233,12 +243,17 @@ class Ingest:
                     "restarts": self.restarts, "handshake_failed": sum(handshakes.values()),
                     "handshake_failures": handshakes}
 
-    def recent_clock_faults(self, within_s: float = 1.0) -> dict[str, float]:
-        """topic -> capture time minus station clock (s) of its latest message dropped as ``clock``
-        in the last ``within_s`` seconds: the input health reports these as clock faults."""
+    def recent_clock_faults(self, within_s: float = 1.0) -> dict[str, dict[tuple[str, str], float]]:
+        """topic -> {source (key, src): capture time minus station clock (s)} of the latest message of
+        each source dropped as ``clock`` in the last ``within_s`` seconds: the input health reports
+        these as clock faults of the source that made them."""
         now = time.monotonic()
+        out: dict[str, dict[tuple[str, str], float]] = {}
         with self._lock:
-            return {t: off for t, (off, at) in self._clock_faults.items() if now - at <= within_s}
+            for (topic, source), (off, at) in self._clock_faults.items():
+                if now - at <= within_s:
+                    out.setdefault(topic, {})[source] = off
+        return out
 
     def received_total(self, topic: str | None = None) -> int:
         with self._lock:
@@ -264,10 +279,12 @@ class Ingest:
                     continue
                 for _ in range(1000):  # a batch, then look at the stop flag again
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.handle(frames)
+                    # The key the ZAP authenticator admitted (its Z85 public key), per connection.
+                    key = frames[0].get("User-Id") if self.curve is not None else None
+                    self.handle([f.bytes for f in frames], key)
         except zmq.ContextTerminated:
             log.info("ingest context terminated")
         except BaseException as exc:   # not swallowed: recorded, logged, re-raised, the runtime exits
@@ -279,35 +296,66 @@ class Ingest:
             if not self._stop.is_set() and self.on_exit is not None:
                 self.on_exit(self)
 
-    def handle(self, frames: list) -> wire.Message | None:
-        """Decode, account and queue one multipart message (called by the receive thread)."""
+    def handle(self, frames: list, key: str | None = None) -> wire.Message | None:
+        """Decode, account and queue one multipart message (called by the receive thread);
+        ``key``: the Z85 public key that sent it (CurveZMQ)."""
         start = time.perf_counter()
         try:
             msg = wire.decode(frames, self.limits)
         except wire.WireError as err:
             self._count_drop(err.modality, err.reason)
             if err.src is not None and err.seq is not None and err.modality in INGEST_TOPICS:
-                gap = self._track(err.modality, err.src, err.seq)
-                self._lose((err.modality, err.src), gap + 1)
+                track = (err.modality, self._key_name(key), err.src)
+                self._lose(track, self._track(track, err.seq) + 1)
             log.debug("dropped %s message: %s", err.modality, err)
             return None
         if self.metrics is not None:
             self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - start)
-        return self.accept(msg)
+        return self.accept(msg, key)
 
-    def accept(self, msg: wire.Message) -> wire.Message | None:
-        """Account and queue one decoded message (``handle`` after decoding; tests feed it directly)."""
+    def _key_name(self, key: str | None) -> str:
+        scope = None if self._scopes is None else self._scopes.get(key or "")
+        return "" if scope is None else scope.name
+
+    def _in_scope(self, msg: wire.Message, key: str | None) -> bool:
+        """Whether the key that sent ``msg`` may send its topic and src (always, on a plaintext socket);
+        sets ``msg.key`` to the key's allow-list name."""
+        if self._scopes is None:
+            return True
+        scope = self._scopes.get(key or "")
+        if scope is not None and scope.allows(msg.topic, msg.src):
+            msg.key = scope.name
+            return True
+        self._count_drop(msg.topic, "scope")
+        now = time.monotonic()
+        if now - self._last_scope_log >= 1.0:   # at most one line a second, whatever arrives
+            self._last_scope_log = now
+            log.warning("ingest: key %s may not send %s from src %r (%s): dropped (scope, %d so far; "
+                        "docs/security.md)", "?" if scope is None else repr(scope.name), msg.topic, msg.src,
+                        "not in the allow-list" if scope is None else "its scope: " + scope.describe(),
+                        self.dropped_total(reason="scope"))
+        return False
+
+    def accept(self, msg: wire.Message, key: str | None = None) -> wire.Message | None:
+        """Account and queue one decoded message (``handle`` after decoding; tests feed it directly);
+        ``key``: the Z85 public key that sent it (CurveZMQ)."""
         if msg.topic not in self.topics:
             self._count_drop(msg.topic, "unknown_topic")
             return None
-        gap = self._track(msg.topic, msg.src, msg.seq)
-        msg.lost = gap + self._pending_lost.pop((msg.topic, msg.src), 0)
+        if not self._in_scope(msg, key):
+            return None
+        track = (msg.topic, msg.key, msg.src)
+        gap = self._track(track, msg.seq)
+        msg.lost = gap + self._pending_lost.pop(track, 0)
         offset_ns = msg.t_ns - time.time_ns()
         if self.max_clock_offset_ns is not None and abs(offset_ns) > self.max_clock_offset_ns:
             self._count_drop(msg.topic, "clock")
             with self._lock:
-                self._clock_faults[msg.topic] = (offset_ns / 1e9, time.monotonic())
-            self._lose((msg.topic, msg.src), msg.lost + 1)
+                self._clock_faults.pop((msg.topic, msg.source), None)
+                self._clock_faults[(msg.topic, msg.source)] = (offset_ns / 1e9, time.monotonic())
+                if len(self._clock_faults) > MAX_SOURCES:
+                    self._clock_faults.popitem(last=False)
+            self._lose(track, msg.lost + 1)
             log.debug("dropped %s message from %r: capture time %+.1f s from the station clock", msg.topic,
                       msg.src, (msg.t_ns - time.time_ns()) / 1e9)
             return None
@@ -315,7 +363,7 @@ class Ingest:
             self.queue.put_nowait(msg)
         except queue.Full:
             self._count_drop(msg.topic, "queue_full")
-            self._lose((msg.topic, msg.src), msg.lost + 1)
+            self._lose(track, msg.lost + 1)
             return None
         with self._lock:
             self._received[msg.topic] = self._received.get(msg.topic, 0) + 1
@@ -323,9 +371,10 @@ class Ingest:
             self.metrics.messages_received.labels(modality=msg.topic).inc()
         return msg
 
-    def _track(self, topic: str, src: str, seq: int) -> int:
-        """Follow the sequence of (topic, src); returns the messages lost upstream just before ``seq``."""
-        key = (topic, src)
+    def _track(self, key: tuple[str, str, str], seq: int) -> int:
+        """Follow the sequence of one source (topic, key, src); returns the messages lost upstream
+        just before ``seq``."""
+        topic, src = key[0], key[2]
         previous = self._last_seq.pop(key, None)
         now = time.monotonic()
         self._last_seq[key] = (seq, now)  # most recently seen last
@@ -345,7 +394,7 @@ class Ingest:
                          topic, src, seq, last, self.restarts)
         return gap or 0
 
-    def _lose(self, key: tuple[str, str], n: int = 1) -> None:
+    def _lose(self, key: tuple[str, str, str], n: int = 1) -> None:
         """Messages of ``key`` dropped here: carried by its next queued message (``Message.lost``)."""
         self._pending_lost[key] = self._pending_lost.pop(key, 0) + n
         if len(self._pending_lost) > MAX_SOURCES:

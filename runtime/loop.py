@@ -11,6 +11,12 @@
   second-newest capture time over the modalities, so one sensor whose clock runs ahead cannot
   drag the ticks); falling behind shows up as ingest drops (``queue_full``), still counted.
 
+Input health is judged per source, a source being the key that sent a message and its ``src``
+(``Message.source``): a modality's received and lost counts, how far its capture times run ahead
+and its clock faults are those of the source whose sample the tick uses (of every source when the
+modality is absent, so a sensor whose clock is wrong still shows ``clock``). Another key, or
+another ``src``, cannot make a healthy sensor look degraded.
+
 ``Loop.tick(tick_ns)`` is one tick: sync -> ``Pipeline.step`` -> latency -> ``Outputs.emit``. A
 tick that fails on its data, whatever arrived (``TICK_DATA_ERRORS``: the model refuses its inputs,
 the preprocessing cannot read them, arithmetic overflows), is logged with its traceback and
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +46,7 @@ from sensors.core.wire import Message
 log = logging.getLogger(__name__)
 
 MAX_EXERCISE_FIELDS = 4096   # exercise/session header fields kept between two ticks (the rest are ignored)
+MAX_SOURCES = 64             # sources followed per modality (the least recently heard forgotten first)
 PHASE_TOPICS = schema.FRAME_MODALITIES   # frame-based sensors whose capture phase the wall clock follows
 # What data can make one tick fail (counted, the loop goes on); anything else ends the process.
 TICK_DATA_ERRORS = (ModelError, ValueError, ArithmeticError, FloatingPointError)
@@ -74,13 +82,13 @@ class Loop:
         self.last_pose_wall: float | None = None   # monotonic time of the last tick with a pose (readiness)
         self.running = False                       # inside run()
         self.on_iteration: Callable[[], object] | None = None   # after every loop iteration (systemd watchdog)
-        self._received = np.zeros(schema.N_MODALITIES, np.int64)
-        self._lost = np.zeros(schema.N_MODALITIES, np.int64)
-        self._newest_ns: dict[str, int] = {}   # capture time of the latest message, per modality
+        # per modality: source (key, src) -> [received, lost since the last tick, capture time of its latest]
+        self._sources: list[OrderedDict[tuple[str, str], list[int]]] = [OrderedDict() for _ in schema.MODALITIES]
+        self._newest_ns: dict[str, int] = {}   # capture time of the latest message, per modality (data clock)
         self._exercise: list[tuple[int, str, str | None]] = []   # exercise/session header fields since the last tick
         self._trigger_sent_ns: int | None = None   # data clock: send time of the message that made the tick due
         self._phase_locked = False
-        self._clock_faults = lambda: {}   # set by run(): the source's recent clock faults
+        self._clock_faults = lambda: {}   # set by run(): the ingest's recent clock faults, per topic and source
 
     # ------------------------------------------------------------------ inputs
     def feed(self, msg: Message) -> None:
@@ -94,10 +102,15 @@ class Loop:
         i = schema.MODALITY_INDEX.get(msg.topic)
         if i is None:
             return
-        self._received[i] += 1
-        self._lost[i] += msg.lost
         # Capture time of the latest arrival (not the maximum ever seen: a sensor whose clock jumped
         # ahead and came back is judged on what it sends now).
+        state = self._sources[i].pop(msg.source, None) or [0, 0, 0]
+        state[0] += 1
+        state[1] += msg.lost
+        state[2] = msg.t_ns
+        self._sources[i][msg.source] = state   # most recently heard last
+        if len(self._sources[i]) > MAX_SOURCES:
+            self._sources[i].popitem(last=False)
         self._newest_ns[msg.topic] = msg.t_ns
 
     def data_now_ns(self) -> int | None:
@@ -115,18 +128,9 @@ class Loop:
         synced = self.sync.tick(tick_ns)
         sync_s = time.perf_counter() - t0
         now = time.time_ns() if self.config.sync.clock == "wall" else self.data_now_ns()
-        lead = np.array([0.0 if now is None or m not in self._newest_ns else (self._newest_ns[m] - now) / 1e9
-                         for m in schema.MODALITIES])
-        # Messages the ingest dropped for a clock fault (far ahead or behind) never reach sync: their
-        # offset, either way, is what the input health's `clock` component must see.
-        for m, offset_s in self._clock_faults().items():
-            if m in schema.MODALITY_INDEX:
-                i = schema.MODALITY_INDEX[m]
-                lead[i] = max(lead[i], abs(offset_s))
-        inputs = StepInputs(synced, self._received, self._lost, lead, self._exercise)
+        received, lost, lead = self._judge(synced, now)
+        inputs = StepInputs(synced, received, lost, lead, self._exercise)
         self._exercise = []
-        self._received = np.zeros(schema.N_MODALITIES, np.int64)
-        self._lost = np.zeros(schema.N_MODALITIES, np.int64)
         result = self.pipeline.step(inputs)
         result.durations = {"sync": sync_s, **result.durations}
         if result.pose is not None:
@@ -137,6 +141,31 @@ class Loop:
             self.last_pose_wall = self.last_tick_wall
         self.stats.ticks += 1
         return result
+
+    def _judge(self, synced, now: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per modality: messages received and lost since the last tick, and how far capture times
+        run ahead of ``now`` (s), of the source whose sample the tick uses (of every source when
+        the modality is absent); then the counts start again."""
+        received, lost = np.zeros(schema.N_MODALITIES, np.int64), np.zeros(schema.N_MODALITIES, np.int64)
+        lead = np.zeros(schema.N_MODALITIES)
+        faults = self._clock_faults()
+        for i, m in enumerate(schema.MODALITIES):
+            sources, sample, fault = self._sources[i], synced.samples.get(m), faults.get(m, {})
+            judged = [sample.source] if sample is not None else [*sources, *fault]
+            for source in judged:
+                state = sources.get(source)
+                if state is not None:
+                    received[i] += state[0]
+                    lost[i] += state[1]
+                    if now is not None:
+                        lead[i] = max(lead[i], (state[2] - now) / 1e9)
+                # Messages the ingest dropped for a clock fault (far ahead or behind) never reach
+                # sync: their offset, either way, is what the input health's `clock` must see.
+                if source in fault:
+                    lead[i] = max(lead[i], abs(fault[source]))
+            for state in sources.values():
+                state[0] = state[1] = 0
+        return received, lost, lead
 
     def _latency_ns(self, result: TickResult) -> int:
         if self.config.sync.clock == "data" and self._trigger_sent_ns is not None:

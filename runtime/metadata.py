@@ -79,6 +79,7 @@ class ModelMetadata(ModelContract):
             "outputs": {k: v.describe() for k, v in self.outputs.items()},
             "units": dict(self.units), "preprocessing": dict(self.preprocessing),
             "validation_metrics": self.validation_metrics, "producer": self.producer,
+            "trained_on": self.training_summary(),
             "contribution_baseline": None if self.baseline is None else {
                 "window": self.baseline.window, "n_windows": self.baseline.n_windows,
                 "n_frames": self.baseline.n_frames, "label_free": dict(self.baseline.label_free),

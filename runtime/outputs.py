@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from exporters.metrics import EXERCISE_LABELS, RuntimeMetrics
+from exporters.metrics import EXERCISE_LABELS, UNKNOWN_EXERCISE, RuntimeMetrics
 from runtime.config import RuntimeConfig
 from runtime.pipeline import TickResult
 from runtime.rehab import angles as ang
@@ -161,11 +161,15 @@ class MetricsOutput:
             if rep.get("low_confidence"):
                 angle, side = rehab_labels(rep["channel"], rep["side"])
                 m.low_confidence_repetitions.labels(angle=angle, side=side).inc()
-        if r.exercise != self._exercise:
+        shown = r.exercise if r.exercise in EXERCISE_LABELS else UNKNOWN_EXERCISE   # a closed label set
+        if shown != self._exercise:
             for code in EXERCISE_LABELS:
-                m.exercise.labels(exercise=code).set(1.0 if code == r.exercise else 0.0)
-            self._exercise = r.exercise
+                m.exercise.labels(exercise=code).set(1.0 if code == shown else 0.0)
+            self._exercise = shown
         m.exercise_repetitions.set(r.count)
+        m.exercise_untrained.set(1.0 if r.exercise_trained is False else 0.0)
+        for check in r.pose_checks:
+            m.implausible_pose_ticks.labels(check=check).inc()
 
 
 ANGLE_LABELS: dict[str, tuple[str, str]] = dict(zip(ang.CHANNEL_KEYS, schema.ANGLE_CHANNELS))  # key -> labels
@@ -209,7 +213,8 @@ def pose_record(result: TickResult, station: str = "") -> PoseRecord:
         shares_gt=None if c is None else c.shares_gt,
         rehab=None if r is None else r.header(), exercise=None if r is None else r.exercise,
         session=None if r is None else r.session, reps=None if r is None else r.count,
-        angles=None if r is None else r.angles, points=result.points,
+        angles=None if r is None else r.angles, exercise_trained=None if r is None else r.exercise_trained,
+        points=result.points,
         inputs=None if result.inputs is None else {k: v[0] for k, v in result.inputs.items()},
         coalition_poses=result.coalition_poses if result.inputs is not None else None)
 
@@ -232,13 +237,14 @@ class PublisherOutput:
 
 
 class RecorderOutput:
-    """Writes every tick with a pose to a JSONL/NPZ recorder (``exporters.recorder``)."""
+    """Writes every tick with a pose to a JSONL/NPZ recorder (``exporters.recorder``), with the
+    station's name (a recording played back later says whose it is)."""
 
-    def __init__(self, recorder):
-        self.recorder = recorder
+    def __init__(self, recorder, station: str = ""):
+        self.recorder, self.station = recorder, station
 
     def __call__(self, result: TickResult) -> None:
-        self.recorder.write(pose_record(result))
+        self.recorder.write(pose_record(result, self.station))
 
     def close(self) -> None:
         self.recorder.close()

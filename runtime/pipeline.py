@@ -139,7 +139,8 @@ class Pipeline:
         baseline = model.metadata.baseline
         self.baseline_shares = None if baseline is None else baseline.shares
         self.record_inputs = config.recorder.record_inputs
-        self.rehab = RehabMonitor(config.rehab, config.sync.rate_hz) if config.rehab.enabled else None
+        trained = getattr(model.metadata, "trained_actions", ()) or None    # () = the file does not say
+        self.rehab = RehabMonitor(config.rehab, config.sync.rate_hz, trained) if config.rehab.enabled else None
 
     def step(self, inputs: StepInputs) -> TickResult:
         """Run one tick on the synced ``inputs``; no I/O."""

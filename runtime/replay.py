@@ -213,7 +213,7 @@ def run_replay(model_path: str, data_root: str, protocol: str, split: str, subse
         with tempfile.TemporaryDirectory(prefix="awc-replay-keys-") as tmp:
             kd = Path(tmp) / "keys"
             keyfiles.init(kd)
-            keyfiles.add(kd, "replay", "sensor")
+            keyfiles.add(kd, "replay", "sensor", keyfiles.make_scope("replay", ["all"], ground_truth=True))
             keyfiles.add(kd, "viewer", "viewer")
             return _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cfg, clock, max_frames,
                                sequences, seed, str(kd), rehab_report, progress)

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import zmq
 
-from exporters.http import HttpExporter, WebConfig
+from exporters.http import HttpExporter, ServerLimits, WebConfig
 from exporters.metrics import RuntimeMetrics
 from exporters.pose_publisher import PosePublisher
-from exporters.recorder import open_recorder
+from exporters.recorder import keep_previous, open_recorder
 from runtime.config import RuntimeConfig
 from runtime.console import ConsoleView
 from runtime.inference import ModelError, OnnxPoseModel
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         stats = serve(cfg, model, console=args.console, duration_s=args.duration, view_port=args.view)
-    except keys.KeyFileError as err:
+    except (keys.KeyFileError, keys.PlaintextRefused) as err:   # not a port clash: say only what is wrong
         log.error("cannot serve: %s", err)
         return 2
     except (OSError, zmq.ZMQError, ValueError) as err:   # ports in use, endpoints that do not parse
@@ -201,9 +201,13 @@ def build_outputs(cfg: RuntimeConfig, model: OnnxPoseModel, metrics: RuntimeMetr
     if cfg.recorder.path:
         path = Path(cfg.recorder.path)
         r = cfg.recorder
-        outputs.append(RecorderOutput(open_recorder(path, r.npz_max_ticks, r.npz_max_mb, r.flush_s, r.rotate_mb)))
-        saved = cfg.save(path.with_name(path.name + ".config.yaml"))
-        log.info("recording ticks to %s (resolved config in %s)", path, saved)
+        outputs.append(RecorderOutput(open_recorder(path, r.npz_max_ticks, r.npz_max_mb, r.flush_s, r.rotate_mb),
+                                      cfg.station))
+        config_path = path.with_name(path.name + ".config.yaml")
+        kept = keep_previous(config_path)   # a restart keeps the previous run's config
+        saved = cfg.save(config_path)
+        log.info("recording ticks to %s (resolved config in %s%s)", path, saved,
+                 f"; the previous run's kept as {kept.name}" if kept else "")
     if console:
         outputs.append(ConsoleView(stats=stats))
     return Outputs(outputs, MetricsOutput(metrics, cfg, model))
@@ -236,8 +240,11 @@ class Runtime:
         if self.cfg.metrics.enabled:
             m = self.cfg.metrics
             web = WebConfig.load(m.web_config) if m.web_config else None
-            self.http = HttpExporter(self.metrics.registry, self.readiness, m.host, m.port, workers=m.workers,
-                                     web=web).start()
+            self.http = HttpExporter(
+                self.metrics.registry, self.readiness, m.host, m.port, workers=m.workers, web=web,
+                limits=ServerLimits(max_connections=m.max_connections, header_timeout_s=m.header_timeout_s),
+                on_closed=lambda r: self.metrics.http_closed.labels(reason=r).inc(),
+                on_refused=lambda r: self.metrics.http_auth_refused.labels(reason=r).inc()).start()
             log.info("metrics at %s (also /healthz, /readyz)", self.http.url)
         i = self.cfg.inputs
         ingest_curve, _ = curve_servers(self.cfg)
@@ -308,7 +315,8 @@ def serve(cfg: RuntimeConfig, model: OnnxPoseModel, console: bool = False, durat
         rt.start()
         if view_port is not None:
             from runtime.view.launch import start_viewer_process
-            viewer = start_viewer_process(rt.pose_endpoint, view_port, extra_args=viewer_key_args(cfg))
+            viewer = start_viewer_process(rt.pose_endpoint, view_port, extra_args=viewer_key_args(cfg),
+                                          web_config=cfg.metrics.web_config)
         return rt.run(duration_s)
     finally:
         if viewer is not None:

@@ -109,6 +109,11 @@ class SyncedSample:
     skew_s: float       # t_ns - tick_ns, seconds (negative = older than the tick)
     src: str
     seq: int
+    key: str = ""       # the allow-listed key that sent it (runtime.ingest; "" on a plaintext socket)
+
+    @property
+    def source(self) -> tuple[str, str]:
+        return self.key, self.src
 
 
 @dataclass
@@ -215,7 +220,7 @@ class Synchronizer:
     @staticmethod
     def _sample(msg: Message, tick_ns: int) -> SyncedSample:
         return SyncedSample(arrays=msg.arrays, t_ns=msg.t_ns, skew_s=(msg.t_ns - tick_ns) / 1e9,
-                            src=msg.src, seq=msg.seq)
+                            src=msg.src, seq=msg.seq, key=msg.key)
 
     def _packets(self, spec: schema.ModalitySpec, tick_ns: int) -> tuple[SyncedSample | None, int]:
         """CSI: packets with capture time in (tick - window, tick], oldest first -> each array of the
@@ -247,7 +252,7 @@ class Synchronizer:
         arrays = {n: np.concatenate(parts[n])[order] for n in names}
         t_last = int(np.concatenate(times).max())
         sample = SyncedSample(arrays=arrays, t_ns=t_last, skew_s=(t_last - tick_ns) / 1e9, src=newest.src,
-                              seq=newest.seq)
+                              seq=newest.seq, key=newest.key)
         return sample, int(len(order))
 
 

@@ -107,7 +107,7 @@ def start_runtime(model: str, secure: bool, workdir: Path, log_file) -> tuple[su
     if secure:
         kd = workdir / "keys"
         keys.init(kd)
-        keys.add(kd, "fuzz", "sensor")
+        keys.add(kd, "fuzz", "sensor", keys.make_scope("fuzz", ["all"], ground_truth=True))
         keys.add(kd, "viewer", "viewer")
         cmd += ["--keys", str(kd)]
         ep["keys"] = str(kd)

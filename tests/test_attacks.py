@@ -182,6 +182,25 @@ def test_future_capture_times_are_clock_faults_and_evict_nothing(station):
     assert any(m.extra["reasons"][lidar] == "clock" for m in station.poses[n:])
 
 
+def test_another_src_cannot_flag_the_healthy_cameras_clock(station):
+    """The red team's flood: rgb messages from another src stamped far in the future (dropped as clock
+    faults) never make the healthy camera look degraded: the clock faults are those of the source
+    that made them, and the tick judges the camera on the source whose sample it uses."""
+    n, before = len(station.poses), station.dropped("clock", "rgb")
+    rgb = schema.MODALITY_INDEX["rgb"]
+    end, i = time.monotonic() + 3.0, 0
+    while time.monotonic() < end:
+        station.send(_frames("rgb", src="intruder", seq=i, t_ns=time.time_ns() + 5 * 10 ** 9))
+        i += 1
+        time.sleep(0.01)
+    station.wait(lambda: station.dropped("clock", "rgb") >= before + 50)
+    station.healthy(n)
+    flood = station.poses[n:]
+    assert len(flood) >= 20
+    assert [m.extra["reasons"][rgb] for m in flood if m.extra["reasons"][rgb] == "clock"] == []
+    assert all(m.extra["degraded"][rgb] == 0 and m.arrays["presence"][rgb] == 1 for m in flood)
+
+
 def test_spoofed_max_seq_counts_no_losses(station):
     n, before = len(station.poses), station.dropped("sequence_gap")
     station.send(_frames("rgb", src="cam", seq=2 ** 64 - 1))

@@ -113,3 +113,29 @@ def test_training_export_records_the_calibration_set(tmp_path, tiny_dataset):
     fallback = OnnxPoseModel.load(out["test"], provider="cpu", intra_op_threads=1)
     assert fallback.metadata.baseline.source["set"] == "test"
     assert "on the test subset (the checkpoint's run validated on the test subset" in describe(fallback)
+
+
+def test_the_export_records_what_the_model_was_trained_on(tmp_path, tiny_dataset):
+    # the contract's training facts are the trainer's own training frames: validation subjects out
+    from fixtures.export_models import tiny_model
+
+    from training import cli as training_cli
+    from training.checkpoint import save_checkpoint
+
+    model, cfg = tiny_model("concat", seed=1)
+    cfg.data.root = str(tiny_dataset)
+    cfg.data.split, cfg.data.max_train, cfg.data.val_fraction = "S2", 0, 0.5
+    trainer = _trainer(cfg)
+    ckpt, onnx_path = tmp_path / "run.pt", tmp_path / "run.onnx"
+    save_checkpoint(ckpt, model, cfg, epoch=1, metrics={"val_mpjpe": 88.0, "val_set": "sequences"})
+    assert training_cli.main(["export", "--checkpoint", str(ckpt), "--out", str(onnx_path),
+                              "--calibration-frames", "60"]) == 0
+    meta = OnnxPoseModel.load(onnx_path, provider="cpu", intra_op_threads=1).metadata
+    trained = trainer.train.meta
+    assert meta.trained_actions == tuple(sorted(set(trained["action"].tolist())))
+    assert meta.trained_subjects == len(set(trained["subject"].tolist())) >= 1
+    held = {r.split("/")[1] for r in trainer.validation.sequences}
+    assert held and held.isdisjoint(trained["subject"].tolist())         # the held-out subject is not counted
+    assert (meta.trained_protocol, meta.trained_split, meta.validation_mpjpe_mm) == ("P1", "S2", 88.0)
+    assert meta.trained_on("a02") is True and meta.trained_on("A12") is False and meta.trained_on("") is None
+    assert "protocol P1, split S2" in describe(OnnxPoseModel.load(onnx_path, provider="cpu", intra_op_threads=1))

@@ -13,7 +13,8 @@ UNIT_SUFFIXES = ("_seconds", "_ratio", "_bytes", "_hertz", "_total", "_info", "_
                  "_degrees")
 # Unitless gauges: flags (0/1), a state set, counts of things that are not events, a score.
 UNITLESS = {"awc_ready", "awc_modality_degraded", "awc_inference_gpu_fallback", "awc_shapley_value",
-            "awc_ingest_queue_depth", "awc_rehab_exercise", "awc_rehab_exercise_repetitions"}
+            "awc_ingest_queue_depth", "awc_rehab_exercise", "awc_rehab_exercise_repetitions",
+            "awc_rehab_exercise_untrained"}
 
 
 def test_names_follow_the_house_rules():

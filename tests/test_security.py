@@ -303,3 +303,17 @@ def test_secured_end_to_end_replay_matches_the_plaintext_one(tiny_dataset, tmp_p
     assert secured["accuracy"]["mpjpe_mm"] == plain["accuracy"]["mpjpe_mm"]
     assert secured["contribution_shares"] == plain["contribution_shares"]
     assert secured["pose_stream_invalid"] == plain["pose_stream_invalid"] == 0
+
+
+def test_plaintext_off_loopback_is_refused_with_its_own_reason(tmp_path, caplog):
+    """The refusal says what is wrong and how to fix it, not that the ports may be in use."""
+    pytest.importorskip("torch").set_num_threads(1)
+    from runtime.cli import main
+    from training.export import export_untrained
+
+    model = export_untrained(tmp_path / "tiny.onnx", preset="tiny", seed=0)
+    rc = main(["serve", "--model", str(model), "--plaintext", "--input", f"tcp://0.0.0.0:{free_loopback_port()}",
+               "--output", f"tcp://127.0.0.1:{free_loopback_port()}", "--metrics-port", "0", "--duration", "1"])
+    assert rc == 2
+    assert "plaintext (no CurveZMQ) on the non-loopback" in caplog.text and "force_plaintext" in caplog.text
+    assert "another runtime" not in caplog.text

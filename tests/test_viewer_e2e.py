@@ -161,7 +161,7 @@ def test_recording_plays_back_with_a_time_slider(tmp_path):
                    "degradation": np.array([0, float(t >= 30), 0, 0], np.float32),
                    "degraded": np.array([0, int(t >= 32), 0, 0], np.uint8),
                    "reasons": ["", "missing" if t >= 30 else "", "", ""],
-                   "shares": np.array([0.4, 0.3, 0.2, 0.1], np.float32),
+                   "shares": np.array([0.4, 0.3, 0.2, 0.1], np.float32), "station": "gym-2",
                    **({"exercise": "squat", "session": "", "reps": t // 10,
                        "angles": np.array([90 + t, 80.0, np.nan], np.float32)} if t >= 20 else {})})
     rec.close()
@@ -178,6 +178,7 @@ def test_recording_plays_back_with_a_time_slider(tmp_path):
         assert slider.get_attribute("max") == "59"
         assert driver.find_element(By.ID, "connection").text == "recording"
         station = driver.find_element(By.CSS_SELECTOR, "article.station")
+        assert station.find_element(By.CSS_SELECTOR, ".station-name").text == "gym-2"   # the recorded station
         tick = station.find_element(By.CSS_SELECTOR, ".tick")
         _wait(lambda: int(tick.get_attribute("data-tick")) > 100, 10, "playback to advance")
         driver.find_element(By.ID, "play").click()                     # pause, then seek with the slider
@@ -201,3 +202,86 @@ def test_recording_plays_back_with_a_time_slider(tmp_path):
             driver.quit()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def colourfulness(png: Path, box) -> float:
+    """Mean spread between the colour channels of a PNG region (0 for pure grey)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB").crop(box), np.float32)
+    return float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
+
+
+@pytest.mark.slow
+def test_the_viewer_turns_stale_when_every_sensor_stops(tiny_dataset, tmp_path):
+    """Every sensor stops 4 s into a replay: the runtime has nothing to fuse and publishes nothing.
+    Within the silence limit the page stops looking live: the badge, the card's freshness with the
+    age of the last pose (growing), every light off, the skeleton greyed; /readyz agrees. While
+    live, hovering a joint names it."""
+    _need_browser()
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from runtime.view.browser import headless_chromium
+    from runtime.view.frames import STALE_AFTER_S
+    from sensors.replay import replay
+
+    model = export_tiny_model(tmp_path)
+    view_port = free_loopback_port()
+    url = f"http://127.0.0.1:{view_port}"
+    stop_s = 4
+    with ServeProcess(model, tmp_path, "--view", str(view_port)) as srv:
+        _wait(lambda: _http_ok(url + "/healthz"), 30, f"the viewer at {url}\n{srv.log.read_text()}")
+        driver = headless_chromium()
+        sender = None
+        try:
+            driver.get(url + "/")
+            _wait(lambda: driver.find_element(By.ID, "connection").text == "live", 20, "the page's live stream")
+            sender = threading.Thread(target=lambda: replay(
+                tiny_dataset, srv.input, protocol="P1", split="S1", subset="all", rate=1.0, max_frames=100,
+                faults=[f"{m}:stop@{stop_s}" for m in schema.MODALITIES]), daemon=True)
+            sender.start()
+            station = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "article.station"), 20,
+                            "a station card with live data")[0]
+            fresh = station.find_element(By.CSS_SELECTOR, ".freshness")
+            _wait(lambda: station.find_element(By.CSS_SELECTOR, ".tick").get_attribute("data-tick") not in ("", "-"),
+                  10, "a tick on the page")
+            assert fresh.get_attribute("data-stale") == "false" and fresh.text == "live"
+            # hover: the joint under the pointer is named
+            canvas = station.find_element(By.CSS_SELECTOR, ".scene canvas")
+            knee = schema.JOINT_INDEX["left_knee"]
+            p = driver.execute_script("return window.viewerProject(arguments[0], arguments[1])",
+                                      station.get_attribute("data-station"), knee)
+            ActionChains(driver).move_to_element_with_offset(canvas, int(p["x"] - canvas.rect["width"] / 2),
+                                                             int(p["y"] - canvas.rect["height"] / 2)).perform()
+            label = station.find_element(By.CSS_SELECTOR, ".joint-label")
+            _wait(lambda: label.is_displayed(), 5, "a joint label on hover")
+            assert label.text == "left knee" and label.get_attribute("data-joint") == "left_knee"
+            ActionChains(driver).move_by_offset(0, int(canvas.rect["height"])).perform()   # off the canvas
+            live_shot = tmp_path / "live.png"
+            driver.save_screenshot(str(live_shot))
+            r = canvas.rect
+            box = (int(r["x"]), int(r["y"]), int(r["x"] + r["width"]), int(r["y"] + r["height"]))
+            # every sensor stops: no pose any more; the page says so within the silence limit
+            _wait(lambda: station.get_attribute("data-stale") == "true", stop_s + STALE_AFTER_S + 10,
+                  "the card to turn stale")
+            badge = driver.find_element(By.ID, "connection")
+            assert badge.get_attribute("data-state") == "stale" and "no pose for" in badge.text
+            assert station.find_element(By.CSS_SELECTOR, ".scene").get_attribute("data-skeleton") == "stale"
+            rows = station.find_elements(By.CSS_SELECTOR, "tr[data-modality]")
+            assert len(rows) == schema.N_MODALITIES
+            for row in rows:
+                assert "on" not in row.find_element(By.CSS_SELECTOR, ".light").get_attribute("class").split()
+                assert row.find_element(By.CSS_SELECTOR, ".status").text == "no data"
+            age = float(fresh.get_attribute("data-age-s"))
+            assert age > STALE_AFTER_S and "last pose" in fresh.text
+            _wait(lambda: float(fresh.get_attribute("data-age-s")) >= age + 1.0, 5, "the age of the last pose to grow")
+            assert srv.get("/readyz")[0] == 503                       # the runtime agrees: not ready
+            stale_shot = tmp_path / "stale.png"
+            driver.save_screenshot(str(stale_shot))
+            assert colourfulness(live_shot, box) > 2 * colourfulness(stale_shot, box) + 0.05, \
+                "the skeleton is not greyed"
+        finally:
+            driver.quit()
+        if sender is not None:
+            sender.join(timeout=30)

@@ -23,6 +23,7 @@ from training.config import Config, model_contract
 from training.data import (
     META_KEYS,
     Split,
+    Validation,
     hold_out_validation,
     load_split,
     select_frames,
@@ -165,6 +166,15 @@ def validation_recordings(cfg: Config, train: MMFiDataset, progress: bool = True
     if cfg.data.validation == "test":
         return [], ("the checkpoint's run validated on the test subset (data.validation=test), so its "
                     "training recordings hold no unseen frames")
+    _, validation = _trained_frames(cfg, train, progress)
+    if validation.source != "sequences":
+        return [], validation.note
+    return list(validation.sequences), ""
+
+
+def _trained_frames(cfg: Config, train: MMFiDataset, progress: bool) -> tuple[Split, Validation]:
+    """(the frames the run of ``cfg`` trained on, its validation set), as ``training fit`` chose
+    them: only the frames' metadata (and presence for ``data.frames=complete``) is read."""
     per = schema.FRAMES_PER_SEQUENCE
     meta = {f: np.repeat(np.array([getattr(k, f) for k in train.keys], dtype=str), per)
             for f in ("env", "subject", "action")}
@@ -175,10 +185,24 @@ def validation_recordings(cfg: Config, train: MMFiDataset, progress: bool = True
         tensors["presence"] = load_split(replace(cfg, data=data), "train", progress).tensors["presence"]
     split = select_frames(cfg, subsample_training(cfg, Split(tensors, meta)))
     empty = Split({"joints": torch.zeros(0, 0)}, {k: np.zeros(0) for k in META_KEYS})
-    _, validation = hold_out_validation(cfg.data, split, empty)
-    if validation.source != "sequences":
-        return [], validation.note
-    return list(validation.sequences), ""
+    return hold_out_validation(cfg.data, split, empty)
+
+
+def training_facts(cfg: Config, data_root: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """What the run of ``cfg`` trained on, for the model's contract (``ModelContract.trained_*``):
+    the protocol, the split, the actions and the number of subjects of the frames it learnt from
+    (held-out validation subjects excluded), derived from the dataset as ``training fit`` chose them.
+    Where the dataset cannot be read, the protocol's actions and no subject count, with a warning."""
+    facts: dict[str, Any] = {"trained_protocol": cfg.data.protocol, "trained_split": cfg.data.split}
+    root = Path(cfg.data.root if data_root is None else data_root)
+    try:
+        trained, _ = _trained_frames(cfg, _dataset(cfg, root, "train"), progress)
+    except (ExportError, FileNotFoundError, OSError) as err:
+        log.warning("the export records the actions of protocol %s but no subject count: the training data "
+                    "cannot be read (%s)", cfg.data.protocol, err)
+        return {**facts, "trained_actions": tuple(sorted(schema.PROTOCOLS[cfg.data.protocol]))}
+    return {**facts, "trained_actions": tuple(sorted({str(a) for a in trained.meta["action"]})),
+            "trained_subjects": len({str(s) for s in trained.meta["subject"]})}
 
 
 def _dataset(cfg: Config, root: Path, subset: str) -> MMFiDataset:

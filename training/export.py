@@ -43,6 +43,7 @@ from training.calibration import (
     ExportError,
     load_calibration,
     measure_baseline,
+    training_facts,
 )
 from training.config import Config, model_contract, resolve
 
@@ -146,16 +147,17 @@ def trace_to_onnx(module: nn.Module, contract: ModelContract, output_names: tupl
 def export_onnx(model: nn.Module, cfg: Config, out_path: str | Path, calibration: CalibrationSet | None = None,
                 metrics: Mapping[str, Any] | None = None, opset: int = OPSET,
                 no_calibration_reason: str = "exported without calibration data",
-                calibration_window: int = CALIBRATION_WINDOW) -> Path:
+                calibration_window: int = CALIBRATION_WINDOW, facts: Mapping[str, Any] | None = None) -> Path:
     """Export ``model`` (the training API: encode / fuse / fuse_coalitions) with full metadata.
 
     cfg: the resolved training config (training.config.Config). calibration: validation frames for the contribution baseline
     (None -> the metadata records the baseline as missing, with ``no_calibration_reason``).
     metrics: validation metrics to record. calibration_window: frames per baseline window.
-    Returns the written path.
+    facts: what the model was trained on (``training_facts``: ``trained_protocol`` ...; none for a
+    model that was never trained). Returns the written path.
     """
     out_path = Path(out_path)
-    contract = export_contract(cfg, metrics or {}, opset)
+    contract = export_contract(cfg, metrics or {}, opset, facts or {})
     proto = trace_to_onnx(CoalitionGraph(model), contract, schema.MODEL_OUTPUTS, opset)
     props = contract.to_props()
     if calibration is None:
@@ -179,15 +181,17 @@ def export_pose_only(model: nn.Module, contract: ModelContract, out_path: str | 
     return Path(out_path)
 
 
-def export_contract(cfg: Config, metrics: Mapping[str, Any], opset: int) -> ModelContract:
+def export_contract(cfg: Config, metrics: Mapping[str, Any], opset: int,
+                    facts: Mapping[str, Any] | None = None) -> ModelContract:
     """The model's contract as the export records it: ``training.config.model_contract`` with the
-    validation metrics and the producer (versions, opset, training data, time)."""
+    validation metrics, the producer (versions, opset, training data, time) and what the model was
+    trained on (``facts``)."""
     producer = {"torch": torch.__version__, "onnx": onnx.__version__, "opset": opset,
                 "training_data": dataset_kind(cfg.data.root),
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "ir_version": IR_VERSION, "exporter": "torch.onnx.export(dynamo=False)"}
     metrics = json.loads(json.dumps(dict(metrics), default=_json_default))
-    return model_contract(cfg, validation_metrics=metrics, producer=producer)
+    return model_contract(cfg, validation_metrics=metrics, producer=producer, **dict(facts or {}))
 
 
 def _json_default(value: Any) -> Any:
@@ -239,7 +243,7 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, data_root: s
     metrics = checkpoint_metrics(info)
     return export_onnx(model, cfg, out_path, calibration=calibration, metrics=metrics, opset=opset,
                        no_calibration_reason="exported with --no-calibration",
-                       calibration_window=calibration_window)
+                       calibration_window=calibration_window, facts=training_facts(cfg, data_root, progress=False))
 
 
 def checkpoint_metrics(info: Mapping[str, Any]) -> dict[str, Any]:

@@ -299,17 +299,22 @@ def rehab(lay: Layout) -> None:
     lay.row("Rehabilitation")
     lay.add(stat("Exercise", "Current exercise of each station (P2 code or unknown), from the config, "
                  "`runtime serve --exercise` or a client's `exercise` header field (docs/rehab.md).",
-                 [target(f"awc_rehab_exercise{{{SEL}}} == 1", "{{station}} {{exercise}}", instant=True)]), 6, 5)
+                 [target(f"awc_rehab_exercise{{{SEL}}} == 1", "{{station}} {{exercise}}", instant=True)]), 5, 5)
+    lay.add(stat("Exercise untrained", "1 while the current exercise is one the served model was never trained "
+                 "on (its contract's training facts): every repetition and angle of it is untrusted (docs/rehab.md).",
+                 [target(f"awc_rehab_exercise_untrained{{{SEL}}}", "{{station}}", instant=True)],
+                 steps=[{"color": "green", "value": None}, {"color": "red", "value": 1}]), 4, 5)
     lay.add(stat("Repetitions", "Repetitions counted since the current exercise started.",
-                 [target(f"awc_rehab_exercise_repetitions{{{SEL}}}", "{{station}}")]), 6, 5)
-    lay.add(stat("Low-confidence repetitions", "Repetitions in the time range measured mostly while a key "
-                 "modality (RGB or LiDAR by default) was degraded or absent: their figures are not to be trusted.",
+                 [target(f"awc_rehab_exercise_repetitions{{{SEL}}}", "{{station}}")]), 5, 5)
+    lay.add(stat("Low-confidence repetitions", "Repetitions in the time range whose figures are not to be trusted: "
+                 "a key modality (RGB or LiDAR by default) degraded during it or absent for most of it, implausible "
+                 "poses, or an exercise the model never learnt (docs/rehab.md, Trust).",
                  [target(f"sum by (station) (increase(awc_rehab_low_confidence_repetitions_total{{{SEL}}}"
                          f"[$__range]))", "{{station}}", instant=True)],
-                 steps=[{"color": "green", "value": None}, {"color": "orange", "value": 1}]), 6, 5)
+                 steps=[{"color": "green", "value": None}, {"color": "orange", "value": 1}]), 5, 5)
     lay.add(stat("Last range of motion", "Range of motion of the last counted repetition, per angle and side.",
                  [target(f"awc_rehab_last_range_of_motion_degrees{{{SEL}}} > 0", "{{station}} {{angle}} {{side}}",
-                         instant=True)], unit="degree"), 6, 5)
+                         instant=True)], unit="degree"), 5, 5)
     lay.add(timeseries("Limb angles", "Joint angles of the live pose, causally smoothed (definitions in "
                        "docs/rehab.md); the exact per-tick values are on the pose stream.",
                        [target(f'awc_joint_angle_degrees{{{SEL}, side=~"left|right"}}',
@@ -327,6 +332,12 @@ def rehab(lay: Layout) -> None:
                        [target(f"60 * sum by (station, angle, side) (rate(awc_joint_angle_implausible_samples_total"
                                f"{{{SEL}}}[{RATE}])) > 0", "{{station}} {{angle}} {{side}}")], "none",
                        by_modality=False), 8, 6)
+    lay.add(timeseries("Implausible poses", "Ticks per minute whose pose failed a plausibility check: a limb bone "
+                       "off its session median, an angle outside the physiological range, jitter (docs/rehab.md). "
+                       "A repetition with many is low-confidence.",
+                       [target(f"60 * sum by (station, check) (rate(awc_rehab_implausible_pose_ticks_total"
+                               f"{{{SEL}}}[{RATE}])) > 0", "{{station}} {{check}}")], "none",
+                       by_modality=False), 24, 6)
 
 
 def templating() -> dict:

@@ -83,6 +83,42 @@ def channel_key(angle: str, side: str) -> str:
 
 CHANNEL_KEYS: tuple[str, ...] = tuple(channel_key(a, s) for a, s in CHANNELS)
 
+# The words a therapist reads for each angle: (positive direction, negative direction or None for an
+# angle that is never negative). A signed angle is shown as its magnitude with the word of its
+# sign, as goniometry records it: shoulder flexion -38 deg is "shoulder extension 38 deg".
+ANGLE_WORDS: dict[str, tuple[str, str | None]] = {
+    "knee_flexion": ("knee flexion", None), "elbow_flexion": ("elbow flexion", None),
+    "hip_flexion": ("hip flexion", "hip extension"), "hip_abduction": ("hip abduction", "hip adduction"),
+    "shoulder_flexion": ("shoulder flexion", "shoulder extension"),
+    "shoulder_abduction": ("shoulder abduction", "shoulder adduction"),
+    "trunk_lean_sagittal": ("trunk lean forward", "trunk lean backward"),
+    "trunk_lean_frontal": ("trunk lean to the left", "trunk lean to the right"),
+}
+
+
+def channel_label(key: str, value: float | None = None) -> str:
+    """``knee_flexion_left`` -> "left knee flexion"; ``knee_flexion`` (both sides) -> "knee flexion
+    (both sides)"; with a negative ``value`` of a signed angle, the word of that direction
+    ("left shoulder extension")."""
+    angle, side = key, None
+    for s in SIDES:
+        if key.endswith("_" + s):
+            angle, side = key[: -len(s) - 1], s
+    if angle not in ANGLE_WORDS:
+        return key.replace("_", " ")
+    positive, negative = ANGLE_WORDS[angle]
+    words = negative if negative and value is not None and value < 0 else positive
+    if side:
+        return f"{side} {words}"
+    return words if angle in TRUNK_ANGLES else f"{words} (both sides)"
+
+
+def channel_reading(key: str, value: float | None, digits: int = 1) -> str:
+    """A channel's value in words: "left shoulder extension 38.0°" ("-" when there is none)."""
+    if value is None or not np.isfinite(value):
+        return f"{channel_label(key)} -"
+    return f"{channel_label(key, value)} {abs(value):.{digits}f}°"
+
 
 # Small-vector helpers on [..., 3] arrays, written out: a tick computes them on single vectors,
 # where numpy's general cross/norm cost more in call overhead than in arithmetic.

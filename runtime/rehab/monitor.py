@@ -19,20 +19,28 @@ A repetition records the fraction of its ticks whose counted angle was dropped
 (``implausible_fraction``) and is low-confidence when that exceeds ``low_confidence_fraction``;
 a range over the physiological maximum is not counted (``Segment.rejected``).
 
+Trust (``runtime.rehab.trust``): every tick the pose also goes through the plausibility checks
+(``runtime.rehab.plausibility``: bone lengths against the session's own median, angle limits,
+jitter), and each repetition is judged on its ticks; with the actions the model was trained on
+(``trained_actions``, from its contract), an exercise outside them makes the segment and every
+repetition of it untrusted (``exercise_trained`` false, flag ``untrained_exercise``).
+
 Pure (no I/O); ``runtime.pipeline`` calls it from ``step`` and puts the result on ``TickResult``.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from runtime.rehab import angles as ang
 from runtime.rehab.exercises import EXERCISES, GENERIC_MIN_ROM_DEG, UNKNOWN, Exercise, get_exercise
+from runtime.rehab.plausibility import PlausibilityConfig, PoseChecker
 from runtime.rehab.repetitions import CounterConfig, Repetition, RepetitionCounter
-from runtime.rehab.trust import TrustConfig, TrustTracker
+from runtime.rehab.trust import TrustConfig, TrustTracker, with_flag
 from sensors.core import schema
 
 MAX_SEGMENTS = 200          # segments kept in memory (the live runtime needs only the current one)
@@ -48,6 +56,9 @@ class RehabConfig:
     filter_order: int = 2
     key_modalities: tuple[str, ...] = schema.REHAB_KEY_MODALITIES
     low_confidence_fraction: float = 0.5
+    implausible_fraction: float = 0.25  # a repetition with more of its ticks failing a pose check is low-confidence
+    bone_tolerance: float = 0.3         # pose check: a limb bone this fraction off its session median
+    jitter_m: float = 0.08              # pose check: median joint second difference (m a tick)
     history_s: float = 300.0            # angle and trust history kept for the repetitions' figures
 
     def __post_init__(self):
@@ -60,7 +71,8 @@ class RehabConfig:
         if self.history_s <= 0:
             raise ValueError(f"rehab.history_s must be > 0, got {self.history_s}")
         ang.SmoothingConfig(self.cutoff_hz, self.filter_order)   # validates
-        TrustConfig(self.key_modalities, self.low_confidence_fraction)
+        TrustConfig(self.key_modalities, self.low_confidence_fraction, self.implausible_fraction)
+        PlausibilityConfig(self.bone_tolerance, self.jitter_m)
 
 
 @dataclass
@@ -74,6 +86,8 @@ class Segment:
     end_tick: int = -1
     reps: list[dict] = field(default_factory=list)    # completed repetitions (Repetition.to_dict + extras)
     rejected: int = 0                                 # ranges over the physiological maximum, not counted
+    requested: str = ""                               # the code as asked (a P1 action, too), "" = none
+    trained: bool | None = None                       # the model learnt this exercise; None = unknown
 
     @property
     def code(self) -> str:
@@ -97,7 +111,7 @@ class RehabTick:
     """What the monitor says at one tick."""
 
     angles: np.ndarray | None          # [N_CHANNELS] smoothed degrees (angles.CHANNELS), None before a pose
-    exercise: str                      # code or "unknown"
+    exercise: str                      # code as asked (a P2 code, another MM-Fi code) or "unknown"
     session: str | None
     principal: str | None              # channel key counted (generic mode: the one moving most)
     count: int                         # repetitions counted in the current segment
@@ -105,12 +119,15 @@ class RehabTick:
     counted: list[Repetition] = field(default_factory=list)    # counted at this tick
     completed: list[dict] = field(default_factory=list)        # completed at this tick (with trust)
     implausible: tuple[str, ...] = ()  # channel keys whose raw angle was dropped at this tick (held)
+    exercise_trained: bool | None = None   # the model learnt the current exercise; None = it does not say
+    pose_checks: tuple[str, ...] = ()  # plausibility checks the pose failed at this tick
 
     def header(self) -> dict:
         """The ``rehab`` map of the pose message header (docs/wire.md)."""
         last = self.completed[-1] if self.completed else None
         return {
             "exercise": self.exercise, "session": self.session, "principal": self.principal,
+            "exercise_trained": self.exercise_trained, "pose_checks": list(self.pose_checks),
             "reps": int(self.count),
             "last_rom_deg": None if self.last_rom_deg is None else round(float(self.last_rom_deg), 2),
             "angles_deg": None if self.angles is None else
@@ -120,17 +137,23 @@ class RehabTick:
 
 
 COMPLETED_KEYS = ("index", "side", "start_s", "end_s", "rom_deg", "peak_deg", "duration_s", "fused_fraction",
-                  "degraded", "implausible_fraction", "low_confidence")
+                  "degraded", "implausible_fraction", "implausible_pose_fraction", "trust_flags", "low_confidence")
 
 
 class RehabMonitor:
-    def __init__(self, config: RehabConfig = RehabConfig(), rate_hz: float = schema.FRAME_RATE_HZ):
+    """``trained_actions``: the MM-Fi actions the served model learnt from (its contract's
+    ``trained_actions``); None when unknown (nothing is then judged on it)."""
+
+    def __init__(self, config: RehabConfig = RehabConfig(), rate_hz: float = schema.FRAME_RATE_HZ,
+                 trained_actions: Iterable[str] | None = None):
         self.config = config
         self.rate_hz = rate_hz
+        self.trained_actions = None if trained_actions is None else frozenset(trained_actions)
         self.filter = ang.AngleFilter(ang.N_CHANNELS, ang.SmoothingConfig(config.cutoff_hz, config.filter_order,
                                                                           rate_hz))
         self.trust = TrustTracker(TrustConfig(config.key_modalities, config.low_confidence_fraction,
-                                              max(10, int(config.history_s * rate_hz))))
+                                              config.implausible_fraction, max(10, int(config.history_s * rate_hz))))
+        self.checker = PoseChecker(PlausibilityConfig(config.bone_tolerance, config.jitter_m))
         # continuity restarts after 1 s without a plausible sample; at most 900 deg/s is continuous
         self.gate = ang.PlausibilityGate(max(1, round(rate_hz)), min(180.0, 900.0 / rate_hz))
         self._history: deque[tuple[int, np.ndarray]] = deque(maxlen=max(10, int(config.history_s * rate_hz)))
@@ -148,6 +171,7 @@ class RehabMonitor:
         optional). Repeats of the value in effect at ``t_ns`` and fields older than the last tick
         (a late message) change nothing."""
         code = str(exercise or "").strip().upper()[:16]
+        code = "" if code == UNKNOWN.upper() else code
         item = (code, None if session is None else str(session)[:128])
         t_ns = int(t_ns)
         if t_ns < self._applied_ns:
@@ -172,7 +196,10 @@ class RehabMonitor:
         code, session = self._wanted
         ex = get_exercise(code)
         self._finish_segment()
-        seg = Segment(ex, session, tick, tick_ns)
+        if self.current is not None and self.current.session != session:
+            self.checker.reset()            # another session: another person's bone lengths
+        seg = Segment(ex, session, tick, tick_ns, requested=code,
+                      trained=None if not code or self.trained_actions is None else code in self.trained_actions)
         self.segments.append(seg)
         self.last_rom = None
         if ex is None:
@@ -207,15 +234,16 @@ class RehabMonitor:
         self._apply_requests(tick_ns)
         seg = self.current
         completed: list[dict] = []
-        if seg is None or (seg.code if seg.exercise else "", seg.session) != self._normalised_wanted():
+        if seg is None or (seg.requested, seg.session) != self._wanted:
             completed += self._finish_segment()
             seg = self._start_segment(tick, tick_ns)
         seg.end_tick = tick
-        self.trust.add(tick, presence, degraded, shares)
         raw = dropped = None
         if pose is not None:
             raw, dropped = self.gate.update(ang.joint_angles(np.asarray(pose, np.float64)))
             self._dropped.append((tick, dropped))
+        checks = self.checker.update(pose, dropped is not None and bool(dropped.any()))
+        self.trust.add(tick, presence, degraded, shares, checks)
         smoothed = self.filter.update(raw)
         counted: list[Repetition] = []
         if smoothed is not None:
@@ -234,12 +262,9 @@ class RehabMonitor:
                  else (self._counters[principal].count if principal else 0))
         seg.rejected = sum(c.rejected for c in self._counters.values())
         implausible = () if dropped is None else tuple(k for k, d in zip(ang.CHANNEL_KEYS, dropped) if d)
-        return RehabTick(smoothed, seg.code, seg.session, principal, count, self.last_rom, counted, completed,
-                         implausible)
-
-    def _normalised_wanted(self) -> tuple[str, str | None]:
-        code, session = self._wanted
-        return ((code if get_exercise(code) else ""), session)
+        shown = seg.code if seg.exercise is not None else (seg.requested or UNKNOWN)   # a P1 code stays named
+        return RehabTick(smoothed, shown, seg.session, principal, count, self.last_rom, counted, completed,
+                         implausible, seg.trained, checks)
 
     @staticmethod
     def _signal(ex: Exercise | None, key: str, a: np.ndarray) -> float:
@@ -278,7 +303,10 @@ class RehabMonitor:
         d.update(self.trust.over(start, end))
         d["implausible_fraction"] = self._implausible_fraction(seg, key, start, end)
         if d["implausible_fraction"] > self.config.low_confidence_fraction:
-            d["low_confidence"] = True
+            with_flag(d, "implausible_angle")
+        d["exercise_trained"] = seg.trained
+        if seg.trained is False:
+            with_flag(d, "untrained_exercise")
         seg.reps.append(d)
         return d
 
@@ -300,6 +328,7 @@ def segment_summary(seg: Segment) -> dict:
     roms = np.array([r["rom_deg"] for r in reps]) if reps else np.zeros(0)
     durs = np.array([r["duration_s"] for r in reps if r["duration_s"] is not None])
     out = {"exercise": seg.code, "name": "unknown exercise" if seg.exercise is None else seg.exercise.name,
+           "requested": seg.requested or None, "exercise_trained": seg.trained,
            "session": seg.session, "count": len(reps), "ticks": seg.end_tick - seg.start_tick + 1,
            "principal": reps[0]["channel"] if reps else None,
            "rom_mean_deg": _r(roms.mean()) if roms.size else None, "rom_min_deg": _r(roms.min()) if roms.size else None,
@@ -320,15 +349,19 @@ def segment_summary(seg: Segment) -> dict:
 def symmetry(seg: Segment) -> dict | None:
     """Left/right symmetry within a segment: ``both`` from each repetition's per-side range,
     ``alternating`` from the left and right repetitions. 100 = equal ranges."""
-    ex = seg.exercise
-    if ex is None or not seg.reps or ex.mode not in ("both", "alternating"):
+    return reps_symmetry(seg.exercise, seg.reps)
+
+
+def reps_symmetry(ex: Exercise | None, reps: list[dict]) -> dict | None:
+    """``symmetry`` of the repetitions ``reps`` of exercise ``ex`` (of one segment or several)."""
+    if ex is None or not reps or ex.mode not in ("both", "alternating"):
         return None
     if ex.mode == "both":
-        left = [r["side_rom_deg"]["left"] for r in seg.reps if r.get("side_rom_deg", {}).get("left") is not None]
-        right = [r["side_rom_deg"]["right"] for r in seg.reps if r.get("side_rom_deg", {}).get("right") is not None]
+        left = [r["side_rom_deg"]["left"] for r in reps if (r.get("side_rom_deg") or {}).get("left") is not None]
+        right = [r["side_rom_deg"]["right"] for r in reps if (r.get("side_rom_deg") or {}).get("right") is not None]
     else:
-        left = [r["rom_deg"] for r in seg.reps if r["side"] == "left"]
-        right = [r["rom_deg"] for r in seg.reps if r["side"] == "right"]
+        left = [r["rom_deg"] for r in reps if r["side"] == "left"]
+        right = [r["rom_deg"] for r in reps if r["side"] == "right"]
     return symmetry_of(left, right)
 
 

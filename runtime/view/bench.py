@@ -103,7 +103,7 @@ def run_bench(rate_hz: float, seconds: float, stations: int) -> dict:
     drawn_s = (page["lastDrawnMs"] - page["firstDrawnMs"]) / 1e3
     return {
         "rate_hz": rate_hz, "stations": stations, "seconds": seconds, "published": len(publish_s),
-        "viewer_received": stream["received"], "tick_gaps": stream["tick_gaps"], "coalesced": stream["coalesced"],
+        "viewer_received": stream["received"], "lost": stream["lost"], "coalesced": stream["coalesced"],
         "page_arrived": page["arrived"], "page_drawn": page["frames"],
         "page_updates_per_s": round((page["frames"] - 1) / drawn_s, 2) if drawn_s > 0 else 0.0,
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),

@@ -19,6 +19,7 @@ A frame is a flat dict of JSON values:
 ``reasons``         [4] largest component of each degradation score (``""`` when healthy), or None
 ``rehab``           rehabilitation outputs (see docs/wire.md), or None when the stream has none
 ``points``          {"lidar": [[x,y,z]...], "mmwave": [...]} when the runtime forwards them, or None
+``seq``             the pose message's sequence number (live frames only: lost messages are its gaps)
 ==================  ===========================================================================
 """
 
@@ -30,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from exporters.recorder import read_rows
+from runtime.rehab import angles as ang
+from runtime.rehab.trust import FLAGS
 from sensors.core import schema, wire
 from sensors.core.pose_record import PoseRecord
 
@@ -96,6 +99,8 @@ def _rehab(rec: PoseRecord) -> dict | None:
     if rec.reps is None:
         return None
     out = {"exercise": str(rec.exercise or ""), "session": str(rec.session or ""), "reps": int(rec.reps)}
+    if rec.exercise_trained is not None:
+        out["exercise_trained"] = bool(rec.exercise_trained)
     if rec.angles is not None:
         values = _list(rec.angles, 2)
         out["angles_deg"] = dict(zip(_angle_names(len(values)), values))
@@ -125,8 +130,8 @@ def frame_of(rec: PoseRecord, station: str = "") -> dict:
 
 
 def frame_from_message(msg: wire.Message) -> dict:
-    """A decoded wire ``pose`` message -> frame."""
-    return frame_of(PoseRecord.from_message(msg))
+    """A decoded wire ``pose`` message -> frame (with the message's ``seq``, for loss counting)."""
+    return {**frame_of(PoseRecord.from_message(msg)), "seq": int(msg.seq)}
 
 
 def frame_from_record(row: dict, station: str) -> dict:
@@ -148,13 +153,23 @@ def load_recording(path: str | Path, max_frames: int = 36_000) -> list[dict]:
     return frames
 
 
-def page_config(mode: str, source: str) -> dict:
-    """What the page needs to know besides the frames: modality names and the skeleton."""
+STALE_AFTER_S = 2.0      # live: a station silent this long is shown stale (runtime view --stale-after); the
+                         # runtime's /readyz fails after the same silence (metrics.ready_max_tick_age_s)
+
+
+def page_config(mode: str, source: str, stale_after_s: float = STALE_AFTER_S) -> dict:
+    """What the page needs to know besides the frames: modality names, the skeleton, the words it
+    shows (joint names, angle names with the word of each direction, trust flags) and after how
+    long a silent station turns stale."""
     side = ["centre"] * schema.N_JOINTS
     for i, name in enumerate(schema.H36M_JOINTS):
         if name.startswith("left_"):
             side[i] = "left"
         elif name.startswith("right_"):
             side[i] = "right"
+    angle_labels = {k: [ang.channel_label(k, 1.0), ang.channel_label(k, -1.0)] for k in ang.CHANNEL_KEYS}
+    angle_labels.update({a: [ang.channel_label(a, 1.0), ang.channel_label(a, -1.0)] for a in schema.LIMB_ANGLES})
     return {"mode": mode, "source": source, "modalities": list(schema.MODALITIES),
-            "joints": list(schema.H36M_JOINTS), "edges": [list(e) for e in schema.SKELETON_EDGES], "side": side}
+            "joints": list(schema.H36M_JOINTS), "edges": [list(e) for e in schema.SKELETON_EDGES], "side": side,
+            "joint_labels": [n.replace("_", " ") for n in schema.H36M_JOINTS], "angle_labels": angle_labels,
+            "trust_words": dict(FLAGS), "stale_after_s": float(stale_after_s)}

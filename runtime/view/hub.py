@@ -3,9 +3,11 @@ frame per station, and one latest-wins queue per open page.
 
 The viewer never slows the runtime: it runs in its own process and its SUB socket has a small
 receive high-water mark, so when it falls behind ZeroMQ drops messages for this subscriber only
-(the runtime's PUB never blocks). What is lost is counted: tick gaps per station (messages the
-viewer never saw, or ticks the runtime skipped), unreadable messages, and frames a slow page
-skipped because a newer one of the same station arrived first (``coalesced``).
+(the runtime's PUB never blocks). What is lost is counted: ``lost`` per station, the pose
+messages the viewer never saw (gaps in the messages' ``seq``, which the runtime's publisher
+advances once per pose sent: a runtime idle without sensor data sends nothing and loses nothing),
+unreadable messages, and frames a slow page skipped because a newer one of the same station
+arrived first (``coalesced``). A ``seq`` that goes back is a restarted runtime: nothing is counted.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class StreamStats:
     received: int = 0
     unreadable: int = 0
     not_pose: int = 0
-    tick_gaps: int = 0
+    lost: int = 0
     coalesced: int = 0
     last_recv_ns: int = 0
 
@@ -71,7 +73,7 @@ class Hub:
         self.latest: dict[str, dict] = {}
         self.clients: set[Client] = set()
         self.stats = StreamStats()
-        self._last_tick: dict[str, int] = {}
+        self._last_seq: dict[str, int] = {}
         self.tick_span: dict[str, list[int]] = {}     # station -> [first, last] tick received
 
     def add_client(self) -> Client:
@@ -86,10 +88,11 @@ class Hub:
 
     def publish(self, frame: dict) -> None:
         station = frame["station"]
-        last = self._last_tick.get(station)
-        if last is not None and frame["tick"] > last + 1:
-            self.stats.tick_gaps += frame["tick"] - last - 1
-        self._last_tick[station] = frame["tick"]
+        seq = int(frame.get("seq", frame["tick"]))
+        last = self._last_seq.get(station)
+        if last is not None and seq > last + 1:
+            self.stats.lost += seq - last - 1
+        self._last_seq[station] = seq
         self.tick_span.setdefault(station, [frame["tick"], frame["tick"]])[1] = frame["tick"]
         self.latest[station] = frame
         for client in self.clients:

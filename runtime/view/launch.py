@@ -19,11 +19,13 @@ def connect_endpoint(bound: str) -> str:
 
 
 def start_viewer_process(pose_endpoint: str, port: int, host: str = "127.0.0.1",
-                         extra_args: list[str] | None = None) -> subprocess.Popen:
+                         extra_args: list[str] | None = None, web_config: str = "") -> subprocess.Popen:
     """``runtime view`` in its own process (what ``runtime serve --view`` starts), so the viewer can
-    never slow the tick loop. ``extra_args``: e.g. the CurveZMQ ``--client-key``/``--server-key``."""
+    never slow the tick loop. ``extra_args``: e.g. the CurveZMQ ``--client-key``/``--server-key``;
+    ``web_config``: TLS and basic auth of the page (the runtime's ``metrics.web_config``)."""
     cmd = [sys.executable, "-m", "runtime", "view", "--connect", connect_endpoint(pose_endpoint),
-           "--port", str(port), "--host", host, *(extra_args or [])]
+           "--port", str(port), "--host", host, *(["--web-config", web_config] if web_config else []),
+           *(extra_args or [])]
     proc = subprocess.Popen(cmd)
-    log.info("viewer at http://%s:%d/ (process %d)", host, port, proc.pid)
+    log.info("viewer on %s:%d (process %d%s)", host, port, proc.pid, ", web config " + web_config if web_config else "")
     return proc

@@ -58,6 +58,12 @@ class _ListAction(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` for a terminal: control and format characters (escape sequences, bidi overrides) that
+    came from data are shown escaped (``\\x1b``), line breaks and tabs kept."""
+    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def add_list_argument(p: argparse.ArgumentParser, *flags: str, item_type=str, **kwargs) -> None:
     """A list option (see ``_ListAction``); ``item_type`` converts each item (str, int...)."""
     p.add_argument(*flags, action=_ListAction, item_type=item_type, **kwargs)

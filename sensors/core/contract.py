@@ -9,7 +9,9 @@ so a frame means the same to the model wherever it comes from.
 Its fields: how frames become inputs (the preprocessing settings, named as the training config's
 ``model`` keys: the RGB window, the point caps, the LiDAR crop, the mmWave column order), what the
 model is (modality order, enabled modalities, fusion) and the training facts (schema version,
-config and its hash, validation metrics, producer; the units and preprocessing notes).
+config and its hash, validation metrics, producer; the units and preprocessing notes; what it was
+trained on: protocol, split, actions and how many subjects, which the rehabilitation trust reads to
+mark an exercise the model never saw).
 
 Adding a preprocessing setting takes four files: a field here (with ``preprocessing=True``
 metadata, and its value for files written before it in ``LEGACY``), its use in
@@ -34,7 +36,9 @@ EXPORT_HINT = "export it with `training export --checkpoint RUN/best.pt --out aw
 # Preprocessing settings added after models had been exported and runs recorded, with the value that
 # reproduces what a file or a saved config without them was made with (not today's default). The
 # one place for it: ``from_props`` reads it for ONNX files, ``training.config.LEGACY`` for configs.
-LEGACY: dict[str, Any] = {"lidar_crop": True}
+LEGACY: dict[str, Any] = {"lidar_crop": True,
+                          # training facts: a file without them does not say what it was trained on
+                          "trained_protocol": "", "trained_split": "", "trained_actions": (), "trained_subjects": 0}
 PRESENCE_NOTE = ("1.0 where the modality has data for the frame, 0.0 where absent (inputs zero-filled); "
                  "a point cloud counts as present when it holds at least one finite point (as "
                  "sensors.core.preprocess.frame_inputs decides); the same mask as a Shapley coalition "
@@ -92,13 +96,21 @@ class ModelContract:
     producer: Mapping[str, Any] = field(default_factory=dict)
     units: Mapping[str, str] = field(default_factory=default_units)
     preprocessing: Mapping[str, str] = field(default_factory=default_preprocessing)
+    # what it was trained on (the frames it learnt from, validation subjects excluded); empty / 0
+    # when the file does not say (exported before these keys, or never trained)
+    trained_protocol: str = ""
+    trained_split: str = ""
+    trained_actions: tuple[str, ...] = ()     # MM-Fi action codes (A01 ...), sorted
+    trained_subjects: int = 0                 # distinct subjects in the training frames
 
     def __post_init__(self):
         for key in schema.SIZE_KEYS:
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ModelError(f"{key} must be an integer >= 1, got {getattr(self, key)!r}")
-        for name in ("mmwave_columns", "modalities", "enabled_modalities"):
+        for name in ("mmwave_columns", "modalities", "enabled_modalities", "trained_actions"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.trained_subjects, int) or self.trained_subjects < 0:
+            raise ModelError(f"trained_subjects must be an integer >= 0, got {self.trained_subjects!r}")
 
     # -- building one ---------------------------------------------------------------------------
     @classmethod
@@ -111,6 +123,26 @@ class ModelContract:
         return cls(**pre, enabled_modalities=enabled, fusion=str(model_config.fusion), **facts)
 
     # -- what it implies ------------------------------------------------------------------------
+    def trained_on(self, action: str | None) -> bool | None:
+        """Whether the model learnt from frames of ``action`` (an MM-Fi code); None when the file
+        does not say what it was trained on, or no action is named."""
+        if not self.trained_actions or not action:
+            return None
+        return str(action).strip().upper() in self.trained_actions
+
+    @property
+    def validation_mpjpe_mm(self) -> float | None:
+        """MPJPE (mm) of the exported checkpoint on its validation set, when recorded."""
+        value = self.validation_metrics.get("val_mpjpe")
+        return None if value is None else float(value)
+
+    def training_summary(self) -> dict[str, Any]:
+        """The training facts as plain values (``runtime info``, the rehabilitation trust)."""
+        return {"protocol": self.trained_protocol or None, "split": self.trained_split or None,
+                "actions": list(self.trained_actions) or None, "subjects": self.trained_subjects or None,
+                "validation_mpjpe_mm": self.validation_mpjpe_mm,
+                "validation_set": self.validation_metrics.get("val_set")}
+
     def preprocessing_settings(self) -> dict[str, Any]:
         """The settings that decide how a frame becomes inputs (a cache key of preprocessed data)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("preprocessing")}
@@ -160,7 +192,8 @@ class ModelContract:
             props[key] = _encode(getattr(self, key))
         props.update(units=_encode(self.units), preprocessing=_encode(self.preprocessing),
                      coalitions=json.dumps(COALITIONS_NOTE))
-        for key in ("fusion", "enabled_modalities", "config_hash", "config", "validation_metrics", "producer"):
+        for key in ("fusion", "enabled_modalities", "config_hash", "config", "validation_metrics", "producer",
+                    "trained_protocol", "trained_split", "trained_actions", "trained_subjects"):
             props[key] = _encode(getattr(self, key))
         return props
 

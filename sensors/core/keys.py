@@ -32,16 +32,29 @@ import logging
 import os
 import re
 import stat
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 import zmq.auth
-import zmq.utils.monitor
 from zmq.auth.thread import ThreadAuthenticator
+
+from sensors.core import schema
+from sensors.core.cli_util import add_list_argument
+from sensors.core.handshakes import (  # noqa: F401 - re-exported: keys.HandshakeFailures etc.
+    HANDSHAKE_FAILED_EVENTS,
+    HANDSHAKE_FAILURE_REASONS,
+    HandshakeFailures,
+    handshake_failure_reason,
+)
+from sensors.core.key_scope import (
+    KeyFileError,
+    KeyScope,
+    check_not_writable,
+    make_scope,
+    read_scope,
+    write_entry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,100 +63,6 @@ ROLES: dict[str, str] = {"sensor": "sensors", "viewer": "viewers"}   # role -> a
 CLIENTS_DIR = "clients"
 NETWORK_SCHEMES = ("tcp://", "udp://", "pgm://", "epgm://", "ws://", "wss://", "norm://", "vmci://")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-# Why a peer's handshake on a CurveZMQ server socket failed, as seen by the socket monitor (closed
-# set: the ``reason`` label of ``awc_ingest_handshake_failures_total``, docs/security.md).
-HANDSHAKE_FAILURE_REASONS: tuple[str, ...] = (
-    "unknown_key",          # the ZAP authenticator refused the client's public key (not allow-listed)
-    "wrong_server_key",     # the client's HELLO does not open with this server's key (another runtime's server.key)
-    "mechanism_mismatch",   # the peer speaks another security mechanism (a plaintext client)
-    "aborted",              # the peer hung up mid-handshake (a plaintext client that saw the greeting, a port probe)
-    "other",                # any other handshake error (malformed handshake command, ZAP handler error)
-)
-HANDSHAKE_FAILED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-_ZAP_DENIED = 400   # ZAP status code of a refused key (300 = try later, 500 = handler error)
-
-
-def handshake_failure_reason(event: int, value: int) -> str:
-    """The ``HANDSHAKE_FAILURE_REASONS`` entry of one socket-monitor event (``event``, ``value``):
-    the value is the ZAP status code for an AUTH failure, the ZMTP protocol error code for a
-    PROTOCOL failure, an errno for NO_DETAIL."""
-    if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return "unknown_key" if value == _ZAP_DENIED else "other"
-    if event & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        return {zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "wrong_server_key",
-                zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "mechanism_mismatch"}.get(value, "other")
-    if event & zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-        return "aborted"
-    raise ValueError(f"socket-monitor event {event:#x} is not a failed handshake "
-                     f"(expected one of the HANDSHAKE_FAILED events {HANDSHAKE_FAILED_EVENTS:#x})")
-
-
-class HandshakeFailures:
-    """Refused handshakes of one server socket, counted by reason (``HANDSHAKE_FAILURE_REASONS``)
-    from its ZeroMQ socket monitor. Shared by the sensor ingest and the pose publisher.
-
-    ``watch(sock)`` opens the monitor (before the socket binds); the thread that owns the socket
-    calls ``read()`` (non-blocking: it drains the events waiting) and ``unwatch(sock)`` at the end.
-    Each failure calls ``on_failure(reason)`` (the Prometheus counter) and is logged as
-    ``"<what>: handshake refused ..."``, at most one line a second per reason (a client with a wrong
-    server key retries ten times a second). ``counts()`` may be read from any thread."""
-
-    def __init__(self, what: str, on_failure: Callable[[str], None] | None = None,
-                 logger: logging.Logger | None = None):
-        self.what, self.on_failure, self.log = what, on_failure, logger or log
-        self.monitor: zmq.Socket | None = None
-        self._counts: dict[str, int] = dict.fromkeys(HANDSHAKE_FAILURE_REASONS, 0)
-        self._last_log: dict[str, float] = {}   # reason -> monotonic time of its last log line
-        self._lock = threading.Lock()
-
-    def watch(self, sock: zmq.Socket) -> zmq.Socket:
-        self.monitor = sock.get_monitor_socket(HANDSHAKE_FAILED_EVENTS)
-        return self.monitor
-
-    def unwatch(self, sock: zmq.Socket) -> None:
-        if self.monitor is not None and not self.monitor.closed:
-            if not sock.closed:
-                sock.disable_monitor()
-            self.monitor.close(linger=0)
-
-    def read(self) -> int:
-        """Count the failed handshakes the monitor reported since the last call; returns how many."""
-        n = 0
-        while self.monitor is not None and not self.monitor.closed:
-            try:
-                event = zmq.utils.monitor.recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if event["event"] & HANDSHAKE_FAILED_EVENTS:
-                self.count(handshake_failure_reason(event["event"], event["value"]), event.get("endpoint", b"?"))
-                n += 1
-        return n
-
-    def count(self, reason: str, endpoint: bytes | str = b"?") -> None:
-        """Account one refused handshake."""
-        if reason not in self._counts:
-            raise ValueError(f"handshake failure reason must be one of {HANDSHAKE_FAILURE_REASONS}, got {reason!r}")
-        with self._lock:
-            self._counts[reason] += 1
-            n = self._counts[reason]
-        if self.on_failure is not None:
-            self.on_failure(reason)
-        now = time.monotonic()
-        if now - self._last_log.get(reason, -1e9) >= 1.0:
-            self._last_log[reason] = now
-            self.log.warning("%s: handshake refused on %s (%s; %d so far): see docs/security.md", self.what,
-                             endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else endpoint, reason, n)
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
-
-
-class KeyFileError(ValueError):
-    """A key file or directory that cannot be used (message says what to do)."""
 
 
 def _check_name(name: str) -> str:
@@ -184,18 +103,34 @@ def init(keys_dir: str | Path) -> tuple[Path, Path]:
     return _generate(root, SERVER_NAME)
 
 
-def add(keys_dir: str | Path, name: str, role: str) -> tuple[Path, Path]:
-    """A client key pair in DIR/clients/ and its public key in the role's allow-list."""
+def add(keys_dir: str | Path, name: str, role: str, scope: KeyScope | None = None) -> tuple[Path, Path]:
+    """A client key pair in DIR/clients/ and its public key in the role's allow-list; a sensor key
+    with ``scope`` (``key_scope.make_scope``) may send only that (without: the default scope,
+    every input modality and no ``gt``, see ``sensors.core.key_scope``)."""
     if role not in ROLES:
         raise KeyFileError(f"role must be one of {sorted(ROLES)}, got {role!r}")
+    if scope is not None and role != "sensor":
+        raise KeyFileError(f"only sensor keys have a scope (what they may send), not {role} keys")
     root = Path(keys_dir)
     if not (root / f"{SERVER_NAME}.key").exists():
         raise KeyFileError(f"{root} is not a key directory: run `runtime keys init {root}` first")
     pub, sec = _generate(root / CLIENTS_DIR, _check_name(name))
     allowed = root / ROLES[role] / pub.name
-    allowed.write_bytes(pub.read_bytes())
-    _private(allowed)
+    if scope is None:
+        allowed.write_bytes(pub.read_bytes())
+        _private(allowed)
+    else:
+        write_entry(allowed, load_public(pub), KeyScope(name, scope.topics, scope.sources))
     return allowed, sec
+
+
+def set_scope(keys_dir: str | Path, name: str, scope: KeyScope) -> Path:
+    """Write ``scope`` into the sensor allow-list entry NAME (effective when the runtime restarts)."""
+    path = Path(keys_dir) / ROLES["sensor"] / f"{_check_name(name)}.key"
+    if not path.is_file():
+        raise KeyFileError(f"{path} does not exist: `runtime keys list {keys_dir}` shows the allowed sensor keys")
+    write_entry(path, load_public(path), KeyScope(name, scope.topics, scope.sources))
+    return path
 
 
 def revoke(keys_dir: str | Path, name: str, role: str) -> Path:
@@ -223,8 +158,12 @@ def listing(keys_dir: str | Path) -> list[dict]:
             except (ValueError, OSError) as err:
                 public = f"UNREADABLE ({err})".encode()
             secret = pub.with_name(pub.name + "_secret")
+            try:
+                scope = read_scope(pub).describe() if folder == ROLES["sensor"] else ""
+            except KeyFileError as err:
+                scope = f"UNUSABLE SCOPE ({err})"
             rows.append({"role": role, "name": pub.stem, "public": public.decode(), "path": str(pub),
-                         "secret": secret.exists(), "mode": oct(stat.S_IMODE(pub.stat().st_mode))})
+                         "secret": secret.exists(), "mode": oct(stat.S_IMODE(pub.stat().st_mode)), "scope": scope})
     return rows
 
 
@@ -263,18 +202,37 @@ class CurveServer:
     public: bytes
     secret: bytes
     allowed_dir: Path
+    scopes: dict[str, KeyScope] = field(default_factory=dict)   # Z85 public key -> scope (sensor socket)
 
     @classmethod
     def from_dir(cls, keys_dir: str | Path, role: str) -> CurveServer:
+        """The server key pair and the role's allow-list, read now; refuses a key directory, an
+        allow-list folder or file that group or others can write, or that another user owns."""
         root = Path(keys_dir)
-        public, secret = load_secret(root / f"{SERVER_NAME}.key_secret")
         allowed = root / ROLES[role]
-        if not allowed.is_dir():
+        if not root.is_dir() or not allowed.is_dir():
             raise KeyFileError(f"allow-list {allowed} missing: run `runtime keys init {root}`")
-        if not list(allowed.glob("*.key")):
+        check_not_writable(root, "key directory")
+        check_not_writable(allowed, "allow-list folder")
+        public, secret = load_secret(root / f"{SERVER_NAME}.key_secret")
+        entries = sorted(allowed.glob("*.key"))
+        if not entries:
             log.warning("allow-list %s is empty: no %s can connect (add one with `runtime keys add %s NAME "
                         "--role %s`)", allowed, role, root, role)
-        return cls(public, secret, allowed)
+        scopes: dict[str, KeyScope] = {}
+        for path in entries:
+            check_not_writable(path, "allow-list file")
+            key = load_public(path).decode()
+            if key in scopes:
+                raise KeyFileError(f"{path} and {allowed / scopes[key].name}.key hold the same public key: revoke "
+                                   "one of them")
+            scopes[key] = read_scope(path) if role == "sensor" else KeyScope(path.stem)
+        unscoped = sorted(s.name for s in scopes.values() if not s.explicit) if role == "sensor" else []
+        if unscoped:
+            log.warning("sensor keys without a scope: %s may send every input modality under any src, and no gt. "
+                        "Scope each: runtime keys scope %s NAME --modality M [--src SRC] (docs/security.md)",
+                        ", ".join(unscoped), root)
+        return cls(public, secret, allowed, scopes)
 
     def start_authenticator(self, ctx: zmq.Context) -> ThreadAuthenticator:
         """ZAP handler of ``ctx`` admitting only the allow-listed keys (start before binding)."""
@@ -324,11 +282,15 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
+class PlaintextRefused(ValueError):
+    """Plaintext ZeroMQ on a non-loopback endpoint, not forced."""
+
+
 def check_plaintext(endpoints: list[str] | tuple[str, ...], force: bool, what: str) -> None:
     """Plaintext only on loopback unless forced (``security.force_plaintext``)."""
     remote = [ep for ep in endpoints if ep.startswith(NETWORK_SCHEMES) and not is_loopback(ep)]
     if remote and not force:
-        raise ValueError(f"{what}: plaintext (no CurveZMQ) on the non-loopback endpoint(s) {remote} would let "
+        raise PlaintextRefused(f"{what}: plaintext (no CurveZMQ) on the non-loopback endpoint(s) {remote} would let "
                          f"anyone on the network read or inject health data. Use keys (runtime keys init DIR, "
                          f"then --keys DIR) or, on a trusted network only, force it "
                          f"(--set security.force_plaintext=true)")
@@ -347,8 +309,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument("dir")
         q.add_argument("name")
         q.add_argument("--role", required=True, choices=sorted(ROLES), help="sensor (ingest) or viewer (pose stream)")
+        if name == "add":
+            _scope_arguments(q)
+    q = sub.add_parser("scope", help="set what an allow-listed sensor key may send (its modalities and src names)")
+    q.add_argument("dir")
+    q.add_argument("name")
+    _scope_arguments(q)
     q = sub.add_parser("list", help="list the keys of a key directory")
     q.add_argument("dir")
+
+
+def _scope_arguments(q: argparse.ArgumentParser) -> None:
+    add_list_argument(q, "--modality", default=[], metavar="M",
+                      help=f"sensor keys: the modalities it may send, of {', '.join(schema.MODALITIES)} or all "
+                           "(required for a sensor key, or --ground-truth)")
+    q.add_argument("--ground-truth", action="store_true",
+                   help=f"sensor keys: may also send {schema.GT_TOPIC} (the ground-truth role: a replay of a labelled "
+                        "dataset, never a live sensor)")
+    add_list_argument(q, "--src", default=None, metavar="SRC",
+                      help="sensor keys: the only src names it may use (default: any)")
+
+
+def _scope_of(args: argparse.Namespace) -> KeyScope | None:
+    """The scope the command line gives (None for a viewer key)."""
+    given = bool(args.modality or args.ground_truth or args.src)
+    if getattr(args, "role", "sensor") != "sensor":
+        if given:
+            raise KeyFileError("--modality, --ground-truth and --src scope sensor keys; a viewer key has no scope")
+        return None
+    if not (args.modality or args.ground_truth):
+        raise KeyFileError(f"a sensor key needs its scope: --modality M (repeatable; of {', '.join(schema.MODALITIES)}"
+                           f" or all) and/or --ground-truth, optionally --src SRC (docs/security.md, \"Key scope\")")
+    unknown = set(args.modality) - {*schema.MODALITIES, "all"}
+    if unknown:
+        raise KeyFileError(f"--modality: expected {', '.join(schema.MODALITIES)} or all, got {sorted(unknown)}")
+    return make_scope(args.name, args.modality, args.ground_truth, args.src)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -357,15 +352,20 @@ def run(args: argparse.Namespace) -> int:
             pub, sec = init(args.dir)
             print(f"server public key: {pub}\nserver secret key: {sec} (0600, keep it on this host)")
         elif args.keys_cmd == "add":
-            allowed, sec = add(args.dir, args.name, args.role)
-            print(f"allowed {args.role} {args.name}: {allowed}\nclient secret key: {sec} (0600): move it to the "
-                  f"client with {Path(args.dir) / (SERVER_NAME + '.key')}")
+            scope = _scope_of(args)
+            allowed, sec = add(args.dir, args.name, args.role, scope)
+            print(f"allowed {args.role} {args.name}{' (' + scope.describe() + ')' if scope else ''}: {allowed}\n"
+                  f"client secret key: {sec} (0600): move it to the client with "
+                  f"{Path(args.dir) / (SERVER_NAME + '.key')}")
+        elif args.keys_cmd == "scope":
+            scope = _scope_of(args)
+            print(f"{set_scope(args.dir, args.name, scope)}: {scope.describe()}; restart the runtime to apply")
         elif args.keys_cmd == "revoke":
             print(f"revoked: removed {revoke(args.dir, args.name, args.role)}; restart the runtime to apply")
         else:
             for r in listing(args.dir):
                 print(f"{r['role']:<15} {r['name']:<20} {r['public']}  {r['mode']}"
-                      f"{'  +secret' if r['secret'] else ''}")
+                      f"{'  +secret' if r['secret'] else ''}{'  ' + r['scope'] if r['scope'] else ''}")
     except (KeyFileError, OSError) as err:
         log.error("%s", err)
         return 2

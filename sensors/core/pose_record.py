@@ -7,8 +7,9 @@ The one description of what the pose stream carries and what a recording holds:
   ``latency_ns``, ``station`` and the extras (shares, degraded, reasons, coalition values, Shapley
   with labels, input times, outcome, ground truth, the ``rehab`` map);
 * ``to_row`` / ``from_row``: one recorded tick (a JSONL line or an NPZ row, ``exporters.recorder``):
-  flat keys, the rehabilitation outputs as ``exercise``, ``session``, ``reps`` and ``angles``
-  (full precision), the model inputs as ``input_<name>`` when they are recorded.
+  flat keys, the rehabilitation outputs as ``exercise``, ``session``, ``reps``, ``angles`` (full
+  precision) and ``exercise_trained`` (1, 0, or -1 when the model does not say), the station name,
+  the model inputs as ``input_<name>`` when they are recorded.
 
 Every writer (``runtime.outputs``: the pose stream and the recorder) and every reader
 (``runtime.rehab.report``, ``runtime.view.frames``, ``runtime.replay``, ``runtime.bench``) goes
@@ -39,6 +40,14 @@ def _zeros4(dtype) -> np.ndarray:
 
 def _floats(x) -> list[float] | None:
     return None if x is None else [float(v) for v in np.asarray(x).ravel()]
+
+
+def _flag(x) -> bool | None:
+    """A recorded or sent tri-state flag: true / false, or None (also for -1: not known)."""
+    if x is None:
+        return None
+    v = int(np.asarray(x))
+    return None if v < 0 else bool(v)
 
 
 def _array(x, dtype=None) -> np.ndarray | None:
@@ -72,6 +81,7 @@ class PoseRecord:
     session: str | None = None
     reps: int | None = None                        # repetitions counted in the current segment
     angles: np.ndarray | None = None               # [14] smoothed joint angles, degrees (schema.ANGLE_CHANNELS)
+    exercise_trained: bool | None = None           # the model learnt the current exercise (None: unknown)
     points: dict[str, np.ndarray] | None = None    # modality -> forwarded sensor points (messages)
     inputs: dict[str, np.ndarray] | None = None    # model inputs without the batch axis (recordings)
     coalition_poses: np.ndarray | None = None      # [16, 17, 3] (recordings, with the inputs)
@@ -123,7 +133,7 @@ class PoseRecord:
             input_t_ns=_array(x.get("input_t_ns"), np.int64),
             gt=None if x.get("gt") is None else np.asarray(x["gt"], np.float32).reshape(schema.N_JOINTS, 3),
             rehab=rehab, exercise=rehab_map.get("exercise"), session=rehab_map.get("session"),
-            reps=rehab_map.get("reps"),
+            reps=rehab_map.get("reps"), exercise_trained=_flag(rehab_map.get("exercise_trained")),
             points={m: a[name] for name, m in wire.POINT_ARRAYS.items() if name in a} or None)
 
     # -- the recording row ------------------------------------------------------------------------
@@ -135,6 +145,8 @@ class PoseRecord:
                                "degraded": np.asarray(self.degraded).astype(np.uint8),
                                "reasons": None if self.reasons is None else list(self.reasons),
                                "input_t_ns": self.input_t_ns}
+        if self.station:
+            row["station"] = self.station
         if self.shapley is not None:
             row.update(shapley=self.shapley, shares=self.shares, coalition_values=self.coalition_values)
             if self.shapley_gt is not None:
@@ -145,7 +157,8 @@ class PoseRecord:
             n = len(schema.ANGLE_CHANNELS)
             row.update(exercise=self.exercise, session=self.session or "", reps=self.reps,
                        angles=np.full(n, np.nan, np.float32) if self.angles is None
-                       else np.asarray(self.angles).astype(np.float32))
+                       else np.asarray(self.angles).astype(np.float32),
+                       exercise_trained=-1 if self.exercise_trained is None else int(bool(self.exercise_trained)))
         if self.inputs is not None:
             row.update({f"{INPUT_PREFIX}{k}": v for k, v in self.inputs.items()})
             row["coalition_poses"] = self.coalition_poses
@@ -173,4 +186,5 @@ class PoseRecord:
             exercise=None if get("exercise") is None else str(get("exercise")),
             session=None if get("session") is None else str(get("session")),
             reps=None if get("reps") is None else int(np.asarray(get("reps"))), angles=_array(get("angles")),
+            exercise_trained=_flag(get("exercise_trained")),
             inputs=inputs or None, coalition_poses=_array(get("coalition_poses")))

@@ -67,6 +67,7 @@ DROP_REASONS: tuple[str, ...] = (
     "clock",           # capture time far ahead of / behind the station clock (a sensor clock fault)
     "sequence_gap",    # messages lost upstream, counted from per-source sequence gaps
     "queue_full",      # decoded but the bounded ingest queue was full (inference fell behind)
+    "scope",           # the sending key may not send this topic or src (its allow-list scope)
 )
 # Messages whose topic is not a known modality are counted under this modality label.
 UNKNOWN_MODALITY = "unknown"

@@ -131,6 +131,12 @@ class Message:
     extra: dict = field(default_factory=dict)  # station, period_ns (wifi), tick, latency_ns (pose), ...
     lost: int = 0               # receiver side, never on the wire: messages of this (topic, src) that
                                 # did not reach the receiver's queue just before this one (runtime.ingest)
+    key: str = ""               # receiver side: the allow-listed key that sent it ("" on a plaintext socket)
+
+    @property
+    def source(self) -> tuple[str, str]:
+        """(key, src): who sent it, as the receiver judges sources (one key cannot speak for another)."""
+        return self.key, self.src
 
     @property
     def station(self) -> str | None:

@@ -1,6 +1,8 @@
 // awc-pose station viewer: one card per station with a rotatable 3D skeleton (three.js), presence
 // lights, contribution bars, degradation status and rehabilitation outputs. Live frames arrive as
-// Server-Sent Events; a recording is fetched whole and played with a time slider.
+// Server-Sent Events; a recording is fetched whole and played with a time slider. A live station
+// silent for longer than config.stale_after_s turns stale: greyed skeleton, lights off, the age of
+// its last pose, and the header badge says so once no station is live.
 import * as THREE from "three";
 import { OrbitControls } from "/static/vendor/OrbitControls.js";
 
@@ -82,8 +84,49 @@ function makeScene(container) {
     clouds[name].frustumCulled = false;
     scene.add(clouds[name]);
   }
-  return { renderer, scene, camera, controls, bones, gt, joints, grid, clouds, container, placed: false };
+  const view = { renderer, scene, camera, controls, bones, gt, joints, grid, clouds, container, placed: false };
+  hoverLabels(view);
+  return view;
 }
+
+// Joint names on hover: the joint nearest the pointer (within 12 px on screen) is named beside it.
+function jointScreen(view, i) {
+  const pos = view.joints.geometry.attributes.position;
+  const v = new THREE.Vector3(pos.array[i * 3], pos.array[i * 3 + 1], pos.array[i * 3 + 2]).project(view.camera);
+  const r = view.renderer.domElement.getBoundingClientRect();
+  return { x: (v.x + 1) / 2 * r.width, y: (1 - v.y) / 2 * r.height, inFront: v.z < 1 };
+}
+
+function hoverLabels(view) {
+  const label = $(".joint-label", view.container);
+  const canvas = view.renderer.domElement;
+  canvas.addEventListener("pointermove", (ev) => {
+    const r = canvas.getBoundingClientRect();
+    const x = ev.clientX - r.left, y = ev.clientY - r.top;
+    let best = -1, bestD = 12;
+    if (view.joints.visible) {
+      config.joints.forEach((_, i) => {
+        const p = jointScreen(view, i);
+        const d = Math.hypot(p.x - x, p.y - y);
+        if (p.inFront && d < bestD) { best = i; bestD = d; }
+      });
+    }
+    label.hidden = best < 0;
+    if (best >= 0) {
+      label.textContent = config.joint_labels[best];
+      label.dataset.joint = config.joints[best];
+      label.style.left = `${x}px`;
+      label.style.top = `${y}px`;
+    }
+  });
+  canvas.addEventListener("pointerleave", () => { label.hidden = true; });
+}
+
+// For tests and tools: where joint i of a station's skeleton is on its canvas (CSS pixels).
+window.viewerProject = (station, i) => {
+  const st = stations.get(station);
+  return st && st.view ? jointScreen(st.view, i) : null;
+};
 
 // camera frame (x right, y down, z depth) -> three.js (y up, looking down -z)
 const toScene = (p) => [p[0], -p[1], -p[2]];
@@ -153,7 +196,8 @@ function stationCard(name) {
       `<td class="mono score">-</td><td class="status">-</td></tr>`);
   }
   $("#stations").append(node);
-  const st = { node, view: makeScene($(".scene", node)), ticks: [], frame: null, dirty: false, shownAt: null };
+  const st = { node, view: makeScene($(".scene", node)), ticks: [], frame: null, dirty: false, shownAt: null,
+    arrivedAt: performance.now(), stale: false };
   stations.set(name, st);
   return st;
 }
@@ -173,13 +217,31 @@ function statusOf(frame, i) {
   return ["ok", "ok"];
 }
 
+// An angle as a therapist reads it: the word of its direction and the magnitude ("left shoulder
+// extension 38.0°" for shoulder flexion -38), from the words the server sends (config.angle_labels).
+function angleReading(key, value) {
+  const words = config.angle_labels && config.angle_labels[key];
+  if (value === null || value === undefined) return [words ? words[0] : key, "-"];
+  if (!words) return [key, `${fmt(value, 1)}°`];
+  return [value < 0 && words[1] !== words[0] ? words[1] : words[0], `${fmt(Math.abs(value), 1)}°`];
+}
+
+function trustWords(flags) {
+  return (flags || []).map((f) => (config.trust_words && config.trust_words[f]) || f);
+}
+
 function renderRehab(node, rehab) {
   // The `rehab` map of the pose stream (docs/wire.md): exercise, reps, last_rom_deg, angles_deg
-  // {channel: degrees}, completed (the last repetition). Unknown keys are listed as they come.
+  // {channel: degrees}, exercise_trained, pose_checks, completed (the last repetition with its
+  // trust). Unknown keys are listed as they come.
   const box = $(".rehab", node);
   if (!rehab || typeof rehab !== "object") { box.hidden = true; return; }
   box.hidden = false;
   const esc = (x) => String(x).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
+  const untrusted = $(".rehab-untrusted", node);
+  untrusted.hidden = rehab.exercise_trained !== false;
+  untrusted.textContent = rehab.exercise_trained === false
+    ? `untrusted: the model was never trained on ${rehab.exercise || "this exercise"}; repetitions and angles are not measurements` : "";
   const summary = [];
   if (rehab.exercise) summary.push(`<span>exercise <b data-rehab="exercise">${esc(rehab.exercise)}</b></span>`);
   if (rehab.reps !== undefined && rehab.reps !== null) summary.push(`<span>repetitions <b class="mono" data-rehab="reps">${rehab.reps}</b></span>`);
@@ -193,18 +255,25 @@ function renderRehab(node, rehab) {
     else if (typeof value === "object") for (const [k, v] of Object.entries(value)) add(`${key}.${k}`, v);
     else rows.push([key, String(value)]);
   };
+  const principal = rehab.principal || "";
   for (const [k, v] of Object.entries(rehab.angles_deg || {})) {
-    rows.push([`${k}${k === rehab.principal ? " ◀" : ""}`, v === null ? "-" : `${fmt(v, 1)}°`]);
+    const [name, reading] = angleReading(k, v);
+    const counted = principal && (k === principal || k.startsWith(principal + "_"));
+    rows.push([`${name}${counted ? " ◀" : ""}`, reading, k]);
   }
+  if (rehab.pose_checks && rehab.pose_checks.length) rows.push(["pose check failed", rehab.pose_checks.join(", ").replace(/_/g, " "), "pose_checks"]);
   if (rehab.completed) {
     const c = rehab.completed;
-    const flags = [c.degraded ? "degraded" : "", c.low_confidence ? "low confidence" : ""].filter(Boolean).join(", ");
+    const why = trustWords(c.trust_flags);
+    const verdict = c.low_confidence ? `low confidence${why.length ? ": " + why.join("; ") : ""}` : "ok";
     rows.push(["last repetition", `#${c.index ?? "-"} ${c.side ?? ""} · ROM ${fmt(c.rom_deg, 1)}° · ${fmt(c.duration_s, 1)} s` +
-      ` · fused ${fmt((c.fused_fraction ?? 0) * 100, 0)}%${flags ? " · " + flags : ""}`]);
+      ` · fused ${fmt((c.fused_fraction ?? 0) * 100, 0)}% · ${verdict}`, "completed"]);
   }
-  const known = new Set(["exercise", "reps", "last_rom_deg", "angles_deg", "completed", "principal", "session"]);
+  const known = new Set(["exercise", "reps", "last_rom_deg", "angles_deg", "completed", "principal", "session",
+    "exercise_trained", "pose_checks"]);
   for (const [k, v] of Object.entries(rehab)) if (!known.has(k)) add(k, v);
-  $(".rehab-angles tbody", node).innerHTML = rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td class="mono">${esc(v)}</td></tr>`).join("");
+  $(".rehab-angles tbody", node).innerHTML = rows.map(([k, v, key]) =>
+    `<tr${key ? ` data-key="${esc(key)}"` : ""}><td>${esc(k)}</td><td class="mono">${esc(v)}</td></tr>`).join("");
 }
 
 function renderPanel(st, frame) {
@@ -237,6 +306,50 @@ function show(frame) {
   const st = stationCard(frame.station);
   st.frame = frame;
   st.dirty = true;
+  st.arrivedAt = performance.now();
+  if (st.stale) setStale(st, false, 0);
+}
+
+// ------------------------------------------------------------------ stale stations (live mode)
+function setStale(st, stale, ageS) {
+  const node = st.node, fresh = $(".freshness", node);
+  fresh.dataset.stale = String(stale);
+  fresh.dataset.ageS = fmt(ageS, 1);
+  fresh.textContent = stale ? `stale · last pose ${fmt(ageS, 1)} s ago` : "live";
+  if (stale === st.stale) return;
+  st.stale = stale;
+  node.classList.toggle("stale", stale);
+  node.dataset.stale = String(stale);
+  $(".scene", node).dataset.skeleton = stale ? "stale" : "live";
+  if (stale) {
+    for (const row of node.querySelectorAll("tr[data-modality]")) {
+      $(".light", row).classList.remove("on");
+      const status = $(".status", row);
+      status.className = "status absent";
+      status.textContent = "no data";
+      row.dataset.status = "silent";
+    }
+  } else if (st.frame) {
+    renderPanel(st, st.frame);
+  }
+}
+
+function checkStale() {
+  const limitS = config.stale_after_s ?? 3;
+  const t = performance.now();
+  let live = 0, newest = null;
+  for (const st of stations.values()) {
+    const ageS = (t - st.arrivedAt) / 1000;
+    setStale(st, ageS > limitS, ageS);
+    if (ageS <= limitS) live += 1;
+    newest = newest === null ? ageS : Math.min(newest, ageS);
+  }
+  const badge = $("#connection");
+  if (badge.dataset.state === "live" || badge.dataset.state === "stale") {
+    const stale = stations.size > 0 && live === 0;
+    badge.dataset.state = stale ? "stale" : "live";
+    badge.textContent = stale ? `stale · no pose for ${fmt(newest, 0)} s` : "live";
+  }
 }
 
 // ------------------------------------------------------------------ render loop and measurements
@@ -290,14 +403,15 @@ function publishStats() {
 }
 
 function showStreamStats(s) {
-  $("#stream-stats").textContent = `${s.received} received · ${s.tick_gaps} tick gaps · ${s.unreadable} unreadable · ${s.coalesced} coalesced`;
+  $("#stream-stats").textContent = `${s.received} received · ${s.lost} lost · ${s.unreadable} unreadable · ${s.coalesced} coalesced`;
 }
 
 // ------------------------------------------------------------------ sources
 function live() {
   const badge = $("#connection");
   const es = new EventSource("/api/events");
-  es.addEventListener("open", () => { badge.dataset.state = "live"; badge.textContent = "live"; });
+  es.addEventListener("open", () => { badge.dataset.state = "live"; badge.textContent = "live"; checkStale(); });
+  setInterval(checkStale, 250);
   es.addEventListener("error", () => { badge.dataset.state = "error"; badge.textContent = "reconnecting"; });
   es.addEventListener("frame", (ev) => show(JSON.parse(ev.data)));
   es.addEventListener("stats", (ev) => showStreamStats(JSON.parse(ev.data)));
