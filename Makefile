@@ -25,7 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	# two workers, each taking whole test modules (--dist loadscope): a module's servers and fixtures
+	# start once, and the pages of tests/test_docs.py, which use the documented default ports, run one
+	# at a time; most of the suite waits on processes and sockets, so two workers fit two cores
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15
 
 bench: $(STAMP)
 	$(PY) -m runtime bench

@@ -14,6 +14,17 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """The commands the tests start must see Ctrl-C as a user's shell gives it. pytest-xdist's
+    workers (``make test`` runs two) start with SIGINT ignored, a disposition every child inherits
+    through exec, and Python then installs no KeyboardInterrupt handler: a test's SIGINT would be
+    lost. A worker restores Python's own handler, which exec resets to the default for children."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def ieee_subnormals():
     """Every test starts with IEEE subnormals, whatever ran before it in this process: importing

@@ -290,7 +290,8 @@ def stack(tiny_dataset, model_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("prometheus")
     keys = folder / "keys"   # as the demo makes them
     assert runtime_cli(["keys", "init", str(keys)]) == 0
-    assert runtime_cli(["keys", "add", str(keys), "replay", "--role", "sensor"]) == 0
+    assert runtime_cli(["keys", "add", str(keys), "replay", "--role", "sensor", "--modality", "all",
+                                   "--ground-truth"]) == 0
     assert runtime_cli(["keys", "add", str(keys), "viewer", "--role", "viewer"]) == 0
     (in_1, out_1, metrics_1, in_2, out_2, metrics_2, prom_port, fast_port, am_port,
      am_cluster) = (free_loopback_port() for _ in range(10))

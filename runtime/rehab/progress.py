@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.recorder import RECORDERS
+from exporters.recorder import RECORDERS, parts_dir
 from runtime.rehab import angles as ang
 from runtime.rehab.exercises import EXERCISES, UNKNOWN
 from runtime.rehab.figures import trend_figure
@@ -51,7 +51,7 @@ def recording_files(paths) -> list[Path]:
                 raise ValueError(f"folder {p} holds no pose recording (.jsonl or .npz): point --recording at the "
                                  "recordings of `runtime serve --record`")
             out.extend(found)
-        elif not p.is_file():
+        elif not p.is_file() and not (p.suffix == ".npz" and parts_dir(p).is_dir()):   # parts: a killed recorder's
             raise FileNotFoundError(f"recording {p} not found: record one with `runtime serve --record FILE`")
         else:
             out.append(p)
