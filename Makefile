@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) -m runtime bench
 
 # The rehabilitation model of docs/rehab.md: P2, cross-subject S2, the `rehab` preset, on the generated
-# study dataset (made first if it is not there: 23 minutes, 11 GB). Training takes about an hour on two
+# study dataset (made first if it is not there: 23 minutes, 11 GB). Training takes about two hours on two
 # busy cores and resumes where it stopped. REHAB_DATA and REHAB_RUN say where.
 REHAB_DATA ?= data/mmfi-study
 REHAB_RUN  ?= runs/rehab

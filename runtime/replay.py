@@ -242,12 +242,15 @@ def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cf
         stats = replay(data_root, cfg.inputs.endpoints[0], protocol=protocol, split=split, subset=subset,
                        rate=rate, faults=parsed, send_gt=True, max_frames=max_frames, sequences=sequences,
                        seed=seed, progress=progress, curve=sensor)
-        _wait_for_quiet(rt, collector, cfg)
+        _wait_for_quiet(rt, collector, cfg, stats.total_sent())
     finally:
         wall = time.monotonic() - start
         rt.stop_event.set()
-        loop.join(timeout=10)
-        rt.close()
+        loop.join(timeout=30)
+        if loop.is_alive():   # still working through a backlog: its sockets stay open until the process exits
+            log.warning("the runtime's loop did not stop within 30 s; the report covers the poses made so far")
+        else:
+            rt.close()
         collector.stop()
     fault_windows = [{"spec": spec, "modality": f.modality, "kind": f.kind,
                       "start_ns": stats.start_ns + int(f.start_s * 1e9),
@@ -268,10 +271,29 @@ def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cf
     return report
 
 
-def _wait_for_quiet(rt: Runtime, collector: PoseCollector, cfg: RuntimeConfig, quiet_s: float = 1.0) -> None:
-    """Wait until the runtime has processed everything: no new pose for ``quiet_s`` after the
-    data clock's final flush."""
-    quiet_s = max(quiet_s, cfg.sync.data_flush_s + 0.5)
+def _wait_for_quiet(rt: Runtime, collector: PoseCollector, cfg: RuntimeConfig, sent: int, quiet_s: float = 1.0,
+                    stall_s: float = 60.0) -> None:
+    """Wait until the runtime has processed everything the replay sent: every message received or
+    dropped by it, its ingest queue empty, and its loop idle past the data clock's final flush
+    (a replay as fast as possible leaves a backlog that the loop works through in batches, and a
+    busy machine can stall it for seconds); then until no new pose reaches the collector for
+    ``quiet_s``. Gives up, with a warning, after ``stall_s`` without any progress."""
+    ingest, loop = rt.ingest, rt.loop
+    idle_s = cfg.sync.data_flush_s + 1.0
+    last, moved = None, time.monotonic()
+    while ingest is not None and loop is not None:
+        accounted, queued, ticked = ingest.received_total() + ingest.dropped_total(), ingest.queue.qsize(), \
+            loop.last_tick_wall
+        now = time.monotonic()
+        if accounted >= sent and queued == 0 and ticked is not None and now - ticked > idle_s:
+            break
+        if (accounted, queued, ticked) != last:
+            last, moved = (accounted, queued, ticked), now
+        elif now - moved > stall_s:
+            log.warning("the runtime accounted for %d of the %d messages sent and made no progress for %.0f s: "
+                        "the report covers the poses made so far", accounted, sent, stall_s)
+            break
+        time.sleep(0.1)
     last_n, last_change = -1, time.monotonic()
     while time.monotonic() - last_change < quiet_s:
         time.sleep(0.1)

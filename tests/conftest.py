@@ -25,6 +25,16 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# The longest modules first: with two workers each taking whole modules, the pages of the docs
+# (about half the suite's time, one at a time) must not start last.
+FIRST = ("test_docs.py", "test_prometheus_integration.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))   # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def ieee_subnormals():
     """Every test starts with IEEE subnormals, whatever ran before it in this process: importing
