@@ -18,7 +18,7 @@ Runs = dict[str, list[dict[str, Any]]]  # arm name -> finished runs (metrics + l
 
 def collect(out: Path, protocol: str, arms: list[study_arms.Arm]) -> Runs:
     found: Runs = {}
-    for arm in arms:
+    for arm in {a.name: a for a in arms}.values():   # an arm of two stages (the bench's RGB is a main row) once
         for path in sorted((out / protocol).glob(f"{arm.name}-s*/metrics.json")):
             seed = path.parent.name[len(arm.name) + 2:]
             if not seed.isdigit():
