@@ -274,21 +274,22 @@ def _run_replay(model_path, data_root, protocol, split, subset, rate, faults, cf
 def _wait_for_quiet(rt: Runtime, collector: PoseCollector, cfg: RuntimeConfig, sent: int, quiet_s: float = 1.0,
                     stall_s: float = 60.0) -> None:
     """Wait until the runtime has processed everything the replay sent: every message received or
-    dropped by it, its ingest queue empty, and its loop idle past the data clock's final flush
-    (a replay as fast as possible leaves a backlog that the loop works through in batches, and a
-    busy machine can stall it for seconds); then until no new pose reaches the collector for
-    ``quiet_s``. Gives up, with a warning, after ``stall_s`` without any progress."""
+    dropped by it, every received one fed to the loop (a replay as fast as possible leaves a
+    backlog that the loop takes from the queue in large batches, and a busy machine can stall it
+    for seconds), and the loop idle past the data clock's final flush; then until no new pose
+    reaches the collector for ``quiet_s``. Gives up, with a warning, after ``stall_s`` without
+    any progress."""
     ingest, loop = rt.ingest, rt.loop
     idle_s = cfg.sync.data_flush_s + 1.0
     last, moved = None, time.monotonic()
     while ingest is not None and loop is not None:
-        accounted, queued, ticked = ingest.received_total() + ingest.dropped_total(), ingest.queue.qsize(), \
-            loop.last_tick_wall
+        received = ingest.received_total()
+        accounted, fed, ticked = received + ingest.dropped_total(), loop.stats.messages, loop.last_tick_wall
         now = time.monotonic()
-        if accounted >= sent and queued == 0 and ticked is not None and now - ticked > idle_s:
+        if accounted >= sent and fed >= received and ticked is not None and now - ticked > idle_s:
             break
-        if (accounted, queued, ticked) != last:
-            last, moved = (accounted, queued, ticked), now
+        if (accounted, fed, ticked) != last:
+            last, moved = (accounted, fed, ticked), now
         elif now - moved > stall_s:
             log.warning("the runtime accounted for %d of the %d messages sent and made no progress for %.0f s: "
                         "the report covers the poses made so far", accounted, sent, stall_s)
