@@ -65,6 +65,19 @@ def synthetic_messages(k: int, t_ns: int, rng: np.random.Generator, lidar_points
     return [wire.Message(m, f"bench-{m}", k, t_ns, t_ns, a[m], extra.get(m, {})) for m in schema.MODALITIES if m in a]
 
 
+def send_frame(sensor, poses, k: int, deadline: float, rng: np.random.Generator) -> list[PoseRecord]:
+    """Send frame k's four synthetic messages (each stamped as it leaves), then collect the pose
+    messages that arrive until ``deadline`` (monotonic seconds): one period of a paced bench."""
+    for m in synthetic_messages(k, time.time_ns(), rng):
+        m.sent_ns = time.time_ns()
+        sensor.send_multipart(wire.encode(m))
+    records = []
+    while (wait := deadline - time.monotonic()) > 0:
+        if poses.poll(max(1, int(wait * 1000))):
+            records.append(PoseRecord.from_message(wire.decode(poses.recv_multipart())))
+    return records
+
+
 def rss_mb() -> float:
     """Current resident set size (MB) from /proc, else the peak from getrusage."""
     status = Path("/proc/self/status")
@@ -162,17 +175,10 @@ def bench_end_to_end(model: OnnxPoseModel, cfg: RuntimeConfig, duration_s: float
     k = 0
     with tqdm(total=int(duration_s), desc="end to end", unit="s", leave=False, disable=not progress) as bar:
         while time.monotonic() - start < duration_s:
-            now = time.time_ns()
-            for m in synthetic_messages(k, now, rng):
-                m.sent_ns = time.time_ns()
-                sensor.send_multipart(wire.encode(m))
+            records = send_frame(sensor, poses, k, start + (k + 1) * PERIOD_NS / 1e9, rng)
             k += 1
-            deadline = start + k * PERIOD_NS / 1e9
-            while (wait := deadline - time.monotonic()) > 0:
-                if poses.poll(max(1, int(wait * 1000))):
-                    record = PoseRecord.from_message(wire.decode(poses.recv_multipart()))
-                    latencies.append(record.latency_ns / 1e9)
-                    received += 1
+            latencies += [r.latency_ns / 1e9 for r in records]
+            received += len(records)
             if time.monotonic() >= next_rss:
                 rss.append(round(rss_mb(), 1))
                 next_rss += 1.0

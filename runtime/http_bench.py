@@ -257,11 +257,10 @@ def bench_guessing(model, cfg, seconds: float, folder: Path, rate_hz: float = 10
     import zmq
     from tqdm import tqdm
 
-    from runtime.bench import PERIOD_NS, bench_config, synthetic_messages
+    from runtime.bench import PERIOD_NS, bench_config, send_frame
     from runtime.config import free_loopback_port
     from runtime.serve import Runtime
-    from sensors.core import schema, wire
-    from sensors.core.pose_record import PoseRecord
+    from sensors.core import schema
 
     port = free_loopback_port()
     c = bench_config([f"inference.intra_op_threads={cfg.inference.intra_op_threads}", f"metrics.port={port}",
@@ -284,14 +283,9 @@ def bench_guessing(model, cfg, seconds: float, folder: Path, rate_hz: float = 10
     with tqdm(total=int(seconds), desc="guessing", unit="s", leave=False, disable=not progress) as bar:
         while time.monotonic() - t_start < seconds:
             phase = guessing_now(start_at, period_s)
-            for m in synthetic_messages(k, time.time_ns(), rng):
-                sensor.send_multipart(wire.encode(m))
+            records = send_frame(sensor, poses, k, t_start + (k + 1) * PERIOD_NS / 1e9, rng)
             k += 1
-            deadline = t_start + k * PERIOD_NS / 1e9
-            while (wait := deadline - time.monotonic()) > 0:
-                if poses.poll(max(1, int(wait * 1000))):
-                    record = PoseRecord.from_message(wire.decode(poses.recv_multipart()))
-                    phases[phase]["latency"].append(record.latency_ns / 1e6)
+            phases[phase]["latency"] += [r.latency_ns / 1e6 for r in records]
             now_cpu = _cpu_s()
             phases[phase]["cpu_s"] += now_cpu - cpu
             phases[phase]["s"] += PERIOD_NS / 1e9

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import vendor_formats as vf
-import zmq
+from fixtures.zmq_receiver import Receiver
 
 from sensors.cli import main as sensors_main
 from sensors.core import wire
@@ -27,49 +27,11 @@ from sensors.core import wire
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Receiver:
-    """A bound SUB socket the adapter connects to, polled on a thread (a bound SUB hands its
-    subscription to a publisher that connects later only while it is polled); ``drain`` decodes
-    what arrived, waiting until nothing came for ``quiet_s``."""
-
-    def __init__(self):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind("tcp://127.0.0.1:0")
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.frames: list[list[bytes]] = []
-        self.last = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            if self.sock.poll(20):
-                self.frames.append(self.sock.recv_multipart())
-                self.last = time.monotonic()
-
-    def drain(self, quiet_s: float = 0.5) -> list[wire.Message]:
-        while time.monotonic() - self.last < quiet_s:
-            time.sleep(0.05)
-        frames, self.frames = self.frames, []
-        return [wire.decode(f) for f in frames]
-
-    def close(self):
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-        self.ctx.term()
-
-
 @pytest.fixture
 def receiver():
     r = Receiver()
     yield r
-    r.close()
+    r.close(settle_s=0)
 
 
 def run_cli(*argv: str) -> int:

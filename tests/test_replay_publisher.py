@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 import zmq
+from fixtures.zmq_receiver import Receiver
 
 from exporters.metrics import RuntimeMetrics
 from runtime.ingest import Ingest
@@ -50,35 +50,6 @@ def small_root(tmp_path_factory) -> Path:
                          {"CSIamp": amp, "CSIphase": rng.uniform(-3, 3, (3, 114, 10))}, format="5")
     np.save(seq / "ground_truth.npy", rng.normal(size=(297, 17, 3)).astype(np.float32))
     return root
-
-
-class Receiver:
-    """A plain SUB socket bound on loopback, receiving on a thread (it must keep polling so its
-    subscription reaches publishers that connect later)."""
-
-    def __init__(self, ctx: zmq.Context):
-        self.sock = ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind("tcp://127.0.0.1:0")
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.frames: list[list[bytes]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            if self.sock.poll(20):
-                self.frames.append(self.sock.recv_multipart())
-
-    def close(self, settle_s: float = 0.3) -> list[list[bytes]]:
-        time.sleep(settle_s)
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-        return self.frames
 
 
 def _unseen_drops(stats, seqs: dict[str, list[int]]) -> dict[str, int]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.recorder import RECORDERS, parts_dir
+from exporters.recorder import RECORDERS
 from runtime.rehab import angles as ang
 from runtime.rehab.exercises import EXERCISES, UNKNOWN
 from runtime.rehab.figures import trend_figure
@@ -41,7 +41,8 @@ SESSION_GAP_S = 600.0     # recordings of a station closer than this (10 minutes
 
 
 def recording_files(paths) -> list[Path]:
-    """The recordings named: files as given, folders as the recordings (.jsonl, .npz) inside them."""
+    """The recordings named: files as given (read, or refused as missing, by ``read_recording``),
+    folders as the recordings (.jsonl, .npz) inside them."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -51,9 +52,7 @@ def recording_files(paths) -> list[Path]:
                 raise ValueError(f"folder {p} holds no pose recording (.jsonl or .npz): point --recording at the "
                                  "recordings of `runtime serve --record`")
             out.extend(found)
-        elif not p.is_file() and not (p.suffix == ".npz" and parts_dir(p).is_dir()):   # parts: a killed recorder's
-            raise FileNotFoundError(f"recording {p} not found: record one with `runtime serve --record FILE`")
-        else:
+        else:   # a missing file, or a killed recorder's NPZ parts: the reader (read_recording) says which
             out.append(p)
     return out
 
