@@ -27,6 +27,7 @@ import resource
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,37 @@ def synthetic_messages(k: int, t_ns: int, rng: np.random.Generator, lidar_points
     }
     extra = {"wifi": {"period_ns": PERIOD_NS // 10}}
     return [wire.Message(m, f"bench-{m}", k, t_ns, t_ns, a[m], extra.get(m, {})) for m in schema.MODALITIES if m in a]
+
+
+@contextmanager
+def running_station(cfg: RuntimeConfig, model: OnnxPoseModel, keys_dir: str | None = None):
+    """The full runtime, as `runtime serve` builds it, looping on a thread, with a sensor PUB and a
+    pose SUB connected to it (CurveZMQ with ``keys_dir``: clients ``bench`` and ``viewer``);
+    yields (runtime, sensor, poses) and stops and closes them all on the way out."""
+    from runtime.serve import Runtime
+
+    ctx = zmq.Context()
+    rt = Runtime(cfg, model).start()
+    loop = threading.Thread(target=rt.run, name="awc-loop", daemon=True)
+    loop.start()
+    sensor, poses = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    try:
+        if keys_dir:
+            server = Path(keys_dir) / "server.key"
+            keyfiles.CurveClient.load(Path(keys_dir) / "clients" / "bench.key_secret", server).apply(sensor)
+            keyfiles.CurveClient.load(Path(keys_dir) / "clients" / "viewer.key_secret", server).apply(poses)
+        sensor.connect(cfg.inputs.endpoints[0])
+        poses.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
+        poses.connect(cfg.output.endpoint)
+        time.sleep(0.5)   # subscriptions settle (ZeroMQ slow joiner)
+        yield rt, sensor, poses
+    finally:
+        rt.stop_event.set()
+        loop.join(timeout=5)
+        rt.close()
+        sensor.close(0)
+        poses.close(0)
+        ctx.term()
 
 
 def send_frame(sensor, poses, k: int, deadline: float, rng: np.random.Generator) -> list[PoseRecord]:
@@ -151,29 +183,13 @@ def bench_end_to_end(model: OnnxPoseModel, cfg: RuntimeConfig, duration_s: float
                      keys_dir: str | None = None, progress: bool = True) -> dict:
     """Real sockets at 10 Hz: sensor PUB -> runtime -> pose SUB; latency and RSS over the run.
     With ``keys_dir`` (clients ``bench`` and ``viewer``) both sockets run CurveZMQ."""
-    from runtime.serve import Runtime  # the full runtime, as `runtime serve` builds it
-
-    ctx = zmq.Context()
-    rt = Runtime(cfg, model)
-    rt.start()
-    loop = threading.Thread(target=rt.run, name="awc-loop", daemon=True)
-    loop.start()
-    sensor = ctx.socket(zmq.PUB)
-    poses = ctx.socket(zmq.SUB)
-    if keys_dir:
-        server = Path(keys_dir) / "server.key"
-        keyfiles.CurveClient.load(Path(keys_dir) / "clients" / "bench.key_secret", server).apply(sensor)
-        keyfiles.CurveClient.load(Path(keys_dir) / "clients" / "viewer.key_secret", server).apply(poses)
-    sensor.connect(cfg.inputs.endpoints[0])
-    poses.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
-    poses.connect(cfg.output.endpoint)
     rng = np.random.default_rng(seed)
     latencies, rss, received = [], [], 0
-    time.sleep(0.5)   # subscriptions settle (ZeroMQ slow joiner)
-    start = time.monotonic()
-    next_rss = start
     k = 0
-    with tqdm(total=int(duration_s), desc="end to end", unit="s", leave=False, disable=not progress) as bar:
+    with running_station(cfg, model, keys_dir) as (_, sensor, poses), \
+            tqdm(total=int(duration_s), desc="end to end", unit="s", leave=False, disable=not progress) as bar:
+        start = time.monotonic()
+        next_rss = start
         while time.monotonic() - start < duration_s:
             records = send_frame(sensor, poses, k, start + (k + 1) * PERIOD_NS / 1e9, rng)
             k += 1
@@ -183,12 +199,6 @@ def bench_end_to_end(model: OnnxPoseModel, cfg: RuntimeConfig, duration_s: float
                 rss.append(round(rss_mb(), 1))
                 next_rss += 1.0
                 bar.update(1)
-    rt.stop_event.set()
-    loop.join(timeout=5)
-    rt.close()
-    sensor.close(0)
-    poses.close(0)
-    ctx.term()
     warm = rss[min(len(rss) - 1, 5):] if rss else []
     return {"duration_s": duration_s, "frames_sent": k, "poses_received": received, **_summary_ms(latencies),
             "rss_mb": {"start": rss[0] if rss else None, "after_warmup": warm[0] if warm else None,

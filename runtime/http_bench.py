@@ -254,51 +254,35 @@ def bench_guessing(model, cfg, seconds: float, folder: Path, rate_hz: float = 10
     sockets; password guessing at ``rate_hz`` from one address (a new wrong password each) in every
     other window of ``period_s``, so that load from other processes hits both alike. Per phase: pose
     latency (newest capture -> pose sent), process CPU; and the bcrypt checks the guessing cost."""
-    import zmq
     from tqdm import tqdm
 
-    from runtime.bench import PERIOD_NS, bench_config, send_frame
+    from runtime.bench import PERIOD_NS, bench_config, running_station, send_frame
     from runtime.config import free_loopback_port
-    from runtime.serve import Runtime
-    from sensors.core import schema
 
     port = free_loopback_port()
     c = bench_config([f"inference.intra_op_threads={cfg.inference.intra_op_threads}", f"metrics.port={port}",
                       f"metrics.web_config={web_config(folder, 'prometheus', 'right', cost)}"])
-    rt = Runtime(c, model).start()
-    loop = threading.Thread(target=rt.run, name="awc-loop", daemon=True)
-    loop.start()
-    ctx = zmq.Context()
-    sensor, poses = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
-    sensor.connect(c.inputs.endpoints[0])
-    poses.setsockopt(zmq.SUBSCRIBE, schema.POSE_TOPIC.encode())
-    poses.connect(c.output.endpoint)
-    start_at = time.time() + 1.0
-    attacker = start_attack(port, seconds + 2.0, tls=True, trickling=0, idle=0, guess_rate=rate_hz,
-                            start_at=start_at, guess_period_s=period_s)
     rng = np.random.default_rng(3)
     phases = {False: {"latency": [], "cpu_s": 0.0, "s": 0.0}, True: {"latency": [], "cpu_s": 0.0, "s": 0.0}}
-    time.sleep(max(0.0, start_at - time.time()))
-    t_start, cpu, k = time.monotonic(), _cpu_s(), 0
-    with tqdm(total=int(seconds), desc="guessing", unit="s", leave=False, disable=not progress) as bar:
-        while time.monotonic() - t_start < seconds:
-            phase = guessing_now(start_at, period_s)
-            records = send_frame(sensor, poses, k, t_start + (k + 1) * PERIOD_NS / 1e9, rng)
-            k += 1
-            phases[phase]["latency"] += [r.latency_ns / 1e6 for r in records]
-            now_cpu = _cpu_s()
-            phases[phase]["cpu_s"] += now_cpu - cpu
-            phases[phase]["s"] += PERIOD_NS / 1e9
-            cpu = now_cpu
-            if k % 10 == 0:
-                bar.update(1)
-    checks = rt.http.auth.checks
-    rt.stop_event.set()
-    loop.join(timeout=5)
-    rt.close()
-    sensor.close(0)
-    poses.close(0)
-    ctx.term()
+    with running_station(c, model) as (rt, sensor, poses):
+        start_at = time.time() + 1.0
+        attacker = start_attack(port, seconds + 2.0, tls=True, trickling=0, idle=0, guess_rate=rate_hz,
+                                start_at=start_at, guess_period_s=period_s)
+        time.sleep(max(0.0, start_at - time.time()))
+        t_start, cpu, k = time.monotonic(), _cpu_s(), 0
+        with tqdm(total=int(seconds), desc="guessing", unit="s", leave=False, disable=not progress) as bar:
+            while time.monotonic() - t_start < seconds:
+                phase = guessing_now(start_at, period_s)
+                records = send_frame(sensor, poses, k, t_start + (k + 1) * PERIOD_NS / 1e9, rng)
+                k += 1
+                phases[phase]["latency"] += [r.latency_ns / 1e6 for r in records]
+                now_cpu = _cpu_s()
+                phases[phase]["cpu_s"] += now_cpu - cpu
+                phases[phase]["s"] += PERIOD_NS / 1e9
+                cpu = now_cpu
+                if k % 10 == 0:
+                    bar.update(1)
+        checks = rt.http.auth.checks
     out = {"cost": cost, "rate_hz": rate_hz, "period_s": period_s, "bcrypt_checks": checks,
            "clients": attacker.communicate(timeout=60)[0].strip()}
     for phase, name in ((False, "no_guessing"), (True, "guessing")):
